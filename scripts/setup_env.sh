@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the project's virtual environment and installs lathe into it.
+#
+# Why a script and not a plain `pip install -e .`: pip resolves `torch` to the default
+# wheel, which on Linux is a multi-GB CUDA build. On a machine without CUDA we install the
+# CPU build first and then pin exactly that torch with a constraints file, so no later
+# dependency can replace it. On a machine with CUDA we install the normal wheel.
+#
+# Usage: scripts/setup_env.sh [extra]   (extra: "dev" installs the test dependencies)
+set -euo pipefail
+
+VENV="${VENV:-.venv}"
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+EXTRA="${1:-}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating virtual environment in $VENV"
+    python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install --disable-pip-version-check -q)
+
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        echo "[setup] CUDA found: installing torch==$TORCH_VERSION (default wheel)"
+        "${PIP[@]}" "torch==$TORCH_VERSION"
+    else
+        spec="torch==$TORCH_VERSION+cpu"
+        echo "[setup] no CUDA: installing the CPU build $spec"
+        # The configured indexes first (a local wheel house may carry the CPU build);
+        # otherwise PyTorch's CPU index, where the +cpu builds live.
+        "${PIP[@]}" "$spec" 2>/dev/null \
+            || "${PIP[@]}" "$spec" --extra-index-url https://download.pytorch.org/whl/cpu
+    fi
+fi
+
+constraints="$VENV/torch-constraints.txt"
+"$PY" -c "import torch; print('torch==' + torch.__version__)" > "$constraints"
+echo "[setup] pinned $(cat "$constraints")"
+
+target="."
+[ -n "$EXTRA" ] && target=".[$EXTRA]"
+"${PIP[@]}" -c "$constraints" -e "$target"
+echo "[setup] lathe installed in $VENV"

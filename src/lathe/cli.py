@@ -1,0 +1,102 @@
+"""`lathe` command line: one entry point, one sub-command per job.
+
+User mistakes (LatheError) print as one readable message and exit 1; a traceback is shown
+only with `--debug` or LATHE_DEBUG=1, since anything else is a lathe bug worth reporting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+
+from . import __version__
+from .errors import LatheError
+
+USAGE = """usage: lathe <command> [options]
+
+commands:
+  train CONFIG [key=value ...]   fine-tune a model (CONFIG: YAML or JSON, LLaMA-Factory keys)
+  env                            versions of python and the libraries, and the devices
+  version                        the lathe version
+
+`lathe train --help` lists every training option by group.
+"""
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("lathe").setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[lathe] %(message)s"))
+    lathe_logger = logging.getLogger("lathe")
+    lathe_logger.handlers = [handler]
+    lathe_logger.propagate = False
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cmd_train(args: list[str]) -> int:
+    if not args or args[0] in ("-h", "--help"):
+        from .config.help import train_help
+
+        print(train_help())
+        return 0
+    from .config import load_config
+
+    path, overrides = (args[0], args[1:]) if "=" not in args[0] else (None, args)
+    cfg = load_config(path, overrides)
+    from .train import run_stage
+
+    metrics = run_stage(cfg)
+    if "train_loss" in metrics:
+        print(f"[lathe] done: train_loss {metrics['train_loss']:.4f}; results in {cfg.training.output_dir}")
+    return 0
+
+
+def cmd_env(args: list[str]) -> int:
+    from .env import env_report
+
+    print(env_report())
+    return 0
+
+
+def cmd_version(args: list[str]) -> int:
+    print(f"lathe {__version__}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "env": cmd_env, "version": cmd_version}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("LATHE_DEBUG", "") not in ("", "0")
+    if "--debug" in argv:
+        argv.remove("--debug")
+        debug = True
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        from .errors import did_you_mean
+
+        print(f"lathe: unknown command `{command}`.{did_you_mean(command, COMMANDS)}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    _setup_logging()
+    try:
+        return COMMANDS[command](rest)
+    except LatheError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"lathe {command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"lathe {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The typed option groups of one run.
+
+Each option is declared once, here, with its type, default and one line of help; that help
+feeds `lathe train --help`, the docs and (later) the Board. Names are LLaMA-Factory's where
+both tools have the option, so its YAML configs run unchanged. Training options are the
+Hugging Face `Seq2SeqTrainingArguments` fields, taken by their own names (see `load.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """Declare an option: its default, its help line and, for enumerations, the valid values."""
+    meta: dict[str, Any] = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta)
+
+
+STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto")
+FINETUNING_TYPES = ("full", "freeze", "lora", "oft")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = opt(None, "Local model folder or hub id (required).")
+    cache_dir: str | None = opt(None, "Where hub downloads are cached.")
+    model_revision: str = opt("main", "Hub revision (branch, tag or commit) of the model.")
+    hf_hub_token: str | None = opt(None, "Hub token for gated or private models (never logged or saved).")
+    trust_remote_code: bool = opt(False, "Run the model repository's own Python code (off unless you trust it).")
+    use_fast_tokenizer: bool = opt(True, "Use the fast (Rust) tokenizer.")
+    split_special_tokens: bool = opt(False, "Tokenize special-token text as plain text.")
+    add_tokens: str | None = opt(None, "Comma list of plain tokens to add to the tokenizer (embeddings resized).")
+    add_special_tokens: str | None = opt(None, "Comma list of special tokens to add to the tokenizer (embeddings resized).")
+    resize_vocab: bool = opt(False, "Resize the embeddings to the tokenizer and train the new rows.")
+    dtype: str = opt(
+        "auto",
+        "Dtype the weights are loaded in; auto = bf16/fp16 when that training flag is set, else fp32.",
+        ("auto", "float32", "bfloat16", "float16"),
+    )
+    flash_attn: str = opt(
+        "auto",
+        "Attention kernel: auto (best available), disabled (eager), sdpa, fa2 (flash-attn 2).",
+        ("auto", "disabled", "sdpa", "fa2"),
+    )
+    disable_gradient_checkpointing: bool = opt(False, "Turn off gradient checkpointing (on by default to save memory).")
+    use_reentrant_gc: bool = opt(True, "Use the re-entrant variant of gradient checkpointing.")
+    low_cpu_mem_usage: bool = opt(True, "Load weights without building a random-init copy first.")
+
+
+@dataclass
+class DataArguments:
+    dataset: str | None = opt(None, "Comma list of training datasets, by their names in dataset_info.json.")
+    eval_dataset: str | None = opt(None, "Comma list of evaluation datasets, by their names in dataset_info.json.")
+    dataset_dir: str = opt("data", "Folder holding dataset_info.json and the data files.")
+    template: str | None = opt(None, "Chat template; omitted = the tokenizer's own chat template.")
+    cutoff_len: int = opt(2048, "Maximum tokens of one sample after tokenization (longer ones are truncated).")
+    max_samples: int | None = opt(None, "Keep at most this many samples of each dataset.")
+    val_size: float = opt(0.0, "Hold out this fraction (< 1) or count (>= 1) of the training data for evaluation.")
+    train_on_prompt: bool = opt(False, "Learn the prompt tokens too (not only the answers).")
+    mask_history: bool = opt(False, "Learn only the last answer of a multi-turn conversation.")
+    default_system: str | None = opt(None, "System prompt for samples that have none (overrides the template's).")
+    overwrite_cache: bool = opt(False, "Tokenize again even if a cached result exists.")
+    preprocessing_num_workers: int | None = opt(None, "Processes used to tokenize the data.")
+    preprocessing_batch_size: int = opt(1000, "Samples per tokenization batch.")
+    mix_strategy: str = opt("concat", "How several datasets are combined (concat: one after the other).", ("concat",))
+
+
+@dataclass
+class FinetuningArguments:
+    stage: str = opt("sft", "Training stage: pt, sft, rm, ppo, dpo or kto.", STAGES)
+    finetuning_type: str = opt("lora", "What is trained: full, freeze (some layers) or lora.", FINETUNING_TYPES)
+    plot_loss: bool = opt(False, "Write training_loss.png to output_dir at the end.")
+    freeze_trainable_layers: int = opt(2, "freeze: train the last N layers (negative N: the first N).")
+    freeze_trainable_modules: str = opt("all", "freeze: comma list of module names inside those layers to train, or all.")
+    freeze_extra_modules: str | None = opt(None, "freeze: comma list of modules outside the layers to train too (e.g. embed_tokens).")
+    lora_rank: int = opt(8, "LoRA rank.")
+    lora_alpha: int | None = opt(None, "LoRA scale numerator; default 2 x lora_rank.")
+    lora_dropout: float = opt(0.0, "Dropout on the LoRA input.")
+    lora_target: str = opt("all", "Comma list of module names that get LoRA, or all (every linear layer but the output head).")
+    additional_target: str | None = opt(None, "Comma list of modules trained in full beside LoRA (peft modules_to_save).")
+    use_rslora: bool = opt(False, "Rank-stabilised LoRA scaling (alpha / sqrt(rank)).")
+    use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).")
+    disable_shuffling: bool = opt(False, "Read the training data in order instead of shuffled.")
+    include_effective_tokens_per_second: bool = opt(False, "Also report effective (non-padding) tokens per second in the final metrics.")
+
+
+@dataclass
+class GeneratingArguments:
+    do_sample: bool = opt(True, "Sample instead of greedy decoding.")
+    temperature: float = opt(0.95, "Sampling temperature.")
+    top_p: float = opt(0.7, "Nucleus sampling probability mass.")
+    top_k: int = opt(50, "Sample among the k most likely tokens.")
+    num_beams: int = opt(1, "Beam search width (1 = no beam search).")
+    max_length: int = opt(1024, "Maximum total length when max_new_tokens is not set.")
+    max_new_tokens: int = opt(1024, "Maximum tokens generated (wins over max_length when > 0).")
+    repetition_penalty: float = opt(1.0, "Penalty for repeated tokens (1.0 = none).")
+    length_penalty: float = opt(1.0, "Beam search length penalty.")
+    skip_special_tokens: bool = opt(True, "Drop special tokens from decoded output.")
+
+
+# Options that only lathe has, for the run as a whole (kept with the training group).
+@dataclass
+class RunArguments:
+    overwrite_output_dir: bool = opt(
+        False, "Start fresh in output_dir instead of resuming from its last checkpoint."
+    )
+
+
+GROUPS: dict[str, type] = {
+    "model": ModelArguments,
+    "data": DataArguments,
+    "finetuning": FinetuningArguments,
+    "generating": GeneratingArguments,
+    "run": RunArguments,
+}

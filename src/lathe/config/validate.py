@@ -1,0 +1,83 @@
+"""Checks across options, run at load time so a bad combination costs seconds, not hours."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import LatheError
+
+if TYPE_CHECKING:
+    from .load import RunConfig
+
+# Stages and methods with a working implementation today; the others are recognised
+# LLaMA-Factory names that lathe refuses with a clear message.
+AVAILABLE_STAGES = ("sft",)
+AVAILABLE_FINETUNING_TYPES = ("full", "freeze", "lora")
+
+LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora")
+FREEZE_KEYS = ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules")
+
+
+def validate(cfg: "RunConfig") -> None:
+    m, d, f, t = cfg.model, cfg.data, cfg.finetuning, cfg.training
+    src = cfg.source
+    if not m.model_name_or_path:
+        raise LatheError(f"{src}: `model_name_or_path` is required: a local model folder or a hub id.")
+    if f.stage not in AVAILABLE_STAGES:
+        raise LatheError(
+            f"{src}: `stage: {f.stage}` is not available yet; lathe runs {', '.join(AVAILABLE_STAGES)} today."
+        )
+    if f.finetuning_type not in AVAILABLE_FINETUNING_TYPES:
+        raise LatheError(
+            f"{src}: `finetuning_type: {f.finetuning_type}` is not available yet; "
+            f"use one of {', '.join(AVAILABLE_FINETUNING_TYPES)}."
+        )
+    _only_with(cfg, LORA_KEYS, "lora")
+    _only_with(cfg, FREEZE_KEYS, "freeze")
+    if "additional_target" in cfg.explicit and f.additional_target and f.finetuning_type != "lora":
+        raise LatheError(f"{src}: `additional_target` only applies to `finetuning_type: lora`.")
+    if f.lora_rank <= 0:
+        raise LatheError(f"{src}: `lora_rank` must be a positive integer, got {f.lora_rank}.")
+    if f.lora_alpha is not None and f.lora_alpha <= 0:
+        raise LatheError(f"{src}: `lora_alpha` must be positive, got {f.lora_alpha}.")
+    if not 0.0 <= f.lora_dropout < 1.0:
+        raise LatheError(f"{src}: `lora_dropout` must be in [0, 1), got {f.lora_dropout}.")
+    if f.freeze_trainable_layers == 0:
+        raise LatheError(f"{src}: `freeze_trainable_layers` must not be 0 (N > 0: last N layers, N < 0: first N).")
+    if d.cutoff_len <= 0:
+        raise LatheError(f"{src}: `cutoff_len` must be a positive number of tokens, got {d.cutoff_len}.")
+    if d.max_samples is not None and d.max_samples <= 0:
+        raise LatheError(f"{src}: `max_samples` must be positive, got {d.max_samples}.")
+    if d.val_size < 0 or (d.val_size >= 1 and not float(d.val_size).is_integer()):
+        raise LatheError(f"{src}: `val_size` is a fraction in [0, 1) or a whole count, got {d.val_size}.")
+    if t.do_train and not d.dataset:
+        raise LatheError(f"{src}: `do_train: true` needs `dataset` (comma list of names in dataset_info.json).")
+    if d.mask_history and d.train_on_prompt:
+        raise LatheError(f"{src}: `mask_history` and `train_on_prompt` contradict each other; set one.")
+    if t.learning_rate < 0:
+        raise LatheError(f"{src}: `learning_rate` must not be negative, got {t.learning_rate}.")
+    if t.per_device_train_batch_size <= 0 or t.gradient_accumulation_steps <= 0:
+        raise LatheError(f"{src}: batch size and gradient_accumulation_steps must be positive.")
+    if (t.do_eval or t.eval_strategy != "no") and not (d.eval_dataset or d.val_size > 0):
+        raise LatheError(f"{src}: evaluation needs `eval_dataset` or `val_size` > 0.")
+    if t.bf16 and t.fp16:
+        raise LatheError(f"{src}: set at most one of `bf16` and `fp16`.")
+
+
+def check_raw_combinations(raw: dict, source: str) -> None:
+    """Combinations involving options that are not stored in a group (not yet implemented ones)."""
+    method = raw.get("finetuning_type", "lora")
+    if raw.get("quantization_bit") is not None and method not in ("lora", "oft"):
+        raise LatheError(
+            f"{source}: `quantization_bit` needs `finetuning_type: lora` (QLoRA): quantized weights "
+            f"cannot be trained in full; this run uses `{method}`."
+        )
+
+
+def _only_with(cfg: "RunConfig", keys: tuple[str, ...], method: str) -> None:
+    given = [k for k in keys if k in cfg.explicit]
+    if given and cfg.finetuning.finetuning_type != method:
+        raise LatheError(
+            f"{cfg.source}: {', '.join(f'`{k}`' for k in given)} only apply to `finetuning_type: {method}`, "
+            f"but this run uses `{cfg.finetuning.finetuning_type}`. Remove them or change finetuning_type."
+        )

@@ -1,0 +1,1 @@
+"""Per-stage tokenization: turn canonical samples into model inputs and labels."""

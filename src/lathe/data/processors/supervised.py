@@ -1,0 +1,72 @@
+"""SFT tokenization: ids from the template, labels only on what the model must learn.
+
+Prompt tokens get IGNORE_INDEX; every answer (content + its end-of-turn token) is learned,
+unless `train_on_prompt` (learn everything) or `mask_history` (learn only the last answer).
+Truncation to `cutoff_len` goes turn by turn and favours the answer (see `split_budget`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE_INDEX = -100
+
+
+def split_budget(prompt_len: int, answer_len: int, budget: int) -> tuple[int, int]:
+    """How many prompt and answer tokens of one turn fit in `budget` tokens.
+
+    A short answer (under half the budget) is kept whole and the prompt gets the rest; a
+    short prompt is kept whole and the answer the rest; when both are long they share the
+    budget in proportion to their lengths.
+    """
+    if prompt_len + answer_len <= budget:
+        return prompt_len, answer_len
+    if 2 * answer_len < budget:
+        keep_answer = answer_len
+    elif 2 * prompt_len < budget:
+        keep_answer = budget - prompt_len
+    else:
+        keep_answer = int(budget * answer_len / (prompt_len + answer_len))
+    keep_answer = min(keep_answer, answer_len)
+    keep_prompt = min(max(budget - keep_answer, 0), prompt_len)
+    return keep_prompt, keep_answer
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+def build_supervised_example(
+    pairs: list[tuple[list[int], list[int]]],
+    cutoff_len: int,
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+) -> Encoded:
+    """Concatenate the (prompt, answer) id pairs of one conversation into input_ids and labels.
+
+    A truncated prompt keeps its end: the role header right before the answer must stay, or
+    the model would learn answers that follow no assistant header. A truncated answer keeps
+    its start.
+    """
+    input_ids: list[int] = []
+    labels: list[int] = []
+    truncated = False
+    last = len(pairs) - 1
+    for i, (prompt, answer) in enumerate(pairs):
+        budget = cutoff_len - len(input_ids)
+        if budget <= 0:
+            truncated = True
+            break
+        keep_prompt, keep_answer = split_budget(len(prompt), len(answer), budget)
+        if (keep_prompt, keep_answer) != (len(prompt), len(answer)):
+            truncated = True
+        prompt = prompt[len(prompt) - keep_prompt :] if keep_prompt else []
+        answer = answer[:keep_answer]
+        input_ids += prompt + answer
+        labels += prompt if train_on_prompt else [IGNORE_INDEX] * len(prompt)
+        learn_answer = not mask_history or i == last
+        labels += answer if learn_answer else [IGNORE_INDEX] * len(answer)
+    return Encoded(input_ids, labels, truncated)

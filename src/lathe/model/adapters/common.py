@@ -1,0 +1,39 @@
+"""Module lookups shared by the methods that pick parts of a model to train."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ...errors import LatheError
+
+
+def decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The repeated block list (e.g. `model.layers`): the longest ModuleList in the model."""
+    best: tuple[str, torch.nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and (best is None or len(module) > len(best[1])):
+            best = (name, module)
+    if best is None:
+        raise LatheError(f"{type(model).__name__} has no list of layers; freeze tuning cannot pick layers from it.")
+    return best
+
+
+def embedding_module_names(model: torch.nn.Module) -> list[str]:
+    """Short names of the input embedding and the output head (e.g. embed_tokens, lm_head)."""
+    names = []
+    lookup = {id(m): n for n, m in model.named_modules()}
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is not None and id(module) in lookup:
+            names.append(lookup[id(module)].split(".")[-1])
+    return list(dict.fromkeys(names))
+
+
+def split_names(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def layer_index(param_name: str, layers_prefix: str) -> int | None:
+    m = re.match(re.escape(layers_prefix) + r"\.(\d+)\.", param_name)
+    return int(m.group(1)) if m else None

@@ -1,0 +1,171 @@
+"""Tokenizer and causal LM from a local folder or a hub id, ready for the chosen method.
+
+transformers does the loading; this module decides the arguments (dtype, attention kernel,
+remote code), turns loading failures into messages a user can act on, grows the vocabulary
+when the template or the config brings new tokens, and switches on gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import LatheError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from ..config import RunConfig
+    from ..config.schema import ModelArguments
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
+
+
+def _hub_kwargs(m: "ModelArguments") -> dict[str, Any]:
+    return {
+        "trust_remote_code": m.trust_remote_code,
+        "revision": m.model_revision,
+        "cache_dir": m.cache_dir,
+        "token": m.hf_hub_token,
+    }
+
+
+def check_model_path(m: "ModelArguments") -> None:
+    """Fail early and clearly on a local model folder that is not there."""
+    name = m.model_name_or_path or ""
+    if _looks_local(name):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise LatheError(
+                f"Model folder not found: {path}. `model_name_or_path` must be a folder with "
+                f"config.json and weights, or a hub id such as `Qwen/Qwen2.5-0.5B-Instruct`."
+            )
+        if not (path / "config.json").exists():
+            raise LatheError(f"{path} has no config.json: it is not a transformers model folder.")
+
+
+def _loading_error(what: str, name: str, err: Exception) -> LatheError:
+    text = str(err)
+    if _looks_local(name):
+        return LatheError(f"Could not load the {what} from {name}: {text}")
+    return LatheError(
+        f"Could not load the {what} `{name}` from the hub: {text.splitlines()[0] if text else err!r}. "
+        f"If this machine is offline, download the model elsewhere and set `model_name_or_path` to its folder."
+    )
+
+
+def load_tokenizer(m: "ModelArguments") -> "PreTrainedTokenizerBase":
+    from transformers import AutoTokenizer
+
+    check_model_path(m)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            m.model_name_or_path,
+            use_fast=m.use_fast_tokenizer,
+            split_special_tokens=m.split_special_tokens,
+            padding_side="right",
+            **_hub_kwargs(m),
+        )
+    except (OSError, ValueError) as e:
+        raise _loading_error("tokenizer", m.model_name_or_path, e) from None
+    return tokenizer
+
+
+def add_config_tokens(tokenizer: "PreTrainedTokenizerBase", m: "ModelArguments") -> list[str]:
+    """Add the `add_tokens` / `add_special_tokens` of the config; returns the tokens new to the vocab."""
+    added: list[str] = []
+    if m.add_tokens:
+        new = [t.strip() for t in m.add_tokens.split(",") if t.strip()]
+        if tokenizer.add_tokens(new):
+            added += new
+    if m.add_special_tokens:
+        new = [t.strip() for t in m.add_special_tokens.split(",") if t.strip()]
+        if tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_additional_special_tokens=False):
+            added += new
+    return added
+
+
+def resolve_dtype(cfg: "RunConfig") -> torch.dtype:
+    """auto: the half dtype of the bf16/fp16 training flag, else fp32 (bf16 matmuls crawl on most CPUs)."""
+    if cfg.model.dtype != "auto":
+        return DTYPES[cfg.model.dtype]
+    if cfg.training.bf16:
+        return torch.bfloat16
+    if cfg.training.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def resolve_attention(flash_attn: str) -> str | None:
+    """Map `flash_attn` to transformers' attn_implementation (None = the library's best default)."""
+    if flash_attn == "disabled":
+        return "eager"
+    if flash_attn == "sdpa":
+        return "sdpa"
+    has_fa2 = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+    if flash_attn == "fa2":
+        if not has_fa2:
+            raise LatheError(
+                "`flash_attn: fa2` needs the flash-attn package and a CUDA GPU; "
+                "install flash-attn or use `flash_attn: sdpa`."
+            )
+        return "flash_attention_2"
+    return "flash_attention_2" if has_fa2 else None
+
+
+def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTrainedModel":
+    """The causal LM with weights in the resolved dtype and the vocabulary matching the tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    m = cfg.model
+    check_model_path(m)
+    try:
+        config = AutoConfig.from_pretrained(m.model_name_or_path, **_hub_kwargs(m))
+    except (OSError, ValueError) as e:
+        raise _loading_error("model config", m.model_name_or_path, e) from None
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(cfg), "low_cpu_mem_usage": m.low_cpu_mem_usage}
+    attn = resolve_attention(m.flash_attn)
+    if attn:
+        kwargs["attn_implementation"] = attn
+    try:
+        model = AutoModelForCausalLM.from_pretrained(m.model_name_or_path, config=config, **kwargs, **_hub_kwargs(m))
+    except (OSError, ValueError) as e:
+        raise _loading_error("model", m.model_name_or_path, e) from None
+    resize_embeddings(model, tokenizer)
+    return model
+
+
+def resize_embeddings(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase") -> bool:
+    """Grow the embeddings when the tokenizer has more tokens than the model has rows.
+
+    New rows start at the mean of the old ones (a neutral start that keeps the first losses
+    sane), so a template's added special token never indexes past the embedding table.
+    """
+    current = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= current:
+        return False
+    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=None, mean_resizing=True)
+    logger.info("Resized the embeddings from %d to %d rows for the added tokens.", current, len(tokenizer))
+    return True
+
+
+def enable_gradient_checkpointing(model: "PreTrainedModel", use_reentrant: bool) -> None:
+    """Trade compute for memory; the re-entrant variant needs inputs that require grad."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        logger.warning("%s does not support gradient checkpointing; training without it.", type(model).__name__)
+        return
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    if use_reentrant:
+        model.enable_input_require_grads()
+    model.config.use_cache = False

@@ -1,0 +1,106 @@
+"""What every stage shares: the output folder, resuming, the train/save/evaluate sequence.
+
+The Hugging Face Trainer owns the loop, optimizer, scheduler and checkpoints; this module
+wraps it with lathe's conventions so a stage module only wires its data, model and loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from ..errors import LatheError
+from .plot import plot_loss
+
+if TYPE_CHECKING:
+    from transformers import Trainer
+
+    from ..config import RunConfig
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "lathe_config.yaml"
+
+
+def is_main_process() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def prepare_output_dir(cfg: "RunConfig") -> str | None:
+    """Decide where training starts; returns the checkpoint to resume from, if any.
+
+    Like LLaMA-Factory, an output_dir holding checkpoints is resumed from its newest one
+    unless `overwrite_output_dir: true`; an output_dir holding other files and no checkpoint
+    is refused rather than written over.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    t = cfg.training
+    out = Path(t.output_dir)
+    resume = t.resume_from_checkpoint
+    if resume not in (None, "", False, "false", "False"):
+        if resume in (True, "true", "True"):
+            last = get_last_checkpoint(str(out)) if out.is_dir() else None
+            if last is None:
+                raise LatheError(f"`resume_from_checkpoint: true` but {out} holds no checkpoint-* folder.")
+            return last
+        if not Path(resume).is_dir():
+            raise LatheError(f"`resume_from_checkpoint`: checkpoint folder not found: {resume}.")
+        return str(resume)
+    if not t.do_train or not out.is_dir() or not any(out.iterdir()):
+        return None
+    last = get_last_checkpoint(str(out))
+    if cfg.run.overwrite_output_dir:
+        if is_main_process():
+            for old in out.glob("checkpoint-*"):
+                shutil.rmtree(old, ignore_errors=True)
+        return None
+    if last is not None:
+        logger.info("Resuming from %s (set overwrite_output_dir: true to start fresh).", last)
+        return last
+    raise LatheError(
+        f"output_dir {out} already holds files and no checkpoint to resume from. "
+        f"Set `overwrite_output_dir: true` to write over it, or choose another output_dir."
+    )
+
+
+def save_run_config(cfg: "RunConfig") -> None:
+    """Write the resolved config so the run can be repeated with `lathe train <this file>`."""
+    if not is_main_process():
+        return
+    out = Path(cfg.training.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / CONFIG_FILE, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False, allow_unicode=True)
+
+
+def train_and_save(trainer: "Trainer", cfg: "RunConfig", resume: str | None) -> dict[str, Any]:
+    """Train, save the model (or adapter) with its tokenizer, metrics and plots; then evaluate."""
+    metrics: dict[str, Any] = {}
+    t = cfg.training
+    if t.do_train:
+        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()
+        train_metrics = dict(result.metrics)
+        tokens = trainer.state.num_input_tokens_seen or 0
+        if cfg.finetuning.include_effective_tokens_per_second and train_metrics.get("train_runtime"):
+            train_metrics["effective_tokens_per_sec"] = round(tokens / train_metrics["train_runtime"], 2)
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_state()
+        metrics.update(train_metrics)
+        if cfg.finetuning.plot_loss and trainer.is_world_process_zero():
+            for path in plot_loss(t.output_dir):
+                logger.info("Wrote %s", path)
+    if t.do_eval:
+        eval_metrics = trainer.evaluate(metric_key_prefix="eval")
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    return metrics

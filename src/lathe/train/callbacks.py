@@ -1,0 +1,62 @@
+"""Training callbacks: the machine-readable log that the CLI, the Board and plots read."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+LOG_FILE = "trainer_log.jsonl"
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends one JSON line per logging step to `output_dir/trainer_log.jsonl` (main process only).
+
+    Fields: current_steps, total_steps, loss, lr, epoch, percentage, total_tokens (non-padding
+    tokens seen), throughput (tokens/s since the start of this run), elapsed_time and
+    remaining_time (h:mm:ss), plus eval_loss on evaluation steps.
+    """
+
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.start_step = 0
+        self.start_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.time()
+        self.start_step = state.global_step
+        self.start_tokens = state.num_input_tokens_seen or 0
+        path = Path(args.output_dir) / LOG_FILE
+        if state.is_world_process_zero and state.global_step == 0 and path.exists():
+            path.unlink()  # a fresh run starts a fresh log; a resumed one appends
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        elapsed = time.time() - self.start
+        done = state.global_step - self.start_step
+        left = state.max_steps - state.global_step
+        tokens = state.num_input_tokens_seen or 0
+        record = {
+            "current_steps": state.global_step,
+            "total_steps": state.max_steps,
+            "loss": logs.get("loss"),
+            "eval_loss": logs.get("eval_loss"),
+            "lr": logs.get("learning_rate"),
+            "epoch": round(state.epoch or 0.0, 4),
+            "percentage": round(100 * state.global_step / max(state.max_steps, 1), 2),
+            "total_tokens": tokens,
+            "throughput": round((tokens - self.start_tokens) / elapsed, 2) if elapsed > 0 else None,
+            "elapsed_time": _fmt_seconds(elapsed),
+            "remaining_time": _fmt_seconds(elapsed / done * left) if done > 0 else None,
+        }
+        record = {k: v for k, v in record.items() if v is not None}
+        with open(Path(args.output_dir) / LOG_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")

@@ -1,0 +1,43 @@
+"""Supervised fine-tuning: chat samples, answers learned, the prompt masked."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..data.loader import get_dataset
+from ..data.templates import resolve_template
+from ..model.adapters import apply_method
+from ..model.load import add_config_tokens, enable_gradient_checkpointing, load_model, load_tokenizer
+from .base import prepare_output_dir, save_run_config, train_and_save
+from .callbacks import JsonlLogCallback
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+
+def run_sft(cfg: "RunConfig") -> dict[str, Any]:
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
+
+    resume = prepare_output_dir(cfg)
+    tokenizer = load_tokenizer(cfg.model)
+    template = resolve_template(cfg.data.template, tokenizer)
+    added = template.fix_tokenizer(tokenizer) + add_config_tokens(tokenizer, cfg.model)
+    data = get_dataset(cfg, tokenizer, template)  # data errors surface before the weights load
+    save_run_config(cfg)
+
+    model = load_model(cfg, tokenizer)
+    if cfg.training.do_train and not cfg.model.disable_gradient_checkpointing:
+        enable_gradient_checkpointing(model, cfg.model.use_reentrant_gc)
+    model = apply_method(model, cfg, new_token_rows=bool(added) or cfg.model.resize_vocab)
+
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=None)
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=cfg.training,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[JsonlLogCallback()],
+    )
+    return train_and_save(trainer, cfg, resume)
