@@ -49,7 +49,7 @@ def cmd_train(args: list[str]) -> int:
     cfg = load_config(path, overrides)
     from .train import run_stage
 
-    metrics = run_stage(cfg)
+    metrics = run_stage(cfg).metrics
     if "train_loss" in metrics:
         print(f"[lathe] done: train_loss {metrics['train_loss']:.4f}; results in {cfg.training.output_dir}")
     return 0

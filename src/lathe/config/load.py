@@ -9,6 +9,7 @@ wrong types, bad choices, options lathe does not run yet, impossible combination
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import types
 import typing
@@ -60,6 +61,12 @@ class RunConfig:
         for key in sorted(self.explicit):
             if key in _training_fields():
                 out[key] = _plain(getattr(self.training, key))
+        from .validate import METHOD_KEYS
+
+        for method, keys in METHOD_KEYS.items():
+            if method != self.finetuning.finetuning_type:  # they would be refused on reload
+                for key in keys:
+                    out.pop(key, None)
         for key in SECRET_KEYS:
             out.pop(key, None)
         return out
@@ -67,7 +74,7 @@ class RunConfig:
 
 def _plain(value: Any) -> Any:
     """Enum and other library values as YAML-friendly builtins."""
-    if hasattr(value, "value") and not isinstance(value, (int, float, str, bool)):
+    if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]

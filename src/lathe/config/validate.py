@@ -16,6 +16,7 @@ AVAILABLE_FINETUNING_TYPES = ("full", "freeze", "lora")
 
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora")
 FREEZE_KEYS = ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules")
+METHOD_KEYS = {"lora": LORA_KEYS + ("additional_target",), "freeze": FREEZE_KEYS}
 
 
 def validate(cfg: "RunConfig") -> None:
@@ -32,10 +33,8 @@ def validate(cfg: "RunConfig") -> None:
             f"{src}: `finetuning_type: {f.finetuning_type}` is not available yet; "
             f"use one of {', '.join(AVAILABLE_FINETUNING_TYPES)}."
         )
-    _only_with(cfg, LORA_KEYS, "lora")
-    _only_with(cfg, FREEZE_KEYS, "freeze")
-    if "additional_target" in cfg.explicit and f.additional_target and f.finetuning_type != "lora":
-        raise LatheError(f"{src}: `additional_target` only applies to `finetuning_type: lora`.")
+    for method, keys in METHOD_KEYS.items():
+        _only_with(cfg, keys, method)
     if f.lora_rank <= 0:
         raise LatheError(f"{src}: `lora_rank` must be a positive integer, got {f.lora_rank}.")
     if f.lora_alpha is not None and f.lora_alpha <= 0:

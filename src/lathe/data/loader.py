@@ -60,18 +60,20 @@ class DatasetBundle:
     report: DataReport
 
 
-def load_samples(names: str, dataset_dir: str, max_samples: int | None, report: DataReport) -> list[dict[str, Any]]:
+def load_samples(
+    names: str, dataset_dir: str, max_samples: int | None, report: DataReport, seed: int = 0
+) -> list[dict[str, Any]]:
     """Read and convert each named dataset into canonical samples, counting what is skipped."""
     samples: list[dict[str, Any]] = []
     for attr in get_dataset_attrs(names, dataset_dir):
-        rows = read_rows(attr, dataset_dir)
+        rows = read_rows(attr, dataset_dir, seed=seed)
         if max_samples is not None:
-            rows = rows[:max_samples]
+            rows = rows.select(range(min(max_samples, len(rows))))
         result = convert_rows(attr, rows)
         report.rows[attr.name] = len(rows)
         report.kept[attr.name] = len(result.samples)
         if result.skipped:
-            report.skipped[attr.name] = result.report(attr.name, len(rows))
+            report.skipped[attr.name] = result.report()
         samples.extend(result.samples)
     return samples
 
@@ -131,10 +133,10 @@ def get_dataset(cfg: "RunConfig", tokenizer, template) -> DatasetBundle:
     report = DataReport()
     train = evaluation = None
     if d.dataset:
-        samples = load_samples(d.dataset, d.dataset_dir, d.max_samples, report)
+        samples = load_samples(d.dataset, d.dataset_dir, d.max_samples, report, cfg.training.seed)
         train = tokenize_supervised(samples, cfg, tokenizer, template, report)
     if d.eval_dataset:
-        eval_samples = load_samples(d.eval_dataset, d.dataset_dir, d.max_samples, report)
+        eval_samples = load_samples(d.eval_dataset, d.dataset_dir, d.max_samples, report, cfg.training.seed)
         evaluation = tokenize_supervised(eval_samples, cfg, tokenizer, template, report)
     elif train is not None and d.val_size > 0:
         size = int(d.val_size) if d.val_size >= 1 else d.val_size

@@ -164,8 +164,11 @@ def enable_gradient_checkpointing(model: "PreTrainedModel", use_reentrant: bool)
     if not getattr(model, "supports_gradient_checkpointing", False):
         logger.warning("%s does not support gradient checkpointing; training without it.", type(model).__name__)
         return
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    kwargs = {"use_reentrant": use_reentrant}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if use_reentrant:
         model.enable_input_require_grads()
     model.config.use_cache = False

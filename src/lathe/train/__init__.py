@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import LatheError
@@ -10,16 +11,25 @@ if TYPE_CHECKING:
     from ..config import RunConfig
 
 
-def _sft(cfg: "RunConfig") -> dict[str, Any]:
+@dataclass
+class StageResult:
+    """What a stage leaves behind in memory: its metrics and the trained model."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+    tokenizer: Any = None
+
+
+def _sft(cfg: "RunConfig") -> "StageResult":
     from .sft import run_sft  # imported on use: transformers' Trainer is slow to import
 
     return run_sft(cfg)
 
 
-STAGES: dict[str, Callable[["RunConfig"], dict[str, Any]]] = {"sft": _sft}
+STAGES: dict[str, Callable[["RunConfig"], StageResult]] = {"sft": _sft}
 
 
-def run_stage(cfg: "RunConfig") -> dict[str, Any]:
+def run_stage(cfg: "RunConfig") -> StageResult:
     """Run the configured stage after seeding everything the run touches."""
     from transformers import set_seed
 

@@ -34,12 +34,19 @@ class JsonlLogCallback(TrainerCallback):
         self.start_step = state.global_step
         self.start_tokens = state.num_input_tokens_seen or 0
         path = Path(args.output_dir) / LOG_FILE
-        if state.is_world_process_zero and state.global_step == 0 and path.exists():
-            path.unlink()  # a fresh run starts a fresh log; a resumed one appends
+        if not state.is_world_process_zero or not path.exists():
+            return
+        if state.global_step == 0:
+            path.unlink()  # a fresh run starts a fresh log
+            return
+        # A resumed run keeps the records up to its checkpoint and logs the rest anew.
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line and json.loads(line).get("current_steps", 0) <= state.global_step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
+        if not state.is_world_process_zero or not logs or not ({"loss", "eval_loss"} & set(logs)):
+            return  # the end-of-training summary is in train_results.json instead
         elapsed = time.time() - self.start
         done = state.global_step - self.start_step
         left = state.max_steps - state.global_step

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..data.loader import get_dataset
 from ..data.templates import resolve_template
@@ -13,9 +13,10 @@ from .callbacks import JsonlLogCallback
 
 if TYPE_CHECKING:
     from ..config import RunConfig
+    from . import StageResult
 
 
-def run_sft(cfg: "RunConfig") -> dict[str, Any]:
+def run_sft(cfg: "RunConfig") -> "StageResult":
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
     resume = prepare_output_dir(cfg)
@@ -40,4 +41,7 @@ def run_sft(cfg: "RunConfig") -> dict[str, Any]:
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback()],
     )
-    return train_and_save(trainer, cfg, resume)
+    from . import StageResult
+
+    metrics = train_and_save(trainer, cfg, resume)
+    return StageResult(metrics, trainer.model, tokenizer)

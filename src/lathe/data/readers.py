@@ -1,0 +1,247 @@
+"""Read the rows of one registry entry, from local files or a hub, into a `datasets.Dataset`.
+
+`datasets` does the reading (it parses json/jsonl/csv/parquet/arrow/txt, caches the result as
+Arrow and memory-maps it, so a large dataset is not held in Python memory). lathe adds what it
+does badly for a user: an error that names the file and the line when a JSON file is broken
+(datasets reports only "An error occurred while generating the dataset"), the registry entry
+when a file is missing, and a fast, clear failure instead of minutes of retries when a hub
+dataset is asked for without a network.
+
+One loader per `load_from` kind, in `LOADERS`. A row is a dict; a .txt file gives one row per
+line under the key "text" (row i is line i + 1), as LLaMA-Factory reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import threading
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+import datasets
+
+from lathe.data.registry import DatasetAttr
+from lathe.errors import LatheError
+
+# file extension -> the `datasets` builder that reads it
+FILE_TYPES = {"arrow": "arrow", "csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet", "txt": "text"}
+NETWORK_PROBE_TIMEOUT_S = 3.0
+
+Loader = Callable[[DatasetAttr, Path, "str | None"], datasets.Dataset]
+
+
+def read_rows(
+    attr: DatasetAttr, dataset_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, seed: int = 0
+) -> datasets.Dataset:
+    """The rows of `attr` as a `datasets.Dataset` (iterate it for row dicts).
+
+    `cache_dir` is where `datasets` keeps its Arrow cache (default: HF_DATASETS_CACHE).
+    When the entry sets `num_samples`, that many rows are drawn with `seed`: every row once
+    in random order while there are enough, then rows repeated at random to make up the rest.
+    """
+    loader = LOADERS.get(attr.load_from)
+    if loader is None:
+        raise LatheError(f"{_entry(attr)}: lathe cannot load from {attr.load_from!r}; known: {', '.join(LOADERS)}.")
+    rows = loader(attr, Path(dataset_dir), None if cache_dir is None else str(cache_dir))
+    if attr.num_samples is not None:
+        rows = _sample(attr, rows, attr.num_samples, seed)
+    return rows
+
+
+def _entry(attr: DatasetAttr) -> str:
+    return f"dataset {attr.name!r}" + (f" (entry in {attr.source})" if attr.source else "")
+
+
+def _sample(attr: DatasetAttr, rows: datasets.Dataset, count: int, seed: int) -> datasets.Dataset:
+    if len(rows) == 0:
+        raise LatheError(f"{_entry(attr)} has no rows to draw num_samples={count} from.")
+    rng = random.Random(seed)
+    indices = rng.sample(range(len(rows)), min(count, len(rows)))
+    indices += [rng.randrange(len(rows)) for _ in range(count - len(indices))]
+    return rows.select(indices)
+
+
+# ----------------------------------------------------------------------------- local files
+
+
+def _data_files(attr: DatasetAttr, path: Path) -> tuple[str, list[Path]]:
+    """The builder name and files for a file or a folder of files of one known type."""
+    if not path.exists():
+        raise LatheError(
+            f"{_entry(attr)}: file not found: {path}. Put the data there, or fix 'file_name' in the entry."
+        )
+    if path.is_file():
+        kind = FILE_TYPES.get(path.suffix.lstrip(".").lower())
+        if kind is None:
+            raise LatheError(f"{_entry(attr)}: {path} has an unknown file type; lathe reads {_extensions()}.")
+        return kind, [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    by_kind: dict[str, list[Path]] = {}
+    for file in files:
+        kind = FILE_TYPES.get(file.suffix.lstrip(".").lower())
+        if kind is not None:
+            by_kind.setdefault(kind, []).append(file)
+    if not by_kind:
+        raise LatheError(f"{_entry(attr)}: the folder {path} has no data files; lathe reads {_extensions()}.")
+    if len(by_kind) > 1:
+        found = "; ".join(f"{kind}: {', '.join(f.name for f in fs)}" for kind, fs in by_kind.items())
+        raise LatheError(f"{_entry(attr)}: the folder {path} mixes file types ({found}); keep one type per folder.")
+    ((kind, files),) = by_kind.items()
+    return kind, files
+
+
+def _extensions() -> str:
+    return ", ".join(f".{ext}" for ext in FILE_TYPES)
+
+
+def _load_file(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None) -> datasets.Dataset:
+    kind, files = _data_files(attr, dataset_dir / (attr.file_name or ""))
+    try:
+        return datasets.load_dataset(kind, data_files=[str(f) for f in files], split=attr.split, cache_dir=cache_dir)
+    except Exception as error:  # the library's errors vary by file type; the message below names the cause
+        if kind == "json":
+            for file in files:
+                problem = _json_problem(file)
+                if problem:
+                    raise LatheError(f"{_entry(attr)}: {problem}") from error
+        if "Unknown split" in str(error):
+            raise LatheError(
+                f"{_entry(attr)}: split {attr.split!r} does not exist; local files have one split, 'train' "
+                "(slices such as 'train[:100]' work)."
+            ) from error
+        names = ", ".join(str(f) for f in files)
+        raise LatheError(f"{_entry(attr)}: could not read {names} as {kind}: {_cause(error)}") from error
+
+
+def _json_problem(path: Path) -> str | None:
+    """Where a JSON / JSON Lines file is broken, as 'file:line:column: message', or None.
+
+    A .json file may hold one document or (as datasets allows) one object per line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        return f"{path} is not UTF-8 text ({error})"
+    if path.suffix.lower() == ".json":
+        try:
+            json.loads(text)
+            return None
+        except json.JSONDecodeError as error:
+            if error.msg != "Extra data":
+                return f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}"
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as error:
+                return f"{path}:{number}:{error.colno}: invalid JSON: {error.msg}"
+    return None
+
+
+def _cause(error: BaseException) -> str:
+    """The innermost message: datasets wraps the useful one ("JSON parse error ...")."""
+    seen = {id(error)}
+    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        error = inner
+    return f"{type(error).__name__}: {error}"
+
+
+# ----------------------------------------------------------------------------- hubs
+
+
+def _load_hf_hub(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None) -> datasets.Dataset:
+    """A Hugging Face Hub dataset; fails in seconds, not after minutes of retries, when offline."""
+    repo = attr.hf_hub_url or ""
+    needs_network = f"{_entry(attr)} is the Hugging Face Hub dataset {repo!r} and needs the network"
+    local_copy = "download it on a machine with network and point 'file_name' at the local copy"
+    if datasets.config.HF_HUB_OFFLINE:
+        pass  # datasets itself is offline: it looks in its cache and fails fast when the data is not there
+    elif _offline_requested():
+        raise LatheError(f"{needs_network}, but HF_HUB_OFFLINE is set. Unset it, or {local_copy}.")
+    elif not _hub_reachable():
+        raise LatheError(
+            f"{needs_network}, but {_endpoint()} cannot be reached. Connect this machine, set "
+            f"HF_HUB_OFFLINE=1 to use a copy already in the datasets cache, or {local_copy}."
+        )
+    try:
+        return datasets.load_dataset(
+            repo, name=attr.subset, split=attr.split, data_dir=attr.folder, revision=attr.revision, cache_dir=cache_dir
+        )
+    except Exception as error:  # not found, gated, offline without a cache, bad subset or split
+        offline = " (offline mode: no cached copy was found)" if datasets.config.HF_HUB_OFFLINE else ""
+        raise LatheError(
+            f"{_entry(attr)}: could not load {repo!r}{offline}: {error}. Check the repository id, "
+            f"subset and split, or {local_copy}.") from error
+
+
+def _offline_requested() -> bool:
+    """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set now (possibly after datasets was imported)."""
+    values = (os.environ.get(var, "").upper() for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(value in {"1", "ON", "YES", "TRUE"} for value in values)
+
+
+def _endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def _hub_reachable() -> bool:
+    """Whether a TCP connection to the hub opens within a few seconds.
+
+    With a proxy configured the direct probe says nothing, so the library is left to try.
+    The probe runs in a thread because name resolution ignores socket timeouts.
+    """
+    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    reachable: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((url.hostname or "", port), timeout=NETWORK_PROBE_TIMEOUT_S).close()
+            reachable.append(True)
+        except OSError:
+            reachable.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(NETWORK_PROBE_TIMEOUT_S)
+    return bool(reachable and reachable[0])
+
+
+def _load_script(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None) -> datasets.Dataset:
+    """A local folder (script_url) read by `datasets.load_dataset`; loading scripts no longer run in datasets>=4."""
+    path = dataset_dir / (attr.script_url or "")
+    if not path.exists():
+        raise LatheError(f"{_entry(attr)}: not found: {path}. Fix 'script_url' in the entry.")
+    try:
+        return datasets.load_dataset(
+            str(path), name=attr.subset, split=attr.split, data_dir=attr.folder, cache_dir=cache_dir
+        )
+    except Exception as error:
+        raise LatheError(f"{_entry(attr)}: could not load {path}: {_cause(error)}") from error
+
+
+def _unsupported(what: str) -> Loader:
+    def load(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None) -> datasets.Dataset:
+        raise LatheError(
+            f"{_entry(attr)} is on {what}, which lathe cannot read yet. Add an 'hf_hub_url' if the data is "
+            "also on the Hugging Face Hub, or download it and point 'file_name' at the local copy."
+        )
+
+    return load
+
+
+LOADERS: dict[str, Loader] = {
+    "file": _load_file,
+    "hf_hub": _load_hf_hub,
+    "script": _load_script,
+    "ms_hub": _unsupported("the ModelScope hub"),
+    "om_hub": _unsupported("the Modelers (openMind) hub"),
+    "cloud_file": _unsupported("cloud storage (cloud_file_name)"),
+}
