@@ -316,10 +316,23 @@ def _build_training(values: dict[str, Any], data: DataArguments, source: str):
     coerced.setdefault("report_to", "none")
     coerced.setdefault("generation_max_length", data.cutoff_len)
     coerced.setdefault("include_num_input_tokens_seen", "non_padding")  # feeds tokens/s in the log
+    if not _has_accelerator():
+        # transformers refuses bf16/fp16 without a GPU unless told the run is on the CPU, which it is.
+        coerced.setdefault("use_cpu", True)
     try:
         return cls(**coerced)
     except (ValueError, TypeError, ImportError) as e:
         raise LatheError(f"{source}: training options rejected by transformers: {e}") from None
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    mps = getattr(torch.backends, "mps", None)
+    return bool((xpu and xpu.is_available()) or (mps and mps.is_available()))
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

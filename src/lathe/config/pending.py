@@ -35,6 +35,12 @@ PENDING: dict[str, tuple[object, str]] = {
     "use_kv_cache": (True, "inference"),
     "offload_folder": ("offload", "inference"),
     "print_param_status": (False, "model loading"),
+    "use_v1_kernels": (False, "efficient methods"),
+    "use_kt": (False, "KTransformers backend"),
+    "kt_config": (None, "KTransformers backend"),
+    "kt_cpu_activation": (None, "KTransformers backend"),
+    "kt_weight_path": (None, "KTransformers backend"),
+    "kt_non_expert_weight_path": (None, "KTransformers backend"),
     "export_dir": (None, "export"),
     "export_size": (5, "export"),
     "export_device": ("cpu", "export"),
@@ -140,3 +146,14 @@ PENDING: dict[str, tuple[object, str]] = {
     "ray_num_workers": (1, "distributed training"),
     "fp8": (False, "efficient methods"),
 }
+
+# Options of LLaMA-Factory's Megatron backends (USE_MCA / USE_MEGATRON_BRIDGE): recognised so
+# such configs get a clear refusal instead of a list of unknown keys.
+MEGATRON_KEYS = (
+    "tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
+    "expert_model_parallel_size", "sequence_parallel", "use_distributed_optimizer",
+    "overlap_param_gather", "overlap_grad_reduce", "bias_activation_fusion", "apply_rope_fusion",
+    "recompute_granularity", "moe_token_dispatcher_type", "moe_grouped_gemm", "mixed_precision",
+    "use_packed_sequences", "export_hf_on_finish",
+)
+PENDING.update({key: (None, "Megatron backend") for key in MEGATRON_KEYS})

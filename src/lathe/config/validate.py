@@ -65,6 +65,12 @@ def validate(cfg: "RunConfig") -> None:
 
 def check_raw_combinations(raw: dict, source: str) -> None:
     """Combinations involving options that are not stored in a group (not yet implemented ones)."""
+    for key in ("deepspeed", "fsdp"):
+        if raw.get(key):
+            raise LatheError(
+                f"{source}: `{key}` is an option lathe does not run yet (distributed training): "
+                f"remove it to train in one process."
+            )
     method = raw.get("finetuning_type", "lora")
     if raw.get("quantization_bit") is not None and method not in ("lora", "oft"):
         raise LatheError(

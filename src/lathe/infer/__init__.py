@@ -1,0 +1,1 @@
+"""Inference: generate answers with the same template the model was trained with."""
