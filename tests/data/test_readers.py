@@ -10,6 +10,7 @@ import datasets
 import pyarrow as pa
 import pytest
 
+from lathe import hub
 from lathe.data import readers
 from lathe.data.readers import read_rows
 from lathe.data.registry import DatasetAttr
@@ -164,7 +165,7 @@ def test_hub_unreachable_fails_fast(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(readers, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(readers, "hub_reachable", lambda: False)
     with pytest.raises(LatheError, match="cannot be reached"):
         read_rows(hub_attr(), tmp_path, cache_dir=tmp_path)
 
@@ -174,8 +175,8 @@ def test_hub_probe_gives_up_quickly_on_a_closed_port(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens here
     start = time.monotonic()
-    assert readers._hub_reachable() is False
-    assert time.monotonic() - start < readers.NETWORK_PROBE_TIMEOUT_S + 1
+    assert hub.hub_reachable() is False
+    assert time.monotonic() - start < hub.NETWORK_PROBE_TIMEOUT_S + 1
 
 
 def test_hubs_lathe_cannot_read_say_what_to_do(tmp_path):

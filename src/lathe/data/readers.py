@@ -16,20 +16,17 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
-import threading
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlparse
 
 import datasets
 
 from lathe.data.registry import DatasetAttr
 from lathe.errors import LatheError
+from lathe.hub import endpoint, hub_reachable, offline_requested
 
 # file extension -> the `datasets` builder that reads it
 FILE_TYPES = {"arrow": "arrow", "csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet", "txt": "text"}
-NETWORK_PROBE_TIMEOUT_S = 3.0
 
 Loader = Callable[[DatasetAttr, Path, "str | None"], datasets.Dataset]
 
@@ -161,11 +158,11 @@ def _load_hf_hub(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None) ->
     local_copy = "download it on a machine with network and point 'file_name' at the local copy"
     if datasets.config.HF_HUB_OFFLINE:
         pass  # datasets itself is offline: it looks in its cache and fails fast when the data is not there
-    elif _offline_requested():
+    elif offline_requested():
         raise LatheError(f"{needs_network}, but HF_HUB_OFFLINE is set. Unset it, or {local_copy}.")
-    elif not _hub_reachable():
+    elif not hub_reachable():
         raise LatheError(
-            f"{needs_network}, but {_endpoint()} cannot be reached. Connect this machine, set "
+            f"{needs_network}, but {endpoint()} cannot be reached. Connect this machine, set "
             f"HF_HUB_OFFLINE=1 to use a copy already in the datasets cache, or {local_copy}."
         )
     try:
@@ -177,41 +174,6 @@ def _load_hf_hub(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None) ->
         raise LatheError(
             f"{_entry(attr)}: could not load {repo!r}{offline}: {error}. Check the repository id, "
             f"subset and split, or {local_copy}.") from error
-
-
-def _offline_requested() -> bool:
-    """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set now (possibly after datasets was imported)."""
-    values = (os.environ.get(var, "").upper() for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    return any(value in {"1", "ON", "YES", "TRUE"} for value in values)
-
-
-def _endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-
-
-def _hub_reachable() -> bool:
-    """Whether a TCP connection to the hub opens within a few seconds.
-
-    With a proxy configured the direct probe says nothing, so the library is left to try.
-    The probe runs in a thread because name resolution ignores socket timeouts.
-    """
-    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    url = urlparse(_endpoint())
-    port = url.port or (443 if url.scheme == "https" else 80)
-    reachable: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((url.hostname or "", port), timeout=NETWORK_PROBE_TIMEOUT_S).close()
-            reachable.append(True)
-        except OSError:
-            reachable.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(NETWORK_PROBE_TIMEOUT_S)
-    return bool(reachable and reachable[0])
 
 
 def _load_script(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None) -> datasets.Dataset:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import LatheError
+from ..hub import hub_reachable, offline_requested
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -32,12 +33,18 @@ def _looks_local(name: str) -> bool:
 
 
 def _hub_kwargs(m: "ModelArguments") -> dict[str, Any]:
-    return {
+    kwargs = {
         "trust_remote_code": m.trust_remote_code,
         "revision": m.model_revision,
         "cache_dir": m.cache_dir,
         "token": m.hf_hub_token,
     }
+    name = m.model_name_or_path or ""
+    if not _looks_local(name) and (offline_requested() or not hub_reachable()):
+        # Read the local cache only: a cached model still loads, a missing one fails at once
+        # instead of after minutes of download retries.
+        kwargs["local_files_only"] = True
+    return kwargs
 
 
 def check_model_path(m: "ModelArguments") -> None:
@@ -58,8 +65,10 @@ def _loading_error(what: str, name: str, err: Exception) -> LatheError:
     text = str(err)
     if _looks_local(name):
         return LatheError(f"Could not load the {what} from {name}: {text}")
+    offline = " The hub cannot be reached from here (or HF_HUB_OFFLINE is set) and no cached copy was found." if (
+        offline_requested() or not hub_reachable()) else ""
     return LatheError(
-        f"Could not load the {what} `{name}` from the hub: {text.splitlines()[0] if text else err!r}. "
+        f"Could not load the {what} `{name}` from the hub: {text.splitlines()[0] if text else err!r}.{offline} "
         f"If this machine is offline, download the model elsewhere and set `model_name_or_path` to its folder."
     )
 
@@ -90,7 +99,7 @@ def add_config_tokens(tokenizer: "PreTrainedTokenizerBase", m: "ModelArguments")
             added += new
     if m.add_special_tokens:
         new = [t.strip() for t in m.add_special_tokens.split(",") if t.strip()]
-        if tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_additional_special_tokens=False):
+        if tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False):
             added += new
     return added
 
