@@ -35,7 +35,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 
 constraints="$VENV/torch-constraints.txt"
-"$PY" -c "import torch; print('torch==' + torch.__version__)" > "$constraints"
+"$PY" -W ignore -c "import torch; print('torch==' + torch.__version__)" > "$constraints"
 echo "[setup] pinned $(cat "$constraints")"
 
 target="."

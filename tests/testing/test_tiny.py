@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lathe.errors import LatheError
 from lathe.testing import tiny
-from lathe.testing.cache import MANIFEST, is_complete
+from lathe.cache import MANIFEST, is_complete
 from lathe.testing.demo_tokenizer import build_demo_tokenizer, default_data_dir
 from lathe.testing.tiny import ARCHS, build_tiny_model
 

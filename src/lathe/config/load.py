@@ -315,7 +315,9 @@ def _build_training(values: dict[str, Any], data: DataArguments, source: str):
     coerced["remove_unused_columns"] = False  # our collator needs the columns it built
     coerced.setdefault("report_to", "none")
     coerced.setdefault("generation_max_length", data.cutoff_len)
-    coerced.setdefault("include_num_input_tokens_seen", "non_padding")  # feeds tokens/s in the log
+    # Feeds tokens/s in the log. Packed batches hold no padding at all, so counting every
+    # token is exact there (the non-padding count would miss eos tokens that double as pad).
+    coerced.setdefault("include_num_input_tokens_seen", "all" if data.packing or data.neat_packing else "non_padding")
     if not _has_accelerator():
         # transformers refuses bf16/fp16 without a GPU unless told the run is on the CPU, which it is.
         coerced.setdefault("use_cpu", True)

@@ -66,7 +66,20 @@ class DataArguments:
     overwrite_cache: bool = opt(False, "Tokenize again even if a cached result exists.")
     preprocessing_num_workers: int | None = opt(None, "Processes used to tokenize the data.")
     preprocessing_batch_size: int = opt(1000, "Samples per tokenization batch.")
-    mix_strategy: str = opt("concat", "How several datasets are combined (concat: one after the other).", ("concat",))
+    mix_strategy: str = opt(
+        "concat",
+        "How several datasets are combined: concat, interleave_under (stop at the shortest), "
+        "interleave_over (oversample until the longest is used up).",
+        ("concat", "interleave_under", "interleave_over"),
+    )
+    interleave_probs: str | None = opt(None, "Comma list of sampling probabilities for the interleave strategies.")
+    packing: bool | None = opt(None, "Pack several samples into each cutoff_len row (no padding); default: on for pt, off otherwise.")
+    neat_packing: bool = opt(False, "Pack without attention across packed samples (per-sample position ids).")
+    tokenized_path: str | None = opt(
+        None, "Folder of tokenized data: loaded when it exists, else written after preprocessing."
+    )
+    enable_thinking: bool = opt(True, "Reasoning templates (qwen3): think before answering; false = empty think block.")
+    tool_format: str | None = opt(None, "Override the template's tool-call format (default, qwen, llama3, mistral, glm4).")
 
 
 @dataclass

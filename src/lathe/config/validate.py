@@ -51,6 +51,19 @@ def validate(cfg: "RunConfig") -> None:
         raise LatheError(f"{src}: `val_size` is a fraction in [0, 1) or a whole count, got {d.val_size}.")
     if t.do_train and not d.dataset:
         raise LatheError(f"{src}: `do_train: true` needs `dataset` (comma list of names in dataset_info.json).")
+    if d.neat_packing and d.packing is False:
+        raise LatheError(f"{src}: `neat_packing: true` packs samples; it cannot go with `packing: false`.")
+    if d.interleave_probs and not d.mix_strategy.startswith("interleave"):
+        raise LatheError(f"{src}: `interleave_probs` needs `mix_strategy: interleave_under` or `interleave_over`.")
+    if d.interleave_probs:
+        try:
+            probs = [float(p) for p in d.interleave_probs.split(",")]
+        except ValueError:
+            raise LatheError(f"{src}: `interleave_probs` must be a comma list of numbers, got {d.interleave_probs!r}.") from None
+        if len(probs) != len([n for n in (d.dataset or "").split(",") if n.strip()]):
+            raise LatheError(f"{src}: `interleave_probs` needs one probability per dataset in `dataset`.")
+        if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+            raise LatheError(f"{src}: `interleave_probs` must be non-negative and sum to 1, got {d.interleave_probs}.")
     if d.mask_history and d.train_on_prompt:
         raise LatheError(f"{src}: `mask_history` and `train_on_prompt` contradict each other; set one.")
     if t.learning_rate < 0:

@@ -2,17 +2,23 @@
 
 Every step counts what it drops and why; the report is logged and a run that would train on
 nothing (no valid rows, or no learned token left after truncation) stops with the reasons.
+Tokenized results are cached (see `cache.py`), so a second run with the same inputs only
+reads them back.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LatheError
+from . import cache
 from .formats import convert_rows
+from .packing import pack_dataset
 from .processors.supervised import IGNORE_INDEX, build_supervised_example
 from .readers import read_rows
 from .registry import get_dataset_attrs
@@ -33,9 +39,20 @@ class DataReport:
     kept: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # dataset -> human report of skipped rows
     dropped: Counter = field(default_factory=Counter)  # reason -> samples dropped after tokenization
+    samples: int = 0
     truncated: int = 0
     tokens: int = 0
     learned_tokens: int = 0
+    packed_rows: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["dropped"] = dict(self.dropped)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataReport":
+        return cls(**{**d, "dropped": Counter(d.get("dropped", {}))})
 
     def lines(self) -> list[str]:
         out = []
@@ -47,9 +64,11 @@ class DataReport:
             out.append(f"dropped {n} sample(s): {reason}")
         if self.tokens:
             out.append(
-                f"{self.tokens:,} tokens, {self.learned_tokens:,} learned "
-                f"({100 * self.learned_tokens / self.tokens:.1f}%); {self.truncated} sample(s) truncated to cutoff_len"
+                f"{self.samples:,} samples, {self.tokens:,} tokens, {self.learned_tokens:,} learned "
+                f"({100 * self.learned_tokens / self.tokens:.1f}%); {self.truncated} truncated to cutoff_len"
             )
+        if self.packed_rows:
+            out.append(f"packed into {self.packed_rows:,} rows of at most cutoff_len tokens")
         return out
 
 
@@ -60,22 +79,37 @@ class DatasetBundle:
     report: DataReport
 
 
-def load_samples(
-    names: str, dataset_dir: str, max_samples: int | None, report: DataReport, seed: int = 0
-) -> list[dict[str, Any]]:
-    """Read and convert each named dataset into canonical samples, counting what is skipped."""
-    samples: list[dict[str, Any]] = []
-    for attr in get_dataset_attrs(names, dataset_dir):
-        rows = read_rows(attr, dataset_dir, seed=seed)
-        if max_samples is not None:
-            rows = rows.select(range(min(max_samples, len(rows))))
+# ---------------------------------------------------------------- reading and mixing
+
+
+def load_mixed_samples(names: str, cfg: "RunConfig", report: DataReport, attrs=None) -> "Dataset":
+    """Read and convert each named dataset, then combine them by `mix_strategy`."""
+    from datasets import Dataset, concatenate_datasets, interleave_datasets
+
+    d = cfg.data
+    parts = []
+    for attr in attrs or get_dataset_attrs(names, d.dataset_dir):
+        rows = read_rows(attr, d.dataset_dir, seed=cfg.training.seed)
+        if d.max_samples is not None:
+            rows = rows.select(range(min(d.max_samples, len(rows))))
         result = convert_rows(attr, rows)
         report.rows[attr.name] = len(rows)
         report.kept[attr.name] = len(result.samples)
         if result.skipped:
             report.skipped[attr.name] = result.report()
-        samples.extend(result.samples)
-    return samples
+        parts.append(Dataset.from_dict({
+            "messages": [s["messages"] for s in result.samples],
+            "system": [s.get("system", "") for s in result.samples],
+            "tools": [s.get("tools", "") for s in result.samples],
+        }))
+    if len(parts) == 1 or d.mix_strategy == "concat":
+        return concatenate_datasets(parts)
+    probs = [float(p) for p in d.interleave_probs.split(",")] if d.interleave_probs else None
+    stopping = "first_exhausted" if d.mix_strategy == "interleave_under" else "all_exhausted"
+    return interleave_datasets(parts, probabilities=probs, seed=cfg.training.seed, stopping_strategy=stopping)
+
+
+# ---------------------------------------------------------------- tokenizing
 
 
 def _tokenize_batch(batch: dict[str, list], *, template, tokenizer, data_args) -> dict[str, list]:
@@ -83,9 +117,7 @@ def _tokenize_batch(batch: dict[str, list], *, template, tokenizer, data_args) -
     for messages, system, tools in zip(batch["messages"], batch["system"], batch["tools"]):
         system = system or data_args.default_system or ""
         pairs = template.encode(tokenizer, messages, system=system, tools=tools or "")
-        enc = build_supervised_example(
-            pairs, data_args.cutoff_len, data_args.train_on_prompt, data_args.mask_history
-        )
+        enc = build_supervised_example(pairs, data_args.cutoff_len, data_args.train_on_prompt, data_args.mask_history)
         learned = sum(1 for t in enc.labels if t != IGNORE_INDEX)
         out["input_ids"].append(enc.input_ids)
         out["attention_mask"].append([1] * len(enc.input_ids))
@@ -95,49 +127,91 @@ def _tokenize_batch(batch: dict[str, list], *, template, tokenizer, data_args) -
     return out
 
 
-def tokenize_supervised(samples: list[dict[str, Any]], cfg: "RunConfig", tokenizer, template, report: DataReport):
-    """Samples -> a `datasets.Dataset` of input_ids / attention_mask / labels for SFT."""
-    from datasets import Dataset
-
-    columns = {
-        "messages": [s["messages"] for s in samples],
-        "system": [s.get("system", "") for s in samples],
-        "tools": [s.get("tools", "") for s in samples],
-    }
-    dataset = Dataset.from_dict(columns)
+def _workers(cfg: "RunConfig", n: int) -> int | None:
     workers = cfg.data.preprocessing_num_workers
-    dataset = dataset.map(
+    return workers if workers and workers > 1 and n >= 2 * workers else None
+
+
+def tokenize_supervised(samples: "Dataset", cfg: "RunConfig", tokenizer, template, report: DataReport,
+                        keep_meta: bool = False) -> "Dataset":
+    """Samples -> input_ids / attention_mask / labels for SFT; drops (and counts) samples with nothing to learn.
+
+    `keep_meta` keeps the `_truncated` column for previews.
+    """
+    dataset = samples.map(
         _tokenize_batch,
         batched=True,
         batch_size=cfg.data.preprocessing_batch_size,
-        num_proc=workers if workers and workers > 1 and len(dataset) >= 2 * workers else None,
-        remove_columns=dataset.column_names,
+        num_proc=_workers(cfg, len(samples)),
+        remove_columns=samples.column_names,
         fn_kwargs={"template": template, "tokenizer": tokenizer, "data_args": cfg.data},
         desc="Tokenizing",
     )
-    drops = Counter(r for r in dataset["_drop"] if r)
-    report.dropped.update(drops)
+    report.dropped.update(Counter(r for r in dataset["_drop"] if r))
     report.truncated += sum(dataset["_truncated"])
-    if drops:
+    if report.dropped:
         dataset = dataset.filter(lambda row: not row["_drop"], desc="Dropping samples with nothing to learn")
-    dataset = dataset.remove_columns(["_truncated", "_drop"])
+    dataset = dataset.remove_columns(["_drop"] if keep_meta else ["_truncated", "_drop"])
+    report.samples += len(dataset)
     for ids, labels in zip(dataset["input_ids"], dataset["labels"]):
         report.tokens += len(ids)
         report.learned_tokens += sum(1 for t in labels if t != IGNORE_INDEX)
     return dataset
 
 
+def check_template_options(cfg: "RunConfig", template) -> None:
+    if cfg.data.train_on_prompt and getattr(template, "efficient_eos", False):
+        raise LatheError(
+            f"`train_on_prompt` cannot be used with template `{template.name}`: its answers end without an eos "
+            f"token, so learning the prompt would teach the model to keep writing the next turn."
+        )
+
+
+def prepare(names: str, cfg: "RunConfig", tokenizer, template) -> tuple["Dataset", DataReport]:
+    """Tokenized (and, when asked, packed) data for `names`, from the cache when possible."""
+    d = cfg.data
+    attrs = get_dataset_attrs(names, d.dataset_dir)
+
+    def build():
+        report = DataReport()
+        dataset = tokenize_supervised(load_mixed_samples(names, cfg, report, attrs), cfg, tokenizer, template, report)
+        if d.packing or d.neat_packing:
+            dataset = pack_dataset(dataset.remove_columns(["attention_mask"]), d.cutoff_len, d.neat_packing,
+                                   num_proc=_workers(cfg, len(dataset)))
+            report.packed_rows = len(dataset)
+        return dataset, report
+
+    key = cache.dataset_key(names, attrs, cfg, tokenizer, template, cfg.finetuning.stage)
+    start = time.time()
+    dataset, report, hit = cache.cached(key, build, overwrite=d.overwrite_cache)
+    how = "read from the cache" if hit else "preprocessed"
+    logger.info("data: %s %s in %.1f s (%s)", names, how, time.time() - start, cache.cache_dir() / key)
+    return dataset, DataReport.from_dict(report)
+
+
+# ---------------------------------------------------------------- the run's datasets
+
+
 def get_dataset(cfg: "RunConfig", tokenizer, template) -> DatasetBundle:
     """Build the train (and eval) datasets of an SFT run and log the data report."""
     d = cfg.data
-    report = DataReport()
+    check_template_options(cfg, template)
+    stored = Path(d.tokenized_path) if d.tokenized_path else None
     train = evaluation = None
-    if d.dataset:
-        samples = load_samples(d.dataset, d.dataset_dir, d.max_samples, report, cfg.training.seed)
-        train = tokenize_supervised(samples, cfg, tokenizer, template, report)
+    report = DataReport()
+    if stored is not None and (stored / cache.REPORT_FILE).exists():
+        train, saved = cache.load_tokenized(stored)
+        report = DataReport.from_dict(saved)
+        logger.info("data: tokenized data read from tokenized_path %s; `dataset` is not read again", stored)
+    elif d.dataset:
+        train, report = prepare(d.dataset, cfg, tokenizer, template)
+        if stored is not None:
+            cache.save_tokenized(stored, train, report)
+            logger.info("data: tokenized data saved to tokenized_path %s", stored)
     if d.eval_dataset:
-        eval_samples = load_samples(d.eval_dataset, d.dataset_dir, d.max_samples, report, cfg.training.seed)
-        evaluation = tokenize_supervised(eval_samples, cfg, tokenizer, template, report)
+        evaluation, eval_report = prepare(d.eval_dataset, cfg, tokenizer, template)
+        for line in eval_report.lines():
+            logger.info("eval data: %s", line)
     elif train is not None and d.val_size > 0:
         size = int(d.val_size) if d.val_size >= 1 else d.val_size
         if (isinstance(size, int) and size >= len(train)) or len(train) < 2:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..data.loader import get_dataset
+from ..data.packing import FlatteningCollator
 from ..data.templates import resolve_template
 from ..model.adapters import apply_method
 from ..model.load import add_config_tokens, enable_gradient_checkpointing, load_model, load_tokenizer
@@ -31,7 +32,10 @@ def run_sft(cfg: "RunConfig") -> "StageResult":
         enable_gradient_checkpointing(model, cfg.model.use_reentrant_gc)
     model = apply_method(model, cfg, new_token_rows=bool(added) or cfg.model.resize_vocab)
 
-    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=None)
+    if cfg.data.packing or cfg.data.neat_packing:
+        collator = FlatteningCollator()  # packed rows: one flat row per batch, no padding
+    else:
+        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=None)
     trainer = Seq2SeqTrainer(
         model=model,
         args=cfg.training,

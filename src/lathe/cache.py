@@ -1,4 +1,4 @@
-"""A small on-disk cache for built test artifacts (tiny models, the demo tokenizer).
+"""A small on-disk cache for built artifacts (tokenized datasets, tiny models, the demo tokenizer).
 
 Why not just `save_pretrained` into a fixed folder: a build that is interrupted (Ctrl-C,
 a killed CI job, two test workers racing) would leave a folder that looks like a model but
