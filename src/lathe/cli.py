@@ -19,6 +19,8 @@ USAGE = """usage: lathe <command> [options]
 
 commands:
   train CONFIG [key=value ...]   fine-tune a model (CONFIG: YAML or JSON, LLaMA-Factory keys)
+  data preview CONFIG [-n N]     show N samples as the model sees them, learned tokens marked
+  data stats CONFIG              rows kept/skipped, token lengths, truncation, learned share
   env                            versions of python and the libraries, and the devices
   version                        the lathe version
 
@@ -45,13 +47,37 @@ def cmd_train(args: list[str]) -> int:
         return 0
     from .config import load_config
 
-    path, overrides = (args[0], args[1:]) if "=" not in args[0] else (None, args)
+    path, overrides = _split_config_args(args)
     cfg = load_config(path, overrides)
     from .train import run_stage
 
     metrics = run_stage(cfg).metrics
     if "train_loss" in metrics:
         print(f"[lathe] done: train_loss {metrics['train_loss']:.4f}; results in {cfg.training.output_dir}")
+    return 0
+
+
+def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    return (args[0], args[1:]) if args and "=" not in args[0] else (None, args)
+
+
+def cmd_data(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lathe data", description="Inspect the data a config trains on.")
+    parser.add_argument("action", choices=("preview", "stats"))
+    parser.add_argument("config", help="a training config (YAML or JSON)")
+    parser.add_argument("-n", type=int, default=3, help="samples to show (preview)")
+    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument("overrides", nargs="*", help="key=value options")
+    ns = parser.parse_args(args)
+    from .config import load_config
+    from .data import inspect
+
+    cfg = load_config(ns.config, ns.overrides)
+    if ns.action == "preview":
+        color = ns.color == "always" or (ns.color == "auto" and sys.stdout.isatty())
+        print(inspect.preview(cfg, ns.n, "color" if color else "plain"))
+    else:
+        print(inspect.stats(cfg))
     return 0
 
 
@@ -67,7 +93,7 @@ def cmd_version(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "env": cmd_env, "version": cmd_version}
+COMMANDS = {"train": cmd_train, "data": cmd_data, "env": cmd_env, "version": cmd_version}
 
 
 def main(argv: list[str] | None = None) -> int:

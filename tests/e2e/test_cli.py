@@ -165,3 +165,19 @@ def test_demo_data_is_registered():
     info = json.loads((DATA / "dataset_info.json").read_text())
     for entry in info.values():
         assert (DATA / entry["file_name"]).exists()
+
+
+def test_data_preview_marks_learned_tokens(capsys, sft_config):
+    assert main(["data", "preview", str(sft_config()), "-n", "2", "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- sample") == 2
+    assert "<|im_start|>assistant\n[[" in out and "<|im_end|>]]" in out  # answer + end-of-turn learned
+    assert "[[<|im_start|>" not in out  # the prompt is not
+
+
+def test_data_stats(capsys, sft_config):
+    assert main(["data", "stats", str(sft_config(cutoff_len=24))]) == 0
+    out = capsys.readouterr().out
+    assert "lathe_identity: 57 of 57 rows kept" in out
+    assert "tokens per sample: min" in out and "p95" in out
+    assert "truncated by cutoff_len:" in out and "learned (" in out
