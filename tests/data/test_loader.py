@@ -166,3 +166,32 @@ def test_interleave_probs_validation(sft_config):
                                interleave_probs="1.0"))
     with pytest.raises(LatheError, match="interleave_probs"):
         load_config(sft_config(interleave_probs="1.0"))
+
+
+def test_streaming_trains_and_counts_as_it_reads(sft_config, tmp_path, caplog):
+    from lathe.train import run_stage
+
+    data = tmp_path / "d"
+    data.mkdir()
+    rows = [{"instruction": f"Say {i}", "output": f"{i}"} for i in range(40)] + [{"instruction": "no output"}] * 3
+    (data / "s.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (data / "dataset_info.json").write_text(json.dumps({"s": {"file_name": "s.jsonl"}}))
+    cfg = load_config(sft_config(dataset="s", dataset_dir=str(data), streaming=True, buffer_size=8, max_steps=12,
+                                 per_device_train_batch_size=4))
+    tokenizer, template = setup(cfg)
+    bundle = get_dataset(cfg, tokenizer, template)
+    assert bundle.streaming and not hasattr(bundle.train, "__len__")
+    caplog.set_level("INFO", logger="lathe")
+    result = run_stage(cfg)
+    assert result.metrics["train_loss"] > 0
+    text = caplog.text
+    assert "skipped 3 of 43 rows" in text  # counted while the stream was read
+
+
+def test_streaming_needs_max_steps(sft_config):
+    from lathe.errors import LatheError
+
+    with pytest.raises(LatheError, match="max_steps"):
+        load_config(sft_config(streaming=True, max_steps=-1))
+    with pytest.raises(LatheError, match="packing"):
+        load_config(sft_config(streaming=True, packing=True))

@@ -58,8 +58,6 @@ PENDING: dict[str, tuple[object, str]] = {
     "video_maxlen": (128, "multimodal"),
     # data
     "media_dir": (None, "multimodal"),
-    "streaming": (False, "data worker"),
-    "buffer_size": (16384, "data worker"),
     "eval_num_beams": (None, "prediction"),
     "ignore_pad_token_for_loss": (True, "data worker"),
     "eval_on_each_dataset": (False, "evaluation"),

@@ -78,6 +78,8 @@ class DataArguments:
     tokenized_path: str | None = opt(
         None, "Folder of tokenized data: loaded when it exists, else written after preprocessing."
     )
+    streaming: bool = opt(False, "Read and tokenize the data while training instead of up front (needs max_steps).")
+    buffer_size: int = opt(16384, "streaming: samples held in the shuffle buffer.")
     enable_thinking: bool = opt(True, "Reasoning templates (qwen3): think before answering; false = empty think block.")
     tool_format: str | None = opt(None, "Override the template's tool-call format (default, qwen, llama3, mistral, glm4).")
 

@@ -51,6 +51,16 @@ def validate(cfg: "RunConfig") -> None:
         raise LatheError(f"{src}: `val_size` is a fraction in [0, 1) or a whole count, got {d.val_size}.")
     if t.do_train and not d.dataset:
         raise LatheError(f"{src}: `do_train: true` needs `dataset` (comma list of names in dataset_info.json).")
+    if d.streaming:
+        if t.max_steps is None or t.max_steps <= 0:
+            raise LatheError(f"{src}: `streaming: true` needs `max_steps`: a stream has no known length to count epochs.")
+        for key in ("packing", "neat_packing", "tokenized_path"):
+            if getattr(d, key):
+                raise LatheError(f"{src}: `{key}` works on the whole data set up front; it cannot go with `streaming: true`.")
+        if 0 < d.val_size < 1:
+            raise LatheError(f"{src}: with `streaming: true`, `val_size` must be a whole count of samples, got {d.val_size}.")
+        if d.buffer_size <= 0:
+            raise LatheError(f"{src}: `buffer_size` must be positive, got {d.buffer_size}.")
     if d.neat_packing and d.packing is False:
         raise LatheError(f"{src}: `neat_packing: true` packs samples; it cannot go with `packing: false`.")
     if d.interleave_probs and not d.mix_strategy.startswith("interleave"):

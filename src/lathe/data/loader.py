@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LatheError
 from . import cache
-from .formats import convert_rows
+from .formats import ConversionResult, RowError, convert_rows, get_format
 from .packing import pack_dataset
 from .processors.supervised import IGNORE_INDEX, build_supervised_example
 from .readers import read_rows
@@ -44,10 +44,12 @@ class DataReport:
     tokens: int = 0
     learned_tokens: int = 0
     packed_rows: int = 0
+    stream_results: list = field(default_factory=list)  # streaming: per-dataset ConversionResult, filled as read
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["dropped"] = dict(self.dropped)
+        d.pop("stream_results")
         return d
 
     @classmethod
@@ -55,7 +57,7 @@ class DataReport:
         return cls(**{**d, "dropped": Counter(d.get("dropped", {}))})
 
     def lines(self) -> list[str]:
-        out = []
+        out = [r.report() for r in self.stream_results]
         for name, n in self.rows.items():
             out.append(f"{name}: {self.kept.get(name, 0)} of {n} rows kept")
             if name in self.skipped:
@@ -77,6 +79,7 @@ class DatasetBundle:
     train: "Dataset | None"
     eval: "Dataset | None"
     report: DataReport
+    streaming: bool = False
 
 
 # ---------------------------------------------------------------- reading and mixing
@@ -189,6 +192,100 @@ def prepare(names: str, cfg: "RunConfig", tokenizer, template) -> tuple["Dataset
     return dataset, DataReport.from_dict(report)
 
 
+# ---------------------------------------------------------------- streaming
+
+
+def _stream_samples(attr, cfg: "RunConfig"):
+    """Canonical samples of one dataset, read and converted while training consumes them.
+
+    A bad row is yielded with `_skip` set (and empty content) so the filter after this
+    generator, which runs in the training process, can count it.
+    """
+    d = cfg.data
+    rows = read_rows(attr, d.dataset_dir, seed=cfg.training.seed, streaming=True)
+    if d.max_samples is not None:
+        rows = rows.take(d.max_samples)
+    convert = get_format(attr.formatting).convert
+    index = 0
+    try:
+        for index, row in enumerate(rows):
+            try:
+                sample = convert(attr, row)
+            except RowError as error:
+                yield {"messages": [], "system": "", "tools": "", "_skip": error.reason, "_detail": error.detail,
+                       "_index": index}
+                continue
+            yield {"messages": sample["messages"], "system": sample.get("system", ""),
+                   "tools": sample.get("tools", ""), "_skip": "", "_detail": "", "_index": index}
+    except LatheError:
+        raise
+    except Exception as error:  # a broken file shows up only when the stream reaches it
+        raise LatheError(f"dataset {attr.name!r}: reading failed after row {index} while streaming: {error}") from error
+
+
+def _count_row(row: dict[str, Any], result: ConversionResult) -> bool:
+    """Keep good rows; count every row once (a later epoch re-reads the stream from row 0)."""
+    if row["_index"] >= result.num_rows:
+        result.num_rows = row["_index"] + 1
+        if row["_skip"]:
+            result.add_skip(row["_index"], RowError(row["_skip"], row["_detail"]))
+    return not row["_skip"]
+
+
+def stream_supervised(names: str, cfg: "RunConfig", tokenizer, template, report: DataReport):
+    """An `IterableDataset` of tokenized SFT samples, shuffled through a `buffer_size` buffer.
+
+    Rows are counted into `report` as the stream is read (in this process), so the report
+    is complete once training has consumed the data; its token figures count what training
+    read, repeats across epochs included.
+    """
+    from datasets import Features, IterableDataset, List, Value, concatenate_datasets, interleave_datasets
+
+    d = cfg.data
+    features = Features({
+        "messages": List({"role": Value("string"), "content": Value("string")}),
+        "system": Value("string"),
+        "tools": Value("string"),
+        "_skip": Value("string"),
+        "_detail": Value("string"),
+        "_index": Value("int64"),
+    })
+    parts = []
+    for attr in get_dataset_attrs(names, d.dataset_dir):
+        result = ConversionResult(name=attr.name, num_rows=0)
+        report.stream_results.append(result)
+        part = IterableDataset.from_generator(_stream_samples, features=features, gen_kwargs={"attr": attr, "cfg": cfg})
+        # A closure, not fn_kwargs: datasets copies fn_kwargs when it copies the stream, and the
+        # counts must land in the objects the report holds.
+        part = part.filter(lambda row, result=result: _count_row(row, result))
+        part = part.remove_columns(["_skip", "_detail", "_index"])
+        parts.append(part)
+    if len(parts) == 1 or d.mix_strategy == "concat":
+        samples = concatenate_datasets(parts)
+    else:
+        probs = [float(p) for p in d.interleave_probs.split(",")] if d.interleave_probs else None
+        stopping = "first_exhausted" if d.mix_strategy == "interleave_under" else "all_exhausted"
+        samples = interleave_datasets(parts, probabilities=probs, seed=cfg.training.seed, stopping_strategy=stopping)
+    tokenized = samples.map(
+        _tokenize_batch, batched=True, batch_size=d.preprocessing_batch_size,
+        remove_columns=["messages", "system", "tools"],
+        fn_kwargs={"template": template, "tokenizer": tokenizer, "data_args": d},
+    )
+    tokenized = tokenized.filter(lambda row: _count_streamed(row, report))
+    return tokenized.remove_columns(["_truncated", "_drop"]).shuffle(seed=cfg.training.seed, buffer_size=d.buffer_size)
+
+
+def _count_streamed(row: dict[str, Any], report: DataReport) -> bool:
+    if row["_drop"]:
+        report.dropped[row["_drop"]] += 1
+        return False
+    report.samples += 1
+    report.truncated += bool(row["_truncated"])
+    report.tokens += len(row["input_ids"])
+    report.learned_tokens += sum(1 for t in row["labels"] if t != IGNORE_INDEX)
+    return True
+
+
 # ---------------------------------------------------------------- the run's datasets
 
 
@@ -199,6 +296,8 @@ def get_dataset(cfg: "RunConfig", tokenizer, template) -> DatasetBundle:
     stored = Path(d.tokenized_path) if d.tokenized_path else None
     train = evaluation = None
     report = DataReport()
+    if d.streaming:
+        return _get_streaming(cfg, tokenizer, template)
     if stored is not None and (stored / cache.REPORT_FILE).exists():
         train, saved = cache.load_tokenized(stored)
         report = DataReport.from_dict(saved)
@@ -225,3 +324,16 @@ def get_dataset(cfg: "RunConfig", tokenizer, template) -> DatasetBundle:
             reasons = "; ".join(report.lines()) or "no rows"
             raise LatheError(f"No {name} sample has anything to learn ({reasons}). Check the dataset and cutoff_len.")
     return DatasetBundle(train, evaluation, report)
+
+
+def _get_streaming(cfg: "RunConfig", tokenizer, template) -> DatasetBundle:
+    d = cfg.data
+    report = DataReport()
+    train = stream_supervised(d.dataset, cfg, tokenizer, template, report) if d.dataset else None
+    evaluation = None
+    if d.eval_dataset:
+        evaluation = stream_supervised(d.eval_dataset, cfg, tokenizer, template, DataReport())
+    elif train is not None and d.val_size >= 1:
+        evaluation, train = train.take(int(d.val_size)), train.skip(int(d.val_size))
+    logger.info("data: streaming %s; rows are read, checked and counted while training runs", d.dataset)
+    return DatasetBundle(train, evaluation, report, streaming=True)

@@ -28,22 +28,26 @@ from lathe.hub import endpoint, hub_reachable, offline_requested
 # file extension -> the `datasets` builder that reads it
 FILE_TYPES = {"arrow": "arrow", "csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet", "txt": "text"}
 
-Loader = Callable[[DatasetAttr, Path, "str | None"], datasets.Dataset]
+Loader = Callable[..., datasets.Dataset]  # (attr, dataset_dir, cache_dir, streaming=False)
 
 
 def read_rows(
-    attr: DatasetAttr, dataset_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, seed: int = 0
+    attr: DatasetAttr, dataset_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, seed: int = 0,
+    streaming: bool = False,
 ) -> datasets.Dataset:
     """The rows of `attr` as a `datasets.Dataset` (iterate it for row dicts).
 
     `cache_dir` is where `datasets` keeps its Arrow cache (default: HF_DATASETS_CACHE).
+    `streaming` returns a `datasets.IterableDataset` that reads rows as they are used.
     When the entry sets `num_samples`, that many rows are drawn with `seed`: every row once
     in random order while there are enough, then rows repeated at random to make up the rest.
     """
     loader = LOADERS.get(attr.load_from)
     if loader is None:
         raise LatheError(f"{_entry(attr)}: lathe cannot load from {attr.load_from!r}; known: {', '.join(LOADERS)}.")
-    rows = loader(attr, Path(dataset_dir), None if cache_dir is None else str(cache_dir))
+    rows = loader(attr, Path(dataset_dir), None if cache_dir is None else str(cache_dir), streaming=streaming)
+    if attr.num_samples is not None and streaming:
+        raise LatheError(f"{_entry(attr)}: `num_samples` draws rows at random and cannot be used with streaming.")
     if attr.num_samples is not None:
         rows = _sample(attr, rows, attr.num_samples, seed)
     return rows
@@ -95,10 +99,12 @@ def _extensions() -> str:
     return ", ".join(f".{ext}" for ext in FILE_TYPES)
 
 
-def _load_file(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None) -> datasets.Dataset:
+def _load_file(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, streaming: bool = False) -> datasets.Dataset:
     kind, files = _data_files(attr, dataset_dir / (attr.file_name or ""))
     try:
-        return datasets.load_dataset(kind, data_files=[str(f) for f in files], split=attr.split, cache_dir=cache_dir)
+        return datasets.load_dataset(
+            kind, data_files=[str(f) for f in files], split=attr.split, cache_dir=cache_dir, streaming=streaming
+        )
     except Exception as error:  # the library's errors vary by file type; the message below names the cause
         if kind == "json":
             for file in files:
@@ -151,7 +157,7 @@ def _cause(error: BaseException) -> str:
 # ----------------------------------------------------------------------------- hubs
 
 
-def _load_hf_hub(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None) -> datasets.Dataset:
+def _load_hf_hub(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, streaming: bool = False) -> datasets.Dataset:
     """A Hugging Face Hub dataset; fails in seconds, not after minutes of retries, when offline."""
     repo = attr.hf_hub_url or ""
     needs_network = f"{_entry(attr)} is the Hugging Face Hub dataset {repo!r} and needs the network"
@@ -167,7 +173,8 @@ def _load_hf_hub(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None) ->
         )
     try:
         return datasets.load_dataset(
-            repo, name=attr.subset, split=attr.split, data_dir=attr.folder, revision=attr.revision, cache_dir=cache_dir
+            repo, name=attr.subset, split=attr.split, data_dir=attr.folder, revision=attr.revision, cache_dir=cache_dir,
+            streaming=streaming,
         )
     except Exception as error:  # not found, gated, offline without a cache, bad subset or split
         offline = " (offline mode: no cached copy was found)" if datasets.config.HF_HUB_OFFLINE else ""
@@ -176,21 +183,21 @@ def _load_hf_hub(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None) ->
             f"subset and split, or {local_copy}.") from error
 
 
-def _load_script(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None) -> datasets.Dataset:
+def _load_script(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, streaming: bool = False) -> datasets.Dataset:
     """A local folder (script_url) read by `datasets.load_dataset`; loading scripts no longer run in datasets>=4."""
     path = dataset_dir / (attr.script_url or "")
     if not path.exists():
         raise LatheError(f"{_entry(attr)}: not found: {path}. Fix 'script_url' in the entry.")
     try:
         return datasets.load_dataset(
-            str(path), name=attr.subset, split=attr.split, data_dir=attr.folder, cache_dir=cache_dir
+            str(path), name=attr.subset, split=attr.split, data_dir=attr.folder, cache_dir=cache_dir, streaming=streaming
         )
     except Exception as error:
         raise LatheError(f"{_entry(attr)}: could not load {path}: {_cause(error)}") from error
 
 
 def _unsupported(what: str) -> Loader:
-    def load(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None) -> datasets.Dataset:
+    def load(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, streaming: bool = False) -> datasets.Dataset:
         raise LatheError(
             f"{_entry(attr)} is on {what}, which lathe cannot read yet. Add an 'hf_hub_url' if the data is "
             "also on the Hugging Face Hub, or download it and point 'file_name' at the local copy."

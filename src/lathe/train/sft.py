@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from ..data.loader import get_dataset
@@ -11,6 +12,8 @@ from ..model.adapters import apply_method
 from ..model.load import add_config_tokens, enable_gradient_checkpointing, load_model, load_tokenizer
 from .base import prepare_output_dir, save_run_config, train_and_save
 from .callbacks import JsonlLogCallback
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -48,4 +51,7 @@ def run_sft(cfg: "RunConfig") -> "StageResult":
     from . import StageResult
 
     metrics = train_and_save(trainer, cfg, resume)
+    if data.streaming:  # the stream's report is complete only now that training has read it
+        for line in data.report.lines():
+            logger.info("data (streamed): %s", line)
     return StageResult(metrics, trainer.model, tokenizer)
