@@ -266,7 +266,7 @@ def build_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
 
     if groups["finetuning"].disable_shuffling:
         routed["training"].setdefault("train_sampling_strategy", "sequential")
-    training = _build_training(routed["training"], groups["data"], source)
+    training = _build_training(routed["training"], groups["data"], groups["finetuning"].stage, source)
     cfg = RunConfig(
         model=groups["model"],
         data=groups["data"],
@@ -305,7 +305,7 @@ def _check_pending(key: str, value: Any, source: str) -> None:
     )
 
 
-def _build_training(values: dict[str, Any], data: DataArguments, source: str):
+def _build_training(values: dict[str, Any], data: DataArguments, stage: str, source: str):
     cls = _training_cls()
     hints = _hints(cls)
     coerced = {k: _coerce(k, v, hints.get(k, Any)) for k, v in values.items()}
@@ -317,7 +317,8 @@ def _build_training(values: dict[str, Any], data: DataArguments, source: str):
     coerced.setdefault("generation_max_length", data.cutoff_len)
     # Feeds tokens/s in the log. Packed batches hold no padding at all, so counting every
     # token is exact there (the non-padding count would miss eos tokens that double as pad).
-    coerced.setdefault("include_num_input_tokens_seen", "all" if data.packing or data.neat_packing else "non_padding")
+    packed = data.packing or data.neat_packing or (data.packing is None and stage == "pt")
+    coerced.setdefault("include_num_input_tokens_seen", "all" if packed else "non_padding")
     if not _has_accelerator():
         # transformers refuses bf16/fp16 without a GPU unless told the run is on the CPU, which it is.
         coerced.setdefault("use_cpu", True)

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 # Stages and methods with a working implementation today; the others are recognised
 # LLaMA-Factory names that lathe refuses with a clear message.
-AVAILABLE_STAGES = ("sft",)
+AVAILABLE_STAGES = ("pt", "sft")
 AVAILABLE_FINETUNING_TYPES = ("full", "freeze", "lora")
 
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora")
@@ -55,7 +55,7 @@ def validate(cfg: "RunConfig") -> None:
         if t.max_steps is None or t.max_steps <= 0:
             raise LatheError(f"{src}: `streaming: true` needs `max_steps`: a stream has no known length to count epochs.")
         for key in ("packing", "neat_packing", "tokenized_path"):
-            if getattr(d, key):
+            if getattr(d, key) and not (key == "packing" and f.stage == "pt"):
                 raise LatheError(f"{src}: `{key}` works on the whole data set up front; it cannot go with `streaming: true`.")
         if 0 < d.val_size < 1:
             raise LatheError(f"{src}: with `streaming: true`, `val_size` must be a whole count of samples, got {d.val_size}.")
@@ -74,6 +74,10 @@ def validate(cfg: "RunConfig") -> None:
             raise LatheError(f"{src}: `interleave_probs` needs one probability per dataset in `dataset`.")
         if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
             raise LatheError(f"{src}: `interleave_probs` must be non-negative and sum to 1, got {d.interleave_probs}.")
+    if f.stage != "sft":
+        for key in ("train_on_prompt", "mask_history", "neat_packing"):
+            if getattr(d, key):
+                raise LatheError(f"{src}: `{key}` only applies to `stage: sft`.")
     if d.mask_history and d.train_on_prompt:
         raise LatheError(f"{src}: `mask_history` and `train_on_prompt` contradict each other; set one.")
     if t.learning_rate < 0:

@@ -19,6 +19,7 @@ from ..errors import LatheError
 from . import cache
 from .formats import ConversionResult, RowError, convert_rows, get_format
 from .packing import pack_dataset
+from .processors.pretrain import encode_pretrain_batch
 from .processors.supervised import IGNORE_INDEX, build_supervised_example
 from .readers import read_rows
 from .registry import get_dataset_attrs
@@ -118,6 +119,11 @@ def load_mixed_samples(names: str, cfg: "RunConfig", report: DataReport, attrs=N
 def _tokenize_batch(batch: dict[str, list], *, template, tokenizer, data_args) -> dict[str, list]:
     out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "_truncated": [], "_drop": []}
     for messages, system, tools in zip(batch["messages"], batch["system"], batch["tools"]):
+        if len(messages) % 2 == 1:  # plain text (or a conversation cut before its answer)
+            for key in out:
+                out[key].append([] if key in ("input_ids", "attention_mask", "labels") else False)
+            out["_drop"][-1] = "no answer turn to learn (plain text belongs to `stage: pt`)"
+            continue
         system = system or data_args.default_system or ""
         pairs = template.encode(tokenizer, messages, system=system, tools=tools or "")
         enc = build_supervised_example(pairs, data_args.cutoff_len, data_args.train_on_prompt, data_args.mask_history)
@@ -135,19 +141,36 @@ def _workers(cfg: "RunConfig", n: int) -> int | None:
     return workers if workers and workers > 1 and n >= 2 * workers else None
 
 
+def packing_enabled(cfg: "RunConfig") -> bool:
+    """`packing` as given, else on for pre-training (where samples seeing each other is harmless) only."""
+    d = cfg.data
+    if d.neat_packing:
+        return True
+    return d.packing if d.packing is not None else cfg.finetuning.stage == "pt"
+
+
 def tokenize_supervised(samples: "Dataset", cfg: "RunConfig", tokenizer, template, report: DataReport,
                         keep_meta: bool = False) -> "Dataset":
-    """Samples -> input_ids / attention_mask / labels for SFT; drops (and counts) samples with nothing to learn.
+    """Samples -> input_ids / attention_mask / labels for the run's stage; drops (and counts) samples
+    with nothing to learn.
 
     `keep_meta` keeps the `_truncated` column for previews.
     """
+    if cfg.finetuning.stage == "pt":
+        function = encode_pretrain_batch
+        kwargs = {"tokenizer": tokenizer, "cutoff_len": cfg.data.cutoff_len, "packing": packing_enabled(cfg)}
+        workers = None  # packing concatenates across samples: one process keeps the blocks full
+    else:
+        function = _tokenize_batch
+        kwargs = {"template": template, "tokenizer": tokenizer, "data_args": cfg.data}
+        workers = _workers(cfg, len(samples))
     dataset = samples.map(
-        _tokenize_batch,
+        function,
         batched=True,
         batch_size=cfg.data.preprocessing_batch_size,
-        num_proc=_workers(cfg, len(samples)),
+        num_proc=workers,
         remove_columns=samples.column_names,
-        fn_kwargs={"template": template, "tokenizer": tokenizer, "data_args": cfg.data},
+        fn_kwargs=kwargs,
         desc="Tokenizing",
     )
     report.dropped.update(Counter(r for r in dataset["_drop"] if r))
@@ -156,6 +179,8 @@ def tokenize_supervised(samples: "Dataset", cfg: "RunConfig", tokenizer, templat
         dataset = dataset.filter(lambda row: not row["_drop"], desc="Dropping samples with nothing to learn")
     dataset = dataset.remove_columns(["_drop"] if keep_meta else ["_truncated", "_drop"])
     report.samples += len(dataset)
+    if cfg.finetuning.stage == "pt" and packing_enabled(cfg):
+        report.packed_rows = len(dataset)
     for ids, labels in zip(dataset["input_ids"], dataset["labels"]):
         report.tokens += len(ids)
         report.learned_tokens += sum(1 for t in labels if t != IGNORE_INDEX)
@@ -178,7 +203,7 @@ def prepare(names: str, cfg: "RunConfig", tokenizer, template) -> tuple["Dataset
     def build():
         report = DataReport()
         dataset = tokenize_supervised(load_mixed_samples(names, cfg, report, attrs), cfg, tokenizer, template, report)
-        if d.packing or d.neat_packing:
+        if packing_enabled(cfg) and cfg.finetuning.stage != "pt":  # pt packs while tokenizing
             dataset = pack_dataset(dataset.remove_columns(["attention_mask"]), d.cutoff_len, d.neat_packing,
                                    num_proc=_workers(cfg, len(dataset)))
             report.packed_rows = len(dataset)
@@ -266,10 +291,14 @@ def stream_supervised(names: str, cfg: "RunConfig", tokenizer, template, report:
         probs = [float(p) for p in d.interleave_probs.split(",")] if d.interleave_probs else None
         stopping = "first_exhausted" if d.mix_strategy == "interleave_under" else "all_exhausted"
         samples = interleave_datasets(parts, probabilities=probs, seed=cfg.training.seed, stopping_strategy=stopping)
+    if cfg.finetuning.stage == "pt":  # blocks are packed within each batch of the stream
+        function = encode_pretrain_batch
+        kwargs = {"tokenizer": tokenizer, "cutoff_len": d.cutoff_len, "packing": packing_enabled(cfg)}
+    else:
+        function, kwargs = _tokenize_batch, {"template": template, "tokenizer": tokenizer, "data_args": d}
     tokenized = samples.map(
-        _tokenize_batch, batched=True, batch_size=d.preprocessing_batch_size,
-        remove_columns=["messages", "system", "tools"],
-        fn_kwargs={"template": template, "tokenizer": tokenizer, "data_args": d},
+        function, batched=True, batch_size=d.preprocessing_batch_size,
+        remove_columns=["messages", "system", "tools"], fn_kwargs=kwargs,
     )
     tokenized = tokenized.filter(lambda row: _count_streamed(row, report))
     return tokenized.remove_columns(["_truncated", "_drop"]).shuffle(seed=cfg.training.seed, buffer_size=d.buffer_size)

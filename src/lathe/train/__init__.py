@@ -26,7 +26,13 @@ def _sft(cfg: "RunConfig") -> "StageResult":
     return run_sft(cfg)
 
 
-STAGES: dict[str, Callable[["RunConfig"], StageResult]] = {"sft": _sft}
+def _pt(cfg: "RunConfig") -> "StageResult":
+    from .pt import run_pt
+
+    return run_pt(cfg)
+
+
+STAGES: dict[str, Callable[["RunConfig"], StageResult]] = {"pt": _pt, "sft": _sft}
 
 
 def run_stage(cfg: "RunConfig") -> StageResult:

@@ -7,7 +7,9 @@ wraps it with lathe's conventions so a stage module only wires its data, model a
 from __future__ import annotations
 
 import logging
+import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +82,47 @@ def save_run_config(cfg: "RunConfig") -> None:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False, allow_unicode=True)
 
 
+@dataclass
+class RunSetup:
+    """What every stage starts from: where to resume, the tokenizer, template, data and trainable model."""
+
+    resume: str | None
+    tokenizer: Any
+    template: Any
+    data: Any  # lathe.data.loader.DatasetBundle
+    model: Any
+
+
+def setup_run(cfg: "RunConfig") -> RunSetup:
+    """Tokenizer -> template -> data -> model -> method, in the order that fails cheapest first.
+
+    The data is read and tokenized before the weights load, so a data problem costs seconds.
+    """
+    from ..data.loader import get_dataset
+    from ..data.templates import resolve_template
+    from ..model.adapters import apply_method
+    from ..model.load import add_config_tokens, enable_gradient_checkpointing, load_model, load_tokenizer
+
+    resume = prepare_output_dir(cfg)
+    tokenizer = load_tokenizer(cfg.model)
+    template = resolve_template(cfg.data.template, tokenizer)
+    added = template.fix_tokenizer(tokenizer) + add_config_tokens(tokenizer, cfg.model)
+    data = get_dataset(cfg, tokenizer, template)
+    save_run_config(cfg)
+    model = load_model(cfg, tokenizer)
+    if cfg.training.do_train and not cfg.model.disable_gradient_checkpointing:
+        enable_gradient_checkpointing(model, cfg.model.use_reentrant_gc)
+    model = apply_method(model, cfg, new_token_rows=bool(added) or cfg.model.resize_vocab)
+    return RunSetup(resume, tokenizer, template, data, model)
+
+
+def log_streamed_report(data) -> None:
+    """A stream's data report is complete only once training has read it."""
+    if data.streaming:
+        for line in data.report.lines():
+            logger.info("data (streamed): %s", line)
+
+
 def train_and_save(trainer: "Trainer", cfg: "RunConfig", resume: str | None) -> dict[str, Any]:
     """Train, save the model (or adapter) with its tokenizer, metrics and plots; then evaluate."""
     metrics: dict[str, Any] = {}
@@ -100,6 +143,8 @@ def train_and_save(trainer: "Trainer", cfg: "RunConfig", resume: str | None) -> 
                 logger.info("Wrote %s", path)
     if t.do_eval:
         eval_metrics = trainer.evaluate(metric_key_prefix="eval")
+        if cfg.finetuning.stage == "pt" and "eval_loss" in eval_metrics:
+            eval_metrics["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 700.0))
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
