@@ -99,6 +99,19 @@ class FinetuningArguments:
     additional_target: str | None = opt(None, "Comma list of modules trained in full beside LoRA (peft modules_to_save).")
     use_rslora: bool = opt(False, "Rank-stabilised LoRA scaling (alpha / sqrt(rank)).")
     use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).")
+    pref_beta: float = opt(0.1, "dpo/kto: beta, the strength of the pull towards the reference model.")
+    pref_ftx: float = opt(0.0, "dpo: weight of an added SFT loss on the chosen answers.")
+    pref_loss: str = opt(
+        "sigmoid", "dpo: loss: sigmoid (DPO), hinge, ipo, orpo or simpo (the last two use no reference model).",
+        ("sigmoid", "hinge", "ipo", "orpo", "simpo"),
+    )
+    dpo_label_smoothing: float = opt(0.0, "dpo (sigmoid): probability that a preference label is flipped (cDPO), in [0, 0.5].")
+    simpo_gamma: float = opt(0.5, "simpo: target reward margin.")
+    kto_chosen_weight: float = opt(1.0, "kto: weight of the desirable examples' loss.")
+    kto_rejected_weight: float = opt(1.0, "kto: weight of the undesirable examples' loss.")
+    ref_model: str | None = opt(
+        None, "dpo/kto: reference model folder; default: the base model (LoRA: the adapter switched off)."
+    )
     disable_shuffling: bool = opt(False, "Read the training data in order instead of shuffled.")
     include_effective_tokens_per_second: bool = opt(False, "Also report effective (non-padding) tokens per second in the final metrics.")
 

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 # Stages and methods with a working implementation today; the others are recognised
 # LLaMA-Factory names that lathe refuses with a clear message.
-AVAILABLE_STAGES = ("pt", "sft")
+AVAILABLE_STAGES = ("pt", "sft", "rm", "dpo")
 AVAILABLE_FINETUNING_TYPES = ("full", "freeze", "lora")
 
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora")
@@ -74,6 +74,14 @@ def validate(cfg: "RunConfig") -> None:
             raise LatheError(f"{src}: `interleave_probs` needs one probability per dataset in `dataset`.")
         if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
             raise LatheError(f"{src}: `interleave_probs` must be non-negative and sum to 1, got {d.interleave_probs}.")
+    if f.pref_beta <= 0:
+        raise LatheError(f"{src}: `pref_beta` must be positive, got {f.pref_beta}.")
+    if not 0.0 <= f.dpo_label_smoothing <= 0.5:
+        raise LatheError(f"{src}: `dpo_label_smoothing` must be in [0, 0.5], got {f.dpo_label_smoothing}.")
+    if f.dpo_label_smoothing and f.pref_loss != "sigmoid":
+        raise LatheError(f"{src}: `dpo_label_smoothing` applies to `pref_loss: sigmoid` only.")
+    if f.ref_model and f.pref_loss in ("orpo", "simpo"):
+        raise LatheError(f"{src}: `pref_loss: {f.pref_loss}` uses no reference model; remove `ref_model`.")
     if f.stage != "sft":
         for key in ("train_on_prompt", "mask_history", "neat_packing"):
             if getattr(d, key):

@@ -19,8 +19,8 @@ from ..errors import LatheError
 from . import cache
 from .formats import ConversionResult, RowError, convert_rows, get_format
 from .packing import pack_dataset
-from .processors.pretrain import encode_pretrain_batch
-from .processors.supervised import IGNORE_INDEX, build_supervised_example
+from .processors import PROCESSORS, SAMPLE_COLUMNS, sample_features, sample_row
+from .processors.supervised import IGNORE_INDEX
 from .readers import read_rows
 from .registry import get_dataset_attrs
 
@@ -101,11 +101,7 @@ def load_mixed_samples(names: str, cfg: "RunConfig", report: DataReport, attrs=N
         report.kept[attr.name] = len(result.samples)
         if result.skipped:
             report.skipped[attr.name] = result.report()
-        parts.append(Dataset.from_dict({
-            "messages": [s["messages"] for s in result.samples],
-            "system": [s.get("system", "") for s in result.samples],
-            "tools": [s.get("tools", "") for s in result.samples],
-        }))
+        parts.append(Dataset.from_list([sample_row(s) for s in result.samples], features=sample_features()))
     if len(parts) == 1 or d.mix_strategy == "concat":
         return concatenate_datasets(parts)
     probs = [float(p) for p in d.interleave_probs.split(",")] if d.interleave_probs else None
@@ -114,26 +110,6 @@ def load_mixed_samples(names: str, cfg: "RunConfig", report: DataReport, attrs=N
 
 
 # ---------------------------------------------------------------- tokenizing
-
-
-def _tokenize_batch(batch: dict[str, list], *, template, tokenizer, data_args) -> dict[str, list]:
-    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "_truncated": [], "_drop": []}
-    for messages, system, tools in zip(batch["messages"], batch["system"], batch["tools"]):
-        if len(messages) % 2 == 1:  # plain text (or a conversation cut before its answer)
-            for key in out:
-                out[key].append([] if key in ("input_ids", "attention_mask", "labels") else False)
-            out["_drop"][-1] = "no answer turn to learn (plain text belongs to `stage: pt`)"
-            continue
-        system = system or data_args.default_system or ""
-        pairs = template.encode(tokenizer, messages, system=system, tools=tools or "")
-        enc = build_supervised_example(pairs, data_args.cutoff_len, data_args.train_on_prompt, data_args.mask_history)
-        learned = sum(1 for t in enc.labels if t != IGNORE_INDEX)
-        out["input_ids"].append(enc.input_ids)
-        out["attention_mask"].append([1] * len(enc.input_ids))
-        out["labels"].append(enc.labels)
-        out["_truncated"].append(enc.truncated)
-        out["_drop"].append("" if learned else "no learned token left after truncation to cutoff_len")
-    return out
 
 
 def _workers(cfg: "RunConfig", n: int) -> int | None:
@@ -156,14 +132,9 @@ def tokenize_supervised(samples: "Dataset", cfg: "RunConfig", tokenizer, templat
 
     `keep_meta` keeps the `_truncated` column for previews.
     """
-    if cfg.finetuning.stage == "pt":
-        function = encode_pretrain_batch
-        kwargs = {"tokenizer": tokenizer, "cutoff_len": cfg.data.cutoff_len, "packing": packing_enabled(cfg)}
-        workers = None  # packing concatenates across samples: one process keeps the blocks full
-    else:
-        function = _tokenize_batch
-        kwargs = {"template": template, "tokenizer": tokenizer, "data_args": cfg.data}
-        workers = _workers(cfg, len(samples))
+    processor = PROCESSORS[cfg.finetuning.stage]
+    function, kwargs = processor.encode, processor.kwargs(cfg, tokenizer, template)
+    workers = _workers(cfg, len(samples)) if processor.parallel else None
     dataset = samples.map(
         function,
         batched=True,
@@ -181,10 +152,18 @@ def tokenize_supervised(samples: "Dataset", cfg: "RunConfig", tokenizer, templat
     report.samples += len(dataset)
     if cfg.finetuning.stage == "pt" and packing_enabled(cfg):
         report.packed_rows = len(dataset)
-    for ids, labels in zip(dataset["input_ids"], dataset["labels"]):
-        report.tokens += len(ids)
-        report.learned_tokens += sum(1 for t in labels if t != IGNORE_INDEX)
+    for row in dataset:
+        _count_tokens(row, report)
     return dataset
+
+
+def _count_tokens(row: dict[str, Any], report: DataReport) -> None:
+    """Add a tokenized row's tokens (every *input_ids column) and learned tokens (every *labels column)."""
+    for column, values in row.items():
+        if column.endswith("input_ids"):
+            report.tokens += len(values)
+        elif column.endswith("labels"):
+            report.learned_tokens += sum(1 for t in values if t != IGNORE_INDEX)
 
 
 def check_template_options(cfg: "RunConfig", template) -> None:
@@ -237,11 +216,9 @@ def _stream_samples(attr, cfg: "RunConfig"):
             try:
                 sample = convert(attr, row)
             except RowError as error:
-                yield {"messages": [], "system": "", "tools": "", "_skip": error.reason, "_detail": error.detail,
-                       "_index": index}
+                yield {**sample_row({}), "_skip": error.reason, "_detail": error.detail, "_index": index}
                 continue
-            yield {"messages": sample["messages"], "system": sample.get("system", ""),
-                   "tools": sample.get("tools", ""), "_skip": "", "_detail": "", "_index": index}
+            yield {**sample_row(sample), "_skip": "", "_detail": "", "_index": index}
     except LatheError:
         raise
     except Exception as error:  # a broken file shows up only when the stream reaches it
@@ -264,17 +241,11 @@ def stream_supervised(names: str, cfg: "RunConfig", tokenizer, template, report:
     is complete once training has consumed the data; its token figures count what training
     read, repeats across epochs included.
     """
-    from datasets import Features, IterableDataset, List, Value, concatenate_datasets, interleave_datasets
+    from datasets import IterableDataset, Value, concatenate_datasets, interleave_datasets
 
     d = cfg.data
-    features = Features({
-        "messages": List({"role": Value("string"), "content": Value("string")}),
-        "system": Value("string"),
-        "tools": Value("string"),
-        "_skip": Value("string"),
-        "_detail": Value("string"),
-        "_index": Value("int64"),
-    })
+    features = sample_features()
+    features.update({"_skip": Value("string"), "_detail": Value("string"), "_index": Value("int64")})
     parts = []
     for attr in get_dataset_attrs(names, d.dataset_dir):
         result = ConversionResult(name=attr.name, num_rows=0)
@@ -291,14 +262,11 @@ def stream_supervised(names: str, cfg: "RunConfig", tokenizer, template, report:
         probs = [float(p) for p in d.interleave_probs.split(",")] if d.interleave_probs else None
         stopping = "first_exhausted" if d.mix_strategy == "interleave_under" else "all_exhausted"
         samples = interleave_datasets(parts, probabilities=probs, seed=cfg.training.seed, stopping_strategy=stopping)
-    if cfg.finetuning.stage == "pt":  # blocks are packed within each batch of the stream
-        function = encode_pretrain_batch
-        kwargs = {"tokenizer": tokenizer, "cutoff_len": d.cutoff_len, "packing": packing_enabled(cfg)}
-    else:
-        function, kwargs = _tokenize_batch, {"template": template, "tokenizer": tokenizer, "data_args": d}
+    processor = PROCESSORS[cfg.finetuning.stage]  # pt packs blocks within each batch of the stream
+    function, kwargs = processor.encode, processor.kwargs(cfg, tokenizer, template)
     tokenized = samples.map(
         function, batched=True, batch_size=d.preprocessing_batch_size,
-        remove_columns=["messages", "system", "tools"], fn_kwargs=kwargs,
+        remove_columns=list(SAMPLE_COLUMNS), fn_kwargs=kwargs,
     )
     tokenized = tokenized.filter(lambda row: _count_streamed(row, report))
     return tokenized.remove_columns(["_truncated", "_drop"]).shuffle(seed=cfg.training.seed, buffer_size=d.buffer_size)
@@ -310,8 +278,7 @@ def _count_streamed(row: dict[str, Any], report: DataReport) -> bool:
         return False
     report.samples += 1
     report.truncated += bool(row["_truncated"])
-    report.tokens += len(row["input_ids"])
-    report.learned_tokens += sum(1 for t in row["labels"] if t != IGNORE_INDEX)
+    _count_tokens(row, report)
     return True
 
 

@@ -18,6 +18,7 @@ class StageResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     model: Any = None
     tokenizer: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)  # stage-specific objects (e.g. the reference model)
 
 
 def _sft(cfg: "RunConfig") -> "StageResult":
@@ -32,7 +33,19 @@ def _pt(cfg: "RunConfig") -> "StageResult":
     return run_pt(cfg)
 
 
-STAGES: dict[str, Callable[["RunConfig"], StageResult]] = {"pt": _pt, "sft": _sft}
+def _dpo(cfg: "RunConfig") -> "StageResult":
+    from .dpo import run_dpo
+
+    return run_dpo(cfg)
+
+
+def _rm(cfg: "RunConfig") -> "StageResult":
+    from .rm import run_rm
+
+    return run_rm(cfg)
+
+
+STAGES: dict[str, Callable[["RunConfig"], StageResult]] = {"pt": _pt, "sft": _sft, "rm": _rm, "dpo": _dpo}
 
 
 def run_stage(cfg: "RunConfig") -> StageResult:

@@ -21,7 +21,8 @@ class JsonlLogCallback(TrainerCallback):
 
     Fields: current_steps, total_steps, loss, lr, epoch, percentage, total_tokens (non-padding
     tokens seen), throughput (tokens/s since the start of this run), elapsed_time and
-    remaining_time (h:mm:ss), plus eval_loss on evaluation steps.
+    remaining_time (h:mm:ss), plus eval_loss on evaluation steps and every other number the
+    stage logs (grad_norm, rewards/margins, accuracy, ...).
     """
 
     def __init__(self) -> None:
@@ -64,6 +65,9 @@ class JsonlLogCallback(TrainerCallback):
             "elapsed_time": _fmt_seconds(elapsed),
             "remaining_time": _fmt_seconds(elapsed / done * left) if done > 0 else None,
         }
+        # Stage metrics (rewards/*, accuracy, grad_norm, eval_*) follow the fixed fields.
+        record.update({k: v for k, v in logs.items() if k not in ("loss", "eval_loss", "learning_rate", "epoch")
+                       and isinstance(v, (int, float))})
         record = {k: v for k, v in record.items() if v is not None}
         with open(Path(args.output_dir) / LOG_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

@@ -1,1 +1,75 @@
-"""Per-stage tokenization: turn canonical samples into model inputs and labels."""
+"""Per-stage tokenization, registered by stage: canonical samples in, model inputs and labels out.
+
+Each processor is a `datasets.map(batched=True)` function plus the keyword arguments it needs
+from the run; its output always has `_truncated` and `_drop` (the reason a sample has nothing
+to learn, or "") so the loader can count and report what it drops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from .feedback import encode_feedback_batch
+from .pairwise import encode_pairwise_batch
+from .pretrain import encode_pretrain_batch
+from .supervised import encode_supervised_batch
+
+if TYPE_CHECKING:
+    from ...config import RunConfig
+
+# The columns of a canonical sample as the loader stores it (see lathe.data.schema).
+SAMPLE_COLUMNS = ("messages", "system", "tools", "chosen", "rejected", "kto_tag")
+
+
+def sample_features():
+    """Arrow types of a stored sample, fixed so that datasets of different formats concatenate."""
+    from datasets import Features, List, Value
+
+    message = {"role": Value("string"), "content": Value("string")}
+    return Features({
+        "messages": List(message),
+        "system": Value("string"),
+        "tools": Value("string"),
+        "chosen": List(message),
+        "rejected": List(message),
+        "kto_tag": Value("bool"),
+    })
+
+
+def sample_row(sample: dict[str, Any]) -> dict[str, Any]:
+    """A canonical sample with every stored column present (empty when the format has none)."""
+    return {
+        "messages": sample.get("messages", []),
+        "system": sample.get("system", ""),
+        "tools": sample.get("tools", ""),
+        "chosen": sample.get("chosen", []),
+        "rejected": sample.get("rejected", []),
+        "kto_tag": sample.get("kto_tag"),
+    }
+
+
+def _template_kwargs(cfg: "RunConfig", tokenizer, template) -> dict[str, Any]:
+    return {"template": template, "tokenizer": tokenizer, "data_args": cfg.data}
+
+
+def _pretrain_kwargs(cfg: "RunConfig", tokenizer, template) -> dict[str, Any]:
+    from ..loader import packing_enabled
+
+    return {"tokenizer": tokenizer, "cutoff_len": cfg.data.cutoff_len, "packing": packing_enabled(cfg)}
+
+
+@dataclass(frozen=True)
+class Processor:
+    encode: Callable[..., dict[str, list]]
+    kwargs: Callable[["RunConfig", Any, Any], dict[str, Any]]
+    parallel: bool = True  # False when rows depend on each other (pt packs across samples)
+
+
+PROCESSORS: dict[str, Processor] = {
+    "pt": Processor(encode_pretrain_batch, _pretrain_kwargs, parallel=False),
+    "sft": Processor(encode_supervised_batch, _template_kwargs),
+    "rm": Processor(encode_pairwise_batch, _template_kwargs),
+    "dpo": Processor(encode_pairwise_batch, _template_kwargs),
+    "kto": Processor(encode_feedback_batch, _template_kwargs),
+}

@@ -70,3 +70,23 @@ def build_supervised_example(
         learn_answer = not mask_history or i == last
         labels += answer if learn_answer else [IGNORE_INDEX] * len(answer)
     return Encoded(input_ids, labels, truncated)
+
+
+def encode_supervised_batch(batch: dict[str, list], *, template, tokenizer, data_args) -> dict[str, list]:
+    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "_truncated": [], "_drop": []}
+    for messages, system, tools in zip(batch["messages"], batch["system"], batch["tools"]):
+        if len(messages) % 2 == 1:  # plain text (or a conversation cut before its answer)
+            for key in out:
+                out[key].append([] if key in ("input_ids", "attention_mask", "labels") else False)
+            out["_drop"][-1] = "no answer turn to learn (plain text belongs to `stage: pt`)"
+            continue
+        system = system or data_args.default_system or ""
+        pairs = template.encode(tokenizer, messages, system=system, tools=tools or "")
+        enc = build_supervised_example(pairs, data_args.cutoff_len, data_args.train_on_prompt, data_args.mask_history)
+        learned = sum(1 for t in enc.labels if t != IGNORE_INDEX)
+        out["input_ids"].append(enc.input_ids)
+        out["attention_mask"].append([1] * len(enc.input_ids))
+        out["labels"].append(enc.labels)
+        out["_truncated"].append(enc.truncated)
+        out["_drop"].append("" if learned else "no learned token left after truncation to cutoff_len")
+    return out

@@ -1,0 +1,32 @@
+"""Per-batch metrics that a custom loss computes, averaged into the Trainer's log lines."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+
+class StoredMetricsMixin:
+    """Mix into a `transformers.Trainer`: `self.store_metrics(...)` in compute_loss, means appear in logs."""
+
+    def _stored(self) -> dict[str, dict[str, list[float]]]:
+        if not hasattr(self, "_metric_store"):
+            self._metric_store = {"train": defaultdict(list), "eval": defaultdict(list)}
+        return self._metric_store
+
+    def store_metrics(self, **values: torch.Tensor | float) -> None:
+        split = "train" if self.model.training else "eval"
+        for name, value in values.items():
+            value = value.float().mean().item() if isinstance(value, torch.Tensor) else float(value)
+            self._stored()[split][name].append(value)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if split == "eval" else ""
+        stored = self._stored()[split]
+        for name, values in stored.items():
+            if values:
+                logs[prefix + name] = round(sum(values) / len(values), 6)
+        stored.clear()
+        super().log(logs, *args, **kwargs)

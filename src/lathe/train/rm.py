@@ -1,0 +1,68 @@
+"""Reward modelling: a scalar head learns to score the chosen answer above the rejected one.
+
+loss = -log sigmoid(r_chosen - r_rejected); the logged accuracy is the share of pairs the
+model ranks right. The saved folder (backbone + value_head.safetensors) loads with
+`lathe.model.value_head.load_reward_model` for PPO and the API.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from transformers import Trainer
+
+from ..data.collate import PairwiseCollator
+from ..model.value_head import ValueHeadModel
+from .base import log_streamed_report, setup_run, train_and_save
+from .callbacks import JsonlLogCallback
+from .losses import pairwise_accuracy, pairwise_reward_loss
+from .metrics import StoredMetricsMixin
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from . import StageResult
+
+
+class RewardTrainer(StoredMetricsMixin, Trainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # the loss is a mean over pairs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        scores = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        half = scores.shape[0] // 2
+        chosen, rejected = scores[:half], scores[half:]
+        loss = pairwise_reward_loss(chosen, rejected)
+        self.store_metrics(accuracy=pairwise_accuracy(chosen, rejected), **{
+            "rewards/chosen": chosen.detach(), "rewards/rejected": rejected.detach()})
+        return (loss, {"chosen": chosen, "rejected": rejected}) if return_outputs else loss
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Backbone via save_pretrained plus the head file, instead of one opaque state dict."""
+        output_dir = output_dir or self.args.output_dir
+        self.model.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+        (model or self.model).load_weights(Path(resume_from_checkpoint))
+
+
+def run_rm(cfg: "RunConfig") -> "StageResult":
+    from . import StageResult
+
+    run = setup_run(cfg)
+    model = ValueHeadModel(run.model)
+    trainer = RewardTrainer(
+        model=model,
+        args=cfg.training,
+        train_dataset=run.data.train,
+        eval_dataset=run.data.eval,
+        data_collator=PairwiseCollator(run.tokenizer.pad_token_id),
+        processing_class=run.tokenizer,
+        callbacks=[JsonlLogCallback()],
+    )
+    metrics = train_and_save(trainer, cfg, run.resume)
+    log_streamed_report(run.data)
+    return StageResult(metrics, trainer.model, run.tokenizer)
