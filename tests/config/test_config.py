@@ -82,7 +82,7 @@ def test_bad_values_and_combinations(extra, needle):
 
 def test_stage_not_yet_available_is_refused():
     with pytest.raises(LatheError, match="not available yet"):
-        cfg(stage="dpo")
+        cfg(stage="ppo")
 
 
 def test_required_keys():
