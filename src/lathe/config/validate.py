@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 # Stages and methods with a working implementation today; the others are recognised
 # LLaMA-Factory names that lathe refuses with a clear message.
-AVAILABLE_STAGES = ("pt", "sft", "rm", "dpo")
+AVAILABLE_STAGES = ("pt", "sft", "rm", "dpo", "kto")
 AVAILABLE_FINETUNING_TYPES = ("full", "freeze", "lora")
 
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora")
@@ -82,6 +82,8 @@ def validate(cfg: "RunConfig") -> None:
         raise LatheError(f"{src}: `dpo_label_smoothing` applies to `pref_loss: sigmoid` only.")
     if f.ref_model and f.pref_loss in ("orpo", "simpo"):
         raise LatheError(f"{src}: `pref_loss: {f.pref_loss}` uses no reference model; remove `ref_model`.")
+    if f.kto_chosen_weight < 0 or f.kto_rejected_weight < 0:
+        raise LatheError(f"{src}: `kto_chosen_weight` and `kto_rejected_weight` must not be negative.")
     if f.stage != "sft":
         for key in ("train_on_prompt", "mask_history", "neat_packing"):
             if getattr(d, key):

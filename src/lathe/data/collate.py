@@ -33,3 +33,38 @@ class PairwiseCollator:
             "attention_mask": pad([[1] * len(r) for r in ids], 0),
             "labels": pad(labels, IGNORE_INDEX),
         }
+
+
+def _first_learned(labels: list[int]) -> int:
+    return next((i for i, t in enumerate(labels) if t != IGNORE_INDEX), len(labels))
+
+
+@dataclass
+class FeedbackCollator:
+    """KTO batches: the samples, plus mismatched pairs (prompt i, answer i+1) for the KL estimate.
+
+    KTO's reference point is the policy/reference KL on answers that do not belong to their
+    prompt; pairing each prompt with the next sample's answer gives such pairs at no extra
+    data cost.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = [list(f["input_ids"]) for f in features]
+        labels = [list(f["labels"]) for f in features]
+        kl_ids, kl_labels = [], []
+        for i in range(len(features)):
+            j = (i + 1) % len(features)
+            cut_i, cut_j = _first_learned(labels[i]), _first_learned(labels[j])
+            kl_ids.append(ids[i][:cut_i] + ids[j][cut_j:])
+            kl_labels.append([IGNORE_INDEX] * cut_i + labels[j][cut_j:])
+        return {
+            "input_ids": pad(ids, self.pad_token_id),
+            "attention_mask": pad([[1] * len(r) for r in ids], 0),
+            "labels": pad(labels, IGNORE_INDEX),
+            "kl_input_ids": pad(kl_ids, self.pad_token_id),
+            "kl_attention_mask": pad([[1] * len(r) for r in kl_ids], 0),
+            "kl_labels": pad(kl_labels, IGNORE_INDEX),
+            "kto_tags": torch.tensor([bool(f["kto_tag"]) for f in features]),
+        }

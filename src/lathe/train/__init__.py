@@ -45,7 +45,15 @@ def _rm(cfg: "RunConfig") -> "StageResult":
     return run_rm(cfg)
 
 
-STAGES: dict[str, Callable[["RunConfig"], StageResult]] = {"pt": _pt, "sft": _sft, "rm": _rm, "dpo": _dpo}
+def _kto(cfg: "RunConfig") -> "StageResult":
+    from .kto import run_kto
+
+    return run_kto(cfg)
+
+
+STAGES: dict[str, Callable[["RunConfig"], StageResult]] = {
+    "pt": _pt, "sft": _sft, "rm": _rm, "dpo": _dpo, "kto": _kto,
+}
 
 
 def run_stage(cfg: "RunConfig") -> StageResult:

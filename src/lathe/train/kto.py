@@ -1,0 +1,83 @@
+"""KTO: learn from answers labelled desirable or undesirable, no pairs needed.
+
+Each answer's log-ratio against the reference is pushed above (desirable) or below
+(undesirable) a reference point, the KL between policy and reference measured on mismatched
+prompt/answer pairs of the same batch. `kto_chosen_weight` / `kto_rejected_weight` balance
+the two kinds; `pref_ftx` adds SFT loss on the desirable answers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import Trainer
+
+from ..data.collate import FeedbackCollator
+from .base import log_streamed_report, setup_run, train_and_save
+from .callbacks import JsonlLogCallback
+from .losses import kto_loss, sequence_logps
+from .metrics import StoredMetricsMixin
+from .reference import build_reference, reference_logps
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from . import StageResult
+
+
+class KTOTrainer(StoredMetricsMixin, Trainer):
+    def __init__(self, *args, finetuning, ref_model=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.finetuning = finetuning
+        self.ref_model = ref_model
+        self.model_accepts_loss_kwargs = False  # the loss is a mean over samples
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        f = self.finetuning
+        main = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "labels": inputs["labels"]}
+        kl_batch = {"input_ids": inputs["kl_input_ids"], "attention_mask": inputs["kl_attention_mask"],
+                    "labels": inputs["kl_labels"]}
+        logits = model(input_ids=main["input_ids"], attention_mask=main["attention_mask"]).logits
+        policy, counts = sequence_logps(logits, main["labels"])
+        with torch.no_grad():  # the reference point carries no gradient
+            kl_logits = model(input_ids=kl_batch["input_ids"], attention_mask=kl_batch["attention_mask"]).logits
+            policy_kl, _ = sequence_logps(kl_logits, kl_batch["labels"])
+            ref_kl, _ = reference_logps(model, self.ref_model, kl_batch)
+            ref, _ = reference_logps(model, self.ref_model, main)
+        kl = (policy_kl - ref_kl).mean().clamp(min=0)
+        tags = inputs["kto_tags"]
+        losses, chosen_rewards, rejected_rewards = kto_loss(
+            policy[tags], policy[~tags], ref[tags], ref[~tags], kl, f.pref_beta,
+            desirable_weight=f.kto_chosen_weight, undesirable_weight=f.kto_rejected_weight,
+        )
+        loss = losses.mean()
+        if f.pref_ftx > 0 and tags.any():
+            loss = loss + f.pref_ftx * (-(policy[tags] / counts[tags].clamp(min=1))).mean()
+        metrics = {"kl": kl}
+        if tags.any():
+            metrics["rewards/chosen"] = chosen_rewards
+        if (~tags).any():
+            metrics["rewards/rejected"] = rejected_rewards
+        self.store_metrics(**metrics)
+        return (loss, {"kl": kl}) if return_outputs else loss
+
+
+def run_kto(cfg: "RunConfig") -> "StageResult":
+    from . import StageResult
+
+    run = setup_run(cfg)
+    ref = build_reference(cfg, run.model, run.tokenizer)
+    trainer = KTOTrainer(
+        model=run.model,
+        args=cfg.training,
+        train_dataset=run.data.train,
+        eval_dataset=run.data.eval,
+        data_collator=FeedbackCollator(run.tokenizer.pad_token_id),
+        processing_class=run.tokenizer,
+        callbacks=[JsonlLogCallback()],
+        finetuning=cfg.finetuning,
+        ref_model=ref,
+    )
+    metrics = train_and_save(trainer, cfg, run.resume)
+    log_streamed_report(run.data)
+    return StageResult(metrics, trainer.model, run.tokenizer, extras={"ref_model": ref})
