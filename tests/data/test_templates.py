@@ -140,8 +140,8 @@ def test_unknown_template_names_close_ones_and_the_file():
 
 
 def test_template_data_is_validated():
-    with pytest.raises(LatheError, match="slot `user` uses `{tools}`"):
-        Slots(name="broken", user="{tools}")
+    with pytest.raises(LatheError, match="slot `user` uses `{system}`"):
+        Slots(name="broken", user="{system}")
     entries = {"x": {"base": "chatml", "asistant": "{content}"}, "chatml": {}}
     with pytest.raises(LatheError, match="unknown key `asistant`.*assistant"):
         _resolve_entry("x", entries, Path("t.yaml"))
@@ -273,9 +273,11 @@ def test_tool_calls_and_results_qwen(qwen2):
     assert rendering.text.startswith(
         "<|im_start|>system\nYou are a helpful assistant.\n\n# Tools\n\nYou may call one or more functions"
     )
-    assert '<tools>\n{"name": "add", "description": "Add two numbers", "parameters": {"type": "object"}}\n</tools>' in (
-        rendering.text
-    )
+    # A bare schema is written in OpenAI's {"type": "function", "function": ...} form, as Qwen models saw tools.
+    assert (
+        '<tools>\n{"type": "function", "function": {"name": "add", "description": "Add two numbers", '
+        '"parameters": {"type": "object"}}}\n</tools>'
+    ) in rendering.text
     assert [rendering.text[s:e] for s, e in rendering.answer_spans] == [
         '<tool_call>\n{"name": "add", "arguments": {"a": 3, "b": 4}}\n</tool_call><|im_end|>',
         "It is 7.<|im_end|>",
@@ -548,9 +550,13 @@ def test_fix_tokenizer_sets_missing_eos_from_stop_words():
         get_template("empty").fix_tokenizer(tokenizer)
 
 
-def test_fix_tokenizer_on_a_matching_tokenizer_adds_nothing(qwen2, llama3):
-    assert get_template("qwen").fix_tokenizer(qwen2) == []
+def test_fix_tokenizer_on_a_matching_tokenizer_adds_nothing():
+    qwen2, llama3 = load("qwen2-instruct-boundless"), load("llama3.2-instruct")  # fresh: fix_tokenizer changes them
+    own = qwen2.chat_template
     assert TokenizerTemplate(qwen2).fix_tokenizer(qwen2) == []
+    assert qwen2.chat_template == own  # the tokenizer's own template stays
+    assert get_template("qwen").fix_tokenizer(qwen2) == []
+    assert qwen2.chat_template == get_template("qwen").to_jinja()  # the trained template travels with it
     assert get_template("llama3").fix_tokenizer(llama3) == []
     assert llama3.pad_token == "<|eot_id|>"
     assert isinstance(get_template("llama3"), SlotTemplate)

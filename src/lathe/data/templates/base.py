@@ -17,8 +17,10 @@ from lathe.data.schema import ANSWER_ROLES, PROMPT_ROLES
 from lathe.errors import LatheError
 
 from .tokenize import add_missing_special_tokens, ensure_eos_and_pad, split_by_spans
+from .tools import ToolCall, ToolFormat
 
 Pairs = list[tuple[list[int], list[int]]]
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True)
@@ -77,11 +79,30 @@ class Template(ABC):
     """
 
     name: str = ""
+    tool_format: ToolFormat  # how tools, tool calls and results are written and parsed
 
     @property
     @abstractmethod
     def stop_words(self) -> list[str]:
         """Token strings generation stops at, besides the tokenizer's eos token."""
+
+    @property
+    def efficient_eos(self) -> bool:
+        """True when answers carry no end-of-turn token of their own (the next role token ends them).
+
+        Such a template learns that role token as the end of each answer, and eos after the
+        last; `train_on_prompt` must be refused for it (the caller raises), since learning the
+        prompt would teach the role tokens as ordinary text.
+        """
+        return False
+
+    def parse_tool_calls(self, text: str) -> list[ToolCall] | None:
+        """The tool calls in a generated answer, in this template's tool format; None for a plain answer."""
+        return self.tool_format.parse(text)
+
+    @abstractmethod
+    def to_jinja(self) -> str:
+        """A Hugging Face jinja chat template that renders conversations as this template does."""
 
     @abstractmethod
     def _render(self, tokenizer: Any, messages: Sequence[dict], system: str, tools: str) -> Rendering:
@@ -121,13 +142,23 @@ class Template(ABC):
     def fix_tokenizer(self, tokenizer: Any) -> list[str]:
         """Make `tokenizer` usable with this template; return the token strings added to its vocabulary.
 
-        Sets eos (from the first stop word when missing) and pad (falls back to eos), and adds the
-        template's special tokens and stop words the tokenizer lacks. The caller resizes the
-        model's embeddings when the returned list is non-empty. Calling it twice adds nothing.
+        Sets eos (from the first stop word when missing) and pad (falls back to eos), adds the
+        template's special tokens and stop words the tokenizer lacks, and sets the tokenizer's
+        chat template to this one (`apply_to_tokenizer`). The caller resizes the model's
+        embeddings when the returned list is non-empty. Calling it twice adds nothing.
         """
         added = ensure_eos_and_pad(tokenizer, self.stop_words, template_name=self.name)
         added += add_missing_special_tokens(tokenizer, self._special_tokens() + self.stop_words)
+        self.apply_to_tokenizer(tokenizer)
         return added
+
+    def apply_to_tokenizer(self, tokenizer: Any) -> None:
+        """Set `tokenizer.chat_template` to this template, so a saved tokenizer carries what was trained.
+
+        Then serving the model with its own chat template (vLLM, TGI, `transformers`, or lathe with
+        `template` omitted) renders prompts exactly as training did.
+        """
+        tokenizer.chat_template = self.to_jinja()
 
     def _special_tokens(self) -> list[str]:
         """Tokens the template's text needs as single special tokens (besides stop words)."""

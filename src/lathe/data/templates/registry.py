@@ -20,6 +20,7 @@ from lathe.errors import LatheError, did_you_mean
 from .base import Template
 from .slots import Slots, SlotTemplate
 from .tokenizer_template import TokenizerTemplate
+from .tools import get_tool_format
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ def _registry() -> dict[str, SlotTemplate]:
         for key in ("stop_words", "special_tokens"):
             if key in slots:
                 slots[key] = tuple(slots[key])
-        registry[name] = SlotTemplate(Slots(name=name, **slots))
+        try:
+            registry[name] = SlotTemplate(Slots(name=name, **slots))
+        except LatheError as err:
+            raise LatheError(f"{TEMPLATES_FILE}: template `{name}`: {err}") from err
     return registry
 
 
@@ -82,20 +86,43 @@ def get_template(name: str) -> SlotTemplate:
     return registry[name]
 
 
-def resolve_template(name: str | None, tokenizer: Any) -> Template:
+def resolve_template(
+    name: str | None,
+    tokenizer: Any,
+    *,
+    default_system: str | None = None,
+    enable_thinking: bool = True,
+    tool_format: str | None = None,
+) -> Template:
     """The template a run uses: `name` when given, else the tokenizer's own chat template.
+
+    Options from the data config: `default_system` replaces the template's default system prompt
+    (None keeps it); `enable_thinking=False` makes thinking templates (qwen3) write their empty
+    think block, as the model's own template does; `tool_format` overrides the template's tool
+    format by name (see `tools.list_tool_formats`). With the defaults a registered template is
+    returned as registered.
 
     A tokenizer without a chat template falls back to `empty` (text in, answer + eos out) with a
     warning, since a base model has no format to match.
     """
+    if tool_format:
+        get_tool_format(tool_format)  # an unknown name fails here, whichever template is used
+    options = {"default_system": default_system, "enable_thinking": enable_thinking, "tool_format": tool_format}
     if name:
-        return get_template(name)
+        return _with_options(get_template(name), **options)
     if getattr(tokenizer, "chat_template", None):
-        return TokenizerTemplate(tokenizer)
+        kwargs = {} if enable_thinking else {"enable_thinking": False}
+        return TokenizerTemplate(tokenizer, kwargs, default_system=default_system or "", tool_format=tool_format)
     logger.warning(
         "Tokenizer `%s` has no chat template and no `template` was given; using the `empty` template "
         "(prompt text, then answer + eos). Set `template` (one of: %s) to train a chat format.",
         getattr(tokenizer, "name_or_path", ""),
         ", ".join(list_templates()),
     )
-    return get_template("empty")
+    return _with_options(get_template("empty"), **options)
+
+
+def _with_options(template: SlotTemplate, **options: Any) -> SlotTemplate:
+    if not options["enable_thinking"] and not template.slots.empty_thought:
+        logger.info("Template `%s` has no thinking mode; enable_thinking=False changes nothing.", template.name)
+    return template.with_options(**options)

@@ -10,30 +10,40 @@ Each entry of `templates.yaml` fills the fields of `Slots`. Rendering a training
     assistant_suffix  (after every answer but the last; not learned)
     user / observation, assistant / function, ...
 
-Placeholders `{content}`, `{system}`, `{tools}`, `{bos_token}`, `{eos_token}` are filled in one
-pass, so braces inside a message are never taken for placeholders. The text after the last
-answer (its `assistant_suffix`) is not rendered for training: nothing after the final
-end-of-turn token is learned or influences what is (attention is causal).
+Placeholders `{content}`, `{system}`, `{bos_token}`, `{eos_token}` are filled in one pass, so
+braces inside a message are never taken for placeholders. The text after the last answer (its
+`assistant_suffix`) is not rendered for training: nothing after the final end-of-turn token is
+learned or influences what is (attention is causal).
+
+Tools, tool calls and tool results are spelled by the template's tool format (`tools.py`); the
+slots only wrap them into turns. Two behaviours are per template:
+
+- **efficient_eos**: answers end with no end-of-turn token; the next turn's role token (a stop
+  word such as `<|user|>`) says the answer is over. That role token is learned as the end of the
+  answer before it, and eos is written and learned after the final answer, so the model learns
+  to stop (LLaMA-Factory instead labels the role-token position with eos, which a
+  (prompt, answer) id split cannot express; learning the stop word itself keeps ids == labels).
+- **thinking**: `thoughts_in_history: drop` removes the `<think>...</think>` part of every answer
+  but the last (as DeepSeek-R1's template does); `keep` trains them as written. With
+  `enable_thinking=False`, templates that have an `empty_thought` write it (unlearned) before
+  every answer that has no thoughts and at the end of the generation prompt, as Qwen3's
+  template does with enable_thinking=False.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Sequence
 
 from lathe.data.schema import FUNCTION, OBSERVATION
 from lathe.errors import LatheError
 
-from .base import Rendering, Template
+from .base import THINK_CLOSE, THINK_OPEN, Rendering, Template
+from .tools import BEFORE_FIRST_USER, IN_FIRST_USER, IN_SYSTEM, ToolFormat, get_tool_format
 
-PLACEHOLDER = re.compile(r"\{(content|system|tools|bos_token|eos_token)\}")
-
-DEFAULT_TOOLS = (
-    "# Tools\n\nYou may call one or more of the following functions. Their JSON schemas:\n{tools}\n\n"
-    'To call a function, answer with a JSON object: {"name": <function name>, "arguments": <arguments object>}.'
-)
+PLACEHOLDER = re.compile(r"\{(content|system|bos_token|eos_token)\}")
+HISTORY_THOUGHTS = ("keep", "drop")
 
 
 @dataclass(frozen=True)
@@ -51,21 +61,24 @@ class Slots:
     function: str | None = None  # a tool call; None: same as `assistant`
     observation: str | None = None  # a tool result; None: same as `user`
     default_system: str = ""  # used when a sample has no system prompt
-    tools: str = DEFAULT_TOOLS  # appended to the system prompt when a sample has tools
+    tool_format: str = "default"  # how tools, calls and results are written (tools.py)
     stop_words: tuple[str, ...] = ()  # generation stops at these (and at eos)
     special_tokens: tuple[str, ...] = field(default=())  # tokens the text needs as single special tokens
+    efficient_eos: bool = False  # answers have no end token: learn the next role token, eos after the last
+    empty_thought: str = ""  # the empty think block written when enable_thinking is False
+    thoughts_in_history: str = "keep"  # keep | drop: the <think> part of answers before the last
 
     # Which placeholders each slot may use; anything else in braces is literal text.
     ALLOWED = {
         "prefix": {"bos_token", "eos_token"},
         "system_in_user": {"system", "content", "bos_token", "eos_token"},
-        "tools": {"tools"},
     }
+    NOT_TEXT = ("name", "description", "tool_format", "thoughts_in_history")
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("name", "description") or not isinstance(value, str):
+            if f.name in self.NOT_TEXT or not isinstance(value, str):
                 continue
             allowed = self.ALLOWED.get(f.name, {"content", "bos_token", "eos_token"})
             for used in PLACEHOLDER.findall(value):
@@ -74,6 +87,30 @@ class Slots:
                         f"Template `{self.name}`: slot `{f.name}` uses `{{{used}}}`, which it cannot fill "
                         f"(allowed there: {', '.join(sorted(allowed))})."
                     )
+        if self.thoughts_in_history not in HISTORY_THOUGHTS:
+            raise LatheError(
+                f"Template `{self.name}`: thoughts_in_history is {self.thoughts_in_history!r}; "
+                f"use one of {', '.join(HISTORY_THOUGHTS)}."
+            )
+        if self.efficient_eos:
+            self._check_efficient_eos()
+
+    def _check_efficient_eos(self) -> None:
+        """An efficient_eos answer ends at the stop word opening the next turn, so that must follow it directly."""
+        if self.assistant_suffix:
+            raise LatheError(
+                f"Template `{self.name}`: efficient_eos learns the role token that follows an answer, so "
+                "assistant_suffix must be empty (put that text at the start of the user/observation slots)."
+            )
+        if not self.stop_words:
+            return  # e.g. fewshot: answers are separated by text the answer slot itself ends with
+        for slot_name in ("user", "observation"):
+            slot = getattr(self, slot_name) or self.user
+            if not any(slot.startswith(word) for word in self.stop_words):
+                raise LatheError(
+                    f"Template `{self.name}`: efficient_eos needs the `{slot_name}` slot to start with one of its "
+                    f"stop words {list(self.stop_words)} (that token ends the answer before it); it starts {slot[:20]!r}."
+                )
 
 
 def fill(slot: str, **values: str) -> str:
@@ -81,71 +118,133 @@ def fill(slot: str, **values: str) -> str:
     return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), slot)
 
 
-def parse_tools(tools: str) -> list[Any]:
-    """The tool schemas of a sample (JSON text of a list, or of one schema) as a list."""
-    try:
-        parsed = json.loads(tools)
-    except json.JSONDecodeError as err:
-        raise LatheError(f"`tools` is not valid JSON ({err}); expected a JSON list of tool schemas: {tools[:200]!r}")
-    if isinstance(parsed, dict):
-        parsed = [parsed]
-    if not isinstance(parsed, list):
-        raise LatheError(f"`tools` must be a JSON list of tool schemas, got {type(parsed).__name__}: {tools[:200]!r}")
-    return parsed
-
-
-def format_tools(tools: str) -> str:
-    """The JSON text of a sample's tool schemas, one compact JSON object per line."""
-    return "\n".join(json.dumps(tool, ensure_ascii=False) for tool in parse_tools(tools))
+def has_thought(content: str) -> bool:
+    return THINK_OPEN in content or THINK_CLOSE in content
 
 
 class SlotTemplate(Template):
-    """A template rendered from `Slots`; see the module docstring for the layout."""
+    """A template rendered from `Slots`; see the module docstring for the layout.
 
-    def __init__(self, slots: Slots):
+    `tool_format` (a registered name) overrides the entry's; `enable_thinking=False` writes the
+    template's empty think block (see the module docstring). Use `with_options` for a variant.
+    """
+
+    def __init__(self, slots: Slots, *, tool_format: str | None = None, enable_thinking: bool = True):
         self.slots = slots
         self.name = slots.name
+        self.tool_format: ToolFormat = get_tool_format(tool_format or slots.tool_format)
+        self.enable_thinking = enable_thinking
+
+    def with_options(
+        self,
+        *,
+        default_system: str | None = None,
+        enable_thinking: bool | None = None,
+        tool_format: str | None = None,
+    ) -> SlotTemplate:
+        """This template with another default system prompt, thinking mode or tool format (self if unchanged)."""
+        fmt = get_tool_format(tool_format).name if tool_format else self.tool_format.name
+        thinking = self.enable_thinking if enable_thinking is None else bool(enable_thinking)
+        if not self.slots.empty_thought:
+            thinking = self.enable_thinking  # no thinking mode: the option changes nothing
+        if (default_system is None or default_system == self.slots.default_system) and (
+            fmt == self.tool_format.name and thinking == self.enable_thinking
+        ):
+            return self
+        slots = self.slots if default_system is None else replace(self.slots, default_system=default_system)
+        return SlotTemplate(slots, tool_format=fmt, enable_thinking=thinking)
 
     @property
     def stop_words(self) -> list[str]:
         return list(self.slots.stop_words)
 
+    @property
+    def efficient_eos(self) -> bool:
+        return self.slots.efficient_eos
+
+    @property
+    def thinking_off(self) -> bool:
+        """True when the empty think block is written (a thinking template with enable_thinking=False)."""
+        return bool(self.slots.empty_thought) and not self.enable_thinking
+
     def _special_tokens(self) -> list[str]:
         return list(self.slots.special_tokens)
 
     def system_text(self, system: str, tools: str) -> str:
-        """The system prompt as rendered: the sample's (or the default) plus the tool descriptions."""
+        """The system prompt as rendered: the sample's (or the default), plus the tools when they go there."""
+        return self._system_text(system, self.tool_format.render_tools(tools) if tools else "")
+
+    def _system_text(self, system: str, tools_text: str) -> str:
         text = system or self.slots.default_system
-        if tools:
-            tool_text = fill(self.slots.tools, tools=format_tools(tools))
-            text = f"{text}\n\n{tool_text}" if text else tool_text
+        if tools_text:
+            if self.tool_format.placement == IN_SYSTEM:
+                text = f"{text}\n\n{tools_text}" if text else tools_text
+            text = self.tool_format.system_note + text
         return text
 
+    def to_jinja(self) -> str:
+        from .jinja import slot_template_to_jinja
+
+        return slot_template_to_jinja(self)
+
     def _render_prompt(self, tokenizer: Any, messages: Sequence[dict], system: str, tools: str) -> str:
-        return self._render(tokenizer, messages, system, tools).text  # the last user slot ends with the header
+        text = self._render(tokenizer, messages, system, tools).text  # the last user slot ends with the header
+        return text + self.slots.empty_thought if self.thinking_off else text
 
     def _render(self, tokenizer: Any, messages: Sequence[dict], system: str, tools: str) -> Rendering:
-        s = self.slots
+        s, fmt = self.slots, self.tool_format
         specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
-        system_text = self.system_text(system, tools)
+        tools_text = fmt.render_tools(tools) if tools else ""
+        system_text = self._system_text(system, tools_text)
         parts = [fill(s.prefix, **specials)]
         if system_text and s.system is not None:
             parts.append(fill(s.system, content=system_text, **specials))
         length = sum(map(len, parts))
         spans: list[tuple[int, int]] = []
+        last = len(messages) - 1
+        calls_json = ""  # the latest tool-call turn, which an observation answers
         for i, message in enumerate(messages):
             role, content = message["role"], message["content"]
             if i % 2 == 0:  # prompt turn
+                if role == OBSERVATION:
+                    content = fmt.render_results(content, calls_json)
+                if i == 0 and tools_text and fmt.placement == IN_FIRST_USER:
+                    content = tools_text + content
                 if i == 0 and system_text and s.system is None:
                     content = fill(s.system_in_user, system=system_text, content=content, **specials)
                 slot = s.observation if role == OBSERVATION and s.observation is not None else s.user
                 piece = fill(slot, content=content, **specials)
+                if i == 0 and tools_text and fmt.placement == BEFORE_FIRST_USER:
+                    piece = tools_text + piece
             else:  # answer turn: learned
-                slot = s.function if role == FUNCTION and s.function is not None else s.assistant
+                if role == FUNCTION:
+                    calls_json = content
+                    content = fmt.render_calls(content)
+                    slot = s.function if s.function is not None else s.assistant
+                else:
+                    if s.thoughts_in_history == "drop" and i < last and THINK_CLOSE in content:
+                        content = content.split(THINK_CLOSE)[-1]
+                    slot = s.assistant
+                if self.thinking_off and not has_thought(content):
+                    parts.append(s.empty_thought)  # part of the prompt, as at inference
+                    length += len(s.empty_thought)
                 piece = fill(slot, content=content, **specials)
+                if s.efficient_eos and i == last:
+                    piece += specials["eos_token"]
                 spans.append((length, length + len(piece)))
-                if i < len(messages) - 1:
+                if i < last:
                     piece += fill(s.assistant_suffix, **specials)
             parts.append(piece)
             length += len(piece)
-        return Rendering("".join(parts), spans)
+        text = "".join(parts)
+        if s.efficient_eos:
+            spans = [self._extend_to_stop_word(text, span) for span in spans]
+        return Rendering(text, spans)
+
+    def _extend_to_stop_word(self, text: str, span: tuple[int, int]) -> tuple[int, int]:
+        """The span plus the stop word (the next turn's role token) that directly follows it, if any."""
+        start, end = span
+        for word in sorted(self.slots.stop_words, key=len, reverse=True):
+            if text.startswith(word, end):
+                return start, end + len(word)
+        return span

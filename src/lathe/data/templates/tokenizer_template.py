@@ -21,15 +21,16 @@ import jinja2
 from lathe.data.schema import ASSISTANT, FUNCTION, OBSERVATION, USER
 from lathe.errors import LatheError
 
-from .base import Rendering, Template
-from .slots import parse_tools
+from .base import THINK_CLOSE, THINK_OPEN, Rendering, Template
 from .tokenize import special_token_strings
+from .tools import get_tool_format, load_tools
 
 logger = logging.getLogger(__name__)
 
 # lathe role -> the role jinja chat templates expect.
 HF_ROLES = {USER: "user", ASSISTANT: "assistant", FUNCTION: "assistant", OBSERVATION: "tool"}
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# How a jinja template writes tool calls, recognised by a marker in its source (first match wins).
+TOOL_FORMAT_MARKERS = (("<tool_call>", "qwen"), ("[TOOL_CALLS]", "mistral"), ("<|python_tag|>", "llama3"))
 _PROBE = [{"role": "user", "content": "lathe probe question"}, {"role": "assistant", "content": "lathe probe answer"}]
 
 
@@ -37,16 +38,29 @@ class TokenizerTemplate(Template):
     """A template backed by `tokenizer.chat_template`.
 
     `chat_template_kwargs` go to every `apply_chat_template` call (e.g. `{"date_string": "26 Jul 2024"}`
-    for Llama 3, `{"enable_thinking": False}` for Qwen3).
+    for Llama 3, `{"enable_thinking": False}` for Qwen3). `default_system` is used for samples
+    without a system prompt. `tool_format` names the format generated tool calls are parsed
+    with; by default it is recognised from the template's source (`default` when unknown).
     """
 
-    def __init__(self, tokenizer: Any, chat_template_kwargs: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        tokenizer: Any,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        *,
+        default_system: str = "",
+        tool_format: str | None = None,
+    ):
         if not getattr(tokenizer, "chat_template", None):
             raise LatheError(
                 f"Tokenizer `{_name(tokenizer)}` has no chat_template; name a registered template with `template`."
             )
         self.name = "tokenizer"
         self.tokenizer_name = _name(tokenizer)
+        self.chat_template = tokenizer.chat_template
+        self.default_system = default_system
+        guessed = next((fmt for marker, fmt in TOOL_FORMAT_MARKERS if marker in str(self.chat_template)), "default")
+        self.tool_format = get_tool_format(tool_format or guessed)
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self._stop_words = self._probe_stop_words(tokenizer)
         self._warned_no_end_token = False
@@ -55,6 +69,12 @@ class TokenizerTemplate(Template):
     @property
     def stop_words(self) -> list[str]:
         return list(self._stop_words)
+
+    def to_jinja(self) -> str:
+        return self.chat_template
+
+    def apply_to_tokenizer(self, tokenizer: Any) -> None:
+        """Nothing to do: the tokenizer already carries the template this one renders with."""
 
     def _render(self, tokenizer: Any, messages: Sequence[dict], system: str, tools: str) -> Rendering:
         text = self._apply(tokenizer, messages, system, tools, add_generation_prompt=False)
@@ -68,6 +88,7 @@ class TokenizerTemplate(Template):
     def _apply(
         self, tokenizer: Any, messages: Sequence[dict], system: str, tools: str, add_generation_prompt: bool
     ) -> str:
+        system = system or self.default_system
         conversation = [{"role": "system", "content": system}] if system else []
         conversation += [{"role": HF_ROLES[m["role"]], "content": m["content"]} for m in messages]
         text = self._call_template(tokenizer, conversation, tools, add_generation_prompt)
@@ -85,7 +106,7 @@ class TokenizerTemplate(Template):
         try:
             return tokenizer.apply_chat_template(
                 conversation,
-                tools=parse_tools(tools) if tools else None,
+                tools=load_tools(tools) if tools else None,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
                 **self.chat_template_kwargs,

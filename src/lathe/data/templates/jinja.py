@@ -1,0 +1,160 @@
+"""A registered template as a Hugging Face jinja chat template, so the trained format travels with the model.
+
+`fix_tokenizer` sets `tokenizer.chat_template` to this, and a saved tokenizer then renders
+conversations for any server (vLLM, TGI, `transformers`, lathe with `template` omitted) exactly as
+lathe rendered them for training: the system prompt (or the template's default), every turn,
+tools, tool calls (`tool_calls` of assistant messages), tool results (`tool` messages, consecutive
+ones forming one observation), the thinking options (`enable_thinking` may be passed to
+`apply_chat_template`), and the eos an efficient_eos template writes after the final answer.
+
+Two properties of lathe's slots show in the result:
+- the assistant header is part of the `user` slot, so it is written after every user turn, with
+  or without `add_generation_prompt`;
+- nothing is written after the final answer (ChatML's trailing "\\n", for instance), matching
+  lathe's training text.
+
+The jinja is generated from the slots rather than kept beside them, so the two cannot drift;
+`tests/data/test_templates_jinja.py` renders both for every registered template.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import THINK_CLOSE, THINK_OPEN
+from .slots import PLACEHOLDER
+from .tools import BEFORE_FIRST_USER, IN_FIRST_USER, IN_SYSTEM, jinja_str
+
+if TYPE_CHECKING:
+    from .slots import SlotTemplate
+
+# slot placeholder -> the jinja variable holding its value
+_VARIABLES = {"bos_token": "bos", "eos_token": "eos", "content": "content", "system": "system"}
+
+
+def _segments(slot: str, **rename: str) -> list[tuple[bool, str]]:
+    """`(is_variable, text)` pieces of a slot: literal text, or the jinja variable of a placeholder."""
+    pieces = PLACEHOLDER.split(slot)  # literal, name, literal, name, ..., literal
+    out = []
+    for k, piece in enumerate(pieces):
+        if k % 2:
+            out.append((True, rename.get(piece, _VARIABLES[piece])))
+        elif piece:
+            out.append((False, piece))
+    return out
+
+
+def _emit(slot: str, **rename: str) -> str:
+    """Jinja writing `slot`, its placeholders taken from jinja variables."""
+    return "".join(
+        "{{- " + (text if is_var else jinja_str(text)) + " }}" for is_var, text in _segments(slot, **rename)
+    )
+
+
+def _expr(slot: str, **rename: str) -> str:
+    """A jinja expression with the value of `slot`."""
+    parts = [text if is_var else jinja_str(text) for is_var, text in _segments(slot, **rename)]
+    return " ~ ".join(parts) if parts else "''"
+
+
+def slot_template_to_jinja(template: SlotTemplate) -> str:
+    """The jinja chat template of a registered template (see the module docstring)."""
+    s, fmt = template.slots, template.tool_format
+    thinking = bool(s.empty_thought)
+    lines = [
+        f"{{#- lathe template `{s.name}` (tool format `{fmt.name}`), written by lathe: "
+        "it renders conversations as lathe trained on them. #}",
+        "{%- set bos = bos_token if bos_token is defined and bos_token else '' %}",
+        "{%- set eos = eos_token if eos_token is defined and eos_token else '' %}",
+    ]
+    if thinking:
+        default = "true" if template.enable_thinking else "false"
+        lines.append(f"{{%- set thinking = enable_thinking if enable_thinking is defined else {default} %}}")
+    lines += [
+        f"{{%- set system = {jinja_str(s.default_system)} %}}",
+        "{%- set loop_messages = messages %}",
+        "{%- if messages | length > 0 and messages[0].role == 'system' %}",
+        "{%- if messages[0].content %}{%- set system = messages[0].content %}{%- endif %}",
+        "{%- set loop_messages = messages[1:] %}",
+        "{%- endif %}",
+        "{%- if tools %}",
+        "{%- set tools_text %}",
+        fmt.jinja_tools().rstrip("\n"),
+        "{%- endset %}",
+    ]
+    if fmt.placement == IN_SYSTEM:
+        lines.append("{%- set system = (system ~ '\\n\\n' ~ tools_text) if system else tools_text %}")
+    if fmt.system_note:
+        lines.append(f"{{%- set system = {jinja_str(fmt.system_note)} ~ system %}}")
+    lines.append("{%- endif %}")
+    if s.prefix:
+        lines.append(_emit(s.prefix))
+    if s.system is not None:
+        lines.append("{%- if system %}" + _emit(s.system, content="system") + "{%- endif %}")
+
+    empty = jinja_str(s.empty_thought)
+    lines += [
+        "{%- set ns = namespace(results=[], ids=[]) %}",
+        "{%- for message in loop_messages %}",
+        "{%- if message.role == 'user' %}",
+        "{%- set content = message.content %}",
+    ]
+    first_turn = []  # what the first user turn gets: tools, the system prompt when there is no system slot
+    if fmt.placement == IN_FIRST_USER:
+        first_turn.append("{%- if tools %}{%- set content = tools_text ~ content %}{%- endif %}")
+    if s.system is None:
+        first_turn.append("{%- if system %}{%- set content = " + _expr(s.system_in_user) + " %}{%- endif %}")
+    if fmt.placement == BEFORE_FIRST_USER:
+        first_turn.append("{%- if tools %}{{- tools_text }}{%- endif %}")
+    if first_turn:
+        lines += ["{%- if loop.first %}", *first_turn, "{%- endif %}"]
+    lines += [
+        _emit(s.user),
+        "{%- elif message.role == 'tool' %}",
+        "{%- if loop.first or loop_messages[loop.index0 - 1].role != 'tool' %}"
+        "{%- set ns.results = [] %}{%- set ns.ids = [] %}{%- endif %}",
+        "{%- set ns.results = ns.results + [message.content] %}",
+        "{%- set ns.ids = ns.ids + [message.tool_call_id if message.tool_call_id is defined else ''] %}",
+        "{%- if loop.last or loop_messages[loop.index0 + 1].role != 'tool' %}",
+        "{%- set results = ns.results %}{%- set result_ids = ns.ids %}",
+        "{%- set content %}",
+        fmt.jinja_results().rstrip("\n"),
+        "{%- endset %}",
+        _emit(s.observation if s.observation is not None else s.user),
+        "{%- endif %}",
+        "{%- elif message.role == 'assistant' %}",
+        "{%- if message.tool_calls is defined and message.tool_calls %}",
+        "{%- set content %}",
+        fmt.jinja_calls().rstrip("\n"),
+        "{%- endset %}",
+    ]
+    if thinking:
+        lines.append("{%- if not thinking %}{{- " + empty + " }}{%- endif %}")
+    lines += [
+        _emit(s.function if s.function is not None else s.assistant),
+        "{%- else %}",
+        "{%- set content = message.content %}",
+    ]
+    if s.thoughts_in_history == "drop":
+        close = jinja_str(THINK_CLOSE)
+        lines.append(
+            f"{{%- if not loop.last and {close} in content %}}{{%- set content = content.split({close})[-1] %}}"
+            "{%- endif %}"
+        )
+    if thinking:
+        lines.append(
+            f"{{%- if not thinking and {jinja_str(THINK_OPEN)} not in content and {jinja_str(THINK_CLOSE)} "
+            "not in content %}{{- " + empty + " }}{%- endif %}"
+        )
+    lines += [_emit(s.assistant), "{%- endif %}"]
+    if s.efficient_eos:
+        lines.append("{%- if loop.last %}{{- eos }}{%- endif %}")
+    if s.assistant_suffix:
+        lines.append("{%- if not loop.last %}" + _emit(s.assistant_suffix) + "{%- endif %}")
+    lines += ["{%- endif %}", "{%- endfor %}"]
+    if thinking:
+        lines.append(
+            "{%- if not thinking and loop_messages | length > 0 and loop_messages[-1].role != 'assistant' %}"
+            "{{- " + empty + " }}{%- endif %}"
+        )
+    return "\n".join(lines)
