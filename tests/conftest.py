@@ -42,6 +42,14 @@ def tiny_llama(demo_tokenizer_dir) -> Path:
     return build_tiny_model("llama", demo_tokenizer_dir, hidden_size=64, num_layers=2)
 
 
+@pytest.fixture(scope="session")
+def tiny_demo_model(demo_tokenizer_dir) -> Path:
+    """The `make demo` model: wider init, so LoRA moves its output distribution quickly."""
+    from lathe.testing.tiny import PRESETS, build_tiny_model
+
+    return build_tiny_model("llama", demo_tokenizer_dir, **PRESETS["demo"])
+
+
 @pytest.fixture
 def sft_config(tmp_path, tiny_llama):
     """Returns a function writing an SFT config for the tiny model on the repo's demo data."""

@@ -80,9 +80,9 @@ def test_bad_values_and_combinations(extra, needle):
         cfg(**extra)
 
 
-def test_stage_not_yet_available_is_refused():
+def test_method_not_yet_available_is_refused():
     with pytest.raises(LatheError, match="not available yet"):
-        cfg(stage="ppo")
+        cfg(finetuning_type="oft")
 
 
 def test_required_keys():

@@ -195,3 +195,16 @@ def test_streaming_needs_max_steps(sft_config):
         load_config(sft_config(streaming=True, max_steps=-1))
     with pytest.raises(LatheError, match="packing"):
         load_config(sft_config(streaming=True, packing=True))
+
+
+def test_template_options_reach_the_template(sft_config):
+    from lathe.data.loader import run_template
+    from lathe.errors import LatheError
+
+    cfg = load_config(sft_config(template="qwen3", enable_thinking=False, default_system="Be brief."))
+    tokenizer = load_tokenizer(cfg.model)
+    template = run_template(cfg, tokenizer)
+    text = template.render_prompt(tokenizer, [{"role": "user", "content": "hi"}])
+    assert "Be brief." in text and "<think>\n\n</think>" in text
+    with pytest.raises(LatheError, match="tool"):
+        run_template(load_config(sft_config(tool_format="no_such_format")), tokenizer)

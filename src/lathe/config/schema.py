@@ -112,6 +112,17 @@ class FinetuningArguments:
     ref_model: str | None = opt(
         None, "dpo/kto: reference model folder; default: the base model (LoRA: the adapter switched off)."
     )
+    reward_model: str | None = opt(None, "ppo: the reward model: a folder from `stage: rm`, or a URL with reward_model_type api.")
+    reward_model_type: str = opt(
+        "lora",
+        "ppo: lora (a reward adapter swapped onto the policy's own base), full (a separate model), api (HTTP scores).",
+        ("lora", "full", "api"),
+    )
+    ppo_epochs: int = opt(4, "ppo: optimisation passes over each batch of rollouts.")
+    ppo_buffer_size: int = opt(1, "ppo: mini-batches of rollouts collected before each optimisation phase.")
+    ppo_target: float = opt(6.0, "ppo: target KL to the reference of the adaptive KL controller.")
+    ppo_score_norm: bool = opt(False, "ppo: normalise the reward scores of each batch to mean 0, std 1.")
+    ppo_whiten_rewards: bool = opt(False, "ppo: whiten the per-token rewards before computing advantages.")
     disable_shuffling: bool = opt(False, "Read the training data in order instead of shuffled.")
     include_effective_tokens_per_second: bool = opt(False, "Also report effective (non-padding) tokens per second in the final metrics.")
 

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 # Stages and methods with a working implementation today; the others are recognised
 # LLaMA-Factory names that lathe refuses with a clear message.
-AVAILABLE_STAGES = ("pt", "sft", "rm", "dpo", "kto")
+AVAILABLE_STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
 AVAILABLE_FINETUNING_TYPES = ("full", "freeze", "lora")
 
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora")
@@ -84,6 +84,22 @@ def validate(cfg: "RunConfig") -> None:
         raise LatheError(f"{src}: `pref_loss: {f.pref_loss}` uses no reference model; remove `ref_model`.")
     if f.kto_chosen_weight < 0 or f.kto_rejected_weight < 0:
         raise LatheError(f"{src}: `kto_chosen_weight` and `kto_rejected_weight` must not be negative.")
+    if f.stage == "ppo":
+        if not f.reward_model:
+            raise LatheError(f"{src}: `stage: ppo` needs `reward_model` (a folder from `stage: rm`, or an API URL).")
+        if f.reward_model_type == "lora" and f.finetuning_type != "lora":
+            raise LatheError(
+                f"{src}: `reward_model_type: lora` swaps a reward adapter onto the policy's LoRA model; "
+                f"use `finetuning_type: lora` or `reward_model_type: full`."
+            )
+        if f.reward_model_type == "api" and not f.reward_model.startswith(("http://", "https://")):
+            raise LatheError(f"{src}: `reward_model_type: api` needs `reward_model` to be an http(s) URL.")
+        if f.ppo_epochs <= 0 or f.ppo_buffer_size <= 0:
+            raise LatheError(f"{src}: `ppo_epochs` and `ppo_buffer_size` must be positive.")
+        if t.resume_from_checkpoint:
+            raise LatheError(f"{src}: `stage: ppo` does not resume from checkpoints yet; start it again.")
+        if d.streaming:
+            raise LatheError(f"{src}: `stage: ppo` samples prompts at random and cannot stream them.")
     if f.stage != "sft":
         for key in ("train_on_prompt", "mask_history", "neat_packing"):
             if getattr(d, key):

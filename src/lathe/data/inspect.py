@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING
 
-from .loader import DataReport, check_template_options, load_mixed_samples, tokenize_supervised
+from .loader import DataReport, check_template_options, load_mixed_samples, run_template, tokenize_supervised
 from .processors.supervised import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -21,10 +21,9 @@ MARK = {"plain": ("[[", "]]"), "color": ("\033[42;30m", "\033[0m")}
 
 def _setup(cfg: "RunConfig"):
     from ..model.load import add_config_tokens, load_tokenizer
-    from .templates import resolve_template
 
     tokenizer = load_tokenizer(cfg.model)
-    template = resolve_template(cfg.data.template, tokenizer)
+    template = run_template(cfg, tokenizer)
     template.fix_tokenizer(tokenizer)
     add_config_tokens(tokenizer, cfg.model)
     check_template_options(cfg, template)

@@ -166,6 +166,17 @@ def _count_tokens(row: dict[str, Any], report: DataReport) -> None:
             report.learned_tokens += sum(1 for t in values if t != IGNORE_INDEX)
 
 
+def run_template(cfg: "RunConfig", tokenizer):
+    """The run's template with the data options that shape it (default_system, enable_thinking, tool_format)."""
+    from .templates import resolve_template
+
+    d = cfg.data
+    return resolve_template(
+        d.template, tokenizer, default_system=d.default_system, enable_thinking=d.enable_thinking,
+        tool_format=d.tool_format,
+    )
+
+
 def check_template_options(cfg: "RunConfig", template) -> None:
     if cfg.data.train_on_prompt and getattr(template, "efficient_eos", False):
         raise LatheError(

@@ -24,16 +24,25 @@ def _config(backbone):
     return base.config
 
 
+def make_value_head(hidden: int) -> torch.nn.Linear:
+    """A scalar head starting near 0, so the first values and rewards are small."""
+    head = torch.nn.Linear(hidden, 1)
+    torch.nn.init.normal_(head.weight, std=1.0 / (hidden + 1))
+    torch.nn.init.zeros_(head.bias)
+    return head
+
+
+def hidden_size(model) -> int:
+    config = _config(model)
+    return getattr(config, "hidden_size", None) or config.get_text_config().hidden_size
+
+
 class ValueHeadModel(torch.nn.Module):
     def __init__(self, backbone) -> None:
         super().__init__()
         self.backbone = backbone
-        config = _config(backbone)
-        hidden = getattr(config, "hidden_size", None) or config.get_text_config().hidden_size
-        self.v_head = torch.nn.Linear(hidden, 1)
-        torch.nn.init.normal_(self.v_head.weight, std=1.0 / (hidden + 1))
-        torch.nn.init.zeros_(self.v_head.bias)
-        self.config = config  # the Trainer reads model.config
+        self.v_head = make_value_head(hidden_size(backbone))
+        self.config = _config(backbone)  # the Trainer reads model.config
 
     def forward(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:
         """Scores [B]: the value at each sequence's last non-padding token (right padding)."""

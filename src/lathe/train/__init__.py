@@ -51,8 +51,14 @@ def _kto(cfg: "RunConfig") -> "StageResult":
     return run_kto(cfg)
 
 
+def _ppo(cfg: "RunConfig") -> "StageResult":
+    from .ppo import run_ppo
+
+    return run_ppo(cfg)
+
+
 STAGES: dict[str, Callable[["RunConfig"], StageResult]] = {
-    "pt": _pt, "sft": _sft, "rm": _rm, "dpo": _dpo, "kto": _kto,
+    "pt": _pt, "sft": _sft, "rm": _rm, "dpo": _dpo, "kto": _kto, "ppo": _ppo,
 }
 
 

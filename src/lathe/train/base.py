@@ -98,14 +98,13 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
 
     The data is read and tokenized before the weights load, so a data problem costs seconds.
     """
-    from ..data.loader import get_dataset
-    from ..data.templates import resolve_template
+    from ..data.loader import get_dataset, run_template
     from ..model.adapters import apply_method
     from ..model.load import add_config_tokens, enable_gradient_checkpointing, load_model, load_tokenizer
 
     resume = prepare_output_dir(cfg)
     tokenizer = load_tokenizer(cfg.model)
-    template = resolve_template(cfg.data.template, tokenizer)
+    template = run_template(cfg, tokenizer)
     added = template.fix_tokenizer(tokenizer) + add_config_tokens(tokenizer, cfg.model)
     data = get_dataset(cfg, tokenizer, template)
     save_run_config(cfg)

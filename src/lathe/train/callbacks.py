@@ -11,9 +11,16 @@ from transformers import TrainerCallback
 LOG_FILE = "trainer_log.jsonl"
 
 
-def _fmt_seconds(seconds: float) -> str:
+def fmt_seconds(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def append_log_record(output_dir: str | Path, record: dict) -> None:
+    """One line of trainer_log.jsonl (also written by loops that are not a Trainer, e.g. PPO)."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(output_dir) / LOG_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 class JsonlLogCallback(TrainerCallback):
@@ -62,12 +69,10 @@ class JsonlLogCallback(TrainerCallback):
             "percentage": round(100 * state.global_step / max(state.max_steps, 1), 2),
             "total_tokens": tokens,
             "throughput": round((tokens - self.start_tokens) / elapsed, 2) if elapsed > 0 else None,
-            "elapsed_time": _fmt_seconds(elapsed),
-            "remaining_time": _fmt_seconds(elapsed / done * left) if done > 0 else None,
+            "elapsed_time": fmt_seconds(elapsed),
+            "remaining_time": fmt_seconds(elapsed / done * left) if done > 0 else None,
         }
         # Stage metrics (rewards/*, accuracy, grad_norm, eval_*) follow the fixed fields.
         record.update({k: v for k, v in logs.items() if k not in ("loss", "eval_loss", "learning_rate", "epoch")
                        and isinstance(v, (int, float))})
-        record = {k: v for k, v in record.items() if v is not None}
-        with open(Path(args.output_dir) / LOG_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_log_record(args.output_dir, {k: v for k, v in record.items() if v is not None})

@@ -72,4 +72,5 @@ PROCESSORS: dict[str, Processor] = {
     "rm": Processor(encode_pairwise_batch, _template_kwargs),
     "dpo": Processor(encode_pairwise_batch, _template_kwargs),
     "kto": Processor(encode_feedback_batch, _template_kwargs),
+    "ppo": Processor(encode_supervised_batch, _template_kwargs),  # the runner keeps the prompt part
 }

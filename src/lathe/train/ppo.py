@@ -1,0 +1,247 @@
+"""PPO (RLHF): the policy writes answers, a reward model scores them, PPO improves the policy.
+
+TRL no longer ships a PPO trainer (since 0.2x), so the loop is written here on lathe's own
+pieces: the rollout generates with the run's template and stop words, rewards are the score
+minus a KL penalty to the reference (LoRA: the base with the adapter off), advantages come
+from GAE over a value head on the policy, and the update is the clipped PPO objective for
+`ppo_epochs` passes (`losses.py` holds every formula). The KL coefficient adapts towards
+`ppo_target`.
+
+Batch sizes: each rollout has per_device_train_batch_size x gradient_accumulation_steps x
+ppo_buffer_size prompts; each optimiser step uses per_device_train_batch_size x
+gradient_accumulation_steps of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..data.templates.base import Template
+from ..infer.generate import generation_kwargs, stop_token_ids
+from ..model.value_head import HEAD_FILE, hidden_size, make_value_head
+from .base import is_main_process, log_streamed_report, setup_run
+from .callbacks import LOG_FILE, append_log_record, fmt_seconds
+from .losses import (
+    AdaptiveKLController,
+    gae_advantages,
+    kl_penalty_rewards,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+from .reference import build_reference, reference_of
+from .rewards import build_reward, right_padded
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from . import StageResult
+
+logger = logging.getLogger(__name__)
+
+GAMMA, LAM, CLIP, CLIP_VALUE, VF_COEF, INIT_KL = 1.0, 0.95, 0.2, 0.2, 0.1, 0.2
+
+
+def prompt_ids(input_ids: list[int], labels: list[int]) -> list[int]:
+    """The prompt part of an SFT-encoded sample: everything before the first learned token."""
+    first = next((i for i, t in enumerate(labels) if t != -100), len(labels))
+    return list(input_ids[:first])
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+    attn = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, attn
+
+
+def response_mask(responses: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
+    """1 up to and including each row's first stop token; 0 after it (generation padding)."""
+    is_stop = torch.zeros_like(responses, dtype=torch.bool)
+    for s in stop_ids:
+        is_stop |= responses == s
+    ended_before = (is_stop.cumsum(-1) - is_stop.long()) > 0
+    return (~ended_before).long()
+
+
+def forward_response(model, head, ids, attn, prompt_len: int, temperature: float = 1.0):
+    """Log-probs of the response tokens and the values of the states that emitted them: [B, R].
+
+    Log-probs are those of the sampling distribution (logits / temperature), so the PPO
+    ratio compares the policy that actually generated the tokens.
+    """
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=positions, output_hidden_states=True)
+    logits = out.logits[:, prompt_len - 1 : -1].float() / temperature
+    targets = ids[:, prompt_len:]
+    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    # The value head reads detached features: its regression loss, large while it learns the
+    # score scale, would otherwise steer the shared backbone (with Adam, drown the policy
+    # gradient) instead of the policy improving.
+    hidden = out.hidden_states[-1][:, prompt_len - 1 : -1].detach()
+    values = head(hidden.to(head.weight.dtype)).squeeze(-1) if head is not None else None
+    return logprobs, values
+
+
+class PPORunner:
+    def __init__(self, cfg: "RunConfig", run, ref, reward) -> None:
+        self.cfg, self.run, self.ref, self.reward = cfg, run, ref, reward
+        self.model, self.tokenizer = run.model, run.tokenizer
+        self.template: Template = run.template
+        self.head = make_value_head(hidden_size(self.model))
+        t = cfg.training
+        self.mini_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
+        self.rollout_batch = self.mini_batch * cfg.finetuning.ppo_buffer_size
+        prompts = [prompt_ids(r["input_ids"], r["labels"]) for r in run.data.train]
+        self.prompts = [p for p in prompts if p]
+        steps_per_epoch = max(1, len(self.prompts) // self.rollout_batch)
+        self.total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
+        params = [p for p in self.model.parameters() if p.requires_grad] + list(self.head.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+        from transformers import get_scheduler
+
+        updates = self.total_steps * cfg.finetuning.ppo_epochs * cfg.finetuning.ppo_buffer_size
+        self.scheduler = get_scheduler(
+            t.lr_scheduler_type, self.optimizer, num_warmup_steps=t.get_warmup_steps(updates),
+            num_training_steps=updates,
+        )
+        self.kl_ctl = AdaptiveKLController(INIT_KL, cfg.finetuning.ppo_target, horizon=10_000)
+        self.stop_ids = stop_token_ids(self.tokenizer, self.template)
+        self.generator = torch.Generator().manual_seed(t.seed)
+        gen = cfg.generating
+        self.temperature = gen.temperature if gen.do_sample and gen.temperature > 0 else 1.0
+
+    # ------------------------------------------------------------ rollout
+
+    @torch.no_grad()
+    def rollout(self, batch_prompts: list[list[int]]) -> dict[str, torch.Tensor]:
+        self.model.eval()
+        ids, attn = left_pad(batch_prompts, self.tokenizer.pad_token_id)
+        gen = generation_kwargs(self.cfg.generating)
+        gen["max_new_tokens"] = min(gen.get("max_new_tokens") or 64, self.cfg.data.cutoff_len)
+        output = self.model.generate(
+            input_ids=ids, attention_mask=attn, eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **gen,
+        )
+        prompt_len = ids.shape[1]
+        responses = output[:, prompt_len:]
+        mask = response_mask(responses, self.stop_ids)
+        full_attn = torch.cat([attn, mask], dim=1)
+        logprobs, values = forward_response(self.model, self.head, output, full_attn, prompt_len, self.temperature)
+        with reference_of(self.model, self.ref) as ref_model:
+            ref_logprobs, _ = forward_response(ref_model, None, output, full_attn, prompt_len, self.temperature)
+        texts_p = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        texts_r = [self.tokenizer.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(responses, mask)]
+        scored_ids, scored_attn = right_padded(output, full_attn, self.tokenizer.pad_token_id)
+        scores = self.reward(scored_ids, scored_attn, texts_p, texts_r).float().cpu()
+        raw_scores = scores.clone()
+        if self.cfg.finetuning.ppo_score_norm and len(scores) > 1:
+            scores = (scores - scores.mean()) / (scores.std() + 1e-8)
+        rewards = kl_penalty_rewards(scores, logprobs, ref_logprobs, mask, self.kl_ctl.value)
+        if self.cfg.finetuning.ppo_whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = gae_advantages(rewards, values, mask, GAMMA, LAM)
+        advantages = masked_whiten(advantages, mask) if mask.sum() > 1 else advantages
+        return {
+            "ids": output, "attn": full_attn, "prompt_len": torch.tensor(prompt_len), "mask": mask,
+            "logprobs": logprobs, "values": values, "advantages": advantages, "returns": returns,
+            "scores": raw_scores, "kl": masked_mean(logprobs - ref_logprobs, mask),
+        }
+
+    # ------------------------------------------------------------ update
+
+    def update(self, data: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.model.train()
+        n = data["ids"].shape[0]
+        prompt_len = int(data["prompt_len"])
+        micro = self.cfg.training.per_device_train_batch_size
+        stats: dict[str, list[float]] = {"loss": [], "policy_loss": [], "value_loss": [], "clipfrac": []}
+        for _ in range(self.cfg.finetuning.ppo_epochs):
+            order = torch.randperm(n, generator=self.generator)
+            for start in range(0, n, self.mini_batch):
+                chunk = order[start : start + self.mini_batch]
+                self.optimizer.zero_grad()
+                for m0 in range(0, len(chunk), micro):
+                    idx = chunk[m0 : m0 + micro]
+                    logprobs, values = forward_response(
+                        self.model, self.head, data["ids"][idx], data["attn"][idx], prompt_len, self.temperature)
+                    mask = data["mask"][idx]
+                    pg, clipfrac, _ = ppo_policy_loss(logprobs, data["logprobs"][idx], data["advantages"][idx], mask, CLIP)
+                    vf, _ = ppo_value_loss(values, data["values"][idx], data["returns"][idx], mask, CLIP_VALUE)
+                    loss = pg + VF_COEF * vf
+                    (loss * len(idx) / len(chunk)).backward()
+                    stats["loss"].append(loss.item())
+                    stats["policy_loss"].append(pg.item())
+                    stats["value_loss"].append(vf.item())
+                    stats["clipfrac"].append(float(clipfrac))
+                if self.cfg.training.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.training.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+        return {k: sum(v) / len(v) for k, v in stats.items() if v}
+
+    # ------------------------------------------------------------ loop
+
+    def train(self) -> dict[str, float]:
+        out = self.cfg.training.output_dir
+        start = time.time()
+        rewards: list[float] = []
+        for step in range(1, self.total_steps + 1):
+            picks = torch.randint(len(self.prompts), (self.rollout_batch,), generator=self.generator).tolist()
+            data = self.rollout([self.prompts[i] for i in picks])
+            stats = self.update(data)
+            kl = float(data["kl"])
+            self.kl_ctl.update(kl, self.rollout_batch)
+            reward = float(data["scores"].mean())
+            rewards.append(reward)
+            if is_main_process() and (step % max(1, int(self.cfg.training.logging_steps)) == 0 or step == 1):
+                elapsed = time.time() - start
+                append_log_record(out, {
+                    "current_steps": step, "total_steps": self.total_steps, "loss": round(stats["loss"], 6),
+                    "reward": round(reward, 6), "kl": round(kl, 6), "kl_coef": round(self.kl_ctl.value, 6),
+                    "policy_loss": round(stats["policy_loss"], 6), "value_loss": round(stats["value_loss"], 6),
+                    "clipfrac": round(stats["clipfrac"], 4), "lr": self.scheduler.get_last_lr()[0],
+                    "percentage": round(100 * step / self.total_steps, 2), "elapsed_time": fmt_seconds(elapsed),
+                    "remaining_time": fmt_seconds(elapsed / step * (self.total_steps - step)),
+                })
+                logger.info("ppo step %d/%d: reward %.4f, kl %.4f, loss %.4f", step, self.total_steps, reward, kl,
+                            stats["loss"])
+        return {"train_reward_first": rewards[0], "train_reward_last": rewards[-1],
+                "train_reward_mean": sum(rewards) / len(rewards), "train_runtime": time.time() - start}
+
+    def save(self) -> None:
+        from safetensors.torch import save_file
+
+        out = self.cfg.training.output_dir
+        if hasattr(self.model, "peft_config"):  # the policy adapter only, not the swapped-in reward adapter
+            self.model.save_pretrained(out, selected_adapters=["default"])
+        else:
+            self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, f"{out}/{HEAD_FILE}")
+
+
+def run_ppo(cfg: "RunConfig") -> "StageResult":
+    from . import StageResult
+    from .plot import plot_loss
+
+    run = setup_run(cfg)
+    ref = build_reference(cfg, run.model, run.tokenizer)
+    reward = build_reward(cfg, run.model, run.tokenizer)
+    runner = PPORunner(cfg, run, ref, reward)
+    if is_main_process():
+        Path(cfg.training.output_dir, LOG_FILE).unlink(missing_ok=True)  # a fresh run, a fresh log
+    metrics = runner.train()
+    if is_main_process():
+        runner.save()
+        if cfg.finetuning.plot_loss:
+            plot_loss(cfg.training.output_dir, keys=("loss", "reward"))
+    log_streamed_report(run.data)
+    return StageResult(metrics, run.model, run.tokenizer, extras={"ref_model": ref, "value_head": runner.head})
