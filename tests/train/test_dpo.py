@@ -99,3 +99,9 @@ def test_reference_with_another_tokenizer_is_refused(sft_config, pairwise_dir):
 def test_orpo_with_ref_model_is_refused(sft_config, pairwise_dir):
     with pytest.raises(LatheError, match="no reference model"):
         load_config(sft_config(stage="dpo", dataset="pairs", pref_loss="orpo", ref_model="/x"))
+
+
+def test_pairwise_data_for_sft_names_the_right_stages(sft_config, pairwise_dir):
+    cfg = load_config(sft_config(dataset="pairs", dataset_dir=str(pairwise_dir)))
+    with pytest.raises(LatheError, match="stage: rm"):
+        run_stage(cfg)

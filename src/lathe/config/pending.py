@@ -74,7 +74,6 @@ PENDING: dict[str, tuple[object, str]] = {
     "freeze_vision_tower": (True, "multimodal"),
     "freeze_multi_modal_projector": (True, "multimodal"),
     "freeze_language_model": (False, "multimodal"),
-    "compute_accuracy": (False, "training stages"),
     "early_stopping_steps": (None, "training stages"),
     "loraplus_lr_ratio": (None, "efficient methods"),
     "loraplus_lr_embedding": (1e-6, "efficient methods"),

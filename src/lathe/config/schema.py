@@ -123,6 +123,7 @@ class FinetuningArguments:
     ppo_target: float = opt(6.0, "ppo: target KL to the reference of the adaptive KL controller.")
     ppo_score_norm: bool = opt(False, "ppo: normalise the reward scores of each batch to mean 0, std 1.")
     ppo_whiten_rewards: bool = opt(False, "ppo: whiten the per-token rewards before computing advantages.")
+    compute_accuracy: bool = opt(False, "sft: report the token accuracy of the answers at evaluation.")
     disable_shuffling: bool = opt(False, "Read the training data in order instead of shuffled.")
     include_effective_tokens_per_second: bool = opt(False, "Also report effective (non-padding) tokens per second in the final metrics.")
 

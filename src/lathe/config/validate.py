@@ -100,6 +100,12 @@ def validate(cfg: "RunConfig") -> None:
             raise LatheError(f"{src}: `stage: ppo` does not resume from checkpoints yet; start it again.")
         if d.streaming:
             raise LatheError(f"{src}: `stage: ppo` samples prompts at random and cannot stream them.")
+    if t.predict_with_generate and f.stage != "sft":
+        raise LatheError(f"{src}: `predict_with_generate` applies to `stage: sft` only.")
+    if t.do_predict and not (d.eval_dataset or d.val_size > 0):
+        raise LatheError(f"{src}: `do_predict` needs `eval_dataset` (or `val_size` > 0) to predict on.")
+    if f.compute_accuracy and f.stage != "sft":
+        raise LatheError(f"{src}: `compute_accuracy` applies to `stage: sft` only.")
     if f.stage != "sft":
         for key in ("train_on_prompt", "mask_history", "neat_packing"):
             if getattr(d, key):

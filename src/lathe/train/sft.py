@@ -1,4 +1,8 @@
-"""Supervised fine-tuning: chat samples, answers learned, the prompt masked."""
+"""Supervised fine-tuning: chat samples, answers learned, the prompt masked.
+
+With `do_predict`, the held-out prompts are answered after training: generated and scored
+with BLEU/ROUGE (`predict_with_generate`), or only their loss.
+"""
 
 from __future__ import annotations
 
@@ -15,24 +19,49 @@ if TYPE_CHECKING:
 
 
 def run_sft(cfg: "RunConfig") -> "StageResult":
-    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
+    from transformers import DataCollatorForSeq2Seq, Trainer
 
     from . import StageResult
 
+    t = cfg.training
+    if t.do_predict and t.predict_with_generate:
+        from ..evaluate.similarity import check_available
+
+        check_available()  # before hours of training, not after
     run = setup_run(cfg)
     if packing_enabled(cfg):
         collator = FlatteningCollator()  # packed rows: one flat row per batch, no padding
     else:
         collator = DataCollatorForSeq2Seq(run.tokenizer, label_pad_token_id=-100, pad_to_multiple_of=None)
-    trainer = Seq2SeqTrainer(
+    extra = {}
+    if cfg.finetuning.compute_accuracy:
+        from ..evaluate.accuracy import argmax_logits, token_accuracy
+
+        extra = {"compute_metrics": token_accuracy, "preprocess_logits_for_metrics": argmax_logits}
+    trainer = Trainer(
         model=run.model,
-        args=cfg.training,
+        args=t,
         train_dataset=run.data.train,
         eval_dataset=run.data.eval,
         data_collator=collator,
         processing_class=run.tokenizer,
         callbacks=[JsonlLogCallback()],
+        **extra,
     )
     metrics = train_and_save(trainer, cfg, run.resume)
     log_streamed_report(run.data)
+    if t.do_predict:
+        metrics.update(_predict(trainer, run, cfg))
     return StageResult(metrics, trainer.model, run.tokenizer)
+
+
+def _predict(trainer, run, cfg: "RunConfig") -> dict:
+    if cfg.training.predict_with_generate:
+        from ..evaluate.predict import predict
+
+        metrics = predict(trainer.model, run.tokenizer, run.template, run.data.eval, cfg)
+    else:
+        metrics = trainer.predict(run.data.eval, metric_key_prefix="predict").metrics
+    trainer.log_metrics("predict", metrics)
+    trainer.save_metrics("predict", metrics)
+    return metrics

@@ -74,11 +74,15 @@ def build_supervised_example(
 
 def encode_supervised_batch(batch: dict[str, list], *, template, tokenizer, data_args) -> dict[str, list]:
     out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "_truncated": [], "_drop": []}
-    for messages, system, tools in zip(batch["messages"], batch["system"], batch["tools"]):
-        if len(messages) % 2 == 1:  # plain text (or a conversation cut before its answer)
+    chosen = batch.get("chosen") or [[]] * len(batch["messages"])
+    for messages, system, tools, pair in zip(batch["messages"], batch["system"], batch["tools"], chosen):
+        if len(messages) % 2 == 1:  # plain text, ranking data, or a conversation cut before its answer
             for key in out:
                 out[key].append([] if key in ("input_ids", "attention_mask", "labels") else False)
-            out["_drop"][-1] = "no answer turn to learn (plain text belongs to `stage: pt`)"
+            out["_drop"][-1] = (
+                "no answer turn to learn (chosen/rejected pairs belong to `stage: rm` or `dpo`)" if pair
+                else "no answer turn to learn (plain text belongs to `stage: pt`)"
+            )
             continue
         system = system or data_args.default_system or ""
         pairs = template.encode(tokenizer, messages, system=system, tools=tools or "")

@@ -1,0 +1,1 @@
+"""Evaluation: generation metrics (BLEU/ROUGE), prediction files, token accuracy."""
