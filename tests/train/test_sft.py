@@ -118,3 +118,26 @@ def test_output_dir_with_checkpoints_resumes_automatically(sft_config):
     assert [s for s, _ in logged(Path(cfg.training.output_dir))] == [1, 2, 3, 4, 5, 6]
     state = json.loads((Path(cfg.training.output_dir) / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["global_step"] == 6
+
+
+def test_saved_tokenizer_carries_the_trained_template(sft_config):
+    from transformers import AutoTokenizer
+
+    from lathe.data.templates import get_template
+
+    cfg = load_config(sft_config(template="qwen", max_steps=1))
+    run_stage(cfg)
+    saved = AutoTokenizer.from_pretrained(cfg.training.output_dir)
+    messages = [{"role": "user", "content": "Who are you?"}]
+    ids = saved.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    ids = ids["input_ids"] if not isinstance(ids, list) else ids
+    assert list(ids) == get_template("qwen").encode_prompt(saved, messages)
+
+
+def test_tool_calling_data_trains(sft_config):
+    from tests.conftest import shared_path
+
+    cfg = load_config(sft_config(dataset="glaive_toolcall_en_demo", dataset_dir=str(shared_path("data")),
+                                 template="qwen", max_samples=16, cutoff_len=512, max_steps=2))
+    result = run_stage(cfg)
+    assert result.metrics["train_loss"] > 0
