@@ -9,9 +9,8 @@ from ..errors import LatheError
 if TYPE_CHECKING:
     from .load import RunConfig
 
-# Stages and methods with a working implementation today; the others are recognised
-# LLaMA-Factory names that lathe refuses with a clear message.
-AVAILABLE_STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
+# Methods with a working implementation today; the others are recognised LLaMA-Factory
+# names that lathe refuses with a clear message. (Every stage in schema.STAGES runs.)
 AVAILABLE_FINETUNING_TYPES = ("full", "freeze", "lora")
 
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora")
@@ -24,10 +23,6 @@ def validate(cfg: "RunConfig") -> None:
     src = cfg.source
     if not m.model_name_or_path:
         raise LatheError(f"{src}: `model_name_or_path` is required: a local model folder or a hub id.")
-    if f.stage not in AVAILABLE_STAGES:
-        raise LatheError(
-            f"{src}: `stage: {f.stage}` is not available yet; lathe runs {', '.join(AVAILABLE_STAGES)} today."
-        )
     if f.finetuning_type not in AVAILABLE_FINETUNING_TYPES:
         raise LatheError(
             f"{src}: `finetuning_type: {f.finetuning_type}` is not available yet; "

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LatheError
 
@@ -21,44 +22,14 @@ class StageResult:
     extras: dict[str, Any] = field(default_factory=dict)  # stage-specific objects (e.g. the reference model)
 
 
-def _sft(cfg: "RunConfig") -> "StageResult":
-    from .sft import run_sft  # imported on use: transformers' Trainer is slow to import
-
-    return run_sft(cfg)
-
-
-def _pt(cfg: "RunConfig") -> "StageResult":
-    from .pt import run_pt
-
-    return run_pt(cfg)
-
-
-def _dpo(cfg: "RunConfig") -> "StageResult":
-    from .dpo import run_dpo
-
-    return run_dpo(cfg)
-
-
-def _rm(cfg: "RunConfig") -> "StageResult":
-    from .rm import run_rm
-
-    return run_rm(cfg)
-
-
-def _kto(cfg: "RunConfig") -> "StageResult":
-    from .kto import run_kto
-
-    return run_kto(cfg)
-
-
-def _ppo(cfg: "RunConfig") -> "StageResult":
-    from .ppo import run_ppo
-
-    return run_ppo(cfg)
-
-
-STAGES: dict[str, Callable[["RunConfig"], StageResult]] = {
-    "pt": _pt, "sft": _sft, "rm": _rm, "dpo": _dpo, "kto": _kto, "ppo": _ppo,
+# stage name -> "module:function", imported on use (transformers' Trainer is slow to import).
+STAGES: dict[str, str] = {
+    "pt": "lathe.train.pt:run_pt",
+    "sft": "lathe.train.sft:run_sft",
+    "rm": "lathe.train.rm:run_rm",
+    "dpo": "lathe.train.dpo:run_dpo",
+    "kto": "lathe.train.kto:run_kto",
+    "ppo": "lathe.train.ppo:run_ppo",
 }
 
 
@@ -70,4 +41,5 @@ def run_stage(cfg: "RunConfig") -> StageResult:
     if stage not in STAGES:
         raise LatheError(f"stage `{stage}` is not registered; known: {', '.join(STAGES)}.")
     set_seed(cfg.training.seed)  # before the model loads, so adapter init is reproducible too
-    return STAGES[stage](cfg)
+    module, function = STAGES[stage].split(":")
+    return getattr(importlib.import_module(module), function)(cfg)

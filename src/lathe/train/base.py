@@ -115,6 +115,29 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     return RunSetup(resume, tokenizer, template, data, model)
 
 
+def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, **trainer_kwargs):
+    """Make the stage's Trainer with lathe's shared arguments, train, save, evaluate.
+
+    Returns (trainer, metrics). Every stage that runs on the Hugging Face Trainer goes
+    through here, so logging, checkpoints and saving behave the same in all of them.
+    """
+    from .callbacks import JsonlLogCallback
+
+    trainer = trainer_cls(
+        model=trainer_kwargs.pop("model", run.model),
+        args=cfg.training,
+        train_dataset=run.data.train,
+        eval_dataset=run.data.eval,
+        data_collator=collator,
+        processing_class=run.tokenizer,
+        callbacks=[JsonlLogCallback()],
+        **trainer_kwargs,
+    )
+    metrics = train_and_save(trainer, cfg, run.resume)
+    log_streamed_report(run.data)
+    return trainer, metrics
+
+
 def log_streamed_report(data) -> None:
     """A stream's data report is complete only once training has read it."""
     if data.streaming:

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-from transformers import Trainer
 
 from ..data.collate import PairwiseCollator
-from .base import log_streamed_report, setup_run, train_and_save
-from .callbacks import JsonlLogCallback
+from .base import build_and_train, setup_run
 from .losses import dpo_loss, orpo_loss, sequence_logps, simpo_loss
-from .metrics import StoredMetricsMixin
+from .metrics import MeanLossTrainer
 from .reference import build_reference, reference_logps
 
 if TYPE_CHECKING:
@@ -24,14 +21,7 @@ if TYPE_CHECKING:
     from . import StageResult
 
 
-class DPOTrainer(StoredMetricsMixin, Trainer):
-    def __init__(self, *args, finetuning, ref_model=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.finetuning = finetuning
-        self.ref_model = ref_model
-        # Our loss is a mean over pairs: let the Trainer divide by the accumulation steps.
-        self.model_accepts_loss_kwargs = False
-
+class DPOTrainer(MeanLossTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         f = self.finetuning
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
@@ -76,17 +66,7 @@ def run_dpo(cfg: "RunConfig") -> "StageResult":
 
     run = setup_run(cfg)
     ref = build_reference(cfg, run.model, run.tokenizer)
-    trainer = DPOTrainer(
-        model=run.model,
-        args=cfg.training,
-        train_dataset=run.data.train,
-        eval_dataset=run.data.eval,
-        data_collator=PairwiseCollator(run.tokenizer.pad_token_id),
-        processing_class=run.tokenizer,
-        callbacks=[JsonlLogCallback()],
-        finetuning=cfg.finetuning,
-        ref_model=ref,
+    trainer, metrics = build_and_train(
+        cfg, run, DPOTrainer, PairwiseCollator(run.tokenizer.pad_token_id), finetuning=cfg.finetuning, ref_model=ref
     )
-    metrics = train_and_save(trainer, cfg, run.resume)
-    log_streamed_report(run.data)
     return StageResult(metrics, trainer.model, run.tokenizer, extras={"ref_model": ref})

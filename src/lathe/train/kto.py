@@ -11,13 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import Trainer
 
 from ..data.collate import FeedbackCollator
-from .base import log_streamed_report, setup_run, train_and_save
-from .callbacks import JsonlLogCallback
+from .base import build_and_train, setup_run
 from .losses import kto_loss, sequence_logps
-from .metrics import StoredMetricsMixin
+from .metrics import MeanLossTrainer
 from .reference import build_reference, reference_logps
 
 if TYPE_CHECKING:
@@ -25,13 +23,7 @@ if TYPE_CHECKING:
     from . import StageResult
 
 
-class KTOTrainer(StoredMetricsMixin, Trainer):
-    def __init__(self, *args, finetuning, ref_model=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.finetuning = finetuning
-        self.ref_model = ref_model
-        self.model_accepts_loss_kwargs = False  # the loss is a mean over samples
-
+class KTOTrainer(MeanLossTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         f = self.finetuning
         main = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "labels": inputs["labels"]}
@@ -67,17 +59,7 @@ def run_kto(cfg: "RunConfig") -> "StageResult":
 
     run = setup_run(cfg)
     ref = build_reference(cfg, run.model, run.tokenizer)
-    trainer = KTOTrainer(
-        model=run.model,
-        args=cfg.training,
-        train_dataset=run.data.train,
-        eval_dataset=run.data.eval,
-        data_collator=FeedbackCollator(run.tokenizer.pad_token_id),
-        processing_class=run.tokenizer,
-        callbacks=[JsonlLogCallback()],
-        finetuning=cfg.finetuning,
-        ref_model=ref,
+    trainer, metrics = build_and_train(
+        cfg, run, KTOTrainer, FeedbackCollator(run.tokenizer.pad_token_id), finetuning=cfg.finetuning, ref_model=ref
     )
-    metrics = train_and_save(trainer, cfg, run.resume)
-    log_streamed_report(run.data)
     return StageResult(metrics, trainer.model, run.tokenizer, extras={"ref_model": ref})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+from transformers import Trainer
 
 
 class StoredMetricsMixin:
@@ -30,3 +31,18 @@ class StoredMetricsMixin:
                 logs[prefix + name] = round(sum(values) / len(values), 6)
         stored.clear()
         super().log(logs, *args, **kwargs)
+
+
+class MeanLossTrainer(StoredMetricsMixin, Trainer):
+    """Base of the stages whose `compute_loss` returns a mean over samples or pairs (rm, dpo, kto).
+
+    Such a loss is not a sum over tokens, so the Trainer must divide it by the gradient
+    accumulation steps itself (`model_accepts_loss_kwargs = False`). `finetuning` is the
+    run's finetuning options; `ref_model` the frozen reference (None: none, or LoRA's base).
+    """
+
+    def __init__(self, *args, finetuning=None, ref_model=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.finetuning = finetuning
+        self.ref_model = ref_model
+        self.model_accepts_loss_kwargs = False

@@ -6,8 +6,7 @@ from typing import TYPE_CHECKING
 
 from ..data.loader import packing_enabled
 from ..data.packing import FlatteningCollator
-from .base import log_streamed_report, setup_run, train_and_save
-from .callbacks import JsonlLogCallback
+from .base import build_and_train, setup_run
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -20,19 +19,6 @@ def run_pt(cfg: "RunConfig") -> "StageResult":
     from . import StageResult
 
     run = setup_run(cfg)
-    if packing_enabled(cfg):
-        collator = FlatteningCollator()
-    else:
-        collator = DataCollatorForSeq2Seq(run.tokenizer, label_pad_token_id=-100)
-    trainer = Trainer(
-        model=run.model,
-        args=cfg.training,
-        train_dataset=run.data.train,
-        eval_dataset=run.data.eval,
-        data_collator=collator,
-        processing_class=run.tokenizer,
-        callbacks=[JsonlLogCallback()],
-    )
-    metrics = train_and_save(trainer, cfg, run.resume)  # eval adds eval_perplexity = exp(eval_loss)
-    log_streamed_report(run.data)
+    collator = FlatteningCollator() if packing_enabled(cfg) else DataCollatorForSeq2Seq(run.tokenizer, label_pad_token_id=-100)
+    trainer, metrics = build_and_train(cfg, run, Trainer, collator)  # eval adds eval_perplexity = exp(eval_loss)
     return StageResult(metrics, trainer.model, run.tokenizer)

@@ -10,25 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from transformers import Trainer
-
 from ..data.collate import PairwiseCollator
 from ..model.value_head import ValueHeadModel
-from .base import log_streamed_report, setup_run, train_and_save
-from .callbacks import JsonlLogCallback
+from .base import build_and_train, setup_run
 from .losses import pairwise_accuracy, pairwise_reward_loss
-from .metrics import StoredMetricsMixin
+from .metrics import MeanLossTrainer
 
 if TYPE_CHECKING:
     from ..config import RunConfig
     from . import StageResult
 
 
-class RewardTrainer(StoredMetricsMixin, Trainer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.model_accepts_loss_kwargs = False  # the loss is a mean over pairs
-
+class RewardTrainer(MeanLossTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         scores = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         half = scores.shape[0] // 2
@@ -53,16 +46,7 @@ def run_rm(cfg: "RunConfig") -> "StageResult":
     from . import StageResult
 
     run = setup_run(cfg)
-    model = ValueHeadModel(run.model)
-    trainer = RewardTrainer(
-        model=model,
-        args=cfg.training,
-        train_dataset=run.data.train,
-        eval_dataset=run.data.eval,
-        data_collator=PairwiseCollator(run.tokenizer.pad_token_id),
-        processing_class=run.tokenizer,
-        callbacks=[JsonlLogCallback()],
+    trainer, metrics = build_and_train(
+        cfg, run, RewardTrainer, PairwiseCollator(run.tokenizer.pad_token_id), model=ValueHeadModel(run.model)
     )
-    metrics = train_and_save(trainer, cfg, run.resume)
-    log_streamed_report(run.data)
     return StageResult(metrics, trainer.model, run.tokenizer)

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..data.loader import packing_enabled
 from ..data.packing import FlatteningCollator
-from .base import log_streamed_report, setup_run, train_and_save
-from .callbacks import JsonlLogCallback
+from .base import build_and_train, setup_run
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -38,18 +37,7 @@ def run_sft(cfg: "RunConfig") -> "StageResult":
         from ..evaluate.accuracy import argmax_logits, token_accuracy
 
         extra = {"compute_metrics": token_accuracy, "preprocess_logits_for_metrics": argmax_logits}
-    trainer = Trainer(
-        model=run.model,
-        args=t,
-        train_dataset=run.data.train,
-        eval_dataset=run.data.eval,
-        data_collator=collator,
-        processing_class=run.tokenizer,
-        callbacks=[JsonlLogCallback()],
-        **extra,
-    )
-    metrics = train_and_save(trainer, cfg, run.resume)
-    log_streamed_report(run.data)
+    trainer, metrics = build_and_train(cfg, run, Trainer, collator, **extra)
     if t.do_predict:
         metrics.update(_predict(trainer, run, cfg))
     return StageResult(metrics, trainer.model, run.tokenizer)
