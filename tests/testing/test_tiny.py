@@ -229,16 +229,32 @@ def test_demo_tokenizer_is_deterministic_and_keyed_by_the_data(tmp_path, demo_to
 # --- demo data ---------------------------------------------------------------------------
 
 
-def test_demo_data_registry_points_at_alpaca_files():
+def test_demo_data_registry_loads_every_row():
+    from lathe.data.formats import convert_rows
+    from lathe.data.readers import read_rows
+    from lathe.data.registry import load_registry
+
     data_dir = default_data_dir()
-    info = json.loads((data_dir / "dataset_info.json").read_text())
-    assert {"lathe_identity", "lathe_numbers"} <= set(info)
-    for name, entry in info.items():
-        path = data_dir / entry["file_name"]
-        assert path.is_file(), f"{name}: {path} missing"
-        if entry.get("formatting", "alpaca") == "alpaca" and path.suffix == ".json":
-            rows = json.loads(path.read_text())
-            assert rows and all(row["instruction"] and row["output"] for row in rows), name
+    registry = load_registry(data_dir)
+    assert {"lathe_identity", "lathe_numbers", "lathe_pairs", "lathe_feedback", "lathe_docs"} <= set(registry)
+    for name, attr in registry.items():
+        result = convert_rows(attr, read_rows(attr, data_dir))
+        assert result.samples and not result.skip_counts, result.report()
+        if attr.ranking:
+            assert all(s["chosen"] and s["rejected"] for s in result.samples), name
+
+
+def test_preference_data_is_what_the_script_writes(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    data_dir = default_data_dir()
+    for name in ("make_preferences.py", "make_synthetic.py", "lathe_identity.json", "lathe_numbers.json"):
+        shutil.copy(data_dir / name, tmp_path / name)
+    subprocess.run([sys.executable, "make_preferences.py"], cwd=tmp_path, check=True)
+    for name in ("lathe_pairs.json", "lathe_feedback.json"):
+        assert (tmp_path / name).read_text() == (data_dir / name).read_text()
 
 
 def test_synthetic_data_is_what_the_script_writes():
