@@ -19,6 +19,8 @@ USAGE = """usage: lathe <command> [options]
 
 commands:
   train CONFIG [key=value ...]   fine-tune a model (CONFIG: YAML or JSON, LLaMA-Factory keys)
+  chat CONFIG [key=value ...]    talk to a model (with its adapters) in the terminal, streaming
+  api CONFIG [key=value ...]     serve the model with an OpenAI-compatible API (API_HOST, API_PORT, API_KEY)
   data preview CONFIG [-n N]     show N samples as the model sees them, learned tokens marked
   data stats CONFIG              rows kept/skipped, token lengths, truncation, learned share
   env                            versions of python and the libraries, and the devices
@@ -81,6 +83,24 @@ def cmd_data(args: list[str]) -> int:
     return 0
 
 
+def cmd_chat(args: list[str]) -> int:
+    from .config import load_config
+    from .infer.chat_cli import run_chat
+
+    path, overrides = _split_config_args(args)
+    run_chat(load_config(path, overrides, purpose="infer"))
+    return 0
+
+
+def cmd_api(args: list[str]) -> int:
+    from .config import load_config
+    from .infer.api import run_api
+
+    path, overrides = _split_config_args(args)
+    run_api(load_config(path, overrides, purpose="infer"))
+    return 0
+
+
 def cmd_env(args: list[str]) -> int:
     from .env import env_report
 
@@ -93,7 +113,9 @@ def cmd_version(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "data": cmd_data, "env": cmd_env, "version": cmd_version}
+COMMANDS = {
+    "train": cmd_train, "chat": cmd_chat, "api": cmd_api, "data": cmd_data, "env": cmd_env, "version": cmd_version,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -225,8 +225,16 @@ def _owner(key: str) -> str | None:
     return None
 
 
-def build_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
-    """Validate a flat dict of options and build the typed RunConfig."""
+PURPOSES = ("train", "infer")
+
+
+def build_config(raw: dict[str, Any], source: str = "<config>", purpose: str = "train") -> RunConfig:
+    """Validate a flat dict of options and build the typed RunConfig.
+
+    `purpose` "infer" (chat, api, export, eval) needs no output_dir: nothing is trained.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}")
     from .validate import check_raw_combinations, validate
 
     raw = _apply_aliases(dict(raw), source)
@@ -266,6 +274,8 @@ def build_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
 
     if groups["finetuning"].disable_shuffling:
         routed["training"].setdefault("train_sampling_strategy", "sequential")
+    if purpose == "infer":
+        routed["training"].setdefault("output_dir", "saves/lathe-infer")  # required by the library, unused
     training = _build_training(routed["training"], groups["data"], groups["finetuning"].stage, source)
     cfg = RunConfig(
         model=groups["model"],
@@ -338,8 +348,8 @@ def _has_accelerator() -> bool:
     return bool((xpu and xpu.is_available()) or (mps and mps.is_available()))
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(path: str | Path | None, overrides: list[str] | None = None, purpose: str = "train") -> RunConfig:
     """File + overrides -> validated RunConfig (overrides win)."""
     raw: dict[str, Any] = read_config_file(path) if path else {}
     raw.update(parse_overrides(overrides or []))
-    return build_config(raw, source=str(path) if path else "<command line>")
+    return build_config(raw, source=str(path) if path else "<command line>", purpose=purpose)

@@ -11,7 +11,6 @@ from __future__ import annotations
 # name -> (LLaMA-Factory default, the part of lathe that will bring it)
 PENDING: dict[str, tuple[object, str]] = {
     # model loading
-    "adapter_name_or_path": (None, "adapters"),
     "adapter_folder": (None, "adapters"),
     "new_special_tokens_config": (None, "tokenizer"),
     "init_special_tokens": ("noise_init", "tokenizer"),

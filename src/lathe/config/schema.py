@@ -27,6 +27,9 @@ FINETUNING_TYPES = ("full", "freeze", "lora", "oft")
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = opt(None, "Local model folder or hub id (required).")
+    adapter_name_or_path: str | None = opt(
+        None, "Comma list of LoRA adapter folders: all but the last are merged into the model; the last is trained further (or merged for inference)."
+    )
     cache_dir: str | None = opt(None, "Where hub downloads are cached.")
     model_revision: str = opt("main", "Hub revision (branch, tag or commit) of the model.")
     hf_hub_token: str | None = opt(None, "Hub token for gated or private models (never logged or saved).")

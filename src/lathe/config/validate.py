@@ -30,6 +30,11 @@ def validate(cfg: "RunConfig") -> None:
         )
     for method, keys in METHOD_KEYS.items():
         _only_with(cfg, keys, method)
+    if m.adapter_name_or_path and t.do_train and f.finetuning_type != "lora":
+        raise LatheError(
+            f"{src}: `adapter_name_or_path` continues LoRA training and needs `finetuning_type: lora` "
+            f"(to train a merged model in full, export the merge first)."
+        )
     if f.lora_rank <= 0:
         raise LatheError(f"{src}: `lora_rank` must be a positive integer, got {f.lora_rank}.")
     if f.lora_alpha is not None and f.lora_alpha <= 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ...errors import LatheError
@@ -15,10 +17,38 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
     return sorted(names - skip)
 
 
+def load_adapters(model, paths: list[str], trainable_last: bool):
+    """Merge the adapters in order into `model`; the last stays a trainable adapter when asked.
+
+    Merging (rather than stacking adapters) keeps one set of LoRA weights in training and
+    makes inference as fast as the base model.
+    """
+    from peft import PeftModel
+
+    for i, path in enumerate(paths):
+        folder = Path(path)
+        if not (folder / "adapter_config.json").exists():
+            raise LatheError(f"`adapter_name_or_path`: {folder} is not a LoRA adapter folder (no adapter_config.json).")
+        last = i == len(paths) - 1
+        try:
+            model = PeftModel.from_pretrained(model, str(folder), is_trainable=last and trainable_last)
+        except (RuntimeError, ValueError) as e:  # a shape mismatch: the adapter was trained on another model
+            raise LatheError(
+                f"`adapter_name_or_path`: {folder} does not fit this model ({str(e).splitlines()[0][:300]}). "
+                f"Was it trained on another base model?"
+            ) from None
+        if not (last and trainable_last):
+            model = model.merge_and_unload()
+    return model
+
+
 def apply_lora(model, cfg, new_token_rows: bool = False):
     from peft import LoraConfig, TaskType, get_peft_model
 
     f = cfg.finetuning
+    adapters = split_names(cfg.model.adapter_name_or_path)
+    if adapters:  # continue training the last adapter; the earlier ones are merged in
+        return load_adapters(model, adapters, trainable_last=True)
     available = linear_module_names(model)
     targets = split_names(f.lora_target)
     if targets == ["all"]:

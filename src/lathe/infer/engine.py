@@ -1,0 +1,182 @@
+"""The chat engine behind `lathe chat`, `lathe api` and the Board: one model, the training template.
+
+The Hugging Face backend generates with `model.generate`; streaming runs it in a background
+thread feeding a `TextIteratorStreamer`. One lock serialises generation: a transformers model
+holds no per-request state, but two generations interleaved on one CPU/GPU only slow each
+other down and two streamers must not share a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+
+from ..errors import LatheError
+from .generate import generation_kwargs, stop_token_ids
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("huggingface",)
+
+
+@dataclass
+class Response:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length"
+    tool_calls: list | None = None
+
+
+def load_inference_model(cfg: "RunConfig"):
+    """Tokenizer, template and model (adapters merged) exactly as training saw them."""
+    from ..data.loader import run_template
+    from ..model.adapters.common import split_names
+    from ..model.adapters.lora import load_adapters
+    from ..model.load import add_config_tokens, load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    template = run_template(cfg, tokenizer)
+    template.fix_tokenizer(tokenizer)
+    add_config_tokens(tokenizer, cfg.model)
+    model = load_model(cfg, tokenizer)
+    adapters = split_names(cfg.model.adapter_name_or_path)
+    if adapters:
+        model = load_adapters(model, adapters, trainable_last=False)
+    model.config.use_cache = True
+    return tokenizer, template, model.eval()
+
+
+class ChatEngine:
+    """`chat`, `stream_chat` and `get_scores` over one loaded model."""
+
+    def __init__(self, cfg: "RunConfig") -> None:
+        self.cfg = cfg
+        self.tokenizer, self.template, self.model = load_inference_model(cfg)
+        self.model_name = cfg.model.model_name_or_path
+        self.lock = threading.Lock()
+        self.stop_ids = stop_token_ids(self.tokenizer, self.template)
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_length = int(positions or getattr(self.tokenizer, "model_max_length", 4096))
+
+    # ------------------------------------------------------------ prompts
+
+    def encode(self, messages: list[dict], system: str = "", tools: str = "") -> list[int]:
+        return self.template.encode_prompt(self.tokenizer, messages, system=system or "", tools=tools or "")
+
+    def count_prompt_tokens(self, messages: list[dict], system: str = "", tools: str = "") -> int:
+        return len(self.encode(messages, system, tools))
+
+    def _kwargs(self, overrides: dict[str, Any], prompt_len: int) -> dict[str, Any]:
+        gen = self.cfg.generating
+        kwargs = generation_kwargs(gen)
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        stop = overrides.pop("stop", None)
+        n = overrides.pop("num_return_sequences", 1)
+        kwargs.update(overrides)
+        if not kwargs.get("do_sample", False):
+            for key in ("temperature", "top_p", "top_k"):
+                kwargs.pop(key, None)
+        if "max_new_tokens" in kwargs:
+            kwargs.pop("max_length", None)
+            kwargs["max_new_tokens"] = max(1, min(kwargs["max_new_tokens"], self.max_length - prompt_len))
+        if n > 1:
+            kwargs["num_return_sequences"] = n
+            if not kwargs.get("do_sample") and kwargs.get("num_beams", 1) < n:
+                kwargs["do_sample"] = True  # n different answers need sampling
+        if stop:
+            kwargs["stop_strings"] = list(stop)
+            kwargs["tokenizer"] = self.tokenizer
+        return kwargs
+
+    def _check_length(self, prompt_len: int) -> None:
+        if prompt_len >= self.max_length:
+            raise LatheError(
+                f"The prompt has {prompt_len} tokens, but the model's context is {self.max_length}: shorten it."
+            )
+
+    # ------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def chat(self, messages: list[dict], system: str = "", tools: str = "", **gen: Any) -> list[Response]:
+        ids = self.encode(messages, system, tools)
+        self._check_length(len(ids))
+        kwargs = self._kwargs(gen, len(ids))
+        input_ids = torch.tensor([ids], device=self.model.device)
+        with self.lock:
+            output = self.model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), eos_token_id=self.stop_ids,
+                pad_token_id=self.tokenizer.pad_token_id, **kwargs,
+            )
+        responses = []
+        limit = kwargs.get("max_new_tokens")
+        for row in output:
+            new = row[len(ids):].tolist()
+            ended = any(t in self.stop_ids for t in new)
+            if ended:
+                new = new[: next(i for i, t in enumerate(new) if t in self.stop_ids)]
+            text = self.tokenizer.decode(new, skip_special_tokens=self.cfg.generating.skip_special_tokens).strip()
+            finish = "length" if (not ended and limit is not None and len(row) - len(ids) >= limit) else "stop"
+            calls = self.template.parse_tool_calls(text) if tools else None
+            responses.append(Response(text, len(ids), len(new), finish, calls or None))
+        return responses
+
+    def stream_chat(self, messages: list[dict], system: str = "", tools: str = "", **gen: Any) -> Iterator[str]:
+        from transformers import TextIteratorStreamer
+
+        ids = self.encode(messages, system, tools)
+        self._check_length(len(ids))
+        kwargs = self._kwargs(gen, len(ids))
+        kwargs.pop("num_return_sequences", None)
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=self.cfg.generating.skip_special_tokens
+        )
+        input_ids = torch.tensor([ids], device=self.model.device)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.no_grad():
+                    self.model.generate(
+                        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), eos_token_id=self.stop_ids,
+                        pad_token_id=self.tokenizer.pad_token_id, streamer=streamer, **kwargs,
+                    )
+            except BaseException as e:  # surfaced to the reader below
+                errors.append(e)
+                streamer.end()
+
+        with self.lock:
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            for piece in streamer:
+                if piece:
+                    yield piece
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    @torch.no_grad()
+    def get_scores(self, texts: list[str]) -> list[float]:
+        """Scores of a reward model folder (`stage: rm`); other models have no score head."""
+        from ..model.value_head import HEAD_FILE, load_reward_model
+
+        folder = Path(self.cfg.model.adapter_name_or_path or self.cfg.model.model_name_or_path).expanduser()
+        if not (folder / HEAD_FILE).exists():
+            raise LatheError(f"{folder} is not a reward model ({HEAD_FILE} missing): train one with `stage: rm`.")
+        if not hasattr(self, "_reward"):
+            self._reward = load_reward_model(folder, base_model=self.cfg.model.model_name_or_path)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True)
+        with self.lock:
+            return self._reward(enc["input_ids"], enc["attention_mask"]).tolist()
+
+
+def create_engine(cfg: "RunConfig") -> ChatEngine:
+    return ChatEngine(cfg)

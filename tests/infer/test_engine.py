@@ -1,0 +1,79 @@
+"""The chat engine and the terminal chat: same template as training, streaming equals greedy, adapters merge."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from lathe.config import build_config, load_config
+from lathe.errors import LatheError
+from lathe.infer.chat_cli import chat_loop
+from lathe.infer.engine import ChatEngine
+
+
+def engine_for(model, **extra) -> ChatEngine:
+    cfg = build_config({"model_name_or_path": str(model), "template": "chatml", "do_sample": False,
+                        "max_new_tokens": 8, **extra}, purpose="infer")
+    return ChatEngine(cfg)
+
+
+def test_chat_and_stream_agree(tiny_llama):
+    engine = engine_for(tiny_llama)
+    messages = [{"role": "user", "content": "Who are you?"}]
+    (reply,) = engine.chat(messages)
+    streamed = "".join(engine.stream_chat(messages))
+    assert streamed.strip() == reply.text
+    assert reply.prompt_tokens == engine.count_prompt_tokens(messages) and reply.completion_tokens > 0
+    assert reply.finish_reason in ("stop", "length")
+    two = engine.chat(messages, num_return_sequences=2, do_sample=True)
+    assert len(two) == 2
+
+
+def test_prompt_longer_than_the_context_is_refused(tiny_llama):
+    engine = engine_for(tiny_llama)
+    with pytest.raises(LatheError, match="context"):
+        engine.chat([{"role": "user", "content": "word " * 3000}])
+
+
+def test_trained_adapter_is_merged_and_answers_as_trained(sft_config, tiny_demo_model):
+    from lathe.train import run_stage
+
+    cfg = load_config(sft_config(model_name_or_path=str(tiny_demo_model), lora_rank=16, learning_rate=3e-3,
+                                 max_steps=60, per_device_train_batch_size=16, disable_gradient_checkpointing=True))
+    result = run_stage(cfg)
+    engine = engine_for(tiny_demo_model, adapter_name_or_path=cfg.training.output_dir, max_new_tokens=24)
+    (reply,) = engine.chat([{"role": "user", "content": "Who are you?"}])
+    assert "Lathe" in reply.text
+    # the merged engine equals the trained adapter's own greedy answer
+    from lathe.data.templates import get_template
+    from lathe.infer.generate import generate_reply
+
+    direct = generate_reply(result.model.eval(), result.tokenizer, get_template("chatml"),
+                            [{"role": "user", "content": "Who are you?"}], do_sample=False, max_new_tokens=24)
+    assert reply.text == direct
+
+
+def test_adapter_errors(tiny_llama, tmp_path):
+    with pytest.raises(LatheError, match="not a LoRA adapter"):
+        engine_for(tiny_llama, adapter_name_or_path=str(tmp_path))
+
+
+def test_adapter_for_another_model_is_refused(sft_config, tiny_llama, tmp_path):
+    from lathe.testing.tiny import build_tiny_model
+    from lathe.train import run_stage
+
+    other = build_tiny_model("llama", hidden_size=32, num_layers=2, cache_dir=None)
+    cfg = load_config(sft_config(model_name_or_path=str(other), max_steps=1, output_dir=str(tmp_path / "a")))
+    run_stage(cfg)
+    with pytest.raises(LatheError, match="does not fit"):
+        engine_for(tiny_llama, adapter_name_or_path=str(tmp_path / "a"))
+
+
+def test_terminal_chat(tiny_llama):
+    engine = engine_for(tiny_llama)
+    inputs = iter(["Who are you?", "clear", "Hello", "exit"])
+    out = io.StringIO()
+    chat_loop(engine, read=lambda prompt: next(inputs), out=out)
+    text = out.getvalue()
+    assert text.count("Assistant: ") == 2 and "History cleared." in text
