@@ -21,6 +21,7 @@ commands:
   train CONFIG [key=value ...]   fine-tune a model (CONFIG: YAML or JSON, LLaMA-Factory keys)
   chat CONFIG [key=value ...]    talk to a model (with its adapters) in the terminal, streaming
   api CONFIG [key=value ...]     serve the model with an OpenAI-compatible API (API_HOST, API_PORT, API_KEY)
+  export CONFIG [key=value ...]  merge adapters into the base model, save it (+ Ollama Modelfile) to export_dir
   data preview CONFIG [-n N]     show N samples as the model sees them, learned tokens marked
   data stats CONFIG              rows kept/skipped, token lengths, truncation, learned share
   env                            versions of python and the libraries, and the devices
@@ -101,6 +102,16 @@ def cmd_api(args: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: list[str]) -> int:
+    from .config import load_config
+    from .export.merge import run_export
+
+    path, overrides = _split_config_args(args)
+    out = run_export(load_config(path, overrides, purpose="infer"))
+    print(f"[lathe] exported to {out}")
+    return 0
+
+
 def cmd_env(args: list[str]) -> int:
     from .env import env_report
 
@@ -114,7 +125,8 @@ def cmd_version(args: list[str]) -> int:
 
 
 COMMANDS = {
-    "train": cmd_train, "chat": cmd_chat, "api": cmd_api, "data": cmd_data, "env": cmd_env, "version": cmd_version,
+    "train": cmd_train, "chat": cmd_chat, "api": cmd_api, "export": cmd_export, "data": cmd_data, "env": cmd_env,
+    "version": cmd_version,
 }
 
 

@@ -24,6 +24,7 @@ from .pending import PENDING
 from .schema import (
     GROUPS,
     DataArguments,
+    ExportArguments,
     FinetuningArguments,
     GeneratingArguments,
     ModelArguments,
@@ -48,6 +49,7 @@ class RunConfig:
     data: DataArguments
     finetuning: FinetuningArguments
     generating: GeneratingArguments
+    export: ExportArguments
     run: RunArguments
     training: Any  # transformers.Seq2SeqTrainingArguments
     explicit: set[str] = field(default_factory=set)
@@ -56,7 +58,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as a flat dict that `lathe train` accepts again (secrets removed)."""
         out: dict[str, Any] = {}
-        for group in (self.model, self.data, self.finetuning, self.generating, self.run):
+        for group in (self.model, self.data, self.finetuning, self.generating, self.export, self.run):
             out.update(dataclasses.asdict(group))
         for key in sorted(self.explicit):
             if key in _training_fields():
@@ -282,6 +284,7 @@ def build_config(raw: dict[str, Any], source: str = "<config>", purpose: str = "
         data=groups["data"],
         finetuning=groups["finetuning"],
         generating=groups["generating"],
+        export=groups["export"],
         run=groups["run"],
         training=training,
         explicit=set(raw),

@@ -145,6 +145,19 @@ class GeneratingArguments:
     skip_special_tokens: bool = opt(True, "Drop special tokens from decoded output.")
 
 
+@dataclass
+class ExportArguments:
+    export_dir: str | None = opt(None, "export: folder the merged model is written to.")
+    export_size: float = opt(5, "export: largest shard file, in GB (fractions allowed).")
+    export_device: str = opt("cpu", "export: device used for merging (cpu or auto).", ("cpu", "auto"))
+    export_legacy_format: bool = opt(False, "export: .bin (pickle) files instead of safetensors; refused (transformers 5 writes safetensors only).")
+    export_hub_model_id: str | None = opt(None, "export: also push the result to this hub repository (needs the network).")
+    export_quantization_bit: int | None = opt(None, "export: quantize with GPTQ to this many bits (2, 3, 4 or 8).")
+    export_quantization_dataset: str | None = opt(None, "export: text file (one sample per line) to calibrate GPTQ on.")
+    export_quantization_nsamples: int = opt(128, "export: calibration samples for GPTQ.")
+    export_quantization_maxlen: int = opt(1024, "export: longest calibration sample, in tokens.")
+
+
 # Options that only lathe has, for the run as a whole (kept with the training group).
 @dataclass
 class RunArguments:
@@ -158,5 +171,6 @@ GROUPS: dict[str, type] = {
     "data": DataArguments,
     "finetuning": FinetuningArguments,
     "generating": GeneratingArguments,
+    "export": ExportArguments,
     "run": RunArguments,
 }

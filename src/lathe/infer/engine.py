@@ -36,8 +36,11 @@ class Response:
     tool_calls: list | None = None
 
 
-def load_inference_model(cfg: "RunConfig"):
-    """Tokenizer, template and model (adapters merged) exactly as training saw them."""
+def load_inference_model(cfg: "RunConfig", before_merge=None):
+    """Tokenizer, template and model (adapters merged) exactly as training saw them.
+
+    `before_merge(model)` may inspect the base model first (export refuses quantized ones).
+    """
     from ..data.loader import run_template
     from ..model.adapters.common import split_names
     from ..model.adapters.lora import load_adapters
@@ -49,6 +52,8 @@ def load_inference_model(cfg: "RunConfig"):
     add_config_tokens(tokenizer, cfg.model)
     model = load_model(cfg, tokenizer)
     adapters = split_names(cfg.model.adapter_name_or_path)
+    if before_merge is not None and adapters:
+        before_merge(model)
     if adapters:
         model = load_adapters(model, adapters, trainable_last=False)
     model.config.use_cache = True

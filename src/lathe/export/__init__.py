@@ -1,0 +1,1 @@
+"""`lathe export`: merge adapters into the base model and write a model anyone can load."""

@@ -1,0 +1,95 @@
+"""Merge LoRA adapters into their base model and save it: sharded weights, tokenizer, Modelfile.
+
+The merged model reloads with plain `AutoModelForCausalLM.from_pretrained` and gives the
+same outputs as base + adapters; the saved tokenizer carries the chat template that was
+trained. Merging into a quantized base is refused: the low-bit weights cannot hold the sum.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import LatheError
+from .ollama import modelfile
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+logger = logging.getLogger(__name__)
+
+
+def check_not_quantized(model) -> None:
+    quant = getattr(model.config, "quantization_config", None)
+    if quant is not None:
+        method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", "?")
+        raise LatheError(
+            f"The base model is quantized ({method}): adapters cannot be merged into low-bit weights. "
+            f"Export from the unquantized base model (the same weights in 16/32-bit) instead."
+        )
+
+
+def check_gptq(cfg: "RunConfig") -> None:
+    """`export_quantization_bit` needs GPTQ's packages, valid bits and a calibration file: checked first."""
+    e = cfg.export
+    missing = [p for p in ("optimum", "gptqmodel") if importlib.util.find_spec(p) is None]
+    if missing:
+        raise LatheError(
+            f"`export_quantization_bit` quantizes with GPTQ, which needs {' and '.join(missing)}: "
+            f"pip install optimum gptqmodel (a CUDA GPU is needed to calibrate)."
+        )
+    if e.export_quantization_bit not in (2, 3, 4, 8):
+        raise LatheError(f"`export_quantization_bit` must be 2, 3, 4 or 8, got {e.export_quantization_bit}.")
+    if not e.export_quantization_dataset or not Path(e.export_quantization_dataset).is_file():
+        raise LatheError("`export_quantization_bit` needs `export_quantization_dataset`: a text file, one sample per line.")
+
+
+def gptq_config(cfg: "RunConfig", tokenizer):
+    """GPTQ through transformers/optimum, calibrated on the first nsamples lines of the dataset file."""
+    from transformers import GPTQConfig
+
+    e = cfg.export
+    lines = [x for x in Path(e.export_quantization_dataset).read_text(encoding="utf-8").splitlines() if x.strip()]
+    samples = [x[: e.export_quantization_maxlen * 8] for x in lines[: e.export_quantization_nsamples]]
+    return GPTQConfig(bits=e.export_quantization_bit, dataset=samples, tokenizer=tokenizer,
+                      model_seqlen=e.export_quantization_maxlen)
+
+
+def run_export(cfg: "RunConfig") -> Path:
+    from ..infer.engine import load_inference_model
+
+    e = cfg.export
+    if not e.export_dir:
+        raise LatheError("`export_dir` is required: the folder the merged model is written to.")
+    if e.export_legacy_format:
+        raise LatheError(
+            "`export_legacy_format: true` asks for pickle .bin files; transformers 5 writes safetensors only, and "
+            "pickle files can run code when loaded. Leave it false: every current tool reads safetensors."
+        )
+    out = Path(e.export_dir)
+    if out.exists() and any(out.iterdir()):
+        raise LatheError(f"export_dir {out} is not empty; choose a new folder so nothing is overwritten.")
+    if e.export_quantization_bit:
+        check_gptq(cfg)  # before the slow part
+    tokenizer, template, model = load_inference_model(cfg, before_merge=check_not_quantized)
+    if e.export_device == "cpu":
+        model = model.to("cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.use_cache = True
+    model.save_pretrained(out, max_shard_size=f"{e.export_size}GB")
+    tokenizer.save_pretrained(out)
+    max_length = getattr(model.config, "max_position_embeddings", None)
+    (out / "Modelfile").write_text(modelfile(template, tokenizer, max_length), encoding="utf-8")
+    logger.info("Exported the merged model to %s", out)
+    if e.export_quantization_bit:
+        from transformers import AutoModelForCausalLM
+
+        quantized = AutoModelForCausalLM.from_pretrained(out, quantization_config=gptq_config(cfg, tokenizer), device_map="auto")
+        quantized.save_pretrained(out, max_shard_size=f"{e.export_size}GB")
+        logger.info("Quantized the export to %d-bit GPTQ", e.export_quantization_bit)
+    if e.export_hub_model_id:
+        model.push_to_hub(e.export_hub_model_id, token=cfg.model.hf_hub_token, max_shard_size=f"{e.export_size}GB")
+        tokenizer.push_to_hub(e.export_hub_model_id, token=cfg.model.hf_hub_token)
+    return out
