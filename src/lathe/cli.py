@@ -22,6 +22,7 @@ commands:
   chat CONFIG [key=value ...]    talk to a model (with its adapters) in the terminal, streaming
   api CONFIG [key=value ...]     serve the model with an OpenAI-compatible API (API_HOST, API_PORT, API_KEY)
   export CONFIG [key=value ...]  merge adapters into the base model, save it (+ Ollama Modelfile) to export_dir
+  eval CONFIG [--ppl] [k=v ...]  multiple-choice benchmark (task, task_dir, n_shot, lang), or perplexity on `dataset`
   data preview CONFIG [-n N]     show N samples as the model sees them, learned tokens marked
   data stats CONFIG              rows kept/skipped, token lengths, truncation, learned share
   env                            versions of python and the libraries, and the devices
@@ -112,6 +113,24 @@ def cmd_export(args: list[str]) -> int:
     return 0
 
 
+def cmd_eval(args: list[str]) -> int:
+    from .config import load_config
+
+    ppl = "--ppl" in args
+    path, overrides = _split_config_args([a for a in args if a != "--ppl"])
+    cfg = load_config(path, overrides, purpose="infer")
+    if ppl:
+        from .evaluate.perplexity import run_perplexity
+
+        result = run_perplexity(cfg)
+        print(f"perplexity {result['perplexity']:.4f} over {result['tokens']:,} tokens of {result['samples']} samples")
+    else:
+        from .evaluate.choice import format_results, run_choice_eval
+
+        print(format_results(run_choice_eval(cfg)))
+    return 0
+
+
 def cmd_env(args: list[str]) -> int:
     from .env import env_report
 
@@ -125,8 +144,8 @@ def cmd_version(args: list[str]) -> int:
 
 
 COMMANDS = {
-    "train": cmd_train, "chat": cmd_chat, "api": cmd_api, "export": cmd_export, "data": cmd_data, "env": cmd_env,
-    "version": cmd_version,
+    "train": cmd_train, "chat": cmd_chat, "api": cmd_api, "export": cmd_export, "eval": cmd_eval, "data": cmd_data,
+    "env": cmd_env, "version": cmd_version,
 }
 
 

@@ -24,6 +24,7 @@ from .pending import PENDING
 from .schema import (
     GROUPS,
     DataArguments,
+    EvaluationArguments,
     ExportArguments,
     FinetuningArguments,
     GeneratingArguments,
@@ -50,6 +51,7 @@ class RunConfig:
     finetuning: FinetuningArguments
     generating: GeneratingArguments
     export: ExportArguments
+    evaluation: EvaluationArguments
     run: RunArguments
     training: Any  # transformers.Seq2SeqTrainingArguments
     explicit: set[str] = field(default_factory=set)
@@ -58,7 +60,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as a flat dict that `lathe train` accepts again (secrets removed)."""
         out: dict[str, Any] = {}
-        for group in (self.model, self.data, self.finetuning, self.generating, self.export, self.run):
+        for group in (self.model, self.data, self.finetuning, self.generating, self.export, self.evaluation, self.run):
             out.update(dataclasses.asdict(group))
         for key in sorted(self.explicit):
             if key in _training_fields():
@@ -285,6 +287,7 @@ def build_config(raw: dict[str, Any], source: str = "<config>", purpose: str = "
         finetuning=groups["finetuning"],
         generating=groups["generating"],
         export=groups["export"],
+        evaluation=groups["evaluation"],
         run=groups["run"],
         training=training,
         explicit=set(raw),

@@ -158,6 +158,16 @@ class ExportArguments:
     export_quantization_maxlen: int = opt(1024, "export: longest calibration sample, in tokens.")
 
 
+@dataclass
+class EvaluationArguments:
+    task: str | None = opt(None, "eval: benchmark and split as <task>_<split>, e.g. mmlu_test (a folder in task_dir).")
+    task_dir: str = opt("evaluation", "eval: folder holding the benchmark folders.")
+    batch_size: int = opt(4, "eval: questions scored per forward pass.")
+    lang: str = opt("en", "eval: language of the prompt wording.", ("en", "zh"))
+    n_shot: int = opt(5, "eval: solved examples from the dev split shown before each question.")
+    save_dir: str | None = opt(None, "eval: folder for results.json and the per-question answers (must not exist).")
+
+
 # Options that only lathe has, for the run as a whole (kept with the training group).
 @dataclass
 class RunArguments:
@@ -172,5 +182,6 @@ GROUPS: dict[str, type] = {
     "finetuning": FinetuningArguments,
     "generating": GeneratingArguments,
     "export": ExportArguments,
+    "evaluation": EvaluationArguments,
     "run": RunArguments,
 }

@@ -1,0 +1,68 @@
+"""`lathe eval --ppl`: how well a model fits a dataset, tokenized as a stage trains on it.
+
+Perplexity = exp(total NLL / total scored tokens) over the tokens the stage learns (every
+token for `pt`, the answers for `sft`), the measure the LlamaFactory paper uses to compare
+methods on their training data. Per-sample figures go to `save_dir/perplexity.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import LatheError
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+
+@torch.no_grad()
+def run_perplexity(cfg: "RunConfig") -> dict:
+    from transformers import DataCollatorForSeq2Seq
+
+    from ..data.loader import get_dataset
+    from ..infer.engine import load_inference_model
+    from ..train.losses import sequence_logps
+
+    if cfg.finetuning.stage not in ("pt", "sft"):
+        raise LatheError(f"--ppl scores `stage: pt` or `sft` data, not `{cfg.finetuning.stage}`.")
+    if not cfg.data.dataset:
+        raise LatheError("--ppl needs `dataset`: the data to measure the model on.")
+    save_dir = Path(cfg.evaluation.save_dir) if cfg.evaluation.save_dir else None
+    if save_dir is not None and save_dir.exists():
+        raise LatheError(f"save_dir {save_dir} exists already; choose a new folder.")
+    cfg.data.neat_packing = False
+    if cfg.finetuning.stage == "sft":
+        cfg.data.packing = False  # one row per sample, so each gets its own figure
+    tokenizer, template, model = load_inference_model(cfg)
+    data = get_dataset(cfg, tokenizer, template).train
+    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    rows, total_nll, total_tokens = [], 0.0, 0
+    batch = cfg.evaluation.batch_size
+    for start in range(0, len(data), batch):
+        features = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in data.select(
+            range(start, min(start + batch, len(data))))]
+        inputs = collate(features)
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        sums, counts = sequence_logps(logits, inputs["labels"])
+        for s, n in zip(sums.tolist(), counts.tolist()):
+            if n:
+                rows.append({"index": len(rows), "tokens": n, "nll": -s / n, "perplexity": math.exp(min(-s / n, 700))})
+                total_nll -= s
+                total_tokens += n
+    if not total_tokens:
+        raise LatheError("No scored token in the data: nothing to measure.")
+    result = {"dataset": cfg.data.dataset, "stage": cfg.finetuning.stage, "samples": len(rows),
+              "tokens": total_tokens, "nll": total_nll / total_tokens,
+              "perplexity": math.exp(min(total_nll / total_tokens, 700))}
+    if save_dir is not None:
+        save_dir.mkdir(parents=True)
+        with open(save_dir / "perplexity.jsonl", "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        (save_dir / "perplexity.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
