@@ -14,7 +14,10 @@ def test_examples_exist():
     assert len(EXAMPLES) >= 4
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[str(p.relative_to(ROOT)) for p in EXAMPLES])
+TRAINING = [p for p in EXAMPLES if "eval" not in p.parts]
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=[str(p.relative_to(ROOT)) for p in TRAINING])
 def test_example_loads(path):
     overrides = ["model_name_or_path=/some/model"] if "demo" in path.parts else []
     cfg = load_config(path, overrides)
@@ -22,7 +25,16 @@ def test_example_loads(path):
     assert cfg.data.dataset
 
 
-RUNNABLE = [p for p in EXAMPLES if "demo" not in p.parts and "ppo" not in p.name]
+def test_eval_example_runs_on_a_tiny_model(tiny_llama, tmp_path):
+    from lathe.evaluate.choice import run_choice_eval
+
+    cfg = load_config(ROOT / "examples/eval/sample_mmlu.yaml",
+                      [f"model_name_or_path={tiny_llama}", "template=chatml", f"task_dir={ROOT / 'evaluation'}",
+                       f"save_dir={tmp_path / 'eval'}"], purpose="infer")
+    assert 0 <= run_choice_eval(cfg)["Average"] <= 100
+
+
+RUNNABLE = [p for p in TRAINING if "demo" not in p.parts and "ppo" not in p.name]
 
 
 @pytest.mark.parametrize("path", RUNNABLE, ids=[p.name for p in RUNNABLE])
