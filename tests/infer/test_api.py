@@ -208,6 +208,13 @@ def test_stream_concatenates_to_the_greedy_answer(tiny_server):
     assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
 
 
+def test_stream_finish_reason_matches_the_whole_answer(tiny_server):
+    client = tiny_server.client()
+    whole = client.chat.completions.create(model="tiny", messages=ask("Hi"), max_tokens=3)
+    chunks = list(client.chat.completions.create(model="tiny", messages=ask("Hi"), max_tokens=3, stream=True))
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason == "length"
+
+
 def test_n_returns_that_many_choices(tiny_server):
     reply = tiny_server.client().chat.completions.create(model="tiny", messages=ask("Hi"), n=2, max_tokens=4)
     assert [c.index for c in reply.choices] == [0, 1]

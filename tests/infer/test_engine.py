@@ -77,3 +77,30 @@ def test_terminal_chat(tiny_llama):
     chat_loop(engine, read=lambda prompt: next(inputs), out=out)
     text = out.getvalue()
     assert text.count("Assistant: ") == 2 and "History cleared." in text
+
+
+def test_stop_text_is_cut_and_streams_report_the_finish(tiny_llama):
+    import time
+
+    engine = engine_for(tiny_llama, max_new_tokens=16)
+    messages = [{"role": "user", "content": "Who are you?"}]
+    (full,) = engine.chat(messages)
+    word = full.text.split()[len(full.text.split()) // 2] if full.text.split() else ""
+    if word:
+        (cut,) = engine.chat(messages, stop=[word])
+        assert word not in cut.text and cut.finish_reason == "stop"
+    stream = engine.stream_chat(messages, max_new_tokens=3)
+    pieces = []
+    try:
+        while True:
+            pieces.append(next(stream))
+    except StopIteration as done:
+        final = done.value
+    assert final.completion_tokens <= 3 and final.finish_reason in ("length", "stop")
+    stream = engine.stream_chat(messages, max_new_tokens=2000)
+    next(stream)
+    start = time.time()
+    stream.close()  # the client went away: generation stops and the engine is free at once
+    assert engine.lock.acquire(timeout=5)
+    engine.lock.release()
+    assert time.time() - start < 5

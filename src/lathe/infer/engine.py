@@ -66,7 +66,8 @@ class ChatEngine:
     def __init__(self, cfg: "RunConfig") -> None:
         self.cfg = cfg
         self.tokenizer, self.template, self.model = load_inference_model(cfg)
-        self.model_name = cfg.model.model_name_or_path
+        name = cfg.model.model_name_or_path
+        self.model_name = Path(name).name if Path(name).expanduser().exists() else name  # no local paths in replies
         self.lock = threading.Lock()
         self.stop_ids = stop_token_ids(self.tokenizer, self.template)
         positions = getattr(self.model.config, "max_position_embeddings", None)
@@ -121,39 +122,45 @@ class ChatEngine:
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), eos_token_id=self.stop_ids,
                 pad_token_id=self.tokenizer.pad_token_id, **kwargs,
             )
-        responses = []
         limit = kwargs.get("max_new_tokens")
-        for row in output:
-            new = row[len(ids):].tolist()
-            ended = any(t in self.stop_ids for t in new)
-            if ended:
-                new = new[: next(i for i, t in enumerate(new) if t in self.stop_ids)]
-            text = self.tokenizer.decode(new, skip_special_tokens=self.cfg.generating.skip_special_tokens).strip()
-            finish = "length" if (not ended and limit is not None and len(row) - len(ids) >= limit) else "stop"
-            calls = self.template.parse_tool_calls(text) if tools else None
-            responses.append(Response(text, len(ids), len(new), finish, calls or None))
+        stop_texts = list(gen.get("stop") or [])
+        responses = [self._response(row, len(ids), limit, tools, stop_texts) for row in output]
         return responses
 
     def stream_chat(self, messages: list[dict], system: str = "", tools: str = "", **gen: Any) -> Iterator[str]:
-        from transformers import TextIteratorStreamer
+        """Yield text pieces as they are generated; the generator returns the final Response.
+
+        Closing the generator early (a client that went away) stops the generation too, so
+        the next request does not wait for an answer nobody reads.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         ids = self.encode(messages, system, tools)
         self._check_length(len(ids))
+        stop_texts = list(gen.get("stop") or [])
         kwargs = self._kwargs(gen, len(ids))
         kwargs.pop("num_return_sequences", None)
         streamer = TextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=self.cfg.generating.skip_special_tokens
         )
+        cancelled = threading.Event()
+
+        class Cancel(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kw):
+                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
+
         input_ids = torch.tensor([ids], device=self.model.device)
+        outputs: list[torch.Tensor] = []
         errors: list[BaseException] = []
 
         def run() -> None:
             try:
                 with torch.no_grad():
-                    self.model.generate(
+                    outputs.append(self.model.generate(
                         input_ids=input_ids, attention_mask=torch.ones_like(input_ids), eos_token_id=self.stop_ids,
-                        pad_token_id=self.tokenizer.pad_token_id, streamer=streamer, **kwargs,
-                    )
+                        pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([Cancel()]), **kwargs,
+                    ))
             except BaseException as e:  # surfaced to the reader below
                 errors.append(e)
                 streamer.end()
@@ -161,12 +168,34 @@ class ChatEngine:
         with self.lock:
             thread = threading.Thread(target=run, daemon=True)
             thread.start()
-            for piece in streamer:
-                if piece:
+            text = ""
+            try:
+                for piece in streamer:
+                    if not piece:
+                        continue
+                    text += piece
                     yield piece
-            thread.join()
+            finally:
+                cancelled.set()
+                thread.join()
         if errors:
             raise errors[0]
+        return self._response(outputs[0][0], len(ids), kwargs.get("max_new_tokens"), tools, stop_texts)
+
+    def _response(self, row: torch.Tensor, prompt_len: int, limit: int | None, tools: str,
+                  stop_texts: list[str]) -> Response:
+        new = row[prompt_len:].tolist()
+        ended = any(t in self.stop_ids for t in new)
+        if ended:
+            new = new[: next(i for i, t in enumerate(new) if t in self.stop_ids)]
+        text = self.tokenizer.decode(new, skip_special_tokens=self.cfg.generating.skip_special_tokens)
+        cut = min((text.find(w) for w in stop_texts if w and w in text), default=-1)
+        if cut >= 0:  # OpenAI's `stop`: the stop text itself is not part of the answer
+            text, ended = text[:cut], True
+        text = text.strip()
+        finish = "length" if (not ended and limit is not None and len(row) - prompt_len >= limit) else "stop"
+        calls = self.template.parse_tool_calls(text) if tools else None
+        return Response(text, prompt_len, len(new), finish, calls or None)
 
     @torch.no_grad()
     def get_scores(self, texts: list[str]) -> list[float]:
