@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
@@ -104,3 +105,35 @@ def test_stop_text_is_cut_and_streams_report_the_finish(tiny_llama):
     assert engine.lock.acquire(timeout=5)
     engine.lock.release()
     assert time.time() - start < 5
+
+
+def test_reward_model_scores_through_the_engine_and_the_api(sft_config, tiny_llama, tmp_path):
+    from lathe.infer.api import create_app
+    from lathe.model.value_head import load_reward_model
+    from lathe.train import run_stage
+    from tests.infer.test_api import LiveServer
+    from tests.train.test_dpo import PAIRS
+
+    data = tmp_path / "pairs"
+    data.mkdir()
+    rows = [{"instruction": q, "chosen": c, "rejected": r} for q, c, r in PAIRS]
+    (data / "p.json").write_text(json.dumps(rows))
+    (data / "dataset_info.json").write_text(json.dumps({"p": {"file_name": "p.json", "ranking": True, "columns": {
+        "prompt": "instruction", "chosen": "chosen", "rejected": "rejected"}}}))
+    rm = load_config(sft_config(stage="rm", dataset="p", dataset_dir=str(data), max_steps=2, output_dir=str(tmp_path / "rm")))
+    run_stage(rm)
+    engine = engine_for(tiny_llama, adapter_name_or_path=str(tmp_path / "rm"))
+    texts = ["Who are you? I am Lathe Assistant.", "Who are you? I am a teapot."]
+    scores = engine.get_scores(texts)
+    reference = load_reward_model(tmp_path / "rm")
+    enc = engine.tokenizer(texts, return_tensors="pt", padding=True)
+    assert scores == pytest.approx(reference(enc["input_ids"], enc["attention_mask"]).tolist(), abs=1e-5)
+
+    server = LiveServer(create_app(engine))
+    try:
+        status, body = server.request("POST", "/v1/score/evaluation", {"model": "x", "messages": texts}, key=None)
+    finally:
+        server.server.should_exit = True
+    assert status == 200 and body["scores"] == pytest.approx(scores, abs=1e-5)
+    with pytest.raises(LatheError, match="not a reward model"):
+        engine_for(tiny_llama).get_scores(texts)

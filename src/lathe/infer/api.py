@@ -41,7 +41,7 @@ from ..data.formats import TOOL_RESPONSE_JOIN
 from ..data.schema import ASSISTANT, FUNCTION, OBSERVATION, USER
 from ..data.templates.base import check_messages
 from ..errors import LatheError
-from .api_schema import AssistantMessage, ChatCompletionRequest, Content, SystemMessage, ToolMessage
+from .api_schema import AssistantMessage, ChatCompletionRequest, Content, ScoreRequest, SystemMessage, ToolMessage
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -247,6 +247,13 @@ def create_app(engine: Any, api_key: str | None = None, model_name: str | None =
     async def list_models() -> dict[str, Any]:
         return {"object": "list",
                 "data": [{"id": served, "object": "model", "created": started, "owned_by": "lathe"}]}
+
+    @app.post("/v1/score/evaluation", dependencies=[Depends(authorize)])
+    async def score(request: ScoreRequest) -> dict[str, Any]:
+        """Reward-model scores, for a model folder trained with `stage: rm` (LLaMA-Factory's endpoint)."""
+        async with gate:
+            scores = await run_in_threadpool(engine.get_scores, request.messages)
+        return {"id": f"scoreval-{uuid.uuid4().hex[:24]}", "model": served, "scores": scores}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(request: ChatCompletionRequest):

@@ -114,3 +114,11 @@ class ChatCompletionRequest(BaseModel):
         if any(not s for s in stops):
             raise ValueError("stop sequences must be non-empty strings")
         return stops or None
+
+
+class ScoreRequest(BaseModel):
+    """POST /v1/score/evaluation: texts (a prompt with its answer each) to score with a reward model."""
+
+    model: str | None = None
+    messages: list[str] = Field(min_length=1)
+    max_length: int | None = Field(default=None, ge=1)
