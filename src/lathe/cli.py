@@ -52,7 +52,11 @@ def cmd_train(args: list[str]) -> int:
     from .config import load_config
 
     path, overrides = _split_config_args(args)
-    cfg = load_config(path, overrides)
+    cfg = load_config(path, overrides)  # checked here, before any process is spawned
+    from .launcher import launch, should_launch
+
+    if should_launch():
+        return launch(args)
     from .train import run_stage
 
     metrics = run_stage(cfg).metrics

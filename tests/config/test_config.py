@@ -70,7 +70,7 @@ def test_unknown_hf_key_did_you_mean():
         ({"lora_rank": "abc"}, "integer"),
         ({"learning_rate": -1}, "learning_rate"),
         ({"cutoff_len": 0}, "cutoff_len"),
-        ({"bf16": "yes"}, "true or false"),
+        ({"bf16": "maybe"}, "true or false"),
         ({"train_on_prompt": True, "mask_history": True}, "contradict"),
         ({"val_size": 1.5}, "val_size"),
     ],
@@ -132,3 +132,11 @@ def test_missing_config_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(LatheError, match="folder"):
         load_config(tmp_path)
+
+
+def test_yaml_no_means_the_word_for_text_options(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE) + "save_strategy: no\neval_strategy: no\n")
+    c = load_config(path, ["logging_strategy=no", "bf16=no", "plot_loss=yes"])
+    assert c.training.save_strategy == "no" and c.training.logging_strategy == "no"
+    assert c.training.bf16 is False and c.finetuning.plot_loss is True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import json
 import types
 import typing
@@ -118,6 +119,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise LatheError(f"Override `{item}` is not of the form key=value (e.g. learning_rate=1e-4).")
+        if value.strip().lower() in ("yes", "no", "on", "off", "y", "n"):
+            out[key.strip()] = value.strip()  # a word, not YAML 1.1's boolean (save_strategy=no)
+            continue
         try:
             out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:
@@ -151,8 +155,18 @@ def _hints(cls: type) -> dict[str, Any]:
         return {f.name: f.type for f in dataclasses.fields(cls)}
 
 
+def _accepts_bool(hint: Any) -> bool:
+    if hint is bool:
+        return True
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and bool in typing.get_args(hint)
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Convert `value` to the option's type, or raise a LatheError naming the key."""
+    if isinstance(value, bool) and hint is not Any and not _accepts_bool(hint):
+        # YAML 1.1 reads a bare `no` / `yes` as a boolean; for a text option (save_strategy: no)
+        # the user meant the word.
+        value = "no" if value is False else "yes"
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         members = typing.get_args(hint)
@@ -172,8 +186,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
         raise LatheError(f"`{key}` must be true or false, got {value!r}.")
     if hint is int:
         if isinstance(value, bool):
@@ -280,7 +294,8 @@ def build_config(raw: dict[str, Any], source: str = "<config>", purpose: str = "
         routed["training"].setdefault("train_sampling_strategy", "sequential")
     if purpose == "infer":
         routed["training"].setdefault("output_dir", "saves/lathe-infer")  # required by the library, unused
-    training = _build_training(routed["training"], groups["data"], groups["finetuning"].stage, source)
+    f = groups["finetuning"]
+    training = _build_training(routed["training"], groups["data"], f.stage, f.finetuning_type, source)
     cfg = RunConfig(
         model=groups["model"],
         data=groups["data"],
@@ -321,7 +336,7 @@ def _check_pending(key: str, value: Any, source: str) -> None:
     )
 
 
-def _build_training(values: dict[str, Any], data: DataArguments, stage: str, source: str):
+def _build_training(values: dict[str, Any], data: DataArguments, stage: str, method: str, source: str):
     cls = _training_cls()
     hints = _hints(cls)
     coerced = {k: _coerce(k, v, hints.get(k, Any)) for k, v in values.items()}
@@ -336,8 +351,13 @@ def _build_training(values: dict[str, Any], data: DataArguments, stage: str, sou
     packed = data.packing or data.neat_packing or (data.packing is None and stage == "pt")
     coerced.setdefault("include_num_input_tokens_seen", "all" if packed else "non_padding")
     if not _has_accelerator():
-        # transformers refuses bf16/fp16 without a GPU unless told the run is on the CPU, which it is.
+        # transformers refuses bf16/fp16 without a GPU unless told the run is on the CPU, which it is;
+        # several CPU processes (FORCE_TORCHRUN) talk over gloo.
         coerced.setdefault("use_cpu", True)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            coerced.setdefault("ddp_backend", "gloo")
+    if method == "lora":
+        coerced.setdefault("ddp_find_unused_parameters", False)  # frozen base weights get no gradient
     try:
         return cls(**coerced)
     except (ValueError, TypeError, ImportError) as e:

@@ -106,7 +106,8 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     tokenizer = load_tokenizer(cfg.model)
     template = run_template(cfg, tokenizer)
     added = template.fix_tokenizer(tokenizer) + add_config_tokens(tokenizer, cfg.model)
-    data = get_dataset(cfg, tokenizer, template)
+    with cfg.training.main_process_first(desc="preprocessing"):  # others then read the cache
+        data = get_dataset(cfg, tokenizer, template)
     save_run_config(cfg)
     model = load_model(cfg, tokenizer)
     if cfg.training.do_train and not cfg.model.disable_gradient_checkpointing:
