@@ -290,6 +290,8 @@ def build_config(raw: dict[str, Any], source: str = "<config>", purpose: str = "
                 )
         groups[name] = cls(**values)
 
+    if groups["model"].enable_liger_kernel:
+        routed["training"].setdefault("use_liger_kernel", True)  # the Trainer applies the kernels
     if groups["finetuning"].disable_shuffling:
         routed["training"].setdefault("train_sampling_strategy", "sequential")
     if purpose == "infer":

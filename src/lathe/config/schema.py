@@ -49,6 +49,12 @@ class ModelArguments:
         "Attention kernel: auto (best available), disabled (eager), sdpa, fa2 (flash-attn 2).",
         ("auto", "disabled", "sdpa", "fa2"),
     )
+    rope_scaling: str | None = opt(
+        None, "Stretch RoPE to cutoff_len beyond the model's positions: linear, dynamic, yarn or llama3.",
+        ("linear", "dynamic", "yarn", "llama3"),
+    )
+    train_from_scratch: bool = opt(False, "Start from random weights built from the model's config.")
+    enable_liger_kernel: bool = opt(False, "Liger's fused Triton kernels (needs liger-kernel and a CUDA GPU).")
     disable_gradient_checkpointing: bool = opt(False, "Turn off gradient checkpointing (on by default to save memory).")
     use_reentrant_gc: bool = opt(True, "Use the re-entrant variant of gradient checkpointing.")
     low_cpu_mem_usage: bool = opt(True, "Load weights without building a random-init copy first.")
@@ -101,6 +107,11 @@ class FinetuningArguments:
     lora_target: str = opt("all", "Comma list of module names that get LoRA, or all (every linear layer but the output head).")
     additional_target: str | None = opt(None, "Comma list of modules trained in full beside LoRA (peft modules_to_save).")
     use_rslora: bool = opt(False, "Rank-stabilised LoRA scaling (alpha / sqrt(rank)).")
+    loraplus_lr_ratio: float | None = opt(None, "LoRA+: the B matrices learn this many times faster than A.")
+    loraplus_lr_embedding: float = opt(1e-6, "LoRA+: learning rate of LoRA on embedding layers.")
+    pissa_init: bool = opt(False, "PiSSA: start LoRA from the principal singular vectors of each weight.")
+    pissa_iter: int = opt(16, "PiSSA: fast-SVD iterations (-1: exact SVD).")
+    create_new_adapter: bool = opt(False, "With adapter_name_or_path: merge them all and train a new adapter on top.")
     use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).")
     pref_beta: float = opt(0.1, "dpo/kto: beta, the strength of the pull towards the reference model.")
     pref_ftx: float = opt(0.0, "dpo: weight of an added SFT loss on the chosen answers.")

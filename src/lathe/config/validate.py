@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 # names that lathe refuses with a clear message. (Every stage in schema.STAGES runs.)
 AVAILABLE_FINETUNING_TYPES = ("full", "freeze", "lora")
 
-LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora")
+LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora", "loraplus_lr_ratio",
+             "loraplus_lr_embedding", "pissa_init", "pissa_iter", "create_new_adapter")
 FREEZE_KEYS = ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules")
 METHOD_KEYS = {"lora": LORA_KEYS + ("additional_target",), "freeze": FREEZE_KEYS}
 
@@ -84,6 +85,22 @@ def validate(cfg: "RunConfig") -> None:
         raise LatheError(f"{src}: `pref_loss: {f.pref_loss}` uses no reference model; remove `ref_model`.")
     if f.kto_chosen_weight < 0 or f.kto_rejected_weight < 0:
         raise LatheError(f"{src}: `kto_chosen_weight` and `kto_rejected_weight` must not be negative.")
+    if f.use_dora and f.pissa_init:
+        raise LatheError(f"{src}: `use_dora` and `pissa_init` are two different LoRA initialisations; pick one.")
+    if f.loraplus_lr_ratio is not None and f.loraplus_lr_ratio <= 0:
+        raise LatheError(f"{src}: `loraplus_lr_ratio` must be positive, got {f.loraplus_lr_ratio}.")
+    if f.create_new_adapter and not m.adapter_name_or_path:
+        raise LatheError(f"{src}: `create_new_adapter` needs `adapter_name_or_path` (the adapters to merge first).")
+    if m.enable_liger_kernel:
+        import importlib.util
+
+        import torch
+
+        if importlib.util.find_spec("liger_kernel") is None or not torch.cuda.is_available():
+            raise LatheError(
+                f"{src}: `enable_liger_kernel` needs the liger-kernel package and a CUDA GPU "
+                f"(Triton has no CPU backend); pip install liger-kernel on a GPU machine, or remove it."
+            )
     if f.stage == "ppo":
         if not f.reward_model:
             raise LatheError(f"{src}: `stage: ppo` needs `reward_model` (a folder from `stage: rm`, or an API URL).")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,16 +149,50 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
         config = AutoConfig.from_pretrained(m.model_name_or_path, **_hub_kwargs(m))
     except (OSError, ValueError) as e:
         raise _loading_error("model config", m.model_name_or_path, e) from None
+    apply_rope_scaling(config, m.rope_scaling, cfg.data.cutoff_len)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(cfg), "low_cpu_mem_usage": m.low_cpu_mem_usage}
     attn = resolve_attention(m.flash_attn)
     if attn:
         kwargs["attn_implementation"] = attn
-    try:
-        model = AutoModelForCausalLM.from_pretrained(m.model_name_or_path, config=config, **kwargs, **_hub_kwargs(m))
-    except (OSError, ValueError) as e:
-        raise _loading_error("model", m.model_name_or_path, e) from None
+    if m.train_from_scratch:
+        kwargs.pop("low_cpu_mem_usage")
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code, **kwargs)
+        logger.info("train_from_scratch: random weights from the config of %s", m.model_name_or_path)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(m.model_name_or_path, config=config, **kwargs, **_hub_kwargs(m))
+        except (OSError, ValueError) as e:
+            raise _loading_error("model", m.model_name_or_path, e) from None
     resize_embeddings(model, tokenizer)
     return model
+
+
+def apply_rope_scaling(config, rope_type: str | None, cutoff_len: int) -> None:
+    """Stretch RoPE so `cutoff_len` tokens fit: factor = ceil(cutoff_len / the model's positions).
+
+    transformers 5 keeps RoPE settings in `config.rope_parameters`; the factor is 1.0 (no
+    stretch, a note in the log) when the model already covers cutoff_len.
+    """
+    if rope_type is None:
+        return
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    if "rope_theta" not in params and getattr(config, "rope_theta", None) is not None:
+        params["rope_theta"] = config.rope_theta
+    positions = getattr(config, "max_position_embeddings", None)
+    if not positions:
+        raise LatheError(f"`rope_scaling: {rope_type}`: this model's config has no max_position_embeddings.")
+    factor = float(math.ceil(cutoff_len / positions)) if cutoff_len > positions else 1.0
+    if factor == 1.0:
+        logger.info("rope_scaling: cutoff_len %d fits the model's %d positions; factor 1.0", cutoff_len, positions)
+    params.update({"rope_type": rope_type, "factor": factor})
+    if rope_type in ("yarn", "llama3", "dynamic"):
+        params.setdefault("original_max_position_embeddings", positions)
+    if rope_type == "llama3":
+        params.setdefault("low_freq_factor", 1.0)
+        params.setdefault("high_freq_factor", 4.0)
+    config.rope_parameters = params
+    config.max_position_embeddings = int(positions * factor)
+    logger.info("rope_scaling: %s x%.1f -> %d positions", rope_type, factor, config.max_position_embeddings)
 
 
 def resize_embeddings(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase") -> bool:

@@ -123,9 +123,14 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, **tr
     through here, so logging, checkpoints and saving behave the same in all of them.
     """
     from .callbacks import JsonlLogCallback
+    from .optim import custom_optimizer
 
+    model = trainer_kwargs.pop("model", run.model)
+    optimizer = custom_optimizer(model, cfg)
+    if optimizer is not None:
+        trainer_kwargs["optimizers"] = (optimizer, None)  # the Trainer still builds the lr scheduler
     trainer = trainer_cls(
-        model=trainer_kwargs.pop("model", run.model),
+        model=model,
         args=cfg.training,
         train_dataset=run.data.train,
         eval_dataset=run.data.eval,

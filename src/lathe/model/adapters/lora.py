@@ -42,13 +42,22 @@ def load_adapters(model, paths: list[str], trainable_last: bool):
     return model
 
 
+def _init(f) -> bool | str:
+    """PiSSA: the adapter starts from each weight's principal singular vectors (base keeps the rest)."""
+    if not f.pissa_init:
+        return True
+    return "pissa" if f.pissa_iter == -1 else f"pissa_niter_{f.pissa_iter}"
+
+
 def apply_lora(model, cfg, new_token_rows: bool = False):
     from peft import LoraConfig, TaskType, get_peft_model
 
     f = cfg.finetuning
     adapters = split_names(cfg.model.adapter_name_or_path)
-    if adapters:  # continue training the last adapter; the earlier ones are merged in
+    if adapters and not f.create_new_adapter:  # continue training the last adapter; the earlier ones are merged in
         return load_adapters(model, adapters, trainable_last=True)
+    if adapters:  # create_new_adapter: merge them all, then a fresh adapter on top
+        model = load_adapters(model, adapters, trainable_last=False)
     available = linear_module_names(model)
     targets = split_names(f.lora_target)
     if targets == ["all"]:
@@ -77,5 +86,6 @@ def apply_lora(model, cfg, new_token_rows: bool = False):
         modules_to_save=to_save or None,
         use_rslora=f.use_rslora,
         use_dora=f.use_dora,
+        init_lora_weights=_init(f),
     )
     return get_peft_model(model, config)

@@ -1,0 +1,109 @@
+"""Efficient-method options: each trains on a tiny model and does what it is for."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lathe.config import load_config
+from lathe.errors import LatheError
+from lathe.model.adapters import apply_method
+from lathe.model.load import load_model, load_tokenizer
+from lathe.train import run_stage
+
+
+def prompt_ids(tokenizer):
+    return torch.tensor([tokenizer("<|im_start|>user\nWho are you?<|im_end|>\n")["input_ids"]])
+
+
+def test_loraplus_param_groups(sft_config, monkeypatch):
+    from lathe.train import optim
+
+    cfg = load_config(sft_config(loraplus_lr_ratio=16.0, learning_rate=1e-3, max_steps=2))
+    captured = {}
+    real = optim.custom_optimizer
+
+    def spy(model, cfg):
+        captured["opt"] = real(model, cfg)
+        return captured["opt"]
+
+    monkeypatch.setattr(optim, "custom_optimizer", spy)
+    run_stage(cfg)
+    lrs = sorted({g["initial_lr"] if "initial_lr" in g else g["lr"] for g in captured["opt"].param_groups})
+    assert lrs == [pytest.approx(1e-3), pytest.approx(16e-3)]
+    b_group = [g for g in captured["opt"].param_groups if g.get("initial_lr", g["lr"]) == pytest.approx(16e-3)][0]
+    assert b_group["params"] and all(p.shape[1] == 8 for p in b_group["params"])  # lora_B: [out, rank]
+
+
+def test_pissa_starts_at_the_base_outputs(sft_config):
+    cfg = load_config(sft_config(pissa_init=True, pissa_iter=-1, lora_rank=4))
+    tokenizer = load_tokenizer(cfg.model)
+    base = load_model(cfg, tokenizer)
+    ids = prompt_ids(tokenizer)
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+    model = apply_method(base, cfg)
+    with torch.no_grad():
+        after = model(input_ids=ids).logits
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    assert "pissa" in str(model.peft_config["default"].init_lora_weights)
+
+
+def test_dora_trains_a_magnitude_vector(sft_config):
+    cfg = load_config(sft_config(use_dora=True))
+    tokenizer = load_tokenizer(cfg.model)
+    model = apply_method(load_model(cfg, tokenizer), cfg)
+    assert any("lora_magnitude_vector" in n and p.requires_grad for n, p in model.named_parameters())
+
+
+def test_create_new_adapter_merges_then_starts_fresh(sft_config, tmp_path):
+    first = load_config(sft_config(max_steps=2, output_dir=str(tmp_path / "a"), learning_rate=1e-2))
+    run_stage(first)
+    cfg = load_config(sft_config(adapter_name_or_path=str(tmp_path / "a"), create_new_adapter=True,
+                                 output_dir=str(tmp_path / "b")))
+    tokenizer = load_tokenizer(cfg.model)
+    model = apply_method(load_model(cfg, tokenizer), cfg)
+    b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert b and all(float(p.abs().sum()) == 0 for p in b)  # a fresh adapter starts at zero
+    resumed = load_config(sft_config(adapter_name_or_path=str(tmp_path / "a"), output_dir=str(tmp_path / "c")))
+    model = apply_method(load_model(resumed, load_tokenizer(resumed.model)), resumed)
+    assert any(float(p.abs().sum()) > 0 for n, p in model.named_parameters() if "lora_B" in n)  # continued
+
+
+def test_rope_scaling_factor_from_cutoff(sft_config):
+    cfg = load_config(sft_config(rope_scaling="linear", cutoff_len=5000))
+    model = load_model(cfg, load_tokenizer(cfg.model))
+    assert model.config.rope_parameters["rope_type"] == "linear"
+    assert model.config.rope_parameters["factor"] == 3.0  # ceil(5000 / 2048)
+    assert model.config.max_position_embeddings == 3 * 2048
+
+
+def test_train_from_scratch_ignores_the_weights(sft_config):
+    cfg = load_config(sft_config(train_from_scratch=True, finetuning_type="full", seed=7))
+    tokenizer = load_tokenizer(cfg.model)
+    scratch = load_model(cfg, tokenizer)
+    pretrained = load_model(load_config(sft_config(finetuning_type="full")), tokenizer)
+    assert not torch.equal(scratch.lm_head.weight, pretrained.lm_head.weight)
+
+
+def test_neftune_noise_only_while_training(sft_config):
+    result = run_stage(load_config(sft_config(neftune_noise_alpha=5.0, max_steps=2)))
+    model = result.model.eval()
+    ids = prompt_ids(result.tokenizer)
+    with torch.no_grad():
+        a, b = model(input_ids=ids).logits, model(input_ids=ids).logits
+    torch.testing.assert_close(a, b)  # no noise at inference
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ({"use_dora": True, "pissa_init": True}, "pick one"),
+    ({"finetuning_type": "full", "loraplus_lr_ratio": 4.0}, "loraplus_lr_ratio"),
+    ({"create_new_adapter": True}, "adapter_name_or_path"),
+    ({"enable_liger_kernel": True}, "liger"),
+    ({"rope_scaling": "cubic"}, "rope_scaling"),
+])
+def test_invalid_method_combinations(sft_config, extra, needle):
+    if "enable_liger_kernel" in extra and torch.cuda.is_available():
+        pytest.skip("a GPU is present: liger may be usable")
+    with pytest.raises(LatheError, match=needle):
+        load_config(sft_config(**extra))
