@@ -95,9 +95,9 @@ def test_required_keys():
 
 
 def test_pending_option_refused_unless_default():
-    assert cfg(quantization_bit=None).finetuning.finetuning_type == "lora"  # default: accepted
+    assert cfg(shift_attn=False).finetuning.finetuning_type == "lora"  # default: accepted
     with pytest.raises(LatheError, match="does not run yet"):
-        cfg(quantization_bit=4)
+        cfg(shift_attn=True)
     with pytest.raises(LatheError, match="does not run yet"):
         cfg(use_galore=True, finetuning_type="full")
 

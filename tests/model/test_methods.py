@@ -107,3 +107,25 @@ def test_invalid_method_combinations(sft_config, extra, needle):
         pytest.skip("a GPU is present: liger may be usable")
     with pytest.raises(LatheError, match=needle):
         load_config(sft_config(**extra))
+
+
+@pytest.mark.parametrize("bits, layer", [(4, "Linear4bit"), (8, "Linear8bitLt")])
+def test_qlora_trains_on_quantized_weights(sft_config, bits, layer):
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is in the dev extras; absent here")
+    cfg = load_config(sft_config(quantization_bit=bits, max_steps=3, learning_rate=5e-3))
+    result = run_stage(cfg)
+    kinds = {type(m).__name__ for m in result.model.modules()}
+    assert layer in kinds
+    assert result.metrics["train_loss"] > 0
+    trainable = [n for n, p in result.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_quantization_refusals(sft_config):
+    with pytest.raises(LatheError, match="finetuning_type: lora"):
+        load_config(sft_config(quantization_bit=4, finetuning_type="full"))
+    with pytest.raises(LatheError, match="4 or 8"):
+        load_config(sft_config(quantization_bit=5))
+    cfg = load_config(sft_config(quantization_bit=4, quantization_method="hqq"))
+    with pytest.raises(LatheError, match="hqq"):
+        load_model(cfg, load_tokenizer(cfg.model))

@@ -49,6 +49,12 @@ class ModelArguments:
         "Attention kernel: auto (best available), disabled (eager), sdpa, fa2 (flash-attn 2).",
         ("auto", "disabled", "sdpa", "fa2"),
     )
+    quantization_bit: int | None = opt(None, "QLoRA: load the base weights in 4 or 8 bits (finetuning_type lora).")
+    quantization_method: str = opt(
+        "bnb", "How to quantize on the fly: bnb (bitsandbytes).", ("bnb", "hqq", "eetq", "gptq", "awq", "aqlm")
+    )
+    quantization_type: str = opt("nf4", "bnb 4-bit data type: nf4 or fp4.", ("nf4", "fp4"))
+    double_quantization: bool = opt(True, "bnb 4-bit: quantize the quantization constants too (saves ~0.4 bit/param).")
     rope_scaling: str | None = opt(
         None, "Stretch RoPE to cutoff_len beyond the model's positions: linear, dynamic, yarn or llama3.",
         ("linear", "dynamic", "yarn", "llama3"),

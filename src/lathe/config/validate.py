@@ -85,6 +85,16 @@ def validate(cfg: "RunConfig") -> None:
         raise LatheError(f"{src}: `pref_loss: {f.pref_loss}` uses no reference model; remove `ref_model`.")
     if f.kto_chosen_weight < 0 or f.kto_rejected_weight < 0:
         raise LatheError(f"{src}: `kto_chosen_weight` and `kto_rejected_weight` must not be negative.")
+    if m.quantization_bit is not None:
+        if f.finetuning_type != "lora":
+            raise LatheError(
+                f"{src}: `quantization_bit` needs `finetuning_type: lora` (QLoRA): quantized weights cannot be "
+                f"trained in full; this run uses `{f.finetuning_type}`."
+            )
+        if m.quantization_bit not in (2, 3, 4, 8):
+            raise LatheError(f"{src}: `quantization_bit` must be 4 or 8 (2 and 3 only for GPTQ export), got {m.quantization_bit}.")
+        if f.pissa_init:
+            raise LatheError(f"{src}: `pissa_init` needs full-precision base weights; it cannot go with `quantization_bit`.")
     if f.use_dora and f.pissa_init:
         raise LatheError(f"{src}: `use_dora` and `pissa_init` are two different LoRA initialisations; pick one.")
     if f.loraplus_lr_ratio is not None and f.loraplus_lr_ratio <= 0:
@@ -140,19 +150,13 @@ def validate(cfg: "RunConfig") -> None:
 
 
 def check_raw_combinations(raw: dict, source: str) -> None:
-    """Combinations involving options that are not stored in a group (not yet implemented ones)."""
+    """Options that must be refused before transformers sees them (it would fail obscurely)."""
     for key in ("deepspeed", "fsdp"):
         if raw.get(key):
             raise LatheError(
-                f"{source}: `{key}` is an option lathe does not run yet (distributed training): "
-                f"remove it to train in one process."
+                f"{source}: `{key}` is an option lathe does not run yet (distributed training). Remove it: "
+                f"several GPUs (or FORCE_TORCHRUN=1) already train with DDP through torchrun."
             )
-    method = raw.get("finetuning_type", "lora")
-    if raw.get("quantization_bit") is not None and method not in ("lora", "oft"):
-        raise LatheError(
-            f"{source}: `quantization_bit` needs `finetuning_type: lora` (QLoRA): quantized weights "
-            f"cannot be trained in full; this run uses `{method}`."
-        )
 
 
 def _only_with(cfg: "RunConfig", keys: tuple[str, ...], method: str) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import LatheError
 from ..hub import hub_reachable, offline_requested
+from .quantize import quantization_config
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -151,6 +152,9 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
         raise _loading_error("model config", m.model_name_or_path, e) from None
     apply_rope_scaling(config, m.rope_scaling, cfg.data.cutoff_len)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(cfg), "low_cpu_mem_usage": m.low_cpu_mem_usage}
+    quant = quantization_config(cfg, kwargs["dtype"])
+    if quant is not None:
+        kwargs["quantization_config"] = quant
     attn = resolve_attention(m.flash_attn)
     if attn:
         kwargs["attn_implementation"] = attn
@@ -164,6 +168,12 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
         except (OSError, ValueError) as e:
             raise _loading_error("model", m.model_name_or_path, e) from None
     resize_embeddings(model, tokenizer)
+    if quant is not None and cfg.training.do_train:
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the quantized weights, keeps norms in fp32 and makes inputs carry gradients for
+        # checkpointing; the checkpointing itself is switched on by the stage as usual.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
 
 
