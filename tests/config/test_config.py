@@ -99,7 +99,7 @@ def test_pending_option_refused_unless_default():
     with pytest.raises(LatheError, match="does not run yet"):
         cfg(shift_attn=True)
     with pytest.raises(LatheError, match="does not run yet"):
-        cfg(use_galore=True, finetuning_type="full")
+        cfg(use_llama_pro=True, finetuning_type="freeze")
 
 
 def test_warmup_ratio_maps_to_warmup_steps():

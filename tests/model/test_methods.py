@@ -129,3 +129,40 @@ def test_quantization_refusals(sft_config):
     cfg = load_config(sft_config(quantization_bit=4, quantization_method="hqq"))
     with pytest.raises(LatheError, match="hqq"):
         load_model(cfg, load_tokenizer(cfg.model))
+
+
+@pytest.mark.parametrize("extra, kind", [
+    ({"use_galore": True, "galore_rank": 4, "galore_update_interval": 2}, "galore_torch"),
+    ({"use_apollo": True, "apollo_rank": 4, "apollo_update_interval": 2}, "apollo_torch"),
+    ({"use_badam": True, "badam_switch_interval": 2}, "badam"),
+])
+def test_memory_efficient_full_optimizers(sft_config, extra, kind, monkeypatch):
+    pytest.importorskip(kind)
+    cfg = load_config(sft_config(finetuning_type="full", max_steps=4, learning_rate=1e-3, **extra))
+    result = run_stage(cfg)
+    assert result.metrics["train_loss"] > 0
+    from transformers import Trainer
+
+    seen = {}
+    real = Trainer.create_optimizer
+
+    def spy(self, *a, **k):
+        out = real(self, *a, **k)
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps it
+        seen["kind"] = type(inner).__module__
+        return out
+
+    monkeypatch.setattr(Trainer, "create_optimizer", spy)
+    run_stage(load_config(sft_config(finetuning_type="full", max_steps=1, **extra)))
+    assert seen["kind"].startswith(kind)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ({"use_galore": True, "use_apollo": True, "finetuning_type": "full"}, "use one"),
+    ({"use_galore": True}, "lora"),
+    ({"use_badam": True, "finetuning_type": "full", "badam_mode": "ratio"}, "badam_mode"),
+    ({"use_galore": True, "galore_layerwise": True, "finetuning_type": "full", "gradient_accumulation_steps": 2}, "gradient_accumulation_steps"),
+])
+def test_optimizer_refusals(sft_config, extra, needle):
+    with pytest.raises(LatheError, match=needle):
+        load_config(sft_config(**extra))

@@ -95,6 +95,18 @@ def validate(cfg: "RunConfig") -> None:
             raise LatheError(f"{src}: `quantization_bit` must be 4 or 8 (2 and 3 only for GPTQ export), got {m.quantization_bit}.")
         if f.pissa_init:
             raise LatheError(f"{src}: `pissa_init` needs full-precision base weights; it cannot go with `quantization_bit`.")
+    chosen = [k for k in ("use_galore", "use_apollo", "use_badam") if getattr(f, k)]
+    if len(chosen) > 1:
+        raise LatheError(f"{src}: {', '.join(f'`{k}`' for k in chosen)} each replace the optimizer; use one.")
+    if chosen and f.finetuning_type == "lora":
+        raise LatheError(f"{src}: `{chosen[0]}` trains full-rank weights; it cannot go with `finetuning_type: lora`.")
+    if chosen and (f.loraplus_lr_ratio or t.deepspeed):
+        raise LatheError(f"{src}: `{chosen[0]}` cannot go with LoRA+ or DeepSpeed.")
+    if (f.galore_layerwise and f.use_galore or f.apollo_layerwise and f.use_apollo) and t.gradient_accumulation_steps != 1:
+        raise LatheError(f"{src}: layer-wise GaLore/APOLLO update during backward: set gradient_accumulation_steps: 1.")
+    for name in ("galore", "apollo"):
+        if getattr(f, f"use_{name}") and getattr(f, f"{name}_rank") <= 0:
+            raise LatheError(f"{src}: `{name}_rank` must be positive.")
     if f.use_dora and f.pissa_init:
         raise LatheError(f"{src}: `use_dora` and `pissa_init` are two different LoRA initialisations; pick one.")
     if f.loraplus_lr_ratio is not None and f.loraplus_lr_ratio <= 0:

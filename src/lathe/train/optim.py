@@ -1,4 +1,7 @@
-"""Optimizers that need more than a Trainer `optim` string, chosen from the finetuning options.
+"""Optimizers chosen from the finetuning options, beyond a plain Trainer `optim` string.
+
+GaLore and APOLLO are the Trainer's own optimizers; lathe fills in their arguments with the
+model's linear layers. BAdam wraps AdamW in its block optimizer.
 
 LoRA+ (Hayou et al. 2024): the B matrices learn `loraplus_lr_ratio` times faster than A, and
 LoRA on embeddings gets its own small rate; transformers' optimizer names cannot say that,
@@ -40,8 +43,65 @@ def loraplus_groups(model: torch.nn.Module, lr: float, ratio: float, embedding_l
 def custom_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Optimizer | None:
     """The optimizer for the configured method, or None to let the Trainer build its own."""
     f, t = cfg.finetuning, cfg.training
+    if f.use_badam:
+        return badam_optimizer(model, cfg)
+    set_low_rank_optimizer(model, cfg)
     if f.finetuning_type == "lora" and f.loraplus_lr_ratio:
         groups = [g for g in loraplus_groups(model, t.learning_rate, f.loraplus_lr_ratio, f.loraplus_lr_embedding,
                                              t.weight_decay) if g["params"]]
         return torch.optim.AdamW(groups, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
     return None
+
+
+def _targets(model: torch.nn.Module, names: str) -> list[str]:
+    from ..model.adapters.common import split_names
+    from ..model.adapters.lora import linear_module_names
+
+    available = linear_module_names(model)  # every linear layer but the output head
+    wanted = split_names(names)
+    if wanted == ["all"]:
+        return available
+    missing = [n for n in wanted if n not in available]
+    if missing:
+        from ..errors import LatheError
+
+        raise LatheError(f"target {', '.join(missing)} is not a linear layer of this model; choose from {', '.join(available)}.")
+    return wanted
+
+
+def set_low_rank_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> None:
+    """GaLore / APOLLO through the Trainer's own optimizers: fill in its `optim` arguments."""
+    f, t = cfg.finetuning, cfg.training
+    if f.use_galore:
+        t.optim = "galore_adamw_layerwise" if f.galore_layerwise else "galore_adamw"
+        t.optim_target_modules = _targets(model, f.galore_target)
+        t.optim_args = (f"rank={f.galore_rank},update_proj_gap={f.galore_update_interval},"
+                        f"scale={f.galore_scale},proj_type={f.galore_proj_type}")
+    elif f.use_apollo:
+        t.optim = "apollo_adamw_layerwise" if f.apollo_layerwise else "apollo_adamw"
+        t.optim_target_modules = _targets(model, f.apollo_target)
+        t.optim_args = (f"rank={f.apollo_rank},proj={f.apollo_proj},scale_type={f.apollo_scale_type},"
+                        f"update_proj_gap={f.apollo_update_interval},scale={f.apollo_scale},proj_type={f.apollo_proj_type}")
+
+
+def badam_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Optimizer:
+    """BAdam (Luo et al. 2024): Adam on one block of layers at a time, switching every N steps."""
+    from badam import BlockOptimizer
+
+    from ..model.adapters.common import decoder_layers
+
+    f, t = cfg.finetuning, cfg.training
+    prefix, layers = decoder_layers(model)
+    base = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+        eps=t.adam_epsilon, weight_decay=t.weight_decay,
+    )
+    return BlockOptimizer(
+        base_optimizer=base,
+        named_parameters_list=list(model.named_parameters()),
+        block_prefix_list=[[f"{prefix}.{i}."] for i in range(len(layers))],
+        switch_block_every=f.badam_switch_interval,
+        start_block=f.badam_start_block,
+        switch_mode=f.badam_switch_mode,
+        verbose=f.badam_verbose,
+    )
