@@ -23,6 +23,7 @@ commands:
   api CONFIG [key=value ...]     serve the model with an OpenAI-compatible API (API_HOST, API_PORT, API_KEY)
   export CONFIG [key=value ...]  merge adapters into the base model, save it (+ Ollama Modelfile) to export_dir
   eval CONFIG [--ppl] [k=v ...]  multiple-choice benchmark (task, task_dir, n_shot, lang), or perplexity on `dataset`
+  expand --model M --num-expand N --out DIR   LLaMA Pro: add N identity blocks (then use_llama_pro)
   data preview CONFIG [-n N]     show N samples as the model sees them, learned tokens marked
   data stats CONFIG              rows kept/skipped, token lengths, truncation, learned share
   env                            versions of python and the libraries, and the devices
@@ -135,6 +136,18 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def cmd_expand(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lathe expand", description="LLaMA Pro: add identity-initialised blocks.")
+    parser.add_argument("--model", required=True, help="model folder to expand")
+    parser.add_argument("--num-expand", type=int, required=True, help="blocks to add (must divide the layer count)")
+    parser.add_argument("--out", required=True, help="new folder for the expanded model")
+    ns = parser.parse_args(args)
+    from .model.expand import expand_model
+
+    print(f"[lathe] expanded model in {expand_model(ns.model, ns.num_expand, ns.out)}")
+    return 0
+
+
 def cmd_env(args: list[str]) -> int:
     from .env import env_report
 
@@ -148,7 +161,7 @@ def cmd_version(args: list[str]) -> int:
 
 
 COMMANDS = {
-    "train": cmd_train, "chat": cmd_chat, "api": cmd_api, "export": cmd_export, "eval": cmd_eval, "data": cmd_data,
+    "train": cmd_train, "chat": cmd_chat, "api": cmd_api, "export": cmd_export, "eval": cmd_eval, "expand": cmd_expand, "data": cmd_data,
     "env": cmd_env, "version": cmd_version,
 }
 

@@ -99,7 +99,7 @@ def test_pending_option_refused_unless_default():
     with pytest.raises(LatheError, match="does not run yet"):
         cfg(shift_attn=True)
     with pytest.raises(LatheError, match="does not run yet"):
-        cfg(use_llama_pro=True, finetuning_type="freeze")
+        cfg(use_adam_mini=True, finetuning_type="full")
 
 
 def test_warmup_ratio_maps_to_warmup_steps():

@@ -166,3 +166,35 @@ def test_memory_efficient_full_optimizers(sft_config, extra, kind, monkeypatch):
 def test_optimizer_refusals(sft_config, extra, needle):
     with pytest.raises(LatheError, match=needle):
         load_config(sft_config(**extra))
+
+
+def test_llama_pro_expansion_keeps_outputs_and_trains_only_new_blocks(sft_config, tiny_llama, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lathe.cli import main
+
+    out = tmp_path / "pro"
+    assert main(["expand", "--model", str(tiny_llama), "--num-expand", "2", "--out", str(out)]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = prompt_ids(tokenizer)
+    with torch.no_grad():
+        before = AutoModelForCausalLM.from_pretrained(tiny_llama)(input_ids=ids).logits
+        expanded = AutoModelForCausalLM.from_pretrained(out)
+        after = expanded(input_ids=ids).logits
+    assert expanded.config.num_hidden_layers == 4
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+    cfg = load_config(sft_config(model_name_or_path=str(out), finetuning_type="freeze", use_llama_pro=True,
+                                 freeze_trainable_layers=2, max_steps=2))
+    result = run_stage(cfg)
+    trainable = {n.split(".layers.")[1].split(".")[0] for n, p in result.model.named_parameters() if p.requires_grad}
+    assert trainable == {"1", "3"}  # the two inserted blocks, one after each original pair
+
+
+def test_llama_pro_refusals(sft_config, tiny_llama, tmp_path):
+    from lathe.model.expand import expand_model
+
+    with pytest.raises(LatheError, match="divide"):
+        expand_model(str(tiny_llama), 3, str(tmp_path / "x"))
+    with pytest.raises(LatheError, match="freeze"):
+        load_config(sft_config(use_llama_pro=True))  # lora run

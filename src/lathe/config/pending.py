@@ -48,7 +48,6 @@ PENDING: dict[str, tuple[object, str]] = {
     "data_shared_file_system": (False, "distributed training"),
     # finetuning
     "pure_bf16": (False, "efficient methods"),
-    "use_llama_pro": (False, "efficient methods"),
     "use_adam_mini": (False, "efficient methods"),
     "use_muon": (False, "efficient methods"),
     "use_dft_loss": (False, "training stages"),

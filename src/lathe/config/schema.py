@@ -105,6 +105,7 @@ class FinetuningArguments:
     finetuning_type: str = opt("lora", "What is trained: full, freeze (some layers) or lora.", FINETUNING_TYPES)
     plot_loss: bool = opt(False, "Write training_loss.png to output_dir at the end.")
     freeze_trainable_layers: int = opt(2, "freeze: train the last N layers (negative N: the first N).")
+    use_llama_pro: bool = opt(False, "freeze: train only the blocks `lathe expand` added (freeze_trainable_layers = their count).")
     freeze_trainable_modules: str = opt("all", "freeze: comma list of module names inside those layers to train, or all.")
     freeze_extra_modules: str | None = opt(None, "freeze: comma list of modules outside the layers to train too (e.g. embed_tokens).")
     lora_rank: int = opt(8, "LoRA rank.")

@@ -15,7 +15,7 @@ AVAILABLE_FINETUNING_TYPES = ("full", "freeze", "lora")
 
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora", "loraplus_lr_ratio",
              "loraplus_lr_embedding", "pissa_init", "pissa_iter", "create_new_adapter")
-FREEZE_KEYS = ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules")
+FREEZE_KEYS = ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules", "use_llama_pro")
 METHOD_KEYS = {"lora": LORA_KEYS + ("additional_target",), "freeze": FREEZE_KEYS}
 
 
@@ -42,6 +42,8 @@ def validate(cfg: "RunConfig") -> None:
         raise LatheError(f"{src}: `lora_alpha` must be positive, got {f.lora_alpha}.")
     if not 0.0 <= f.lora_dropout < 1.0:
         raise LatheError(f"{src}: `lora_dropout` must be in [0, 1), got {f.lora_dropout}.")
+    if f.use_llama_pro and f.freeze_trainable_layers <= 0:
+        raise LatheError(f"{src}: `use_llama_pro` needs `freeze_trainable_layers` = the number of blocks added (> 0).")
     if f.freeze_trainable_layers == 0:
         raise LatheError(f"{src}: `freeze_trainable_layers` must not be 0 (N > 0: last N layers, N < 0: first N).")
     if d.cutoff_len <= 0:

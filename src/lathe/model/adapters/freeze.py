@@ -19,7 +19,14 @@ def apply_freeze(model, cfg, new_token_rows: bool = False):
     k = f.freeze_trainable_layers
     if abs(k) > n:
         raise LatheError(f"`freeze_trainable_layers: {k}` but the model has only {n} layers.")
-    chosen = set(range(n - k, n)) if k > 0 else set(range(-k))
+    if f.use_llama_pro:  # the blocks `lathe expand` inserted: one after every group of originals
+        if n % k:
+            raise LatheError(f"`use_llama_pro`: {n} layers cannot hold {k} evenly expanded blocks; is this the expanded model?")
+        from ..expand import expanded_indices
+
+        chosen = set(expanded_indices(n - k, k))
+    else:
+        chosen = set(range(n - k, n)) if k > 0 else set(range(-k))
 
     layer_modules = {name.split(".")[0] for name, _ in layers[0].named_children()}
     modules = split_names(f.freeze_trainable_modules)
