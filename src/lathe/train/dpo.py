@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING
 
 
 from ..data.collate import PairwiseCollator
-from .base import build_and_train, setup_run
 from .losses import dpo_loss, orpo_loss, sequence_logps, simpo_loss
 from .metrics import MeanLossTrainer
-from .reference import build_reference, reference_logps
+from .reference import reference_logps, run_with_reference
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -62,11 +61,4 @@ class DPOTrainer(MeanLossTrainer):
 
 
 def run_dpo(cfg: "RunConfig") -> "StageResult":
-    from . import StageResult
-
-    run = setup_run(cfg)
-    ref = build_reference(cfg, run.model, run.tokenizer)
-    trainer, metrics = build_and_train(
-        cfg, run, DPOTrainer, PairwiseCollator(run.tokenizer.pad_token_id), finetuning=cfg.finetuning, ref_model=ref
-    )
-    return StageResult(metrics, trainer.model, run.tokenizer, extras={"ref_model": ref})
+    return run_with_reference(cfg, DPOTrainer, PairwiseCollator)

@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..data.collate import FeedbackCollator
-from .base import build_and_train, setup_run
 from .losses import kto_loss, sequence_logps
 from .metrics import MeanLossTrainer
-from .reference import build_reference, reference_logps
+from .reference import reference_logps, run_with_reference
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -55,11 +54,4 @@ class KTOTrainer(MeanLossTrainer):
 
 
 def run_kto(cfg: "RunConfig") -> "StageResult":
-    from . import StageResult
-
-    run = setup_run(cfg)
-    ref = build_reference(cfg, run.model, run.tokenizer)
-    trainer, metrics = build_and_train(
-        cfg, run, KTOTrainer, FeedbackCollator(run.tokenizer.pad_token_id), finetuning=cfg.finetuning, ref_model=ref
-    )
-    return StageResult(metrics, trainer.model, run.tokenizer, extras={"ref_model": ref})
+    return run_with_reference(cfg, KTOTrainer, FeedbackCollator)

@@ -84,3 +84,16 @@ def reference_logps(model, ref, batch: dict[str, torch.Tensor]):
     with reference_of(model, ref) as module:
         logits = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return sequence_logps(logits, batch["labels"])
+
+
+def run_with_reference(cfg: "RunConfig", trainer_cls, collator_cls):
+    """A preference stage (dpo, kto): the run, its reference model, its Trainer; the StageResult."""
+    from . import StageResult
+    from .base import build_and_train, setup_run
+
+    run = setup_run(cfg)
+    ref = build_reference(cfg, run.model, run.tokenizer)
+    trainer, metrics = build_and_train(
+        cfg, run, trainer_cls, collator_cls(run.tokenizer.pad_token_id), finetuning=cfg.finetuning, ref_model=ref
+    )
+    return StageResult(metrics, trainer.model, run.tokenizer, extras={"ref_model": ref})
