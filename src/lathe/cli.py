@@ -24,6 +24,8 @@ commands:
   export CONFIG [key=value ...]  merge adapters into the base model, save it (+ Ollama Modelfile) to export_dir
   eval CONFIG [--ppl] [k=v ...]  multiple-choice benchmark (task, task_dir, n_shot, lang), or perplexity on `dataset`
   expand --model M --num-expand N --out DIR   LLaMA Pro: add N identity blocks (then use_llama_pro)
+  plan CONFIG [--device-memory 24GiB] [--devices N] [--shard zero2|zero3|fsdp]
+                                 memory each method needs, from the model's config alone (no weights)
   data preview CONFIG [-n N]     show N samples as the model sees them, learned tokens marked
   data stats CONFIG              rows kept/skipped, token lengths, truncation, learned share
   env                            versions of python and the libraries, and the devices
@@ -148,6 +150,23 @@ def cmd_expand(args: list[str]) -> int:
     return 0
 
 
+def cmd_plan(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lathe plan", description="Estimate training memory per method.")
+    parser.add_argument("config")
+    parser.add_argument("--device-memory", help="memory of one device, e.g. 24GiB")
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--shard", choices=("none", "zero2", "zero3", "fsdp"), default="none")
+    parser.add_argument("overrides", nargs="*")
+    ns = parser.parse_args(args)
+    from .config import load_config
+    from .efficiency.plan import parse_memory, plan
+
+    cfg = load_config(ns.config, ns.overrides)
+    memory = parse_memory(ns.device_memory) if ns.device_memory else None
+    print(plan(cfg, memory, devices=ns.devices, shard=ns.shard))
+    return 0
+
+
 def cmd_env(args: list[str]) -> int:
     from .env import env_report
 
@@ -161,7 +180,7 @@ def cmd_version(args: list[str]) -> int:
 
 
 COMMANDS = {
-    "train": cmd_train, "chat": cmd_chat, "api": cmd_api, "export": cmd_export, "eval": cmd_eval, "expand": cmd_expand, "data": cmd_data,
+    "train": cmd_train, "chat": cmd_chat, "api": cmd_api, "export": cmd_export, "eval": cmd_eval, "expand": cmd_expand, "plan": cmd_plan, "data": cmd_data,
     "env": cmd_env, "version": cmd_version,
 }
 

@@ -1,0 +1,1 @@
+"""Efficiency you can see: the memory planner (and, later, the method benchmark)."""

@@ -1,0 +1,77 @@
+"""lathe plan: exact parameter counts from a meta-device model, formula terms by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from lathe.cli import main
+from lathe.config import load_config
+from lathe.efficiency.plan import (
+    activation_bytes,
+    estimate,
+    largest_batch,
+    logits_bytes,
+    meta_model,
+    model_shape,
+    parse_memory,
+)
+from lathe.model.adapters import apply_method, count_parameters
+from lathe.model.load import load_model, load_tokenizer
+
+
+@pytest.fixture
+def shape_and_cfg(sft_config):
+    cfg = load_config(sft_config(lora_rank=8))
+    return model_shape(meta_model(cfg)), cfg
+
+
+def test_counts_are_exact(shape_and_cfg):
+    shape, cfg = shape_and_cfg
+    real = load_model(cfg, load_tokenizer(cfg.model))
+    assert shape.total == sum(p.numel() for p in real.parameters())
+    # hidden 64, 4 heads of 16, 2 KV heads (k/v out 32), MLP 256: rank 8 x (in + out) per projection
+    per_layer = 8 * ((64 + 64) + (64 + 32) * 2 + (64 + 64) + (64 + 256) * 2 + (256 + 64))
+    assert estimate(shape, "lora", batch=1, seq=8, lora_rank=8).trainable == 2 * per_layer
+    trainable, _ = count_parameters(apply_method(real, cfg))
+    assert trainable == 2 * per_layer  # the same number peft trains
+
+
+def test_terms_by_hand(shape_and_cfg):
+    shape, _ = shape_and_cfg
+    e = estimate(shape, "full", batch=2, seq=16, dtype_bytes=4, checkpointing=False)
+    assert e.weights == shape.total * 4 and e.gradients == shape.total * 4 and e.optimizer == shape.total * 8
+    assert e.static / shape.total == 16  # the classic 16 bytes per parameter of fp32 AdamW
+    assert e.logits == 2 * 16 * shape.vocab * 8
+    assert activation_bytes(shape, 2, 16, 4, False) == 32 * (34 * 64 + 5 * 4 * 16) * 2 * 2
+    q4 = estimate(shape, "qlora4", batch=1, seq=8)
+    q8 = estimate(shape, "qlora8", batch=1, seq=8)
+    lora = estimate(shape, "lora", batch=1, seq=8)
+    assert q4.weights < q8.weights < lora.weights
+    frozen = estimate(shape, "freeze", batch=1, seq=8, freeze_layers=1)
+    assert frozen.trainable == shape.layer_params[-1]
+    z3 = estimate(shape, "full", batch=1, seq=8, devices=4, shard="zero3")
+    assert z3.weights == shape.total * 4 // 4 and z3.optimizer == shape.total * 8 // 4
+    assert logits_bytes(shape, 1, 1) == shape.vocab * 8
+
+
+def test_largest_batch_fits(shape_and_cfg):
+    shape, _ = shape_and_cfg
+    memory = 64 * 1024**2
+    b = largest_batch(shape, "lora", memory, seq=128)
+    assert estimate(shape, "lora", batch=b, seq=128).total <= memory < estimate(shape, "lora", batch=b + 1, seq=128).total
+
+
+def test_parse_memory():
+    assert parse_memory("24GiB") == 24 * 1024**3
+    assert parse_memory("80GB") == 80 * 10**9
+    assert parse_memory("512MiB") == 512 * 1024**2
+    with pytest.raises(Exception, match="24GiB"):
+        parse_memory("lots")
+
+
+def test_plan_cli(sft_config, capsys):
+    assert main(["plan", str(sft_config()), "--device-memory", "1GiB"]) == 0
+    out = capsys.readouterr().out
+    for method in ("full", "freeze", "lora", "qlora8", "qlora4", "galore"):
+        assert f"\n{method} " in out
+    assert "fits" in out and "B/param" in out
