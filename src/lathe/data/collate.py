@@ -11,12 +11,25 @@ from typing import Any
 
 import torch
 
-from .processors.supervised import IGNORE_INDEX
+from .processors.supervised import IGNORE_INDEX, first_learned
 
 
 def pad(rows: list[list[int]], value: int) -> torch.Tensor:
     width = max(len(r) for r in rows)
     return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompts for generation or next-token scoring: padded on the left so every row ends at the
+    same position; returns ids, attention mask and the position ids that skip the padding."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + list(r) for r in rows], device=device)
+    attn = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, attn, positions_from_mask(attn)
+
+
+def positions_from_mask(attn: torch.Tensor) -> torch.Tensor:
+    return (attn.cumsum(-1) - 1).clamp(min=0)
 
 
 @dataclass
@@ -33,10 +46,6 @@ class PairwiseCollator:
             "attention_mask": pad([[1] * len(r) for r in ids], 0),
             "labels": pad(labels, IGNORE_INDEX),
         }
-
-
-def _first_learned(labels: list[int]) -> int:
-    return next((i for i, t in enumerate(labels) if t != IGNORE_INDEX), len(labels))
 
 
 @dataclass
@@ -56,7 +65,7 @@ class FeedbackCollator:
         kl_ids, kl_labels = [], []
         for i in range(len(features)):
             j = (i + 1) % len(features)
-            cut_i, cut_j = _first_learned(labels[i]), _first_learned(labels[j])
+            cut_i, cut_j = first_learned(labels[i]), first_learned(labels[j])
             kl_ids.append(ids[i][:cut_i] + ids[j][cut_j:])
             kl_labels.append([IGNORE_INDEX] * cut_i + labels[j][cut_j:])
         return {

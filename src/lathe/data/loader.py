@@ -88,7 +88,7 @@ class DatasetBundle:
 
 def load_mixed_samples(names: str, cfg: "RunConfig", report: DataReport, attrs=None) -> "Dataset":
     """Read and convert each named dataset, then combine them by `mix_strategy`."""
-    from datasets import Dataset, concatenate_datasets, interleave_datasets
+    from datasets import Dataset
 
     d = cfg.data
     parts = []
@@ -102,6 +102,14 @@ def load_mixed_samples(names: str, cfg: "RunConfig", report: DataReport, attrs=N
         if result.skipped:
             report.skipped[attr.name] = result.report()
         parts.append(Dataset.from_list([sample_row(s) for s in result.samples], features=sample_features()))
+    return mix(parts, cfg)
+
+
+def mix(parts: list, cfg: "RunConfig"):
+    """Combine datasets (in-memory or streamed) by `mix_strategy` and `interleave_probs`."""
+    from datasets import concatenate_datasets, interleave_datasets
+
+    d = cfg.data
     if len(parts) == 1 or d.mix_strategy == "concat":
         return concatenate_datasets(parts)
     probs = [float(p) for p in d.interleave_probs.split(",")] if d.interleave_probs else None
@@ -252,7 +260,7 @@ def stream_supervised(names: str, cfg: "RunConfig", tokenizer, template, report:
     is complete once training has consumed the data; its token figures count what training
     read, repeats across epochs included.
     """
-    from datasets import IterableDataset, Value, concatenate_datasets, interleave_datasets
+    from datasets import IterableDataset, Value
 
     d = cfg.data
     features = sample_features()
@@ -267,12 +275,7 @@ def stream_supervised(names: str, cfg: "RunConfig", tokenizer, template, report:
         part = part.filter(lambda row, result=result: _count_row(row, result))
         part = part.remove_columns(["_skip", "_detail", "_index"])
         parts.append(part)
-    if len(parts) == 1 or d.mix_strategy == "concat":
-        samples = concatenate_datasets(parts)
-    else:
-        probs = [float(p) for p in d.interleave_probs.split(",")] if d.interleave_probs else None
-        stopping = "first_exhausted" if d.mix_strategy == "interleave_under" else "all_exhausted"
-        samples = interleave_datasets(parts, probabilities=probs, seed=cfg.training.seed, stopping_strategy=stopping)
+    samples = mix(parts, cfg)
     processor = PROCESSORS[cfg.finetuning.stage]  # pt packs blocks within each batch of the stream
     function, kwargs = processor.encode, processor.kwargs(cfg, tokenizer, template)
     tokenized = samples.map(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..data.collate import left_pad
 from ..errors import LatheError
 
 if TYPE_CHECKING:
@@ -98,11 +99,7 @@ def choice_token_ids(tokenizer) -> list[int]:
 
 @torch.no_grad()
 def answer_batch(model, tokenizer, prompts: list[list[int]], letter_ids: list[int]) -> list[str]:
-    width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
-    attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    ids, attn, positions = left_pad(prompts, tokenizer.pad_token_id, model.device)
     logits = model(input_ids=ids, attention_mask=attn, position_ids=positions).logits[:, -1, letter_ids]
     return [CHOICES[i] for i in logits.argmax(-1).tolist()]
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..data.processors.supervised import IGNORE_INDEX
+from ..data.collate import left_pad
+from ..data.processors.supervised import IGNORE_INDEX, first_learned
 from ..infer.generate import generation_kwargs, stop_token_ids
 from .similarity import similarity_scores
 
@@ -28,18 +29,16 @@ PREDICTIONS_FILE = "generated_predictions.jsonl"
 
 
 def split_prompt_answer(input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
-    first = next((i for i, t in enumerate(labels) if t != IGNORE_INDEX), len(labels))
+    first = first_learned(labels)
     return list(input_ids[:first]), [t for t in labels[first:] if t != IGNORE_INDEX]
 
 
 @torch.no_grad()
 def generate_batch(model, tokenizer, prompts: list[list[int]], stop_ids: list[int], kwargs: dict[str, Any]):
-    width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
-    attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+    ids, attn, _ = left_pad(prompts, pad, model.device)
     out = model.generate(input_ids=ids, attention_mask=attn, eos_token_id=stop_ids, pad_token_id=pad, **kwargs)
-    return [row[width:].tolist() for row in out]
+    return [row[ids.shape[1]:].tolist() for row in out]
 
 
 def predict(model, tokenizer, template, dataset, cfg: "RunConfig") -> dict[str, float]:

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..data.collate import left_pad, positions_from_mask
+from ..data.processors.supervised import first_learned
 from ..data.templates.base import Template
 from ..infer.generate import generation_kwargs, stop_token_ids
 from ..model.value_head import HEAD_FILE, hidden_size, make_value_head
@@ -50,15 +52,7 @@ GAMMA, LAM, CLIP, CLIP_VALUE, VF_COEF, INIT_KL = 1.0, 0.95, 0.2, 0.2, 0.1, 0.2
 
 def prompt_ids(input_ids: list[int], labels: list[int]) -> list[int]:
     """The prompt part of an SFT-encoded sample: everything before the first learned token."""
-    first = next((i for i, t in enumerate(labels) if t != -100), len(labels))
-    return list(input_ids[:first])
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
-    attn = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    return ids, attn
+    return list(input_ids[: first_learned(labels)])
 
 
 def response_mask(responses: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
@@ -76,7 +70,7 @@ def forward_response(model, head, ids, attn, prompt_len: int, temperature: float
     Log-probs are those of the sampling distribution (logits / temperature), so the PPO
     ratio compares the policy that actually generated the tokens.
     """
-    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    positions = positions_from_mask(attn)
     out = model(input_ids=ids, attention_mask=attn, position_ids=positions, output_hidden_states=True)
     logits = out.logits[:, prompt_len - 1 : -1].float() / temperature
     targets = ids[:, prompt_len:]
@@ -122,7 +116,7 @@ class PPORunner:
     @torch.no_grad()
     def rollout(self, batch_prompts: list[list[int]]) -> dict[str, torch.Tensor]:
         self.model.eval()
-        ids, attn = left_pad(batch_prompts, self.tokenizer.pad_token_id)
+        ids, attn, _ = left_pad(batch_prompts, self.tokenizer.pad_token_id)
         gen = generation_kwargs(self.cfg.generating)
         gen["max_new_tokens"] = min(gen.get("max_new_tokens") or 64, self.cfg.data.cutoff_len)
         output = self.model.generate(

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 IGNORE_INDEX = -100
 
 
+def first_learned(labels: list[int]) -> int:
+    """Index of the first learned token: where the prompt of an encoded sample ends."""
+    return next((i for i, t in enumerate(labels) if t != IGNORE_INDEX), len(labels))
+
+
 def split_budget(prompt_len: int, answer_len: int, budget: int) -> tuple[int, int]:
     """How many prompt and answer tokens of one turn fit in `budget` tokens.
 
