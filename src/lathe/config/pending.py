@@ -14,7 +14,6 @@ PENDING: dict[str, tuple[object, str]] = {
     "adapter_folder": (None, "adapters"),
     "new_special_tokens_config": (None, "tokenizer"),
     "init_special_tokens": ("noise_init", "tokenizer"),
-    "shift_attn": (False, "efficient methods"),
     "mixture_of_depths": (None, "efficient methods"),
     "use_unsloth": (False, "efficient methods"),
     "use_unsloth_gc": (False, "efficient methods"),

@@ -59,6 +59,7 @@ class ModelArguments:
         None, "Stretch RoPE to cutoff_len beyond the model's positions: linear, dynamic, yarn or llama3.",
         ("linear", "dynamic", "yarn", "llama3"),
     )
+    shift_attn: bool = opt(False, "LongLoRA S2-Attn while training (llama family): attention within groups of cutoff_len/4 tokens.")
     train_from_scratch: bool = opt(False, "Start from random weights built from the model's config.")
     enable_liger_kernel: bool = opt(False, "Liger's fused Triton kernels (needs liger-kernel and a CUDA GPU).")
     disable_gradient_checkpointing: bool = opt(False, "Turn off gradient checkpointing (on by default to save memory).")

@@ -156,6 +156,11 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
     if quant is not None:
         kwargs["quantization_config"] = quant
     attn = resolve_attention(m.flash_attn)
+    if m.shift_attn and cfg.training.do_train:
+        from .patches import shift_attn
+
+        shift_attn.check_model(config)
+        attn = shift_attn.register(cfg.data.cutoff_len)
     if attn:
         kwargs["attn_implementation"] = attn
     if m.train_from_scratch:
