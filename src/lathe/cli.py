@@ -19,13 +19,16 @@ USAGE = """usage: lathe <command> [options]
 
 commands:
   train CONFIG [key=value ...]   fine-tune a model (CONFIG: YAML or JSON, LLaMA-Factory keys)
-  chat CONFIG [key=value ...]    talk to a model (with its adapters) in the terminal, streaming
+  chat CONFIG [--system S] [--tools F.json] [key=value ...]
+                                 talk to a model (with its adapters) in the terminal, streaming
   api CONFIG [key=value ...]     serve the model with an OpenAI-compatible API (API_HOST, API_PORT, API_KEY)
   export CONFIG [key=value ...]  merge adapters into the base model, save it (+ Ollama Modelfile) to export_dir
   eval CONFIG [--ppl] [k=v ...]  multiple-choice benchmark (task, task_dir, n_shot, lang), or perplexity on `dataset`
   expand --model M --num-expand N --out DIR   LLaMA Pro: add N identity blocks (then use_llama_pro)
   plan CONFIG [--device-memory 24GiB] [--devices N] [--shard zero2|zero3|fsdp]
                                  memory each method needs, from the model's config alone (no weights)
+  bench CONFIG [--methods full,lora,...] [--steps N] [--output DIR]
+                                 train each method N steps in its own process: peak memory, tokens/s, perplexity
   data preview CONFIG [-n N]     show N samples as the model sees them, learned tokens marked
   data stats CONFIG              rows kept/skipped, token lengths, truncation, learned share
   env                            versions of python and the libraries, and the devices
@@ -93,11 +96,18 @@ def cmd_data(args: list[str]) -> int:
 
 
 def cmd_chat(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lathe chat", description="Talk to a model in the terminal.")
+    parser.add_argument("config", nargs="?", help="a config (YAML or JSON) naming the model and template")
+    parser.add_argument("--system", help="system prompt (default: the config's default_system)")
+    parser.add_argument("--tools", help="JSON file with a list of tool definitions the model may call")
+    parser.add_argument("overrides", nargs="*", help="key=value options")
+    ns = parser.parse_args(args)
     from .config import load_config
-    from .infer.chat_cli import run_chat
+    from .infer.chat_cli import read_tools, run_chat
 
-    path, overrides = _split_config_args(args)
-    run_chat(load_config(path, overrides, purpose="infer"))
+    path, overrides = _split_config_args(([ns.config] if ns.config else []) + ns.overrides)
+    read_tools(ns.tools)  # a bad tools file fails before the model loads
+    run_chat(load_config(path, overrides, purpose="infer"), system=ns.system, tools_file=ns.tools)
     return 0
 
 
@@ -167,6 +177,22 @@ def cmd_plan(args: list[str]) -> int:
     return 0
 
 
+def cmd_bench(args: list[str]) -> int:
+    from .efficiency.bench import METHODS, parse_methods, run_bench
+
+    parser = argparse.ArgumentParser(prog="lathe bench", description="Compare finetuning methods on one config.")
+    parser.add_argument("config")
+    parser.add_argument("--methods", default="full,freeze,galore,lora,qlora", help=f"comma list of {', '.join(METHODS)}")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per method")
+    parser.add_argument("--output", help="folder for bench.md/.json/.png (default: output_dir/bench)")
+    parser.add_argument("overrides", nargs="*")
+    ns = parser.parse_args(args)
+    out = run_bench(ns.config, ns.overrides, parse_methods(ns.methods), ns.steps, ns.output)
+    print((out / "bench.md").read_text(encoding="utf-8"))
+    print(f"[lathe] bench results in {out} (bench.md, bench.json, bench.png)")
+    return 0
+
+
 def cmd_env(args: list[str]) -> int:
     from .env import env_report
 
@@ -180,7 +206,7 @@ def cmd_version(args: list[str]) -> int:
 
 
 COMMANDS = {
-    "train": cmd_train, "chat": cmd_chat, "api": cmd_api, "export": cmd_export, "eval": cmd_eval, "expand": cmd_expand, "plan": cmd_plan, "data": cmd_data,
+    "train": cmd_train, "chat": cmd_chat, "api": cmd_api, "export": cmd_export, "eval": cmd_eval, "expand": cmd_expand, "plan": cmd_plan, "bench": cmd_bench, "data": cmd_data,
     "env": cmd_env, "version": cmd_version,
 }
 

@@ -178,14 +178,27 @@ def size(n: int) -> str:
     return f"{n / GiB:.2f}G" if n >= GiB / 10 else f"{n / 1024**2:.1f}M"
 
 
-def plan(cfg: "RunConfig", memory: int | None, devices: int = 1, shard: str = "none") -> str:
+def plan_kwargs(cfg: "RunConfig", devices: int = 1, shard: str = "none") -> dict:
+    """`estimate`'s keyword arguments (all but the method and batch) as the config sets them."""
     from ..model.load import resolve_dtype
 
+    f = cfg.finetuning
+    return dict(seq=cfg.data.cutoff_len, dtype_bytes=DTYPE_BYTES[resolve_dtype(cfg)],
+                checkpointing=not cfg.model.disable_gradient_checkpointing, lora_rank=f.lora_rank,
+                freeze_layers=abs(f.freeze_trainable_layers), galore_rank=f.galore_rank, devices=devices, shard=shard)
+
+
+def plan_totals(cfg: "RunConfig", methods: list[str]) -> dict[str, int]:
+    """Estimated peak bytes per method for the config's batch (what `lathe bench` sets beside its measurements)."""
     shape = model_shape(meta_model(cfg))
-    t, f = cfg.training, cfg.finetuning
-    kwargs = dict(seq=cfg.data.cutoff_len, dtype_bytes=DTYPE_BYTES[resolve_dtype(cfg)],
-                  checkpointing=not cfg.model.disable_gradient_checkpointing, lora_rank=f.lora_rank,
-                  freeze_layers=abs(f.freeze_trainable_layers), galore_rank=f.galore_rank, devices=devices, shard=shard)
+    kwargs = plan_kwargs(cfg)
+    return {m: estimate(shape, m, batch=cfg.training.per_device_train_batch_size, **kwargs).total for m in methods}
+
+
+def plan(cfg: "RunConfig", memory: int | None, devices: int = 1, shard: str = "none") -> str:
+    shape = model_shape(meta_model(cfg))
+    t = cfg.training
+    kwargs = plan_kwargs(cfg, devices, shard)
     batch = t.per_device_train_batch_size
     lines = [
         f"model {cfg.model.model_name_or_path}: {shape.total:,} parameters, {shape.layers} layers, hidden {shape.hidden}, "

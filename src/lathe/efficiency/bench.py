@@ -1,0 +1,186 @@
+"""`lathe bench`: the methods side by side on your model and data (the LlamaFactory paper's Table 4).
+
+    lathe bench config.yaml --methods full,freeze,galore,lora,qlora --steps 20 [--output DIR]
+
+Each method trains for `--steps` steps on the same data with the same seed, in its own process
+(`lathe.efficiency.measure`, the `lathe train` path with the method's overrides), so one
+method's peak memory never includes another's. The results land in the output folder:
+`bench.md` (Markdown table), `bench.json` (every number), `bench.png` (bar charts), and one
+sub-folder per method with its run. A method that cannot run here (e.g. QLoRA without
+bitsandbytes) gets a row with the reason instead of stopping the bench.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LatheError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Method:
+    """A finetuning method as config overrides, and the `lathe plan` row that estimates it."""
+
+    overrides: dict[str, object]
+    plan: str | None
+    help: str
+    requires: tuple[str, ...] = field(default=())  # importable modules it needs
+
+
+METHODS: dict[str, Method] = {
+    "full": Method({"finetuning_type": "full"}, "full", "all parameters, AdamW"),
+    "freeze": Method({"finetuning_type": "freeze"}, "freeze", "the last freeze_trainable_layers layers"),
+    "galore": Method({"finetuning_type": "full", "use_galore": True}, "galore", "full, GaLore-projected optimizer states",
+                     ("galore_torch",)),
+    "apollo": Method({"finetuning_type": "full", "use_apollo": True}, None, "full, APOLLO optimizer", ("apollo_torch",)),
+    "badam": Method({"finetuning_type": "full", "use_badam": True}, None, "full, one block at a time (BAdam)",
+                    ("badam",)),
+    "lora": Method({"finetuning_type": "lora"}, "lora", "LoRA adapters on a frozen base"),
+    "qlora": Method({"finetuning_type": "lora", "quantization_bit": 4}, "qlora4", "LoRA on a 4-bit base",
+                    ("bitsandbytes",)),
+    "qlora8": Method({"finetuning_type": "lora", "quantization_bit": 8}, "qlora8", "LoRA on an 8-bit base",
+                     ("bitsandbytes",)),
+}
+
+# What every method's run shares: a fixed number of steps, one log line per step, nothing saved
+# but the final model (scored for perplexity afterwards), no plots.
+COMMON = {"overwrite_output_dir": True, "save_strategy": "no", "logging_steps": 1, "plot_loss": False,
+          "report_to": "none", "disable_tqdm": True, "do_train": True}
+
+
+def parse_methods(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    for name in names:
+        if name not in METHODS:
+            raise LatheError(f"--methods: unknown method `{name}`; known: {', '.join(METHODS)}.{did_you_mean(name, METHODS)}")
+    if not names:
+        raise LatheError("--methods: name at least one method, e.g. --methods lora,full.")
+    return names
+
+
+def missing_requirement(method: Method) -> str | None:
+    import importlib.util
+
+    for module in method.requires:
+        if importlib.util.find_spec(module) is None:
+            return f"needs the `{module}` package (not installed)"
+    return None
+
+
+def _fmt(value: object) -> str:
+    return f"{value!s}" if value is not None else "-"
+
+
+def run_method(name: str, config: str | None, overrides: list[str], steps: int, out: Path) -> dict:
+    """One method in its own process; returns its measurements, or {"error": reason}."""
+    method = METHODS[name]
+    reason = missing_requirement(method)
+    if reason:
+        return {"error": reason}
+    run_dir = out / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = run_dir / "measure.json"
+    result.unlink(missing_ok=True)
+    settings = {**COMMON, **method.overrides, "max_steps": steps, "output_dir": str(run_dir / "run")}
+    args = [*overrides, *(f"{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in settings.items())]
+    command = [sys.executable, "-m", "lathe.efficiency.measure", *([config] if config else []), *args,
+               "--result", str(result)]
+    with open(run_dir / "stdout.log", "w", encoding="utf-8") as log:
+        proc = subprocess.run(command, stdout=log, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    (run_dir / "stderr.log").write_text(proc.stderr, encoding="utf-8")
+    if result.exists():
+        record = json.loads(result.read_text(encoding="utf-8"))
+        if proc.returncode == 0 or "error" in record:
+            return record
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    reason = next((line for line in reversed(lines) if "Error" in line or "error:" in line), lines[-1] if lines else "")
+    return {"error": f"exit {proc.returncode}: {reason.strip()[:300]} (see {run_dir / 'stderr.log'})"}
+
+
+def planned(config: str | None, overrides: list[str], names: list[str]) -> dict[str, int]:
+    """`lathe plan`'s total for each method that has a plan row (estimated with the run's batch and cutoff)."""
+    from ..config import load_config
+    from .plan import plan_totals
+
+    cfg = load_config(config, overrides)
+    return plan_totals(cfg, [METHODS[n].plan for n in names if METHODS[n].plan])
+
+
+def table(results: dict[str, dict], plans: dict[str, int], steps: int) -> str:
+    MiB = 1024**2
+    kind = next((r["memory_kind"] for r in results.values() if "memory_kind" in r), "peak memory")
+    lines = [f"| method | trainable params | peak memory MiB ({kind}) | plan MiB | effective tokens/s | "
+             f"train loss | perplexity (training samples) | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, r in results.items():
+        plan = plans.get(METHODS[name].plan or "")
+        if "error" in r:
+            lines.append(f"| {name} | - | - | {_fmt(plan and round(plan / MiB))} | - | - | - | not run: {r['error']} |")
+            continue
+        ppl = r.get("perplexity")
+        lines.append(
+            f"| {name} | {r['trainable']:,} | {r['peak_memory'] / MiB:,.0f} | {_fmt(plan and round(plan / MiB))} | "
+            f"{_fmt(r.get('tokens_per_second'))} | {_fmt(r.get('train_loss') and round(r['train_loss'], 4))} | "
+            f"{_fmt(ppl and round(ppl, 3))} | {METHODS[name].help} |")
+    lines.append("")
+    lines.append(f"{steps} steps per method, same data and seed, each in its own process. Effective tokens/s: "
+                 "non-padding tokens over the training loop's runtime. Perplexity: the training data under the "
+                 "trained model, scored after training.")
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ran = {n: r for n, r in results.items() if "error" not in r}
+    panels = [("peak memory (MiB)", lambda r: r["peak_memory"] / 1024**2),
+              ("effective tokens/s", lambda r: r.get("tokens_per_second") or 0),
+              ("perplexity (training samples)", lambda r: r.get("perplexity") or 0)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5))
+    for ax, (title, value) in zip(axes, panels):
+        names = list(ran)
+        ax.bar(names, [value(ran[n]) for n in names], color="tab:blue")
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=30)
+    skipped = [n for n in results if n not in ran]
+    if skipped:
+        fig.text(0.5, 0.01, "not run here: " + ", ".join(skipped), ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.05 if skipped else 0, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_bench(config: str | None, overrides: list[str], names: list[str], steps: int, output: str | None) -> Path:
+    """Run every method, then write bench.md, bench.json and bench.png into the output folder."""
+    import logging
+
+    from ..config import load_config
+
+    log = logging.getLogger(__name__)
+    if steps < 1:
+        raise LatheError("--steps must be at least 1.")
+    cfg = load_config(config, overrides)  # a bad config fails here, once, not once per method
+    out = Path(output or Path(cfg.training.output_dir) / "bench")
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    for name in names:
+        log.info("bench: %s (%d steps)...", name, steps)
+        results[name] = run_method(name, config, overrides, steps, out)
+        r = results[name]
+        log.info("bench: %s: %s", name, r["error"] if "error" in r else
+                 f"peak {r['peak_memory'] / 1024**2:.0f} MiB, {r.get('tokens_per_second')} tokens/s")
+    plans = planned(config, overrides, names)
+    (out / "bench.md").write_text(table(results, plans, steps) + "\n", encoding="utf-8")
+    (out / "bench.json").write_text(json.dumps({"steps": steps, "results": results, "plan": plans}, indent=2),
+                                    encoding="utf-8")
+    chart(results, out / "bench.png")
+    return out

@@ -1,0 +1,187 @@
+"""One measured training run: the worker `lathe bench` starts once per method, in its own process.
+
+    python -m lathe.efficiency.measure CONFIG [key=value ...] --result RESULT.json
+
+Runs the same path as `lathe train` (load_config -> run_stage), then writes what it measured:
+peak memory over the baseline, effective tokens/s, and the perplexity of the training samples
+under the trained model (the LlamaFactory paper's Table 4 columns).
+
+Why a process per method: peak memory is a property of a whole process. A second run in the
+same process would inherit the first one's allocator pools and high-water mark.
+
+Peak memory: on a GPU, `torch.cuda.max_memory_allocated` (what the tensors needed; the caching
+allocator's reserve is not counted). On the CPU, the kernel's resident high-water mark
+(VmHWM in /proc/self/status), reset after the imports through /proc/self/clear_refs, minus the
+resident size at that moment: exact, with no sampling interval to miss a short peak. Where
+/proc is not available, a thread samples the resident size every 5 ms instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """Peak memory of this process above its level at `start()`, in bytes."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        self.baseline = 0
+        self._sampled = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def kind(self) -> str:
+        return "cuda max allocated" if self.cuda else "RSS over baseline"
+
+    def start(self) -> None:
+        import torch
+
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.baseline = torch.cuda.memory_allocated()
+            return
+        if self._reset_hwm():
+            self.baseline = _status_kib("VmRSS") * 1024
+            return
+        import psutil  # portable fallback: sample the resident size
+
+        proc = psutil.Process()
+        self.baseline = self._sampled = proc.memory_info().rss
+
+        def sample() -> None:
+            while not self._stop.wait(0.005):
+                self._sampled = max(self._sampled, proc.memory_info().rss)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _reset_hwm() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")  # 5: reset the peak resident set size (Linux >= 4.0)
+        except OSError:
+            return False
+        return _status_kib("VmHWM") is not None
+
+    def peak(self) -> int:
+        import torch
+
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() - self.baseline
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            return self._sampled - self.baseline
+        return _status_kib("VmHWM") * 1024 - self.baseline
+
+
+def _read_log(output_dir: Path) -> tuple[int, float | None, float | None]:
+    """(tokens seen, training seconds, last logged loss) from the run's trainer_log.jsonl and train_results.json."""
+    tokens, loss = 0, None
+    log = output_dir / "trainer_log.jsonl"
+    if log.exists():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            tokens = record.get("total_tokens", tokens)
+            loss = record.get("loss", loss)
+    results = output_dir / "train_results.json"
+    runtime = json.loads(results.read_text(encoding="utf-8")).get("train_runtime") if results.exists() else None
+    return tokens, runtime, loss
+
+
+def training_perplexity(config: str | None, overrides: list[str], output_dir: Path) -> float:
+    """Perplexity of the configured training data under the model this run saved."""
+    from ..config import load_config
+    from ..evaluate.perplexity import run_perplexity
+
+    saved = "adapter_name_or_path" if (output_dir / "adapter_config.json").exists() else "model_name_or_path"
+    cfg = load_config(config, [*overrides, f"{saved}={output_dir}"], purpose="infer")
+    return run_perplexity(cfg)["perplexity"]
+
+
+def measure(config: str | None, overrides: list[str], perplexity: bool = True) -> dict:
+    """Train once as `lathe train` would and return the measured numbers."""
+    from ..config import load_config
+    from ..model.adapters import count_parameters
+    from ..train import run_stage
+
+    import transformers  # noqa: F401  (imported before the baseline: its import is no part of the run)
+    from transformers import Trainer  # noqa: F401
+
+    cfg = load_config(config, overrides)
+    meter = PeakMemory()
+    meter.start()
+    start = time.perf_counter()
+    result = run_stage(cfg)
+    seconds = time.perf_counter() - start
+    peak = meter.peak()
+    out = Path(cfg.training.output_dir)
+    tokens, runtime, loss = _read_log(out)
+    trainable, total = count_parameters(result.model)
+    record = {
+        "peak_memory": peak, "memory_kind": meter.kind, "baseline_memory": meter.baseline,
+        "tokens": tokens, "train_runtime": runtime, "run_seconds": round(seconds, 3),
+        "tokens_per_second": round(tokens / runtime, 2) if runtime else None,
+        "loss": loss, "train_loss": result.metrics.get("train_loss"),
+        "trainable": trainable, "total_params": total,
+    }
+    del result
+    if perplexity:
+        ppl = training_perplexity(config, overrides, out)
+        record["perplexity"] = ppl if math.isfinite(ppl) else None
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lathe.efficiency.measure", description=__doc__.split("\n")[0])
+    parser.add_argument("config", nargs="?", help="training config (YAML/JSON); omit to give every key as key=value")
+    parser.add_argument("overrides", nargs="*", help="key=value options")
+    parser.add_argument("--result", required=True, help="JSON file to write the measurements to")
+    parser.add_argument("--no-perplexity", action="store_true", help="skip scoring the training data after training")
+    ns = parser.parse_args(argv)
+    config, overrides = ns.config, list(ns.overrides)
+    if config and "=" in config:
+        config, overrides = None, [config, *overrides]
+    from ..cli import _setup_logging
+    from ..errors import LatheError
+
+    _setup_logging()
+    try:
+        record = measure(config, overrides, perplexity=not ns.no_perplexity)
+    except LatheError as e:
+        print(f"lathe bench: error: {e}", file=sys.stderr)
+        Path(ns.result).write_text(json.dumps({"error": str(e)}), encoding="utf-8")
+        return 1
+    Path(ns.result).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
