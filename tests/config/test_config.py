@@ -95,11 +95,11 @@ def test_required_keys():
 
 
 def test_pending_option_refused_unless_default():
-    assert cfg(shift_attn=False).finetuning.finetuning_type == "lora"  # default: accepted
+    assert cfg(use_kt=False).finetuning.finetuning_type == "lora"  # default: accepted
     with pytest.raises(LatheError, match="does not run yet"):
-        cfg(shift_attn=True)
+        cfg(use_kt=True)
     with pytest.raises(LatheError, match="does not run yet"):
-        cfg(use_adam_mini=True, finetuning_type="full")
+        cfg(mixture_of_depths="convert", finetuning_type="full")
 
 
 def test_warmup_ratio_maps_to_warmup_steps():

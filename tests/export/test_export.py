@@ -66,6 +66,19 @@ def test_export_refusals(tiny_llama, tmp_path):
                                  "export_quantization_bit": 4}, purpose="infer"))
 
 
+def test_hub_push_without_the_hub_fails_before_merging(tiny_llama, tmp_path, monkeypatch):
+    cfg = build_config({"model_name_or_path": str(tiny_llama), "export_dir": str(tmp_path / "h"),
+                        "export_hub_model_id": "me/tiny"}, purpose="infer")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LatheError, match="HF_HUB_OFFLINE"):
+        run_export(cfg)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr("lathe.hub.hub_reachable", lambda: False)
+    with pytest.raises(LatheError, match="cannot be reached"):
+        run_export(cfg)
+    assert not (tmp_path / "h").exists()
+
+
 def test_merging_into_a_quantized_base_is_refused():
     fake = SimpleNamespace(config=SimpleNamespace(quantization_config={"quant_method": "bitsandbytes"}))
     with pytest.raises(LatheError, match="quantized"):

@@ -85,7 +85,7 @@ class FakeResponse:
 
 
 class FakeEngine:
-    """ChatEngine's interface with scripted answers: echoes the last turn, or calls `get_weather` when given tools."""
+    """the engine interface with scripted answers: echoes the last turn, or calls `get_weather` when given tools."""
 
     model_name = "fake-model"
     max_length = 64
@@ -165,11 +165,11 @@ def fake(fake_server):
 @pytest.fixture(scope="module")
 def tiny_server(tiny_llama):
     from lathe.config import build_config
-    from lathe.infer.engine import ChatEngine
+    from lathe.infer.engine import create_engine
 
     cfg = build_config({"model_name_or_path": str(tiny_llama), "template": "chatml", "do_sample": False,
                         "max_new_tokens": 8}, purpose="infer")
-    server = LiveServer(create_app(ChatEngine(cfg), model_name="tiny"))
+    server = LiveServer(create_app(create_engine(cfg), model_name="tiny"))
     yield server
     server.close()
 

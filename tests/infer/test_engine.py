@@ -10,13 +10,13 @@ import pytest
 from lathe.config import build_config, load_config
 from lathe.errors import LatheError
 from lathe.infer.chat_cli import chat_loop
-from lathe.infer.engine import ChatEngine
+from lathe.infer.engine import create_engine
 
 
-def engine_for(model, **extra) -> ChatEngine:
+def engine_for(model, **extra):
     cfg = build_config({"model_name_or_path": str(model), "template": "chatml", "do_sample": False,
                         "max_new_tokens": 8, **extra}, purpose="infer")
-    return ChatEngine(cfg)
+    return create_engine(cfg)
 
 
 def test_chat_and_stream_agree(tiny_llama):

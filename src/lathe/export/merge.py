@@ -46,6 +46,18 @@ def check_gptq(cfg: "RunConfig") -> None:
         raise LatheError("`export_quantization_bit` needs `export_quantization_dataset`: a text file, one sample per line.")
 
 
+def check_hub_push() -> None:
+    """`export_hub_model_id` needs the hub: found out before the merge, not after minutes of it."""
+    from ..hub import endpoint, hub_reachable, offline_requested
+
+    if offline_requested():
+        raise LatheError("`export_hub_model_id` pushes to the hub, but HF_HUB_OFFLINE is set: unset it, or drop "
+                         "`export_hub_model_id` and upload export_dir later with `hf upload`.")
+    if not hub_reachable():
+        raise LatheError(f"`export_hub_model_id` pushes to the hub, but {endpoint()} cannot be reached from here: "
+                         "drop `export_hub_model_id` and upload export_dir later with `hf upload`.")
+
+
 def gptq_config(cfg: "RunConfig", tokenizer):
     """GPTQ through transformers/optimum, calibrated on the first nsamples lines of the dataset file."""
     from transformers import GPTQConfig
@@ -73,6 +85,8 @@ def run_export(cfg: "RunConfig") -> Path:
         raise LatheError(f"export_dir {out} is not empty; choose a new folder so nothing is overwritten.")
     if e.export_quantization_bit:
         check_gptq(cfg)  # before the slow part
+    if e.export_hub_model_id:
+        check_hub_push()
     tokenizer, template, model = load_inference_model(cfg, before_merge=check_not_quantized)
     if e.export_device == "cpu":
         model = model.to("cpu")

@@ -225,7 +225,7 @@ def _next_piece(iterator: Any) -> tuple[bool, Any]:
 
 def create_app(engine: Any, api_key: str | None = None, model_name: str | None = None,
                cors_origins: list[str] | None = None) -> FastAPI:
-    """The FastAPI app over `engine` (anything with ChatEngine's chat/stream_chat/count_prompt_tokens/
+    """The FastAPI app over `engine` (anything with BaseEngine's chat/stream_chat/count_prompt_tokens/
     max_length/template/model_name), requiring `Authorization: Bearer <api_key>` when a key is given."""
     served = model_name or engine.model_name
     started = int(time.time())
@@ -422,7 +422,7 @@ def run_api(cfg: RunConfig) -> None:
     """
     import uvicorn
 
-    from .engine import ChatEngine
+    from .engine import create_engine
 
     host = os.environ.get("API_HOST", DEFAULT_HOST)
     port_text = os.environ.get("API_PORT", str(DEFAULT_PORT))
@@ -434,7 +434,7 @@ def run_api(cfg: RunConfig) -> None:
     origins = [o.strip() for o in os.environ.get("API_CORS_ORIGINS", "").split(",") if o.strip()]
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         logger.warning("Serving on %s without API_KEY: anyone who can reach this address can use the model.", host)
-    engine = ChatEngine(cfg)
+    engine = create_engine(cfg)
     app = create_app(engine, api_key=api_key, model_name=os.environ.get("API_MODEL_NAME") or None,
                      cors_origins=origins or None)
     print(f"Serving {engine.model_name} at http://{host}:{port}/v1 (docs: http://{host}:{port}/docs)", flush=True)

@@ -1,13 +1,19 @@
 """`lathe chat CONFIG`: talk to a model in the terminal, with the template it was trained with.
 
 Answers stream as they are generated; `clear` forgets the conversation, `exit` (or Ctrl-D)
-quits. The system prompt is the config's `default_system` (or the template's own).
+quits. The system prompt is `--system` or the config's `default_system` (or the template's
+own); `--tools FILE` offers the tools of a JSON file (OpenAI's list of function definitions)
+and shows the calls the model makes, parsed with the template's tool format.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
+
+from ..errors import LatheError
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -15,7 +21,37 @@ if TYPE_CHECKING:
 WELCOME = "Chat with {model}. Type `clear` to start over, `exit` to quit."
 
 
-def chat_loop(engine, read: Callable[[str], str] = input, out: TextIO = sys.stdout, system: str = "") -> None:
+def read_tools(path: str | None) -> str:
+    """The tools file as the JSON text templates render; checked here so a typo fails before loading."""
+    if not path:
+        return ""
+    file = Path(path)
+    if not file.is_file():
+        raise LatheError(f"--tools {path}: no such file (a JSON list of tool definitions).")
+    try:
+        tools = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise LatheError(f"--tools {path} is not valid JSON: {e}.") from None
+    if isinstance(tools, dict):
+        tools = [tools]
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise LatheError(f"--tools {path} must hold a JSON list of tool definitions (objects).")
+    return json.dumps(tools, ensure_ascii=False)
+
+
+def _stream(engine, history: list[dict], system: str, tools: str, out: TextIO):
+    """Print the answer as it streams; return the final Response (the generator's return value)."""
+    iterator = engine.stream_chat(history, system=system, tools=tools)
+    while True:
+        try:
+            piece = next(iterator)
+        except StopIteration as done:
+            return done.value
+        print(piece, end="", file=out, flush=True)
+
+
+def chat_loop(engine, read: Callable[[str], str] = input, out: TextIO = sys.stdout, system: str = "",
+              tools: str = "") -> None:
     history: list[dict] = []
     print(WELCOME.format(model=engine.model_name), file=out, flush=True)
     while True:
@@ -35,15 +71,16 @@ def chat_loop(engine, read: Callable[[str], str] = input, out: TextIO = sys.stdo
             continue
         history.append({"role": "user", "content": query})
         print("Assistant: ", end="", file=out, flush=True)
-        answer = ""
-        for piece in engine.stream_chat(history, system=system):
-            answer += piece
-            print(piece, end="", file=out, flush=True)
+        response = _stream(engine, history, system, tools, out)
         print(file=out, flush=True)
-        history.append({"role": "assistant", "content": answer.strip()})
+        for call in getattr(response, "tool_calls", None) or []:
+            print(f"[tool call] {call.name}({call.arguments})", file=out, flush=True)
+        # the raw answer (a tool call in the template's own format included) renders back as it was
+        history.append({"role": "assistant", "content": response.text if response else ""})
 
 
-def run_chat(cfg: "RunConfig") -> None:
-    from .engine import ChatEngine
+def run_chat(cfg: "RunConfig", system: str | None = None, tools_file: str | None = None) -> None:
+    from .engine import create_engine
 
-    chat_loop(ChatEngine(cfg), system=cfg.data.default_system or "")
+    tools = read_tools(tools_file)
+    chat_loop(create_engine(cfg), system=cfg.data.default_system or "" if system is None else system, tools=tools)

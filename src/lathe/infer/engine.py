@@ -1,9 +1,14 @@
-"""The chat engine behind `lathe chat`, `lathe api` and the Board: one model, the training template.
+"""The chat engines behind `lathe chat`, `lathe api` and the Board: one model, the training template.
 
-The Hugging Face backend generates with `model.generate`; streaming runs it in a background
-thread feeding a `TextIteratorStreamer`. One lock serialises generation: a transformers model
-holds no per-request state, but two generations interleaved on one CPU/GPU only slow each
-other down and two streamers must not share a thread.
+Every backend shares `BaseEngine`: the prompt is rendered with the training template, stop
+tokens and stop texts end the answer the same way, and tool calls are parsed with the
+template's tool format, so switching `infer_backend` changes speed, never the conversation.
+
+The Hugging Face backend (`huggingface`, the default) generates with `model.generate`;
+streaming runs it in a background thread feeding a `TextIteratorStreamer`. One lock
+serialises generation: a transformers model holds no per-request state, but two generations
+interleaved on one CPU/GPU only slow each other down and two streamers must not share a
+thread. vLLM and SGLang live in their own modules (`vllm_engine.py`, `sglang_engine.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("huggingface",)
+# infer_backend -> (module:class, the package it needs)
+BACKENDS: dict[str, tuple[str, str | None]] = {
+    "huggingface": ("lathe.infer.engine:HuggingFaceEngine", None),
+    "vllm": ("lathe.infer.vllm_engine:VllmEngine", "vllm"),
+    "sglang": ("lathe.infer.sglang_engine:SglangEngine", "sglang"),
+}
 
 
 @dataclass
@@ -36,42 +46,86 @@ class Response:
     tool_calls: list | None = None
 
 
-def load_inference_model(cfg: "RunConfig", before_merge=None):
-    """Tokenizer, template and model (adapters merged) exactly as training saw them.
-
-    `before_merge(model)` may inspect the base model first (export refuses quantized ones).
-    """
+def load_inference_tokenizer(cfg: "RunConfig"):
+    """Tokenizer and template as training saw them (the template may add tokens and a pad)."""
     from ..data.loader import run_template
-    from ..model.adapters.common import split_names
-    from ..model.adapters.lora import load_adapters
-    from ..model.load import add_config_tokens, load_model, load_tokenizer
+    from ..model.load import add_config_tokens, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)
     template = run_template(cfg, tokenizer)
     template.fix_tokenizer(tokenizer)
     add_config_tokens(tokenizer, cfg.model)
-    model = load_model(cfg, tokenizer)
+    return tokenizer, template
+
+
+def inference_dtype_config(cfg: "RunConfig") -> "RunConfig":
+    """`infer_dtype` (when not auto) wins over `dtype` for serving, as in LLaMA-Factory."""
+    import dataclasses
+
+    if cfg.model.infer_dtype == "auto":
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=cfg.model.infer_dtype))
+
+
+def load_inference_model(cfg: "RunConfig", before_merge=None):
+    """Tokenizer, template and model (adapters merged) exactly as training saw them.
+
+    `before_merge(model)` may inspect the base model first (export refuses quantized ones).
+    """
+    from ..model.adapters.common import split_names
+    from ..model.adapters.lora import load_adapters
+    from ..model.load import load_model
+
+    tokenizer, template = load_inference_tokenizer(cfg)
+    model = load_model(inference_dtype_config(cfg), tokenizer)
     adapters = split_names(cfg.model.adapter_name_or_path)
     if before_merge is not None and adapters:
         before_merge(model)
     if adapters:
         model = load_adapters(model, adapters, trainable_last=False)
-    model.config.use_cache = True
+    model.config.use_cache = cfg.model.use_kv_cache
     return tokenizer, template, model.eval()
 
 
-class ChatEngine:
-    """`chat`, `stream_chat` and `get_scores` over one loaded model."""
+def create_engine(cfg: "RunConfig") -> "BaseEngine":
+    """The engine of `infer_backend`; a backend whose package is missing is refused by name."""
+    import importlib
+    import importlib.util
 
-    def __init__(self, cfg: "RunConfig") -> None:
+    backend = cfg.model.infer_backend
+    if backend not in BACKENDS:
+        raise LatheError(f"infer_backend `{backend}` is unknown; choose one of {', '.join(BACKENDS)}.")
+    target, package = BACKENDS[backend]
+    if package and importlib.util.find_spec(package) is None:
+        raise LatheError(
+            f"infer_backend `{backend}` needs the `{package}` package (and a CUDA GPU): pip install {package}, "
+            f"or use `infer_backend: huggingface`, which runs everywhere."
+        )
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)(cfg)
+
+
+class BaseEngine:
+    """What every backend shares: the template's prompt, the context check and how an answer ends."""
+
+    backend = "base"
+
+    def __init__(self, cfg: "RunConfig", tokenizer, template) -> None:
         self.cfg = cfg
-        self.tokenizer, self.template, self.model = load_inference_model(cfg)
+        self.tokenizer, self.template = tokenizer, template
         name = cfg.model.model_name_or_path
         self.model_name = Path(name).name if Path(name).expanduser().exists() else name  # no local paths in replies
         self.lock = threading.Lock()
         self.stop_ids = stop_token_ids(self.tokenizer, self.template)
-        positions = getattr(self.model.config, "max_position_embeddings", None)
-        self.max_length = int(positions or getattr(self.tokenizer, "model_max_length", 4096))
+        self.max_length = self.context_length()
+
+    def context_length(self) -> int:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(self.cfg.model.model_name_or_path,
+                                            trust_remote_code=self.cfg.model.trust_remote_code)
+        positions = getattr(config, "max_position_embeddings", None)
+        return int(positions or getattr(self.tokenizer, "model_max_length", 4096))
 
     # ------------------------------------------------------------ prompts
 
@@ -81,6 +135,52 @@ class ChatEngine:
     def count_prompt_tokens(self, messages: list[dict], system: str = "", tools: str = "") -> int:
         return len(self.encode(messages, system, tools))
 
+    def _check_length(self, prompt_len: int) -> None:
+        if prompt_len >= self.max_length:
+            raise LatheError(
+                f"The prompt has {prompt_len} tokens, but the model's context is {self.max_length}: shorten it."
+            )
+
+    def _max_new_tokens(self, requested: int | None, prompt_len: int) -> int:
+        gen = self.cfg.generating
+        limit = requested or (gen.max_new_tokens if gen.max_new_tokens and gen.max_new_tokens > 0
+                              else gen.max_length - prompt_len)
+        return max(1, min(int(limit), self.max_length - prompt_len))
+
+    def finish(self, new: list[int], prompt_len: int, limit: int | None, tools: str,
+               stop_texts: list[str]) -> Response:
+        """The answer in `new` (generated ids) cut at a stop token or stop text, tool calls parsed."""
+        ended = any(t in self.stop_ids for t in new)
+        if ended:
+            new = new[: next(i for i, t in enumerate(new) if t in self.stop_ids)]
+        text = self.tokenizer.decode(new, skip_special_tokens=self.cfg.generating.skip_special_tokens)
+        cut = min((text.find(w) for w in stop_texts if w and w in text), default=-1)
+        if cut >= 0:  # OpenAI's `stop`: the stop text itself is not part of the answer
+            text, ended = text[:cut], True
+        text = text.strip()
+        finish = "length" if (not ended and limit is not None and len(new) >= limit) else "stop"
+        calls = self.template.parse_tool_calls(text) if tools else None
+        return Response(text, prompt_len, len(new), finish, calls or None)
+
+    def get_scores(self, texts: list[str]) -> list[float]:
+        raise LatheError(
+            f"Reward scores are computed by the huggingface backend only; serve the reward model with "
+            f"`infer_backend: huggingface` (this server uses {self.backend})."
+        )
+
+class HuggingFaceEngine(BaseEngine):
+    """`chat`, `stream_chat` and `get_scores` over one model loaded with transformers."""
+
+    backend = "huggingface"
+
+    def __init__(self, cfg: "RunConfig") -> None:
+        tokenizer, template, self.model = load_inference_model(cfg)
+        super().__init__(cfg, tokenizer, template)
+
+    def context_length(self) -> int:
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        return int(positions or getattr(self.tokenizer, "model_max_length", 4096))
+
     def _kwargs(self, overrides: dict[str, Any], prompt_len: int) -> dict[str, Any]:
         gen = self.cfg.generating
         kwargs = generation_kwargs(gen)
@@ -88,6 +188,7 @@ class ChatEngine:
         stop = overrides.pop("stop", None)
         n = overrides.pop("num_return_sequences", 1)
         kwargs.update(overrides)
+        kwargs["use_cache"] = self.cfg.model.use_kv_cache
         if not kwargs.get("do_sample", False):
             for key in ("temperature", "top_p", "top_k"):
                 kwargs.pop(key, None)
@@ -102,12 +203,6 @@ class ChatEngine:
             kwargs["stop_strings"] = list(stop)
             kwargs["tokenizer"] = self.tokenizer
         return kwargs
-
-    def _check_length(self, prompt_len: int) -> None:
-        if prompt_len >= self.max_length:
-            raise LatheError(
-                f"The prompt has {prompt_len} tokens, but the model's context is {self.max_length}: shorten it."
-            )
 
     # ------------------------------------------------------------ generation
 
@@ -184,18 +279,7 @@ class ChatEngine:
 
     def _response(self, row: torch.Tensor, prompt_len: int, limit: int | None, tools: str,
                   stop_texts: list[str]) -> Response:
-        new = row[prompt_len:].tolist()
-        ended = any(t in self.stop_ids for t in new)
-        if ended:
-            new = new[: next(i for i, t in enumerate(new) if t in self.stop_ids)]
-        text = self.tokenizer.decode(new, skip_special_tokens=self.cfg.generating.skip_special_tokens)
-        cut = min((text.find(w) for w in stop_texts if w and w in text), default=-1)
-        if cut >= 0:  # OpenAI's `stop`: the stop text itself is not part of the answer
-            text, ended = text[:cut], True
-        text = text.strip()
-        finish = "length" if (not ended and limit is not None and len(row) - prompt_len >= limit) else "stop"
-        calls = self.template.parse_tool_calls(text) if tools else None
-        return Response(text, prompt_len, len(new), finish, calls or None)
+        return self.finish(row[prompt_len:].tolist(), prompt_len, limit, tools, stop_texts)
 
     @torch.no_grad()
     def get_scores(self, texts: list[str]) -> list[float]:
@@ -210,7 +294,3 @@ class ChatEngine:
         enc = self.tokenizer(texts, return_tensors="pt", padding=True)
         with self.lock:
             return self._reward(enc["input_ids"], enc["attention_mask"]).tolist()
-
-
-def create_engine(cfg: "RunConfig") -> ChatEngine:
-    return ChatEngine(cfg)
