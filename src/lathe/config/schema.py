@@ -65,6 +65,25 @@ class ModelArguments:
     disable_gradient_checkpointing: bool = opt(False, "Turn off gradient checkpointing (on by default to save memory).")
     use_reentrant_gc: bool = opt(True, "Use the re-entrant variant of gradient checkpointing.")
     low_cpu_mem_usage: bool = opt(True, "Load weights without building a random-init copy first.")
+    infer_backend: str = opt(
+        "huggingface", "Inference engine of chat/api/webchat: huggingface (everywhere), vllm or sglang (CUDA, when installed).",
+        ("huggingface", "vllm", "sglang"),
+    )
+    infer_dtype: str = opt(
+        "auto", "Dtype of the weights for inference; auto = the training `dtype` rule.",
+        ("auto", "float32", "bfloat16", "float16"),
+    )
+    use_kv_cache: bool = opt(True, "Reuse attention keys/values while generating (off only to save memory).")
+    vllm_maxlen: int = opt(4096, "vllm: longest prompt + answer, in tokens.")
+    vllm_gpu_util: float = opt(0.7, "vllm: share of GPU memory vLLM may take (0-1).")
+    vllm_enforce_eager: bool = opt(False, "vllm: no CUDA graphs (less memory, slower).")
+    vllm_max_lora_rank: int = opt(32, "vllm: largest LoRA rank served.")
+    vllm_config: dict | str | None = opt(None, "vllm: further engine arguments (a dict or its JSON).")
+    sglang_maxlen: int = opt(4096, "sglang: longest prompt + answer, in tokens.")
+    sglang_mem_fraction: float = opt(0.7, "sglang: share of GPU memory for weights and KV cache (0-1).")
+    sglang_tp_size: int = opt(-1, "sglang: tensor-parallel GPUs; -1 = all visible.")
+    sglang_config: dict | str | None = opt(None, "sglang: further engine arguments (a dict or its JSON).")
+    sglang_lora_backend: str = opt("triton", "sglang: LoRA kernel backend.", ("triton", "flashinfer", "csgmv"))
 
 
 @dataclass
