@@ -122,7 +122,7 @@ class DataArguments:
 @dataclass
 class FinetuningArguments:
     stage: str = opt("sft", "Training stage: pt, sft, rm, ppo, dpo or kto.", STAGES)
-    finetuning_type: str = opt("lora", "What is trained: full, freeze (some layers) or lora.", FINETUNING_TYPES)
+    finetuning_type: str = opt("lora", "What is trained: full, freeze (some layers), lora or oft.", FINETUNING_TYPES)
     plot_loss: bool = opt(False, "Write training_loss.png to output_dir at the end.")
     freeze_trainable_layers: int = opt(2, "freeze: train the last N layers (negative N: the first N).")
     use_llama_pro: bool = opt(False, "freeze: train only the blocks `lathe expand` added (freeze_trainable_layers = their count).")
@@ -140,6 +140,10 @@ class FinetuningArguments:
     pissa_iter: int = opt(16, "PiSSA: fast-SVD iterations (-1: exact SVD).")
     create_new_adapter: bool = opt(False, "With adapter_name_or_path: merge them all and train a new adapter on top.")
     use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).")
+    oft_rank: int = opt(0, "OFT: number of diagonal blocks of the rotation (0: set by oft_block_size).")
+    oft_block_size: int = opt(32, "OFT: rows per block of the rotation (used when oft_rank is 0).")
+    oft_target: str = opt("all", "OFT: comma list of module names to rotate, or all (every linear layer but the output head).")
+    module_dropout: float = opt(0.0, "OFT: probability of dropping a whole block's rotation while training.")
     pref_beta: float = opt(0.1, "dpo/kto: beta, the strength of the pull towards the reference model.")
     pref_ftx: float = opt(0.0, "dpo: weight of an added SFT loss on the chosen answers.")
     pref_loss: str = opt(

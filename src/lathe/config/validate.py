@@ -11,12 +11,14 @@ if TYPE_CHECKING:
 
 # Methods with a working implementation today; the others are recognised LLaMA-Factory
 # names that lathe refuses with a clear message. (Every stage in schema.STAGES runs.)
-AVAILABLE_FINETUNING_TYPES = ("full", "freeze", "lora")
+AVAILABLE_FINETUNING_TYPES = ("full", "freeze", "lora", "oft")
 
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora", "loraplus_lr_ratio",
              "loraplus_lr_embedding", "pissa_init", "pissa_iter", "create_new_adapter")
 FREEZE_KEYS = ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules", "use_llama_pro")
-METHOD_KEYS = {"lora": LORA_KEYS + ("additional_target",), "freeze": FREEZE_KEYS}
+OFT_KEYS = ("oft_rank", "oft_block_size", "oft_target", "module_dropout")
+METHOD_KEYS = {"lora": LORA_KEYS + ("additional_target",), "freeze": FREEZE_KEYS, "oft": OFT_KEYS}
+ADAPTER_TYPES = ("lora", "oft")  # peft adapters: continue from adapter_name_or_path, train on quantized weights
 
 
 def validate(cfg: "RunConfig") -> None:
@@ -31,9 +33,9 @@ def validate(cfg: "RunConfig") -> None:
         )
     for method, keys in METHOD_KEYS.items():
         _only_with(cfg, keys, method)
-    if m.adapter_name_or_path and t.do_train and f.finetuning_type != "lora":
+    if m.adapter_name_or_path and t.do_train and f.finetuning_type not in ADAPTER_TYPES:
         raise LatheError(
-            f"{src}: `adapter_name_or_path` continues LoRA training and needs `finetuning_type: lora` "
+            f"{src}: `adapter_name_or_path` continues adapter training and needs `finetuning_type: lora` (or oft) "
             f"(to train a merged model in full, export the merge first)."
         )
     if f.lora_rank <= 0:
@@ -42,6 +44,8 @@ def validate(cfg: "RunConfig") -> None:
         raise LatheError(f"{src}: `lora_alpha` must be positive, got {f.lora_alpha}.")
     if not 0.0 <= f.lora_dropout < 1.0:
         raise LatheError(f"{src}: `lora_dropout` must be in [0, 1), got {f.lora_dropout}.")
+    if f.oft_rank < 0 or f.oft_block_size < 0 or not f.oft_rank and not f.oft_block_size or not 0 <= f.module_dropout < 1:
+        raise LatheError(f"{src}: OFT needs `oft_rank` >= 0 or `oft_block_size` > 0, and `module_dropout` in [0, 1).")
     if f.use_llama_pro and f.freeze_trainable_layers <= 0:
         raise LatheError(f"{src}: `use_llama_pro` needs `freeze_trainable_layers` = the number of blocks added (> 0).")
     if f.freeze_trainable_layers == 0:
@@ -88,9 +92,9 @@ def validate(cfg: "RunConfig") -> None:
     if f.kto_chosen_weight < 0 or f.kto_rejected_weight < 0:
         raise LatheError(f"{src}: `kto_chosen_weight` and `kto_rejected_weight` must not be negative.")
     if m.quantization_bit is not None:
-        if f.finetuning_type != "lora":
+        if f.finetuning_type not in ADAPTER_TYPES:
             raise LatheError(
-                f"{src}: `quantization_bit` needs `finetuning_type: lora` (QLoRA): quantized weights cannot be "
+                f"{src}: `quantization_bit` needs `finetuning_type: lora` (QLoRA) or oft: quantized weights cannot be "
                 f"trained in full; this run uses `{f.finetuning_type}`."
             )
         if m.quantization_bit not in (2, 3, 4, 8):

@@ -16,6 +16,7 @@ from ...errors import LatheError
 from .freeze import apply_freeze
 from .full import apply_full
 from .lora import apply_lora
+from .oft import apply_oft
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -28,6 +29,7 @@ ADAPTERS: dict[str, Callable[..., "PreTrainedModel"]] = {
     "full": apply_full,
     "freeze": apply_freeze,
     "lora": apply_lora,
+    "oft": apply_oft,
 }
 
 

@@ -1,0 +1,47 @@
+"""OFT through peft: each chosen linear layer's weight is turned by a learned orthogonal matrix.
+
+Orthogonal finetuning (Qiu et al. 2023) keeps the angles between a layer's neurons, which is
+said to preserve pretrained knowledge better than an additive update. The rotation is block
+diagonal: `oft_block_size` rows per block (or `oft_rank` blocks; peft takes one of the two).
+Continuing (`adapter_name_or_path`) and merging work as for LoRA: peft reads the adapter kind
+from adapter_config.json.
+"""
+
+from __future__ import annotations
+
+from ...errors import LatheError
+from .common import embedding_module_names, split_names
+from .lora import load_adapters, linear_module_names
+
+
+def apply_oft(model, cfg, new_token_rows: bool = False):
+    from peft import OFTConfig, get_peft_model
+
+    f = cfg.finetuning
+    adapters = split_names(cfg.model.adapter_name_or_path)
+    if adapters and not f.create_new_adapter:
+        return load_adapters(model, adapters, trainable_last=True)
+    if adapters:
+        model = load_adapters(model, adapters, trainable_last=False)
+    available = linear_module_names(model)
+    targets = split_names(f.oft_target)
+    if targets == ["all"]:
+        targets = available
+    missing = [t for t in targets if t not in available]
+    if missing:
+        raise LatheError(f"`oft_target`: {', '.join(missing)} is not a linear layer of this model; "
+                         f"choose from: {', '.join(available)} (or `all`).")
+    to_save = split_names(f.additional_target)
+    if new_token_rows:
+        to_save += [e for e in embedding_module_names(model) if e not in to_save]
+    block = 0 if f.oft_rank else f.oft_block_size  # peft takes the number of blocks or their size, not both
+    for name, module in model.named_modules():
+        short = name.split(".")[-1]
+        if short in targets and block and module.in_features % block:
+            raise LatheError(f"`oft_block_size: {block}` does not divide the {module.in_features} inputs of `{short}`; "
+                             f"choose a divisor, or set `oft_rank` (the number of blocks) instead.")
+    config = OFTConfig(
+        task_type="CAUSAL_LM", r=f.oft_rank, oft_block_size=block, target_modules=targets,
+        module_dropout=f.module_dropout, modules_to_save=to_save or None,
+    )
+    return get_peft_model(model, config)
