@@ -88,4 +88,33 @@ def apply_lora(model, cfg, new_token_rows: bool = False):
         use_dora=f.use_dora,
         init_lora_weights=_init(f),
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    if f.loftq_init:
+        init_loftq(model, cfg.model.model_name_or_path)
+    return model
+
+
+def init_loftq(model, model_name: str) -> None:
+    """LoftQ (Li et al. 2023): start LoRA at the low-rank part of the quantization error.
+
+    The adapter starts as the rank-r SVD of W - dequant(Q(W)), read from the checkpoint's
+    full-precision weights, so quantized base + adapter starts closer to the original model than
+    the quantized base alone. peft's `replace_lora_weights_loftq` does it for bnb 4-bit layers;
+    it ignores the LoRA scale, so B is divided by it here to make B @ A * scale the residual.
+    """
+    from peft import replace_lora_weights_loftq
+
+    from ..patches import apply
+
+    apply("loftq_cpu")
+    path = model_name if Path(model_name).expanduser().is_dir() else None
+
+    def unscale(peft_model, name: str) -> bool:
+        layer = peft_model.get_submodule("base_model.model." + name)
+        layer.lora_B["default"].weight.data /= layer.scaling["default"]
+        return True
+
+    try:
+        replace_lora_weights_loftq(model, model_path=path, callback=unscale)
+    except (ValueError, FileNotFoundError) as e:
+        raise LatheError(f"`loftq_init`: {e} (LoftQ reads the full-precision weights from the model's safetensors).") from None
