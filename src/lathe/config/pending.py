@@ -53,7 +53,6 @@ PENDING: dict[str, tuple[object, str]] = {
     "freeze_multi_modal_projector": (True, "multimodal"),
     "freeze_language_model": (False, "multimodal"),
     "early_stopping_steps": (None, "training stages"),
-    "pissa_convert": (False, "efficient methods"),
     "pref_bco_weight": (0.0, "training stages"),
     "ld_alpha": (None, "training stages"),
     "ref_model_adapters": (None, "training stages"),

@@ -138,6 +138,7 @@ class FinetuningArguments:
     loraplus_lr_embedding: float = opt(1e-6, "LoRA+: learning rate of LoRA on embedding layers.")
     pissa_init: bool = opt(False, "PiSSA: start LoRA from the principal singular vectors of each weight.")
     pissa_iter: int = opt(16, "PiSSA: fast-SVD iterations (-1: exact SVD).")
+    pissa_convert: bool = opt(False, "PiSSA: save the final adapter as plain LoRA that applies to the original base model.")
     loftq_init: bool = opt(False, "LoftQ (lathe option): with quantization_bit 4, start LoRA at the low-rank part of the quantization error.")
     create_new_adapter: bool = opt(False, "With adapter_name_or_path: merge them all and train a new adapter on top.")
     use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).")

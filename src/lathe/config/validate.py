@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 AVAILABLE_FINETUNING_TYPES = ("full", "freeze", "lora", "oft")
 
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora", "loraplus_lr_ratio",
-             "loraplus_lr_embedding", "pissa_init", "pissa_iter", "create_new_adapter", "loftq_init")
+             "loraplus_lr_embedding", "pissa_init", "pissa_iter", "create_new_adapter", "loftq_init", "pissa_convert")
 FREEZE_KEYS = ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules", "use_llama_pro")
 OFT_KEYS = ("oft_rank", "oft_block_size", "oft_target", "module_dropout")
 METHOD_KEYS = {"lora": LORA_KEYS + ("additional_target",), "freeze": FREEZE_KEYS, "oft": OFT_KEYS}
@@ -119,6 +119,8 @@ def validate(cfg: "RunConfig") -> None:
     if f.loftq_init and (f.pissa_init or f.use_dora or m.adapter_name_or_path and not f.create_new_adapter):
         raise LatheError(f"{src}: `loftq_init` initialises a new plain LoRA adapter; it cannot go with `pissa_init`, "
                          f"`use_dora` or continuing an adapter.")
+    if f.pissa_convert and not f.pissa_init:
+        raise LatheError(f"{src}: `pissa_convert` converts a PiSSA adapter; it needs `pissa_init: true`.")
     if f.use_dora and f.pissa_init:
         raise LatheError(f"{src}: `use_dora` and `pissa_init` are two different LoRA initialisations; pick one.")
     if f.loraplus_lr_ratio is not None and f.loraplus_lr_ratio <= 0:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from ...errors import LatheError
 from .common import embedding_module_names, split_names
+
+logger = logging.getLogger(__name__)
 
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:
@@ -89,9 +92,39 @@ def apply_lora(model, cfg, new_token_rows: bool = False):
         init_lora_weights=_init(f),
     )
     model = get_peft_model(model, config)
+    if f.pissa_init and f.pissa_convert and cfg.training.do_train:
+        save_as_plain_lora(model, cfg.training.output_dir, cfg.training.process_index == 0)
     if f.loftq_init:
         init_loftq(model, cfg.model.model_name_or_path)
     return model
+
+
+def save_as_plain_lora(model, output_dir: str, main_process: bool) -> None:
+    """pissa_convert: the final adapter is saved as a plain LoRA adapter that fits the original base.
+
+    PiSSA moves the principal part of each weight from the base into the adapter, so its trained
+    adapter only works on that modified base. peft can express trained-minus-initial as an
+    ordinary LoRA of twice the rank, given the adapter as it was before training: that is saved
+    now (`pissa_init`), and the final save to output_dir converts with it (checkpoints stay in
+    PiSSA form so training can resume from them). The instance's save_pretrained is wrapped,
+    which the Trainer calls for its final save; no class is touched.
+    """
+    import shutil
+
+    init_dir = Path(output_dir) / "pissa_init"
+    if main_process:
+        model.save_pretrained(str(init_dir))
+    final = Path(output_dir).resolve()
+    save = model.save_pretrained
+
+    def save_converted(save_directory, *args, **kwargs):
+        if Path(save_directory).resolve() != final or not init_dir.exists():
+            return save(save_directory, *args, **kwargs)
+        save(save_directory, *args, path_initial_model_for_weight_conversion=str(init_dir), **kwargs)
+        shutil.rmtree(init_dir, ignore_errors=True)
+        logger.info("pissa_convert: saved %s as a plain LoRA adapter (rank x2) for the original base model", final)
+
+    model.save_pretrained = save_converted
 
 
 def init_loftq(model, model_name: str) -> None:
