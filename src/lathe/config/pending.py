@@ -18,8 +18,6 @@ PENDING: dict[str, tuple[object, str]] = {
     "use_unsloth": (False, "efficient methods"),
     "use_unsloth_gc": (False, "efficient methods"),
     "moe_aux_loss_coef": (None, "efficient methods"),
-    "upcast_layernorm": (False, "quantization"),
-    "upcast_lmhead_output": (False, "quantization"),
     "quantization_device_map": (None, "quantization"),
     "offload_folder": ("offload", "inference"),
     "print_param_status": (False, "model loading"),
@@ -43,7 +41,6 @@ PENDING: dict[str, tuple[object, str]] = {
     "preserve_thinking": (False, "data worker"),
     "data_shared_file_system": (False, "distributed training"),
     # finetuning
-    "pure_bf16": (False, "efficient methods"),
     "use_adam_mini": (False, "efficient methods"),
     "use_muon": (False, "efficient methods"),
     "use_dft_loss": (False, "training stages"),

@@ -59,6 +59,8 @@ class ModelArguments:
         None, "Stretch RoPE to cutoff_len beyond the model's positions: linear, dynamic, yarn or llama3.",
         ("linear", "dynamic", "yarn", "llama3"),
     )
+    upcast_layernorm: bool = opt(False, "Keep norm layers in fp32 (computed in fp32) when the model is in half precision.")
+    upcast_lmhead_output: bool = opt(False, "Compute the logits in fp32 when the model is in half precision.")
     shift_attn: bool = opt(False, "LongLoRA S2-Attn while training (llama family): attention within groups of cutoff_len/4 tokens.")
     train_from_scratch: bool = opt(False, "Start from random weights built from the model's config.")
     enable_liger_kernel: bool = opt(False, "Liger's fused Triton kernels (needs liger-kernel and a CUDA GPU).")
@@ -142,6 +144,7 @@ class FinetuningArguments:
     loftq_init: bool = opt(False, "LoftQ (lathe option): with quantization_bit 4, start LoRA at the low-rank part of the quantization error.")
     create_new_adapter: bool = opt(False, "With adapter_name_or_path: merge them all and train a new adapter on top.")
     use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).")
+    pure_bf16: bool = opt(False, "Train in bf16 without mixed precision: no fp32 master weights (half the memory, less exact).")
     oft_rank: int = opt(0, "OFT: number of diagonal blocks of the rotation (0: set by oft_block_size).")
     oft_block_size: int = opt(32, "OFT: rows per block of the rotation (used when oft_rank is 0).")
     oft_target: str = opt("all", "OFT: comma list of module names to rotate, or all (every linear layer but the output head).")

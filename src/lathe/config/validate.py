@@ -119,6 +119,8 @@ def validate(cfg: "RunConfig") -> None:
     if f.loftq_init and (f.pissa_init or f.use_dora or m.adapter_name_or_path and not f.create_new_adapter):
         raise LatheError(f"{src}: `loftq_init` initialises a new plain LoRA adapter; it cannot go with `pissa_init`, "
                          f"`use_dora` or continuing an adapter.")
+    if f.pure_bf16 and (t.fp16 or m.dtype not in ("auto", "bfloat16")):
+        raise LatheError(f"{src}: `pure_bf16` trains in bf16; it cannot go with `fp16: true` or `dtype: {m.dtype}`.")
     if f.pissa_convert and not f.pissa_init:
         raise LatheError(f"{src}: `pissa_convert` converts a PiSSA adapter; it needs `pissa_init: true`.")
     if f.use_dora and f.pissa_init:

@@ -108,7 +108,7 @@ def add_config_tokens(tokenizer: "PreTrainedTokenizerBase", m: "ModelArguments")
 
 def resolve_dtype(cfg: "RunConfig") -> torch.dtype:
     """auto: the half dtype of the bf16/fp16 training flag, else fp32 (bf16 matmuls crawl on most CPUs)."""
-    half = cfg.training.bf16 or cfg.training.fp16 or cfg.model.dtype in ("bfloat16", "float16")
+    half = cfg.training.bf16 or cfg.training.fp16 or cfg.finetuning.pure_bf16 or cfg.model.dtype in ("bfloat16", "float16")
     if half and not torch.cuda.is_available():
         logger.warning(
             "Half precision on the CPU: most CPUs have no fast bf16/fp16 matmul (about 100x slower than "
@@ -116,7 +116,7 @@ def resolve_dtype(cfg: "RunConfig") -> torch.dtype:
         )
     if cfg.model.dtype != "auto":
         return DTYPES[cfg.model.dtype]
-    if cfg.training.bf16:
+    if cfg.training.bf16 or cfg.finetuning.pure_bf16:
         return torch.bfloat16
     if cfg.training.fp16:
         return torch.float16

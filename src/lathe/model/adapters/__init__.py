@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from ...errors import LatheError
+from ..precision import after_method, before_method
 from .freeze import apply_freeze
 from .full import apply_full
 from .lora import apply_lora
@@ -34,14 +35,13 @@ ADAPTERS: dict[str, Callable[..., "PreTrainedModel"]] = {
 
 
 def apply_method(model: "PreTrainedModel", cfg: "RunConfig", new_token_rows: bool = False):
-    """Apply the configured finetuning method, keep trainable weights in fp32, log the counts."""
+    """Apply the configured finetuning method, set the precision of what trains, log the counts."""
     name = cfg.finetuning.finetuning_type
     if name not in ADAPTERS:
         raise LatheError(f"finetuning_type `{name}` is not registered; known: {', '.join(ADAPTERS)}.")
+    before_method(model, cfg)
     model = ADAPTERS[name](model, cfg, new_token_rows)
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()  # optimizer updates in half precision lose small steps
+    after_method(model, cfg)
     trainable, total = count_parameters(model)
     logger.info(
         "%s: %s trainable of %s parameters (%.4f%%)", name, f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1)
