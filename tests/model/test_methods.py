@@ -160,7 +160,10 @@ def test_memory_efficient_full_optimizers(sft_config, extra, kind, monkeypatch):
 @pytest.mark.parametrize("extra, needle", [
     ({"use_galore": True, "use_apollo": True, "finetuning_type": "full"}, "use one"),
     ({"use_galore": True}, "lora"),
-    ({"use_badam": True, "finetuning_type": "full", "badam_mode": "ratio"}, "badam_mode"),
+    ({"use_badam": True, "finetuning_type": "full", "badam_mode": "ratio", "badam_update_ratio": 0, "max_grad_norm": 0}, "badam_update_ratio"),
+    ({"use_muon": True, "use_adam_mini": True, "finetuning_type": "full"}, "use one"),
+    ({"use_muon": True}, "lora"),
+    ({"use_badam": True, "finetuning_type": "full", "badam_mode": "ratio"}, "max_grad_norm"),
     ({"use_galore": True, "galore_layerwise": True, "finetuning_type": "full", "gradient_accumulation_steps": 2}, "gradient_accumulation_steps"),
 ])
 def test_optimizer_refusals(sft_config, extra, needle):

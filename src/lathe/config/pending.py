@@ -41,8 +41,6 @@ PENDING: dict[str, tuple[object, str]] = {
     "preserve_thinking": (False, "data worker"),
     "data_shared_file_system": (False, "distributed training"),
     # finetuning
-    "use_adam_mini": (False, "efficient methods"),
-    "use_muon": (False, "efficient methods"),
     "use_dft_loss": (False, "training stages"),
     "use_asft_loss": (False, "training stages"),
     "use_eaft_loss": (False, "training stages"),
@@ -57,9 +55,6 @@ PENDING: dict[str, tuple[object, str]] = {
     "reward_model_adapters": (None, "training stages"),
     "reward_model_quantization_bit": (None, "training stages"),
     "apollo_scale_front": (False, "efficient methods"),
-    "badam_mode": ("layer", "efficient methods"),
-    "badam_update_ratio": (0.05, "efficient methods"),
-    "badam_mask_mode": ("adjacent", "efficient methods"),
     "use_swanlab": (False, "experiment tracking"),
     "use_mca": (False, "distributed training"),
     "use_megatron_bridge": (False, "distributed training"),

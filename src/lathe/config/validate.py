@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING
 
 from ..errors import LatheError
@@ -101,11 +102,19 @@ def validate(cfg: "RunConfig") -> None:
             raise LatheError(f"{src}: `quantization_bit` must be 4 or 8 (2 and 3 only for GPTQ export), got {m.quantization_bit}.")
         if f.pissa_init:
             raise LatheError(f"{src}: `pissa_init` needs full-precision base weights; it cannot go with `quantization_bit`.")
-    chosen = [k for k in ("use_galore", "use_apollo", "use_badam") if getattr(f, k)]
+    chosen = [k for k in ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon") if getattr(f, k)]
     if len(chosen) > 1:
         raise LatheError(f"{src}: {', '.join(f'`{k}`' for k in chosen)} each replace the optimizer; use one.")
-    if chosen and f.finetuning_type == "lora":
-        raise LatheError(f"{src}: `{chosen[0]}` trains full-rank weights; it cannot go with `finetuning_type: lora`.")
+    if chosen and f.finetuning_type in ADAPTER_TYPES:
+        raise LatheError(f"{src}: `{chosen[0]}` trains full-rank weights; it cannot go with `finetuning_type: {f.finetuning_type}`.")
+    if f.use_badam and f.badam_mode == "ratio" and not 0 < f.badam_update_ratio <= 1:
+        raise LatheError(f"{src}: `badam_update_ratio` is a share in (0, 1], got {f.badam_update_ratio}.")
+    if f.use_badam and f.badam_mode == "ratio" and t.max_grad_norm:
+        raise LatheError(f"{src}: BAdam ratio mode keeps sparse gradients, which cannot be norm-clipped: set `max_grad_norm: 0`.")
+    if f.use_adam_mini and importlib.util.find_spec("adam_mini") is None:
+        raise LatheError(f"{src}: `use_adam_mini` needs the adam-mini package: pip install adam-mini (or lathe[optimizers]).")
+    if f.use_muon and not hasattr(__import__("torch").optim, "Muon"):
+        raise LatheError(f"{src}: `use_muon` uses torch.optim.Muon (torch >= 2.9); upgrade torch.")
     if chosen and (f.loraplus_lr_ratio or t.deepspeed):
         raise LatheError(f"{src}: `{chosen[0]}` cannot go with LoRA+ or DeepSpeed.")
     if (f.galore_layerwise and f.use_galore or f.apollo_layerwise and f.use_apollo) and t.gradient_accumulation_steps != 1:
@@ -130,8 +139,6 @@ def validate(cfg: "RunConfig") -> None:
     if f.create_new_adapter and not m.adapter_name_or_path:
         raise LatheError(f"{src}: `create_new_adapter` needs `adapter_name_or_path` (the adapters to merge first).")
     if m.enable_liger_kernel:
-        import importlib.util
-
         import torch
 
         if importlib.util.find_spec("liger_kernel") is None or not torch.cuda.is_available():

@@ -43,8 +43,9 @@ def loraplus_groups(model: torch.nn.Module, lr: float, ratio: float, embedding_l
 def custom_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Optimizer | None:
     """The optimizer for the configured method, or None to let the Trainer build its own."""
     f, t = cfg.finetuning, cfg.training
-    if f.use_badam:
-        return badam_optimizer(model, cfg)
+    for flag, build in FULL_OPTIMIZERS.items():
+        if getattr(f, flag):
+            return build(model, cfg)
     set_low_rank_optimizer(model, cfg)
     if f.finetuning_type == "lora" and f.loraplus_lr_ratio:
         groups = [g for g in loraplus_groups(model, t.learning_rate, f.loraplus_lr_ratio, f.loraplus_lr_embedding,
@@ -91,6 +92,21 @@ def badam_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Opt
     from ..model.adapters.common import decoder_layers
 
     f, t = cfg.finetuning, cfg.training
+    if f.badam_mode == "ratio":
+        from badam import BlockOptimizerRatio
+
+        from ..model.patches import apply
+
+        apply("sparse_grad_norm")
+
+        # Every matrix trains, but each step updates only a `badam_update_ratio` share of its
+        # entries (adjacent or scattered), so Adam's states exist for that share alone.
+        return BlockOptimizerRatio(
+            param_groups=[{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": t.weight_decay}],
+            named_parameters_list=list(model.named_parameters()), update_ratio=f.badam_update_ratio,
+            switch_every=f.badam_switch_interval, mask_mode=f.badam_mask_mode, lr=t.learning_rate,
+            betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, verbose=f.badam_verbose, include_embedding=False,
+        )
     prefix, layers = decoder_layers(model)
     base = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
@@ -105,3 +121,73 @@ def badam_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Opt
         switch_mode=f.badam_switch_mode,
         verbose=f.badam_verbose,
     )
+
+
+def adam_mini_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Optimizer:
+    """Adam-mini (Zhang et al. 2024): one second-moment value per block (head, neuron) instead of per weight.
+
+    It cuts Adam's state about in half; it needs the attention shape to find the head blocks.
+    """
+    from adam_mini import Adam_mini
+
+    t, c = cfg.training, model.config
+    return Adam_mini(
+        named_parameters=[(n, p) for n, p in model.named_parameters() if p.requires_grad], lr=t.learning_rate,
+        betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay, dim=c.hidden_size,
+        n_heads=c.num_attention_heads, n_kv_heads=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+    )
+
+
+class OptimizerPair(torch.optim.Optimizer):
+    """Two optimizers over disjoint parameters that the Trainer and its scheduler see as one.
+
+    Their parameter groups are shared (not copied), so the scheduler's learning rates reach both.
+    """
+
+    def __init__(self, first: torch.optim.Optimizer, second: torch.optim.Optimizer):
+        self.optimizers = (first, second)
+        self.param_groups = first.param_groups + second.param_groups
+        self.defaults = dict(first.defaults)
+
+    @property
+    def state(self):
+        return {**self.optimizers[0].state, **self.optimizers[1].state}
+
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for opt in self.optimizers:
+            opt.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state_dict):
+        for opt, sd in zip(self.optimizers, state_dict["optimizers"]):
+            opt.load_state_dict(sd)
+
+
+def muon_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Optimizer:
+    """Muon (Jordan et al. 2024, torch.optim.Muon) for the hidden 2-D weights, AdamW for the rest.
+
+    Muon orthogonalises each matrix's momentum update (Newton-Schulz); it is defined for
+    matrices, and embeddings and the output head are better served by AdamW, as its authors advise.
+    """
+    t = cfg.training
+    skip = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    matrices, rest = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (matrices if p.ndim == 2 and id(p) not in skip else rest).append(p)
+    muon = torch.optim.Muon(matrices, lr=t.learning_rate, weight_decay=t.weight_decay, adjust_lr_fn="match_rms_adamw")
+    adamw = torch.optim.AdamW(rest, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
+                              weight_decay=t.weight_decay)
+    return OptimizerPair(muon, adamw)
+
+
+# Options that replace the whole optimizer of a full-parameter run (at most one is set; validate.py).
+FULL_OPTIMIZERS = {"use_badam": badam_optimizer, "use_adam_mini": adam_mini_optimizer, "use_muon": muon_optimizer}

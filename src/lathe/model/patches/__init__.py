@@ -42,6 +42,11 @@ PATCHES: dict[str, Patch] = {
         _loftq_cpu,
     ),
 }
+PATCHES["sparse_grad_norm"] = Patch(
+    "transformers", ">=5.0,<5.99",
+    "the Trainer takes the norm of every step's gradients for its log; torch cannot take it of sparse ones",
+    lambda: __import__(f"{__name__}.sparse_grad_norm", fromlist=["install"]).install(),
+)
 _applied: set[str] = set()
 
 
