@@ -15,8 +15,6 @@ PENDING: dict[str, tuple[object, str]] = {
     "new_special_tokens_config": (None, "tokenizer"),
     "init_special_tokens": ("noise_init", "tokenizer"),
     "mixture_of_depths": (None, "efficient methods"),
-    "use_unsloth": (False, "efficient methods"),
-    "use_unsloth_gc": (False, "efficient methods"),
     "moe_aux_loss_coef": (None, "efficient methods"),
     "quantization_device_map": (None, "quantization"),
     "offload_folder": ("offload", "inference"),

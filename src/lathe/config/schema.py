@@ -63,6 +63,8 @@ class ModelArguments:
     upcast_lmhead_output: bool = opt(False, "Compute the logits in fp32 when the model is in half precision.")
     shift_attn: bool = opt(False, "LongLoRA S2-Attn while training (llama family): attention within groups of cutoff_len/4 tokens.")
     train_from_scratch: bool = opt(False, "Start from random weights built from the model's config.")
+    use_unsloth: bool = opt(False, "Load and add LoRA through unsloth's FastLanguageModel (needs unsloth and a CUDA GPU).")
+    use_unsloth_gc: bool = opt(False, "With use_unsloth: unsloth's gradient checkpointing that offloads activations to CPU.")
     enable_liger_kernel: bool = opt(False, "Liger's fused Triton kernels (needs liger-kernel and a CUDA GPU).")
     disable_gradient_checkpointing: bool = opt(False, "Turn off gradient checkpointing (on by default to save memory).")
     use_reentrant_gc: bool = opt(True, "Use the re-entrant variant of gradient checkpointing.")

@@ -138,6 +138,19 @@ def validate(cfg: "RunConfig") -> None:
         raise LatheError(f"{src}: `loraplus_lr_ratio` must be positive, got {f.loraplus_lr_ratio}.")
     if f.create_new_adapter and not m.adapter_name_or_path:
         raise LatheError(f"{src}: `create_new_adapter` needs `adapter_name_or_path` (the adapters to merge first).")
+    if m.use_unsloth_gc and not m.use_unsloth:
+        raise LatheError(f"{src}: `use_unsloth_gc` is unsloth's offloaded gradient checkpointing; it needs `use_unsloth: true`.")
+    if m.use_unsloth:
+        import torch
+
+        if not torch.cuda.is_available() or importlib.util.find_spec("unsloth") is None:
+            lacks = "a CUDA GPU" if not torch.cuda.is_available() else "the unsloth package (pip install unsloth)"
+            raise LatheError(f"{src}: `use_unsloth` needs a CUDA GPU and the unsloth package (its Triton kernels have no "
+                             f"CPU backend); this machine lacks {lacks}. Remove `use_unsloth` to train with transformers + peft.")
+        if f.finetuning_type != "lora" or f.use_dora or f.pissa_init or f.loftq_init or m.shift_attn or (
+                m.quantization_bit not in (None, 4)):
+            raise LatheError(f"{src}: `use_unsloth` runs plain LoRA / 4-bit QLoRA here; drop DoRA, PiSSA, LoftQ, shift_attn, "
+                             f"8-bit or other finetuning types, or drop `use_unsloth`.")
     if m.enable_liger_kernel:
         import torch
 

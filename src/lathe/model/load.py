@@ -163,6 +163,12 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
         attn = shift_attn.register(cfg.data.cutoff_len)
     if attn:
         kwargs["attn_implementation"] = attn
+    if m.use_unsloth:  # unsloth quantizes and patches the model itself
+        from .unsloth import load as load_unsloth
+
+        model = load_unsloth(cfg, kwargs["dtype"])
+        resize_embeddings(model, tokenizer)
+        return model
     if m.train_from_scratch:
         kwargs.pop("low_cpu_mem_usage")
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code, **kwargs)

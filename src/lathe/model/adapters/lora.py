@@ -80,6 +80,10 @@ def apply_lora(model, cfg, new_token_rows: bool = False):
     if missing:
         raise LatheError(f"`additional_target`: no module named {', '.join(missing)} in the model.")
 
+    if cfg.model.use_unsloth:
+        from ..unsloth import add_lora
+
+        return add_lora(model, cfg, targets, to_save or None)
     config = LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=f.lora_rank,
