@@ -1,0 +1,148 @@
+"""The Board (`lathe webui`) and the chat page (`lathe webchat`): building and launching them.
+
+Both bind 127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise, make
+a public share link only with GRADIO_SHARE=1, and never call home: analytics are off and the
+page loads nothing from the internet. Stopping the Board stops the runs it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+# Before gradio is imported: no usage analytics, no version check over the network.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr  # noqa: E402
+
+from ..errors import LatheError  # noqa: E402
+from .catalog import lookup, model_names  # noqa: E402
+from .chat import ChatSession, build_chat_panel  # noqa: E402
+from .checks import check_config  # noqa: E402
+from .context import BoardContext  # noqa: E402
+from .form import TOP, train_form  # noqa: E402
+from .jobs_tab import build_eval_tab, build_export_tab  # noqa: E402
+from .locales import DEFAULT_LANG, languages, t  # noqa: E402
+from .runner import Runner  # noqa: E402
+from .widgets import Widgets  # noqa: E402
+
+QUANTIZATION_BITS = ["", "4", "8"]
+
+
+def _template_names() -> list[str]:
+    from ..data.templates import list_templates
+
+    return ["", *list_templates()]
+
+
+def create_board(workdir: str | Path = "lathe_board", lang: str = DEFAULT_LANG) -> gr.Blocks:
+    """The full Board: top bar (model and method) and the Train / Evaluate / Chat / Export tabs."""
+    from .train_tab import build_train_tab
+
+    runner = Runner(workdir)
+    ctx = BoardContext(runner, ChatSession(), Widgets(lang))
+    w = ctx.w
+    top_by_name = {f.name: f for f in train_form() if f.section == "top"}
+    ctx.top = [top_by_name[name] for name in TOP]
+    with gr.Blocks(title=t("title", lang), analytics_enabled=False) as app:
+        app.lathe_runner = runner  # stopped by `run_webui` when the Board stops
+        with gr.Row():
+            lang_pick = gr.Dropdown(choices=[(v, k) for k, v in languages().items()], value=lang,
+                                    label=t("lang", lang), elem_id="lang", scale=1)
+            w.ui(lang_pick, "lang")
+            catalog = w.ui(gr.Dropdown(choices=["", *model_names()], value="", label=t("catalog", lang),
+                                       info=t("catalog_info", lang), allow_custom_value=True, elem_id="catalog",
+                                       scale=2), "catalog", "info")
+            model = w.field(top_by_name["model_name_or_path"], scale=3)
+            w.field(top_by_name["adapter_name_or_path"], scale=3)
+        with gr.Row():
+            w.field(top_by_name["finetuning_type"])
+            template = w.field(top_by_name["template"], choices=_template_names())
+            w.field(top_by_name["quantization_bit"], choices=QUANTIZATION_BITS)
+            for name in ("quantization_method", "rope_scaling", "flash_attn", "enable_liger_kernel"):
+                w.field(top_by_name[name])
+        with gr.Tabs():
+            with w.ui(gr.Tab(t("tab_train", lang), elem_id="tab-train"), "tab_train"):
+                build_train_tab(ctx)
+            with w.ui(gr.Tab(t("tab_eval", lang), elem_id="tab-eval"), "tab_eval"):
+                build_eval_tab(ctx)
+            with w.ui(gr.Tab(t("tab_chat", lang), elem_id="tab-chat"), "tab_chat"):
+                def load_cfg(*values):
+                    raw = ctx.top_raw(list(values))
+                    return check_config(raw, purpose="infer")
+
+                build_chat_panel(w, ctx.session, load_cfg, ctx.top_components)
+            with w.ui(gr.Tab(t("tab_export", lang), elem_id="tab-export"), "tab_export"):
+                build_export_tab(ctx)
+
+        def pick(name):
+            entry = lookup(name or "")
+            if entry is None:
+                return gr.skip(), gr.skip()
+            return entry.path, entry.template
+
+        catalog.change(pick, catalog, [model, template])
+        lang_pick.change(lambda code: w.relabel(code), lang_pick, w.relabel_targets())
+    return app
+
+
+def create_webchat(cfg: Any, lang: str = DEFAULT_LANG) -> gr.Blocks:
+    """`lathe webchat`: only the chat panel, for the model of a config (loaded up front)."""
+    session = ChatSession()
+    name = session.load_config(cfg)
+    w = Widgets(lang)
+    with gr.Blocks(title=f"lathe chat: {name}", analytics_enabled=False) as app:
+        gr.Markdown(f"### {name}")
+        build_chat_panel(w, session)
+    return app
+
+
+# ---------------------------------------------------------------- launching
+
+
+def server_settings() -> dict[str, Any]:
+    """Host, port and share from Gradio's own variables; the defaults keep the Board local."""
+    port = os.environ.get("GRADIO_SERVER_PORT", "7860")
+    try:
+        port_number = int(port)
+    except ValueError:
+        raise LatheError(f"GRADIO_SERVER_PORT must be a port number, got {port!r}.") from None
+    share = os.environ.get("GRADIO_SHARE", "").lower() in ("1", "true", "yes")
+    return {"server_name": os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), "server_port": port_number,
+            "share": share}
+
+
+def launch(app: gr.Blocks, runner: Runner | None = None) -> None:
+    """Serve until interrupted; SIGTERM and Ctrl-C stop the Board's child runs first."""
+    settings = server_settings()
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        print(f"[lathe] Board on http://{settings['server_name']}:{settings['server_port']}", file=sys.stderr, flush=True)
+        app.queue().launch(**settings, inbrowser=False, show_error=True, footer_links=[], quiet=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if runner is not None:
+            runner.stop_all()
+        signal.signal(signal.SIGTERM, previous)
+        try:
+            app.close()
+        except Exception:
+            pass
+
+
+def run_webui(workdir: str = "lathe_board", lang: str = DEFAULT_LANG) -> None:
+    app = create_board(workdir, lang)
+    launch(app, app.lathe_runner)
+
+
+def run_webchat(cfg: Any) -> None:
+    launch(create_webchat(cfg))

@@ -1,0 +1,173 @@
+"""The chat panel shared by the Board's Chat tab and `lathe webchat`.
+
+It drives the same `ChatEngine` as `lathe chat` and `lathe api` (template, adapters and stop
+tokens exactly as in training) and streams its pieces into a Gradio chatbot. One engine per
+Board process: a model is large, and two browser tabs chatting share it (the engine's lock
+serialises generation).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+from typing import Any, Callable, Iterator
+
+import gradio as gr
+
+from ..config.load import _coerce, _hints
+from ..config.schema import GeneratingArguments
+from ..errors import LatheError
+from .form import FormField, group_fields
+from .locales import t
+from .widgets import Widgets
+
+# Sampling settings shown next to the chat, in this order (generated from the schema).
+SAMPLING = ("do_sample", "temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty")
+
+
+class ChatSession:
+    """Holds the loaded engine; load / unload / stream."""
+
+    def __init__(self) -> None:
+        self.engine = None
+        self.lock = threading.Lock()
+
+    def load_config(self, cfg) -> str:
+        from ..infer.engine import create_engine
+
+        with self.lock:
+            self.engine = None
+            gc.collect()
+            self.engine = create_engine(cfg)
+        adapters = cfg.model.adapter_name_or_path
+        return f"{self.engine.model_name}" + (f" + {adapters}" if adapters else "")
+
+    def unload(self) -> None:
+        with self.lock:
+            self.engine = None
+        gc.collect()
+
+    def stream(self, history: list[dict], system: str, tools: str, gen: dict[str, Any]) -> Iterator[str]:
+        if self.engine is None:
+            raise LatheError("no model loaded")
+        messages = [{"role": m["role"], "content": _text(m["content"])} for m in history]
+        yield from self.engine.stream_chat(messages, system=system or "", tools=tools or "", **gen)
+
+
+def _text(content: Any) -> str:
+    """Gradio may hand back message content as a list of parts; the engine takes text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(_text(c) for c in content)
+    if isinstance(content, dict):
+        return str(content.get("text") or content.get("value") or "")
+    return str(content)
+
+
+def check_tools(text: str) -> str:
+    """The tools box holds a JSON list of function schemas (or one schema); '' when empty."""
+    if not text or not text.strip():
+        return ""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LatheError(f"tools: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}.") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise LatheError("tools: give a JSON list of function schemas ({\"name\": ..., \"parameters\": ...}).")
+    return json.dumps(data, ensure_ascii=False)
+
+
+def sampling_fields() -> list[FormField]:
+    by_name = {f.name: f for f in group_fields("generating")}
+    return [by_name[name] for name in SAMPLING]
+
+
+def sampling_kwargs(fields: list[FormField], values: list[Any]) -> dict[str, Any]:
+    """Widget values -> generation overrides, typed and checked like the config's own."""
+    hints = _hints(GeneratingArguments)
+    out = {}
+    for f, value in zip(fields, values):
+        config_value = f.to_config(value)
+        if config_value is None:
+            continue
+        out[f.name] = _coerce(f.name, config_value, hints[f.name])
+    return out
+
+
+def build_chat_panel(w: Widgets, session: ChatSession, load_fn: Callable[..., Any] | None = None,
+                     load_inputs: list[Any] | None = None) -> dict[str, Any]:
+    """Chatbot, message box, system prompt, tools, sampling; Load/Unload when `load_fn` is given.
+
+    `load_fn(*load_inputs)` returns a RunConfig to load (the Board builds it from its form);
+    without it the session must already hold an engine (`lathe webchat`).
+    """
+    lang = w.lang
+    status = gr.Markdown(elem_id="chat-status")
+    if load_fn is not None:
+        with gr.Row():
+            load_btn = w.ui(gr.Button(t("load_model", lang), variant="primary", elem_id="chat-load"), "load_model", "value")
+            unload_btn = w.ui(gr.Button(t("unload_model", lang), elem_id="chat-unload"), "unload_model", "value")
+    with gr.Row():
+        with gr.Column(scale=4):
+            chatbot = gr.Chatbot(elem_id="chatbot", height=420, label="Chat")
+            message = w.ui(gr.Textbox(label=t("message", lang), lines=2, elem_id="chat-message"), "message")
+            with gr.Row():
+                send = w.ui(gr.Button(t("send", lang), variant="primary", elem_id="chat-send"), "send", "value")
+                clear = w.ui(gr.Button(t("clear", lang), elem_id="chat-clear"), "clear", "value")
+        with gr.Column(scale=2):
+            system = w.ui(gr.Textbox(label=t("system", lang), lines=2, elem_id="chat-system"), "system")
+            tools = w.ui(gr.Textbox(label=t("tools", lang), lines=3, elem_id="chat-tools"), "tools")
+            fields = sampling_fields()
+            with w.ui(gr.Accordion(t("sampling", lang), open=True), "sampling"):
+                sampling = [w.field(f) for f in fields]
+
+    def respond(history, text, system_text, tools_text, *sampling_values):
+        history = list(history or [])
+        if not text or not text.strip():
+            yield history, text, gr.skip()
+            return
+        try:
+            if session.engine is None:
+                raise LatheError(t("msg_no_model", lang))
+            tools_json = check_tools(tools_text)
+            gen = sampling_kwargs(fields, list(sampling_values))
+        except LatheError as e:
+            yield history, text, f"**{t('msg_error', lang)}:** {e}"
+            return
+        history.append({"role": "user", "content": text})
+        answer = {"role": "assistant", "content": ""}
+        yield history + [answer], "", ""
+        try:
+            for piece in session.stream(history, system_text, tools_json, gen):
+                answer = {"role": "assistant", "content": answer["content"] + piece}
+                yield history + [answer], "", gr.skip()
+        except LatheError as e:
+            yield history + [answer], "", f"**{t('msg_error', lang)}:** {e}"
+
+    inputs = [chatbot, message, system, tools, *sampling]
+    send.click(respond, inputs, [chatbot, message, status])
+    message.submit(respond, inputs, [chatbot, message, status])
+    clear.click(lambda: [], None, chatbot)
+
+    if load_fn is not None:
+        def load(*args):
+            try:
+                cfg = load_fn(*args)
+                name = session.load_config(cfg)
+            except LatheError as e:
+                return f"**{t('msg_error', lang)}:** {e}"
+            except Exception as e:  # a model that fails to load: show why, keep the Board alive
+                return f"**{t('msg_error', lang)}:** {type(e).__name__}: {e}"
+            return f"{t('msg_loaded', lang)}: `{name}`"
+
+        def unload():
+            session.unload()
+            return t("msg_unloaded", lang)
+
+        load_btn.click(load, load_inputs or [], status)
+        unload_btn.click(unload, None, status)
+    return {"chatbot": chatbot, "message": message, "status": status, "system": system, "tools": tools}
