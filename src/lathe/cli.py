@@ -22,6 +22,9 @@ commands:
   chat CONFIG [--system S] [--tools F.json] [key=value ...]
                                  talk to a model (with its adapters) in the terminal, streaming
   api CONFIG [key=value ...]     serve the model with an OpenAI-compatible API (API_HOST, API_PORT, API_KEY)
+  webui [--workdir DIR]          the Board: train / evaluate / chat / export in the browser (127.0.0.1:7860;
+                                 GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, GRADIO_SHARE)
+  webchat CONFIG [key=value ...] a browser chat page for the configured model (same host/port variables)
   export CONFIG [key=value ...]  merge adapters into the base model, save it (+ Ollama Modelfile) to export_dir
   eval CONFIG [--ppl] [k=v ...]  multiple-choice benchmark (task, task_dir, n_shot, lang), or perplexity on `dataset`
   expand --model M --num-expand N --out DIR   LLaMA Pro: add N identity blocks (then use_llama_pro)
@@ -120,6 +123,37 @@ def cmd_api(args: list[str]) -> int:
     return 0
 
 
+def _need_gradio(command: str) -> None:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise LatheError(f"`lathe {command}` needs gradio: pip install 'lathe[board]'.") from None
+
+
+def cmd_webui(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lathe webui", description="The Board: lathe in the browser.")
+    parser.add_argument("--workdir", default="lathe_board", help="folder for the Board's run configs, logs and locks")
+    parser.add_argument("--lang", default="en", help="language of the page at start (en, zh)")
+    ns = parser.parse_args(args)
+    _need_gradio("webui")
+    from .board.app import run_webui
+
+    run_webui(ns.workdir, ns.lang)
+    return 0
+
+
+def cmd_webchat(args: list[str]) -> int:
+    from .config import load_config
+
+    path, overrides = _split_config_args(args)
+    cfg = load_config(path, overrides, purpose="infer")
+    _need_gradio("webchat")
+    from .board.app import run_webchat
+
+    run_webchat(cfg)
+    return 0
+
+
 def cmd_export(args: list[str]) -> int:
     from .config import load_config
     from .export.merge import run_export
@@ -206,7 +240,7 @@ def cmd_version(args: list[str]) -> int:
 
 
 COMMANDS = {
-    "train": cmd_train, "chat": cmd_chat, "api": cmd_api, "export": cmd_export, "eval": cmd_eval, "expand": cmd_expand, "plan": cmd_plan, "bench": cmd_bench, "data": cmd_data,
+    "train": cmd_train, "chat": cmd_chat, "api": cmd_api, "export": cmd_export, "webui": cmd_webui, "webchat": cmd_webchat, "eval": cmd_eval, "expand": cmd_expand, "plan": cmd_plan, "bench": cmd_bench, "data": cmd_data,
     "env": cmd_env, "version": cmd_version,
 }
 
