@@ -126,8 +126,8 @@ def test_quantization_refusals(sft_config):
         load_config(sft_config(quantization_bit=4, finetuning_type="full"))
     with pytest.raises(LatheError, match="4 or 8"):
         load_config(sft_config(quantization_bit=5))
-    cfg = load_config(sft_config(quantization_bit=4, quantization_method="hqq"))
-    with pytest.raises(LatheError, match="hqq"):
+    cfg = load_config(sft_config(quantization_bit=4, quantization_method="awq"))
+    with pytest.raises(LatheError, match="on the fly"):
         load_model(cfg, load_tokenizer(cfg.model))
 
 

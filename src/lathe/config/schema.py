@@ -51,7 +51,8 @@ class ModelArguments:
     )
     quantization_bit: int | None = opt(None, "QLoRA: load the base weights in 4 or 8 bits (finetuning_type lora).")
     quantization_method: str = opt(
-        "bnb", "How to quantize on the fly: bnb (bitsandbytes).", ("bnb", "hqq", "eetq", "gptq", "awq", "aqlm")
+        "bnb", "How to quantize on the fly: bnb (bitsandbytes), hqq, torchao or eetq (CUDA); gptq/awq/aqlm checkpoints load as saved.",
+        ("bnb", "hqq", "eetq", "torchao", "gptq", "awq", "aqlm")
     )
     quantization_type: str = opt("nf4", "bnb 4-bit data type: nf4 or fp4.", ("nf4", "fp4"))
     double_quantization: bool = opt(True, "bnb 4-bit: quantize the quantization constants too (saves ~0.4 bit/param).")

@@ -98,8 +98,9 @@ def validate(cfg: "RunConfig") -> None:
                 f"{src}: `quantization_bit` needs `finetuning_type: lora` (QLoRA) or oft: quantized weights cannot be "
                 f"trained in full; this run uses `{f.finetuning_type}`."
             )
-        if m.quantization_bit not in (2, 3, 4, 8):
-            raise LatheError(f"{src}: `quantization_bit` must be 4 or 8 (2 and 3 only for GPTQ export), got {m.quantization_bit}.")
+        if m.quantization_bit not in (1, 2, 3, 4, 8) or m.quantization_bit < 4 and m.quantization_method != "hqq":
+            raise LatheError(f"{src}: `quantization_bit` must be 4 or 8 (1, 2 and 3 with `quantization_method: hqq`), "
+                             f"got {m.quantization_bit}.")
         if f.pissa_init:
             raise LatheError(f"{src}: `pissa_init` needs full-precision base weights; it cannot go with `quantization_bit`.")
     chosen = [k for k in ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon") if getattr(f, k)]

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import LatheError
 from ..hub import hub_reachable, offline_requested
-from .quantize import quantization_config
+from .quantize import check_prequantized, quantization_config, quantize_loaded
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -151,6 +151,7 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
     except (OSError, ValueError) as e:
         raise _loading_error("model config", m.model_name_or_path, e) from None
     apply_rope_scaling(config, m.rope_scaling, cfg.data.cutoff_len)
+    prequantized = check_prequantized(config, cfg)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(cfg), "low_cpu_mem_usage": m.low_cpu_mem_usage}
     quant = quantization_config(cfg, kwargs["dtype"])
     if quant is not None:
@@ -179,7 +180,8 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
         except (OSError, ValueError) as e:
             raise _loading_error("model", m.model_name_or_path, e) from None
     resize_embeddings(model, tokenizer)
-    if quant is not None and cfg.training.do_train:
+    quantized = quantize_loaded(model, cfg, kwargs["dtype"]) or quant is not None or prequantized
+    if quantized and cfg.training.do_train:
         from peft import prepare_model_for_kbit_training
 
         # Freezes the quantized weights, keeps norms in fp32 and makes inputs carry gradients for

@@ -1,14 +1,25 @@
-"""Quantized loading for QLoRA: the base weights in 4 or 8 bits, LoRA trained on top.
+"""Quantized loading for QLoRA: the base weights in low bits, LoRA (or OFT) trained on top.
 
-A registry by `quantization_method`; each entry turns the options into a transformers
-quantization config. bitsandbytes runs on CPU and GPU (4-bit nf4/fp4 with optional double
-quantization, 8-bit LLM.int8). Checkpoints that are already quantized (GPTQ, AWQ, ...) need
-no option: transformers reads their quantization config, given their package.
+A registry by `quantization_method`. Each backend either gives transformers a quantization
+config (bitsandbytes, torchao, eetq), or quantizes the loaded model itself (hqq: transformers 5
+has not ported HqqConfig to its new loader, while the hqq library's HQQLinear works and peft
+wraps it), or is refused with what to do.
+
+- bnb: CPU and GPU; 4-bit nf4/fp4 with optional double quantization, 8-bit LLM.int8.
+- torchao: 8-bit int8 weight-only anywhere; 4-bit int4 weight-only on CUDA, on CPU as intx
+  int4 (stored unpacked in int8 bytes by torchao 0.18, so it saves no memory over 8-bit).
+- hqq: 1, 2, 3, 4 or 8 bits, no calibration data, CPU and GPU.
+- eetq: 8-bit, CUDA kernels only.
+
+Checkpoints that are already quantized (GPTQ, AWQ, AQLM, bnb, ...) need no option: their
+config.json carries a `quantization_config` that transformers reads, given the package.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -18,44 +29,147 @@ from ..errors import LatheError
 if TYPE_CHECKING:
     from ..config import RunConfig
 
+logger = logging.getLogger(__name__)
+
+
+def _need(package: str, method: str, pip: str | None = None) -> None:
+    if importlib.util.find_spec(package) is None:
+        raise LatheError(f"`quantization_method: {method}` needs the {package} package: pip install {pip or package}.")
+
+
+def _bits(method: str, bits: int, allowed: tuple[int, ...]) -> None:
+    if bits not in allowed:
+        raise LatheError(f"`quantization_method: {method}` quantizes to {' or '.join(map(str, allowed))} bits, "
+                         f"not `quantization_bit: {bits}`.")
+
 
 def _bnb(cfg: "RunConfig", compute_dtype: torch.dtype):
     from transformers import BitsAndBytesConfig
 
     m = cfg.model
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise LatheError("`quantization_method: bnb` needs bitsandbytes: pip install bitsandbytes (or lathe[qlora]).")
+    _need("bitsandbytes", "bnb", "bitsandbytes (or lathe[qlora])")
+    _bits("bnb", m.quantization_bit, (4, 8))
     if m.quantization_bit == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
-    if m.quantization_bit == 4:
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=m.quantization_type,
-            bnb_4bit_use_double_quant=m.double_quantization,
-            bnb_4bit_compute_dtype=compute_dtype,
-            bnb_4bit_quant_storage=compute_dtype,  # lets ZeRO-3 / FSDP shard the packed weights
-        )
-    raise LatheError(f"bitsandbytes quantizes to 4 or 8 bits, not `quantization_bit: {m.quantization_bit}`.")
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=m.quantization_type,
+        bnb_4bit_use_double_quant=m.double_quantization,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=compute_dtype,  # lets ZeRO-3 / FSDP shard the packed weights
+    )
 
 
-QUANTIZERS: dict[str, Callable[["RunConfig", torch.dtype], Any]] = {"bnb": _bnb}
-NOT_YET = {
-    "hqq": "transformers 5 has not ported HqqConfig to its new loader",
-    "eetq": "the eetq package (CUDA only) is not wired yet",
+def _torchao(cfg: "RunConfig", compute_dtype: torch.dtype):
+    from transformers import TorchAoConfig
+
+    bits = cfg.model.quantization_bit
+    _need("torchao", "torchao")
+    _bits("torchao", bits, (4, 8))
+    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerGroup
+
+    if bits == 8:
+        return TorchAoConfig(quant_type=Int8WeightOnlyConfig())
+    if torch.cuda.is_available():
+        return TorchAoConfig(quant_type=Int4WeightOnlyConfig(group_size=128))
+    logger.warning("torchao 4-bit on CPU: int4 values stored one per byte (no memory saved over 8-bit).")
+    return TorchAoConfig(quant_type=IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)))
+
+
+def _eetq(cfg: "RunConfig", compute_dtype: torch.dtype):
+    from transformers import EetqConfig
+
+    _bits("eetq", cfg.model.quantization_bit, (8,))
+    if not torch.cuda.is_available():
+        raise LatheError("`quantization_method: eetq` runs CUDA kernels only; use `bnb` or `hqq` on this machine.")
+    _need("eetq", "eetq")
+    return EetqConfig("int8")
+
+
+def _hqq(model: torch.nn.Module, cfg: "RunConfig", compute_dtype: torch.dtype) -> None:
+    """Swap every linear layer but the output head for hqq's HQQLinear (group size 64)."""
+    _need("hqq", "hqq")
+    from hqq.core.quantize import BaseQuantizeConfig, HQQBackend, HQQLinear
+
+    bits = cfg.model.quantization_bit
+    _bits("hqq", bits, (1, 2, 3, 4, 8))
+    HQQLinear.set_backend(HQQBackend.PYTORCH)  # runs on CPU too; the compiled backends need CUDA
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    settings = BaseQuantizeConfig(nbits=bits, group_size=64)
+    head = model.get_output_embeddings()
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear) and child is not head:
+                setattr(parent, name, HQQLinear(child, settings, compute_dtype=compute_dtype, device=device))
+                count += 1
+    model.config.quantization_config = {"quant_method": "hqq", "nbits": bits, "group_size": 64}
+    logger.info("hqq: %d linear layers quantized to %d bits", count, bits)
+
+
+@dataclass(frozen=True)
+class Backend:
+    config: Callable[["RunConfig", torch.dtype], Any] | None = None  # a transformers quantization config
+    after_load: Callable[[torch.nn.Module, "RunConfig", torch.dtype], None] | None = None  # quantizes in place
+
+
+QUANTIZERS: dict[str, Backend] = {
+    "bnb": Backend(config=_bnb),
+    "torchao": Backend(config=_torchao),
+    "eetq": Backend(config=_eetq),
+    "hqq": Backend(after_load=_hqq),
 }
+
+
+def _backend(cfg: "RunConfig") -> Backend | None:
+    m = cfg.model
+    if m.quantization_bit is None:
+        return None
+    if m.quantization_method not in QUANTIZERS:
+        raise LatheError(
+            f"`quantization_method: {m.quantization_method}` cannot quantize on the fly; use one of "
+            f"{', '.join(QUANTIZERS)}. GPTQ/AWQ/AQLM checkpoints need no option: load them as they are."
+        )
+    return QUANTIZERS[m.quantization_method]
 
 
 def quantization_config(cfg: "RunConfig", compute_dtype: torch.dtype):
     """The transformers quantization config for the run, or None when it loads full weights."""
-    m = cfg.model
-    if m.quantization_bit is None:
+    backend = _backend(cfg)
+    return backend.config(cfg, compute_dtype) if backend and backend.config else None
+
+
+def quantize_loaded(model: torch.nn.Module, cfg: "RunConfig", compute_dtype: torch.dtype) -> bool:
+    """Quantize an already loaded model for backends transformers cannot load with; True if it did."""
+    backend = _backend(cfg)
+    if backend is None or backend.after_load is None:
+        return False
+    backend.after_load(model, cfg, compute_dtype)
+    return True
+
+
+def check_prequantized(config, cfg: "RunConfig") -> str | None:
+    """The quant method of a checkpoint saved quantized (GPTQ, AWQ, bnb, ...), after checking the run fits it.
+
+    transformers reads the checkpoint's own `quantization_config`; lathe adds nothing on top:
+    quantizing again is refused, and so is training its low-bit weights directly.
+    """
+    quant = getattr(config, "quantization_config", None)
+    if quant is None:
         return None
-    method = m.quantization_method
-    if method in NOT_YET:
-        raise LatheError(f"`quantization_method: {method}` is not available: {NOT_YET[method]}. Use `bnb`.")
-    if method not in QUANTIZERS:
+    method = quant.get("quant_method", "?") if isinstance(quant, dict) else getattr(quant, "quant_method", "?")
+    method = getattr(method, "value", method)
+    m, f = cfg.model, cfg.finetuning
+    if m.quantization_bit is not None:
         raise LatheError(
-            f"`quantization_method: {method}` cannot quantize on the fly; use bnb. GPTQ/AWQ/AQLM checkpoints "
-            f"need no option: load them as they are."
+            f"{m.model_name_or_path} is already quantized ({method}, from its config.json); remove "
+            f"`quantization_bit`: it cannot be quantized a second time."
         )
-    return QUANTIZERS[method](cfg, compute_dtype)
+    if cfg.training.do_train and f.finetuning_type not in ("lora", "oft"):
+        raise LatheError(
+            f"{m.model_name_or_path} is quantized ({method}): its low-bit weights cannot be trained directly; "
+            f"use `finetuning_type: lora` (or oft), or train the unquantized model."
+        )
+    logger.info("%s is pre-quantized (%s): transformers loads it with its own quantization config", m.model_name_or_path, method)
+    return str(method)

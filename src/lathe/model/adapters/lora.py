@@ -13,10 +13,15 @@ from .common import embedding_module_names, split_names
 logger = logging.getLogger(__name__)
 
 
+# Quantized linear layers that are not torch.nn.Linear subclasses but that peft can wrap.
+QUANTIZED_LINEARS = {"HQQLinear", "QuantLinear", "WQLinear_GEMM", "WQLinear_GEMV", "QuantizedLinear"}
+
+
 def linear_module_names(model: torch.nn.Module) -> list[str]:
     """Short names of every linear layer except the output head: what `lora_target: all` means."""
     skip = set(embedding_module_names(model))
-    names = {name.split(".")[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    names = {name.split(".")[-1] for name, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) or type(m).__name__ in QUANTIZED_LINEARS}
     return sorted(names - skip)
 
 
