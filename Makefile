@@ -2,8 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: env dev demo test test-slow test-all clean
+.PHONY: env dev demo test test-slow test-all test-e2e browser clean
 
 # The environment is (re)installed when the dependency list or the set-up script changes.
 $(VENV)/.installed: pyproject.toml scripts/setup_env.sh
@@ -29,6 +30,15 @@ test: dev
 ## make test-slow: only the long tests
 test-slow: dev
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+## make browser: Debian's Chromium for the Board's browser test, installed with apt when missing
+browser:
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; }
+
+## make test-e2e: only the Board's browser test (headless Chromium driven by Playwright)
+test-e2e: dev browser
+	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 test-all: dev
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)

@@ -117,6 +117,13 @@ def test_board_trains_plots_and_chats_in_a_browser(board, tiny_demo_model):
         page.goto(url, wait_until="domcontentloaded")
         page.wait_for_selector("#train-start", timeout=60_000)
 
+        # The language switch relabels the page (strings from locales.yaml).
+        _pick(page, "lang", "中文")
+        page.wait_for_selector("#train-start:has-text('开始')", timeout=30_000)
+        _shot(page, "board_zh")
+        _pick(page, "lang", "English")
+        page.wait_for_selector("#train-start:has-text('Start')", timeout=30_000)
+
         # Bad input first: nothing set -> an error in the page, nothing launched.
         page.click("#train-start")
         page.wait_for_selector("#train-status:has-text('model_name_or_path')", timeout=30_000)

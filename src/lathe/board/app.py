@@ -50,6 +50,7 @@ def create_board(workdir: str | Path = "lathe_board", lang: str = DEFAULT_LANG) 
     ctx.top = [top_by_name[name] for name in TOP]
     with gr.Blocks(title=t("title", lang), analytics_enabled=False) as app:
         app.lathe_runner = runner  # stopped by `run_webui` when the Board stops
+        app.lathe_widgets = w  # what the language switch relabels
         with gr.Row():
             lang_pick = gr.Dropdown(choices=[(v, k) for k, v in languages().items()], value=lang,
                                     label=t("lang", lang), elem_id="lang", scale=1)

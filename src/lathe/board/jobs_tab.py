@@ -98,13 +98,7 @@ def build_eval_tab(ctx: BoardContext) -> None:
 
     def make_predict(*args):
         top_values, values, (folder, out) = split_args(args, n_top, len(predict_fields), 2)
-        raw = ctx.top_raw(top_values)
-        raw.update(values_to_raw(predict_fields, dict(zip([f.name for f in predict_fields], values))))
-        raw.update({"stage": "sft", "do_train": False, "do_predict": True, "predict_with_generate": True,
-                    "dataset_dir": folder, "output_dir": out})
-        if not raw.get("eval_dataset"):
-            raise LatheError("`eval_dataset` is required: pick the dataset to predict on.")
-        check_config(raw, purpose="train")
+        raw = predict_config(ctx.top_raw(top_values), predict_fields, values, folder, out)
         return "predict", raw, out, ()
 
     _job(ctx, predict_btn, [*ctx.top_components, *comps, dataset_dir, out_dir], make_predict, PREDICT_FILE, "predict")
@@ -122,15 +116,7 @@ def build_eval_tab(ctx: BoardContext) -> None:
 
     def make_eval(*args):
         top_values, values = split_args(args, n_top, len(eval_fields))
-        raw = ctx.top_raw(top_values)
-        raw.update(values_to_raw(eval_fields, dict(zip([f.name for f in eval_fields], values)), always=("task",)))
-        if not raw.get("task"):
-            raise LatheError("`task` is required: pick a benchmark (a folder of task_dir).")
-        if not raw.get("save_dir"):
-            raise LatheError("`save_dir` is required: the new folder for results.json.")
-        if Path(raw["save_dir"]).expanduser().exists():
-            raise LatheError(f"`save_dir`: {raw['save_dir']} exists already; choose a new folder.")
-        check_config(raw, purpose="infer")
+        raw = eval_config(ctx.top_raw(top_values), eval_fields, values)
         return "eval", raw, raw["save_dir"], ()
 
     _job(ctx, eval_btn, [*ctx.top_components, task_dir, task, *rest, save_dir], make_eval, "results.json", "eval")
@@ -148,11 +134,51 @@ def build_export_tab(ctx: BoardContext) -> None:
 
     def make_export(*args):
         top_values, values = split_args(args, n_top, len(fields))
-        raw = ctx.top_raw(top_values)
-        raw.update(values_to_raw(fields, dict(zip([f.name for f in fields], values))))
-        if not raw.get("export_dir"):
-            raise LatheError("`export_dir` is required: the folder the merged model is written to.")
-        check_config(raw, purpose="infer")
+        raw = export_config(ctx.top_raw(top_values), fields, values)
         return "export", raw, raw["export_dir"], ()
 
     _job(ctx, button, [*ctx.top_components, *comps], make_export, None, "export")
+
+
+# ---------------------------------------------------------------- the configs each job runs
+
+
+def _named(fields: list[FormField], values: list[Any]) -> dict[str, Any]:
+    return dict(zip([f.name for f in fields], values))
+
+
+def predict_config(top: dict[str, Any], fields: list[FormField], values: list[Any], dataset_dir: str,
+                   output_dir: str) -> dict[str, Any]:
+    """`lathe train` with do_predict + predict_with_generate: BLEU/ROUGE in predict_results.json."""
+    raw = dict(top)
+    raw.update(values_to_raw(fields, _named(fields, values)))
+    raw.update({"stage": "sft", "do_train": False, "do_predict": True, "predict_with_generate": True,
+                "dataset_dir": dataset_dir, "output_dir": output_dir})
+    if not raw.get("eval_dataset"):
+        raise LatheError("`eval_dataset` is required: pick the dataset to predict on.")
+    check_config(raw, purpose="train")
+    return raw
+
+
+def eval_config(top: dict[str, Any], fields: list[FormField], values: list[Any]) -> dict[str, Any]:
+    """`lathe eval`: a multiple-choice benchmark; results.json in a new save_dir."""
+    raw = dict(top)
+    raw.update(values_to_raw(fields, _named(fields, values), always=("task",)))
+    if not raw.get("task"):
+        raise LatheError("`task` is required: pick a benchmark (a folder of task_dir).")
+    if not raw.get("save_dir"):
+        raise LatheError("`save_dir` is required: the new folder for results.json.")
+    if Path(raw["save_dir"]).expanduser().exists():
+        raise LatheError(f"`save_dir`: {raw['save_dir']} exists already; choose a new folder.")
+    check_config(raw, purpose="infer")
+    return raw
+
+
+def export_config(top: dict[str, Any], fields: list[FormField], values: list[Any]) -> dict[str, Any]:
+    """`lathe export`: merge the adapters and write the model to export_dir."""
+    raw = dict(top)
+    raw.update(values_to_raw(fields, _named(fields, values)))
+    if not raw.get("export_dir"):
+        raise LatheError("`export_dir` is required: the folder the merged model is written to.")
+    check_config(raw, purpose="infer")
+    return raw
