@@ -95,3 +95,38 @@ def test_chat_session_streams_and_webchat_page_builds(tiny_llama):
     t0 = time.time()
     app = create_webchat(cfg)
     assert app.title.startswith("lathe chat") and time.time() - t0 < 60
+
+
+def test_data_preview_shows_the_first_rows():
+    from lathe.board.train_tab import dataset_names, preview_rows
+
+    assert {"lathe_identity", "lathe_pairs"} <= set(dataset_names(str(DATA)))
+    assert dataset_names("/nonexistent") == []
+    rows = preview_rows(str(DATA), ["lathe_identity", "lathe_numbers"], n=2)
+    assert [r["dataset"] for r in rows] == ["lathe_identity"] * 2 + ["lathe_numbers"] * 2
+    assert all(r.get("instruction") for r in rows)
+    with pytest.raises(LatheError, match="nope"):
+        preview_rows(str(DATA), ["nope"])
+
+
+@pytest.mark.slow
+def test_predict_and_export_jobs_run_through_the_runner(tmp_path, tiny_llama):
+    """The Evaluate and Export tabs' jobs, as real child processes (BLEU/ROUGE, merged model)."""
+    from lathe.board.monitor import read_metrics
+    from lathe.board.runner import Runner
+
+    top = {"model_name_or_path": str(tiny_llama), "template": "chatml"}
+    fields = _fields(group_fields("data"), ["eval_dataset", "max_samples"]) + _fields(group_fields("generating"),
+                                                                                     ["max_new_tokens"])
+    runner = Runner(tmp_path / "wd")
+    out = str(tmp_path / "predict")
+    run = runner.start("predict", predict_config(top, fields, [["lathe_identity"], "4", "4"], str(DATA), out), out)
+    run.process.wait(timeout=300)
+    assert run.returncode() == 0, run.log_tail()
+    assert "predict_bleu-4" in read_metrics(out, "predict_results.json")
+    ex = _fields(group_fields("export"), ["export_dir"])
+    raw = export_config(top, ex, [str(tmp_path / "export")])
+    run = runner.start("export", raw, raw["export_dir"])
+    run.process.wait(timeout=300)
+    assert run.returncode() == 0, run.log_tail()
+    assert (tmp_path / "export" / "config.json").exists()

@@ -81,7 +81,7 @@ def build_train_tab(ctx: BoardContext) -> None:
     with gr.Row():
         for name in ("cutoff_len", "max_samples", "val_size"):
             w.field(basic[name])
-        w.field(basic["output_dir"], value=default_output_dir(), scale=2)
+        output_dir = w.field(basic["output_dir"], value=default_output_dir(), scale=2)
         w.field(basic["overwrite_output_dir"])
     rows_view = w.ui(gr.JSON(label=t("preview_rows", lang), visible=False, elem_id="data-rows"), "preview_rows")
     grid(by_section["training"])
@@ -214,6 +214,7 @@ def build_train_tab(ctx: BoardContext) -> None:
     abort.click(on_abort, run_key, status)
     timer.tick(on_tick, run_key, [progress, loss_plot, log_box, timer, status, resume])
     dataset_dir.change(on_dataset_dir, dataset_dir, dataset)
+    output_dir.change(lambda out: gr.update(choices=["", *checkpoints(out or "")], value=""), output_dir, resume)
     preview_btn.click(on_data_preview, [dataset_dir, dataset], [rows_view, status])
     save_btn.click(on_save, [cfg_path, *inputs], status)
     load_btn.click(on_load, cfg_path, [*form_components, extra, status])
