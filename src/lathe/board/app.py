@@ -126,7 +126,8 @@ def launch(app: gr.Blocks, runner: Runner | None = None) -> None:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        print(f"[lathe] Board on http://{settings['server_name']}:{settings['server_port']}", file=sys.stderr, flush=True)
+        print(f"[lathe] serving on http://{settings['server_name']}:{settings['server_port']}", file=sys.stderr,
+              flush=True)
         app.queue().launch(**settings, inbrowser=False, show_error=True, footer_links=[], quiet=True)
     except KeyboardInterrupt:
         pass
