@@ -64,7 +64,7 @@ def cmd_train(args: list[str]) -> int:
     cfg = load_config(path, overrides)  # checked here, before any process is spawned
     from .launcher import launch, should_launch
 
-    if should_launch():
+    if should_launch(cfg):
         return launch(args)
     from .train import run_stage
 

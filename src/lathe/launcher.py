@@ -1,7 +1,7 @@
 """Multi-process training through torchrun, with LLaMA-Factory's environment variable names.
 
 `lathe train` re-launches itself under `torch.distributed.run` (torchrun) when more than one
-GPU is visible or `FORCE_TORCHRUN=1`, one process per device (`NPROC_PER_NODE`), across
+GPU is visible, `FORCE_TORCHRUN=1`, or the config names `deepspeed` (or `fsdp`), one process per device (`NPROC_PER_NODE`), across
 `NNODES` machines (`NODE_RANK`, `MASTER_ADDR`, `MASTER_PORT`; a free port is picked when none
 is given). With `RDZV_ID` the launch is elastic (`MIN_NNODES`, `MAX_NNODES`, `MAX_RESTARTS`).
 These are the conventional launcher variables; lathe reads no others. On a CPU the processes
@@ -14,10 +14,15 @@ import os
 import socket
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 from .errors import LatheError
 
+if TYPE_CHECKING:
+    from .config import RunConfig
+
 TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off"}
 
 
 def _free_port() -> int:
@@ -36,10 +41,26 @@ def inside_launcher() -> bool:
     return "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def should_launch() -> bool:
+def should_launch(cfg: "RunConfig | None" = None) -> bool:
+    """True when `lathe train` should start torchrun instead of training in this process.
+
+    A run with `deepspeed:` (or the Trainer's `fsdp` key) launches even on one device: those
+    engines need a process group. `FORCE_TORCHRUN=0` forbids launching, so with them it is an error.
+    """
     if inside_launcher():
         return False
-    return os.environ.get("FORCE_TORCHRUN", "").lower() in TRUE or device_count() > 1
+    force = os.environ.get("FORCE_TORCHRUN", "").lower()
+    engine = "ddp"
+    if cfg is not None:
+        from .distributed import requested_engine
+
+        engine = requested_engine(cfg)
+    if engine != "ddp" and force in FALSE:
+        raise LatheError(
+            f"{engine} needs a distributed launch, but FORCE_TORCHRUN={os.environ['FORCE_TORCHRUN']} forbids it. "
+            f"Unset FORCE_TORCHRUN (lathe then starts torchrun itself), or remove `deepspeed`/`fsdp`."
+        )
+    return force in TRUE or device_count() > 1 or engine != "ddp"
 
 
 def _int_env(name: str, default: int) -> int:

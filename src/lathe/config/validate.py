@@ -196,16 +196,15 @@ def validate(cfg: "RunConfig") -> None:
         raise LatheError(f"{src}: evaluation needs `eval_dataset` or `val_size` > 0.")
     if t.bf16 and t.fp16:
         raise LatheError(f"{src}: set at most one of `bf16` and `fp16`.")
+    from ..distributed import check as check_distributed
+
+    check_distributed(cfg)  # DeepSpeed / FSDP combinations
 
 
 def check_raw_combinations(raw: dict, source: str) -> None:
     """Options that must be refused before transformers sees them (it would fail obscurely)."""
-    for key in ("deepspeed", "fsdp"):
-        if raw.get(key):
-            raise LatheError(
-                f"{source}: `{key}` is an option lathe does not run yet (distributed training). Remove it: "
-                f"several GPUs (or FORCE_TORCHRUN=1) already train with DDP through torchrun."
-            )
+    if raw.get("deepspeed") and raw.get("fsdp"):
+        raise LatheError(f"{source}: `deepspeed` and `fsdp` both shard the model; set one of them.")
 
 
 def _only_with(cfg: "RunConfig", keys: tuple[str, ...], method: str) -> None:

@@ -102,6 +102,9 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     from ..model.adapters import apply_method
     from ..model.load import add_config_tokens, enable_gradient_checkpointing, load_model, load_tokenizer
 
+    from ..distributed import check_launch
+
+    check_launch(cfg)  # DeepSpeed / FSDP in a single unlaunched process would fail deep inside the Trainer
     resume = prepare_output_dir(cfg)
     tokenizer = load_tokenizer(cfg.model)
     template = run_template(cfg, tokenizer)
@@ -122,6 +125,7 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, **tr
     Returns (trainer, metrics). Every stage that runs on the Hugging Face Trainer goes
     through here, so logging, checkpoints and saving behave the same in all of them.
     """
+    from ..distributed import ShardingCallback, requested_engine
     from .callbacks import JsonlLogCallback
     from .optim import custom_optimizer
 
@@ -136,7 +140,7 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, **tr
         eval_dataset=run.data.eval,
         data_collator=collator,
         processing_class=run.tokenizer,
-        callbacks=[JsonlLogCallback()],
+        callbacks=[JsonlLogCallback(), ShardingCallback(requested_engine(cfg))],
         **trainer_kwargs,
     )
     metrics = train_and_save(trainer, cfg, run.resume)
