@@ -135,6 +135,10 @@ def test_secrets_never_reach_the_page():
 def test_catalog_templates_and_locales_are_complete():
     from lathe.data.templates import list_templates
 
+    from lathe.board.catalog import lookup
+
+    assert lookup("Qwen2.5-0.5B-Instruct").path == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert lookup("Qwen2.5-0.5B-Instruct").template == "qwen" and lookup("nope") is None
     known = set(list_templates())
     for model in load_catalog().values():
         assert model.template in known, model
