@@ -172,3 +172,23 @@ def test_unwritable_or_full_output_dir_is_found_before_training(tmp_path, monkey
     wrapped.__cause__ = error
     assert is_disk_full(wrapped)
     assert "no complete checkpoint" in str(disk_full_error(tmp_path))
+
+
+def test_disk_full_mid_run_stops_with_the_last_good_checkpoint_kept(tmp_path, sft_config, monkeypatch):
+    from transformers import Trainer
+
+    from lathe.train import run_stage
+
+    save = Trainer._save_optimizer_and_scheduler
+
+    def full_disk(self, output_dir):
+        if self.state.global_step == 4:
+            raise OSError(28, "No space left on device")
+        save(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", full_disk)
+    cfg = load_config(sft_config(max_steps=6, save_steps=2, save_strategy="steps"))
+    with pytest.raises(LatheError, match="disk .* is full: the last complete checkpoint, checkpoint-2, is kept"):
+        run_stage(cfg)
+    out = tmp_path / "out"
+    assert checkpoint_complete(out / "checkpoint-2") and not (out / "checkpoint-4").exists()

@@ -37,18 +37,18 @@ def is_main_process() -> bool:
 def prepare_output_dir(cfg: "RunConfig") -> str | None:
     """Decide where training starts; returns the checkpoint to resume from, if any.
 
-    Like LLaMA-Factory, an output_dir holding checkpoints is resumed from its newest one
-    unless `overwrite_output_dir: true`; an output_dir holding other files and no checkpoint
-    is refused rather than written over.
+    Like LLaMA-Factory, an output_dir holding checkpoints is resumed from its newest complete
+    one unless `overwrite_output_dir: true`; an output_dir holding other files and no
+    checkpoint, or another model's / stage's / method's run, is refused rather than written over.
     """
-    from transformers.trainer_utils import get_last_checkpoint
+    from .checkpoints import check_same_run, last_complete_checkpoint, remove_incomplete_checkpoints
 
     t = cfg.training
     out = Path(t.output_dir)
     resume = t.resume_from_checkpoint
     if resume not in (None, "", False, "false", "False"):
         if resume in (True, "true", "True"):
-            last = get_last_checkpoint(str(out)) if out.is_dir() else None
+            last = last_complete_checkpoint(out)
             if last is None:
                 raise LatheError(f"`resume_from_checkpoint: true` but {out} holds no checkpoint-* folder.")
             return last
@@ -57,12 +57,15 @@ def prepare_output_dir(cfg: "RunConfig") -> str | None:
         return str(resume)
     if not t.do_train or not out.is_dir() or not any(out.iterdir()):
         return None
-    last = get_last_checkpoint(str(out))
     if cfg.run.overwrite_output_dir:
         if is_main_process():
-            for old in out.glob("checkpoint-*"):
+            for old in [*out.glob("checkpoint-*"), out / ".staging"]:
                 shutil.rmtree(old, ignore_errors=True)
         return None
+    check_same_run(cfg, out, CONFIG_FILE)
+    if is_main_process():
+        remove_incomplete_checkpoints(out)
+    last = last_complete_checkpoint(out)
     if last is not None:
         logger.info("Resuming from %s (set overwrite_output_dir: true to start fresh).", last)
         return last
@@ -102,9 +105,6 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     from ..model.adapters import apply_method
     from ..model.load import add_config_tokens, enable_gradient_checkpointing, load_model, load_tokenizer
 
-    from ..distributed import check_launch
-
-    check_launch(cfg)  # DeepSpeed / FSDP in a single unlaunched process would fail deep inside the Trainer
     resume = prepare_output_dir(cfg)
     tokenizer = load_tokenizer(cfg.model)
     template = run_template(cfg, tokenizer)
@@ -125,11 +125,16 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, **tr
     Returns (trainer, metrics). Every stage that runs on the Hugging Face Trainer goes
     through here, so logging, checkpoints and saving behave the same in all of them.
     """
-    from ..distributed import ShardingCallback, requested_engine
     from .callbacks import JsonlLogCallback
+    from .checkpoints import check_writable, checkpoint_bytes, with_atomic_checkpoints
     from .optim import custom_optimizer
 
     model = trainer_kwargs.pop("model", run.model)
+    if cfg.training.do_train and is_main_process():
+        saves = cfg.training.save_strategy != "no"  # a str enum: equal to its value
+        check_writable(Path(cfg.training.output_dir),
+                       checkpoint_bytes(model, cfg.training.save_only_model) if saves else None)
+    trainer_cls = with_atomic_checkpoints(trainer_cls)
     optimizer = custom_optimizer(model, cfg)
     if optimizer is not None:
         trainer_kwargs["optimizers"] = (optimizer, None)  # the Trainer still builds the lr scheduler
@@ -140,7 +145,7 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, **tr
         eval_dataset=run.data.eval,
         data_collator=collator,
         processing_class=run.tokenizer,
-        callbacks=[JsonlLogCallback(), ShardingCallback(requested_engine(cfg))],
+        callbacks=[JsonlLogCallback()],
         **trainer_kwargs,
     )
     metrics = train_and_save(trainer, cfg, run.resume)
@@ -160,8 +165,15 @@ def train_and_save(trainer: "Trainer", cfg: "RunConfig", resume: str | None) -> 
     metrics: dict[str, Any] = {}
     t = cfg.training
     if t.do_train:
-        result = trainer.train(resume_from_checkpoint=resume)
-        trainer.save_model()
+        from .checkpoints import disk_full_error, is_disk_full
+
+        try:
+            result = trainer.train(resume_from_checkpoint=resume)
+            trainer.save_model()
+        except OSError as e:
+            if is_disk_full(e):
+                raise disk_full_error(Path(t.output_dir)) from e
+            raise
         train_metrics = dict(result.metrics)
         tokens = trainer.state.num_input_tokens_seen or 0
         if cfg.finetuning.include_effective_tokens_per_second and train_metrics.get("train_runtime"):
