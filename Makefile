@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: env dev demo test test-slow test-all test-e2e browser clean
+.PHONY: env dev demo test test-slow test-all test-e2e test-fuzz browser clean
 
 # The environment is (re)installed when the dependency list or the set-up script changes.
 $(VENV)/.installed: pyproject.toml scripts/setup_env.sh
@@ -39,6 +39,11 @@ browser:
 ## make test-e2e: only the Board's browser test (headless Chromium driven by Playwright)
 test-e2e: dev browser
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+## make test-fuzz: the property tests (hostile configs and data) at 10,000 generated cases each
+test-fuzz: dev
+	LATHE_HYPOTHESIS_EXAMPLES=10000 $(PY) -m pytest tests/config/test_config_properties.py \
+		tests/data/test_format_properties.py $(PYTEST_ARGS)
 
 test-all: dev
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)

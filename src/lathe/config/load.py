@@ -221,7 +221,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if value is None:
             raise LatheError(f"`{key}` must be text, got nothing.")
         raise LatheError(f"`{key}` must be text, got {value!r}.")
-    return value  # dicts, lists, enums and library types: the library checks them
+    if hint is dict or typing.get_origin(hint) is dict:
+        if isinstance(value, dict):
+            return value
+        raise LatheError(f"`{key}` must be a mapping (key: value pairs), got {value!r}.")
+    return value  # lists, enums and library types: the library checks them
 
 
 # ---------------------------------------------------------------- building
@@ -270,7 +274,8 @@ def build_config(raw: dict[str, Any], source: str = "<config>", purpose: str = "
         else:
             unknown.append(key)
     if unknown:
-        lines = [f"`{k}`.{did_you_mean(k, all_option_names() | set(PENDING))}" for k in unknown]
+        lines = [f"`{k}`.{did_you_mean(k, all_option_names() | set(PENDING))}" if k.strip()
+                 else f"an option with an empty name ({k!r}): a line starting with `:`?" for k in unknown]
         raise LatheError(
             f"{source}: unknown option(s):\n  " + "\n  ".join(lines)
             + "\nRun `lathe train --help` for the list of options."
@@ -324,6 +329,8 @@ def _apply_aliases(raw: dict[str, Any], source: str) -> dict[str, Any]:
                 value = _coerce(old, value, float)
                 if not 0.0 <= value < 1.0:
                     raise LatheError(f"`warmup_ratio` must be in [0, 1), got {value}.")
+            else:  # checked under the name the user wrote
+                value = _coerce(old, value, _hints(_training_cls()).get(new, Any))
             raw[new] = value
     return raw
 
@@ -344,6 +351,11 @@ def _build_training(values: dict[str, Any], data: DataArguments, stage: str, met
     coerced = {k: _coerce(k, v, hints.get(k, Any)) for k, v in values.items()}
     if not coerced.get("output_dir"):
         raise LatheError(f"{source}: `output_dir` is required: the folder where the run writes its results.")
+    # The Trainer pickles its arguments into every checkpoint (training_args.bin): a hub token must not
+    # ride along. huggingface_hub reads HF_TOKEN, which is where the push finds it instead.
+    token = coerced.pop("hub_token", None)
+    if token:
+        os.environ["HF_TOKEN"] = str(token)
     # lathe's own defaults for options the Trainer would otherwise get wrong for us.
     coerced["remove_unused_columns"] = False  # our collator needs the columns it built
     coerced.setdefault("report_to", "none")
@@ -352,26 +364,31 @@ def _build_training(values: dict[str, Any], data: DataArguments, stage: str, met
     # token is exact there (the non-padding count would miss eos tokens that double as pad).
     packed = data.packing or data.neat_packing or (data.packing is None and stage == "pt")
     coerced.setdefault("include_num_input_tokens_seen", "all" if packed else "non_padding")
-    if coerced.get("deepspeed"):
-        from ..distributed import resolve_deepspeed
-
-        coerced["deepspeed"] = resolve_deepspeed(coerced["deepspeed"], source)  # cwd, then the config's folder
     if not _has_accelerator():
         # transformers refuses bf16/fp16 without a GPU unless told the run is on the CPU, which it is;
         # several CPU processes (FORCE_TORCHRUN) talk over gloo.
         coerced.setdefault("use_cpu", True)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             coerced.setdefault("ddp_backend", "gloo")
-        if coerced.get("deepspeed"):
-            from ..distributed.engines import cpu_deepspeed_state
-
-            cpu_deepspeed_state(coerced)
     if method == "lora":
         coerced.setdefault("ddp_find_unused_parameters", False)  # frozen base weights get no gradient
     try:
         return cls(**coerced)
-    except (ValueError, TypeError, ImportError) as e:
-        raise LatheError(f"{source}: training options rejected by transformers: {e}") from None
+    except Exception as e:  # ValueError, TypeError, OSError (a path that isn't one)...: all the user's to fix
+        culprit = _culprit(cls, coerced, values)
+        named = f"`{culprit}: {values[culprit]!r}`" if culprit else "training options"
+        raise LatheError(f"{source}: {named} rejected by transformers: {e}") from None
+
+
+def _culprit(cls, coerced: dict[str, Any], given: dict[str, Any]) -> str | None:
+    """The user's option that transformers refuses, found by trying each alone (only on the error path)."""
+    base = {k: coerced[k] for k in ("output_dir", "use_cpu", "remove_unused_columns", "report_to") if k in coerced}
+    for key in given:
+        try:
+            cls(**{**base, key: coerced[key]})
+        except Exception:
+            return key
+    return None
 
 
 def _has_accelerator() -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,6 +180,12 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
             model = AutoModelForCausalLM.from_pretrained(m.model_name_or_path, config=config, **kwargs, **_hub_kwargs(m))
         except (OSError, ValueError) as e:
             raise _loading_error("model", m.model_name_or_path, e) from None
+        except pickle.UnpicklingError as e:  # torch.load(weights_only=True) met more than tensors
+            raise LatheError(
+                f"The weights of {m.model_name_or_path} are a pickle file holding Python objects besides tensors; "
+                f"lathe loads pickles weights-only, since such objects can run code when loaded. Convert the "
+                f"checkpoint to safetensors with a tool you trust, or use a safetensors checkpoint. ({e.__class__.__name__})"
+            ) from None
     resize_embeddings(model, tokenizer)
     quantized = quantize_loaded(model, cfg, kwargs["dtype"]) or quant is not None or prequantized
     if quantized and cfg.training.do_train:
