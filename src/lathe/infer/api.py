@@ -259,6 +259,10 @@ def create_app(engine: Any, api_key: str | None = None, model_name: str | None =
     async def chat_completions(request: ChatCompletionRequest):
         prompt = to_prompt(request)
         options = generation_options(request)
+        too_long = getattr(engine, "surely_too_long", None)
+        if too_long is not None and too_long(prompt.messages, prompt.system, prompt.tools):
+            raise APIError(400, f"The prompt cannot fit the model's context of {engine.max_length} tokens: "
+                           f"shorten the messages.", param="messages", code="context_length_exceeded")
         prompt_tokens = await run_in_threadpool(engine.count_prompt_tokens, prompt.messages, prompt.system,
                                                 prompt.tools)
         if prompt_tokens >= engine.max_length:

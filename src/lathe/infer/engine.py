@@ -118,6 +118,9 @@ class BaseEngine:
         self.lock = threading.Lock()
         self.stop_ids = stop_token_ids(self.tokenizer, self.template)
         self.max_length = self.context_length()
+        # No token spells more characters than the longest vocabulary entry, so a prompt with more
+        # characters than max_length times that cannot fit: refused without tokenizing a megabyte.
+        self.max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1) or 1
 
     def context_length(self) -> int:
         from transformers import AutoConfig
@@ -134,6 +137,10 @@ class BaseEngine:
 
     def count_prompt_tokens(self, messages: list[dict], system: str = "", tools: str = "") -> int:
         return len(self.encode(messages, system, tools))
+
+    def surely_too_long(self, messages: list[dict], system: str = "", tools: str = "") -> bool:
+        chars = len(system or "") + len(tools or "") + sum(len(str(m.get("content") or "")) for m in messages)
+        return chars > self.max_length * self.max_token_chars
 
     def _check_length(self, prompt_len: int) -> None:
         if prompt_len >= self.max_length:
