@@ -105,3 +105,15 @@ def test_pairwise_data_for_sft_names_the_right_stages(sft_config, pairwise_dir):
     cfg = load_config(sft_config(dataset="pairs", dataset_dir=str(pairwise_dir)))
     with pytest.raises(LatheError, match="stage: rm"):
         run_stage(cfg)
+
+
+def test_oft_serves_as_its_own_reference(sft_config, pairwise_dir):
+    from lathe.model.adapters import apply_method
+    from lathe.model.load import load_model, load_tokenizer
+    from lathe.train.reference import build_reference
+
+    cfg = load_config(sft_config(stage="dpo", dataset="pairs", dataset_dir=str(pairwise_dir), finetuning_type="oft",
+                                 max_steps=1))
+    tokenizer = load_tokenizer(cfg.model)
+    model = apply_method(load_model(cfg, tokenizer), cfg)
+    assert build_reference(cfg, model, tokenizer) is None  # the adapter switched off, no second copy

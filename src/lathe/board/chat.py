@@ -1,6 +1,6 @@
 """The chat panel shared by the Board's Chat tab and `lathe webchat`.
 
-It drives the same `ChatEngine` as `lathe chat` and `lathe api` (template, adapters and stop
+It drives the same engine (`create_engine`) as `lathe chat` and `lathe api` (template, adapters and stop
 tokens exactly as in training) and streams its pieces into a Gradio chatbot. One engine per
 Board process: a model is large, and two browser tabs chatting share it (the engine's lock
 serialises generation).

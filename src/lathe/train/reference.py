@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..config.validate import ADAPTER_TYPES
 from ..errors import LatheError
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def check_same_tokenizer(path: str, tokenizer) -> None:
 
 
 def build_reference(cfg: "RunConfig", model, tokenizer):
-    """The frozen reference model, or None when the stage needs none or LoRA serves as its own."""
+    """The frozen reference model, or None when the stage needs none or a peft adapter (LoRA, OFT) serves as its own."""
     f = cfg.finetuning
     if f.stage == "dpo" and f.pref_loss in ("orpo", "simpo"):
         return None
@@ -55,8 +56,9 @@ def build_reference(cfg: "RunConfig", model, tokenizer):
         ref = AutoModelForCausalLM.from_pretrained(f.ref_model, dtype=resolve_dtype(cfg))
         if ref.get_input_embeddings().weight.shape[0] < len(tokenizer):
             ref.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    elif f.finetuning_type == "lora":
-        logger.info("reference model: the base model with the LoRA adapter switched off (no second copy)")
+    elif f.finetuning_type in ADAPTER_TYPES:
+        logger.info("reference model: the base model with the %s adapter switched off (no second copy)",
+                    f.finetuning_type)
         return None
     else:
         ref = copy.deepcopy(model)
