@@ -49,6 +49,11 @@ def _setup_logging() -> None:
     lathe_logger = logging.getLogger("lathe")
     lathe_logger.handlers = [handler]
     lathe_logger.propagate = False
+    # Optional quantization packages announce, at every import of transformers, kernels this
+    # machine cannot load (torchao's CUDA builds, bitsandbytes' hub kernel: both fall back to
+    # working code) and deprecations meant for their authors.
+    for noisy in ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -70,12 +70,11 @@ def model_shape(model: torch.nn.Module) -> Shape:
 
 
 def meta_model(cfg: "RunConfig") -> torch.nn.Module:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    try:
-        config = AutoConfig.from_pretrained(cfg.model.model_name_or_path, trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise LatheError(f"Could not read the config of {cfg.model.model_name_or_path}: {e}") from None
+    from ..model.load import load_model_config
+
+    config = load_model_config(cfg.model)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
 

@@ -141,16 +141,23 @@ def resolve_attention(flash_attn: str) -> str | None:
     return "flash_attention_2" if has_fa2 else None
 
 
-def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTrainedModel":
-    """The causal LM with weights in the resolved dtype and the vocabulary matching the tokenizer."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_model_config(m: "ModelArguments"):
+    """The model's config (config.json) alone: local folder checked, hub read offline-aware."""
+    from transformers import AutoConfig
 
-    m = cfg.model
     check_model_path(m)
     try:
-        config = AutoConfig.from_pretrained(m.model_name_or_path, **_hub_kwargs(m))
+        return AutoConfig.from_pretrained(m.model_name_or_path, **_hub_kwargs(m))
     except (OSError, ValueError) as e:
         raise _loading_error("model config", m.model_name_or_path, e) from None
+
+
+def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTrainedModel":
+    """The causal LM with weights in the resolved dtype and the vocabulary matching the tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    m = cfg.model
+    config = load_model_config(m)
     apply_rope_scaling(config, m.rope_scaling, cfg.data.cutoff_len)
     prequantized = check_prequantized(config, cfg)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(cfg), "low_cpu_mem_usage": m.low_cpu_mem_usage}
