@@ -89,3 +89,12 @@ def test_launcher_environment_checks(monkeypatch):
     monkeypatch.setenv("MAX_NNODES", "2")
     cmd = torchrun_command(["x.yaml"])
     assert "--rdzv_id" in cmd and "1:2" in cmd and "10.0.0.1:29500" in cmd
+
+
+def test_more_processes_than_gpus_is_refused_before_launch(monkeypatch):
+    import lathe.launcher as launcher
+
+    monkeypatch.setattr(launcher, "device_count", lambda: 1)
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    with pytest.raises(LatheError, match="NPROC_PER_NODE=2 but only 1 GPU"):
+        torchrun_command(["x.yaml"])

@@ -98,3 +98,17 @@ class ShardingCallback(TrainerCallback):
                 f"elements: the run fell back to plain data parallelism. Check the launcher config (an FSDP config "
                 f"needs GPUs; on a CPU accelerate runs it as DDP)."
             )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """One line on the main process with every rank's peak GPU memory: what the engine actually saved."""
+        import torch.distributed as dist
+
+        if not torch.cuda.is_available():
+            return
+        peak = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        peaks = [peak]
+        if dist.is_available() and dist.is_initialized():
+            peaks = [None] * dist.get_world_size()
+            dist.all_gather_object(peaks, peak)
+        if state.is_world_process_zero:
+            logger.info("peak GPU memory (GiB) per rank, %s: %s", self.engine, peaks)
