@@ -133,6 +133,10 @@ def test_relative_deepspeed_path_is_found_next_to_the_config(tmp_path, tiny_llam
     from lathe.distributed import deepspeed_stage, requested_engine
 
     assert deepspeed_stage(cfg) == 3 and requested_engine(cfg) == "deepspeed-zero3"
+    # Reading a ZeRO-3 config outside a launched process leaves model loading alone (lathe plan, chat, tests).
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    assert not is_deepspeed_zero3_enabled()
 
 
 def test_bad_deepspeed_json_is_refused(tmp_path, tiny_llama):

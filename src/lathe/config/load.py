@@ -303,6 +303,10 @@ def build_config(raw: dict[str, Any], source: str = "<config>", purpose: str = "
         routed["training"].setdefault("output_dir", "saves/lathe-infer")  # required by the library, unused
     f = groups["finetuning"]
     training = _build_training(routed["training"], groups["data"], f.stage, f.finetuning_type, source)
+    if training.deepspeed:
+        from ..distributed.engines import zero3_only_where_it_trains
+
+        zero3_only_where_it_trains()
     cfg = RunConfig(
         model=groups["model"],
         data=groups["data"],

@@ -209,3 +209,20 @@ def cpu_deepspeed_state(training: dict[str, Any]) -> None:
     finally:
         del os.environ["ACCELERATE_USE_DEEPSPEED"]
     training["accelerator_config"] = {**(extra or {}), "use_configured_state": True}
+
+
+def zero3_only_where_it_trains() -> None:
+    """Keep ZeRO-3's process-wide switch off in processes that do not train under a launcher.
+
+    Building training arguments with a ZeRO-3 config flips a global in transformers that makes
+    every later `from_pretrained`/`from_config` in the process partition weights through
+    DeepSpeed, which needs a process group. `lathe train`'s launching process, `lathe plan`,
+    chat/export/eval on a training config and in-process tests only read the config, so the
+    switch is turned back off there; the launched training processes keep it.
+    """
+    from ..launcher import inside_launcher
+
+    if not inside_launcher():
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
