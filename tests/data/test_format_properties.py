@@ -90,3 +90,11 @@ def test_registry_entries_fail_only_with_lathe_errors_naming_them(name, entry):
         DatasetAttr.from_entry(name, entry, source="dataset_info.json")
     except LatheError as e:
         assert repr(name) in str(e) or name in str(e)
+
+
+def test_found_by_fuzzing_tool_calls_that_are_not_a_list():
+    attr = DatasetAttr.from_entry("openai", ENTRIES["openai"], source="generated")
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": True}]},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
+    result = convert_rows(attr, rows)
+    assert result.num_skipped == 1 and "malformed tool_calls" in result.report()

@@ -320,7 +320,9 @@ def convert_openai(attr: DatasetAttr, row: Mapping[str, Any]) -> Sample:
         tag, content = message.get(tags.role_tag), message.get(tags.content_tag)
         if tag in (tags.assistant_tag, tags.function_tag) and message.get("tool_calls"):
             calls = message["tool_calls"]
-            if not all(isinstance(call, Mapping) and isinstance(call.get("function"), Mapping) for call in calls):
+            if not isinstance(calls, list) or not all(
+                isinstance(call, Mapping) and isinstance(call.get("function"), Mapping) for call in calls
+            ):
                 raise RowError("malformed tool_calls", f"turn {turn}: each call needs a 'function' object")
             tag, content = tags.function_tag, json.dumps([dict(call["function"]) for call in calls], ensure_ascii=False)
         if tag is not None and tag == tags.observation_tag:
