@@ -14,6 +14,15 @@ allocator's reserve is not counted). On the CPU, the kernel's resident high-wate
 (VmHWM in /proc/self/status), reset after the imports through /proc/self/clear_refs, minus the
 resident size at that moment: exact, with no sampling interval to miss a short peak. Where
 /proc is not available, a thread samples the resident size every 5 ms instead.
+
+Why the worker pins glibc's mmap threshold (`pin_malloc_threshold`): by default glibc raises
+the threshold to the size of the largest block freed so far (up to 32 MiB), so after the first
+step every activation tensor comes from the heap, and freed heap memory stays resident. On a
+100M-parameter model that retained free memory was ~0.4 GB on top of ~0.1 GB of live
+activations (docs/efficiency.md), and how much depends on the order of frees, not on the
+method. Pinned, each large tensor is its own mapping, returned when freed, so the resident
+peak follows the tensors' memory: the CPU counterpart of CUDA's max allocated, and the
+quantity `lathe plan` estimates. `MALLOC_MMAP_THRESHOLD_=131072` does the same for `lathe train`.
 """
 
 from __future__ import annotations
@@ -29,6 +38,21 @@ import time
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+
+M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
+
+
+def pin_malloc_threshold(threshold: int = 128 * 1024) -> bool:
+    """Fix glibc's mmap threshold at its initial 128 KiB (see the module docstring); False where not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
 
 
 def _status_kib(field: str) -> int | None:
@@ -125,16 +149,28 @@ def training_perplexity(config: str | None, overrides: list[str], output_dir: Pa
     return run_perplexity(cfg)["perplexity"]
 
 
+def _import_run_modules(cfg) -> None:
+    """Import what the run will import before the baseline is taken: module code is no part of a run's peak."""
+    import importlib
+
+    from ..train import STAGES
+
+    for name in ("datasets", "peft", "accelerate", "transformers", "transformers.trainer", "lathe.data.loader",
+                 "lathe.model.load", "lathe.model.adapters", "lathe.train.optim", STAGES[cfg.finetuning.stage].split(":")[0]):
+        importlib.import_module(name)
+    if cfg.model.quantization_bit:
+        importlib.import_module("lathe.model.quantize")
+
+
 def measure(config: str | None, overrides: list[str], perplexity: bool = True) -> dict:
     """Train once as `lathe train` would and return the measured numbers."""
     from ..config import load_config
     from ..model.adapters import count_parameters
     from ..train import run_stage
 
-    import transformers  # noqa: F401  (imported before the baseline: its import is no part of the run)
-    from transformers import Trainer  # noqa: F401
-
     cfg = load_config(config, overrides)
+    _import_run_modules(cfg)
+    pinned = pin_malloc_threshold()
     meter = PeakMemory()
     meter.start()
     start = time.perf_counter()
@@ -145,7 +181,7 @@ def measure(config: str | None, overrides: list[str], perplexity: bool = True) -
     tokens, runtime, loss = _read_log(out)
     trainable, total = count_parameters(result.model)
     record = {
-        "peak_memory": peak, "memory_kind": meter.kind, "baseline_memory": meter.baseline,
+        "peak_memory": peak, "memory_kind": meter.kind, "baseline_memory": meter.baseline, "malloc_pinned": pinned,
         "tokens": tokens, "train_runtime": runtime, "run_seconds": round(seconds, 3),
         "tokens_per_second": round(tokens / runtime, 2) if runtime else None,
         "loss": loss, "train_loss": result.metrics.get("train_loss"),
