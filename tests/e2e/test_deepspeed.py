@@ -111,6 +111,24 @@ def test_zero2_logs_the_same_losses_as_ddp(base_config, tmp_path):
         assert a == pytest.approx(b, abs=1e-4)
 
 
+@pytest.mark.slow
+def test_zero3_checkpoint_resumes_where_it_left_off(base_config, tmp_path):
+    import shutil
+
+    config = base_config(finetuning_type="full", deepspeed=str(Z3), max_steps=4, save_strategy="steps", save_steps=2)
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    proc = lathe_train(config, f"output_dir={full}", processes=2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (full / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed's sharded optimizer state
+    shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
+    proc = lathe_train(config, f"output_dir={resumed}", "overwrite_output_dir=false", processes=2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    tail = losses(resumed)
+    assert [s for s, _ in tail] == [3, 4]
+    for (_, a), (_, b) in zip(tail, losses(full)[2:]):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
 # ---------------------------------------------------------------- refused up front, nothing spawned
 
 
