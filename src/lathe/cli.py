@@ -73,8 +73,10 @@ def cmd_train(args: list[str]) -> int:
         return launch(args)
     from .train import run_stage
 
+    from .train.base import is_main_process
+
     metrics = run_stage(cfg).metrics
-    if "train_loss" in metrics:
+    if "train_loss" in metrics and is_main_process():  # one line per run, not per rank
         print(f"[lathe] done: train_loss {metrics['train_loss']:.4f}; results in {cfg.training.output_dir}")
     return 0
 

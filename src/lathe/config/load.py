@@ -368,12 +368,20 @@ def _build_training(values: dict[str, Any], data: DataArguments, stage: str, met
     # token is exact there (the non-padding count would miss eos tokens that double as pad).
     packed = data.packing or data.neat_packing or (data.packing is None and stage == "pt")
     coerced.setdefault("include_num_input_tokens_seen", "all" if packed else "non_padding")
+    if coerced.get("deepspeed"):
+        from ..distributed import resolve_deepspeed
+
+        coerced["deepspeed"] = resolve_deepspeed(coerced["deepspeed"], source)  # cwd, then the config's folder
     if not _has_accelerator():
         # transformers refuses bf16/fp16 without a GPU unless told the run is on the CPU, which it is;
         # several CPU processes (FORCE_TORCHRUN) talk over gloo.
         coerced.setdefault("use_cpu", True)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             coerced.setdefault("ddp_backend", "gloo")
+        if coerced.get("deepspeed"):
+            from ..distributed.engines import cpu_deepspeed_state
+
+            cpu_deepspeed_state(coerced)
     if method == "lora":
         coerced.setdefault("ddp_find_unused_parameters", False)  # frozen base weights get no gradient
     try:

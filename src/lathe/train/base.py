@@ -67,7 +67,8 @@ def prepare_output_dir(cfg: "RunConfig") -> str | None:
         remove_incomplete_checkpoints(out)
     last = last_complete_checkpoint(out)
     if last is not None:
-        logger.info("Resuming from %s (set overwrite_output_dir: true to start fresh).", last)
+        if is_main_process():
+            logger.info("Resuming from %s (set overwrite_output_dir: true to start fresh).", last)
         return last
     raise LatheError(
         f"output_dir {out} already holds files and no checkpoint to resume from. "
@@ -105,6 +106,9 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     from ..model.adapters import apply_method
     from ..model.load import add_config_tokens, enable_gradient_checkpointing, load_model, load_tokenizer
 
+    from ..distributed import check_launch
+
+    check_launch(cfg)  # DeepSpeed / FSDP in a single unlaunched process would fail deep inside the Trainer
     resume = prepare_output_dir(cfg)
     tokenizer = load_tokenizer(cfg.model)
     template = run_template(cfg, tokenizer)
@@ -125,6 +129,7 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, **tr
     Returns (trainer, metrics). Every stage that runs on the Hugging Face Trainer goes
     through here, so logging, checkpoints and saving behave the same in all of them.
     """
+    from ..distributed import ShardingCallback, requested_engine
     from .callbacks import JsonlLogCallback
     from .checkpoints import check_writable, checkpoint_bytes, with_atomic_checkpoints
     from .optim import custom_optimizer
@@ -145,7 +150,7 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, **tr
         eval_dataset=run.data.eval,
         data_collator=collator,
         processing_class=run.tokenizer,
-        callbacks=[JsonlLogCallback()],
+        callbacks=[JsonlLogCallback(), ShardingCallback(requested_engine(cfg))],
         **trainer_kwargs,
     )
     metrics = train_and_save(trainer, cfg, run.resume)
