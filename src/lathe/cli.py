@@ -206,7 +206,8 @@ def cmd_plan(args: list[str]) -> int:
     parser.add_argument("config")
     parser.add_argument("--device-memory", help="memory of one device, e.g. 24GiB")
     parser.add_argument("--devices", type=int, default=1)
-    parser.add_argument("--shard", choices=("none", "zero2", "zero3", "fsdp"), default="none")
+    parser.add_argument("--shard", choices=("none", "zero2", "zero3", "fsdp"), default="none",
+                        help="how weights/optimizer are split across --devices (default: the config's deepspeed/fsdp)")
     parser.add_argument("overrides", nargs="*")
     ns = parser.parse_args(args)
     from .config import load_config
@@ -214,7 +215,13 @@ def cmd_plan(args: list[str]) -> int:
 
     cfg = load_config(ns.config, ns.overrides)
     memory = parse_memory(ns.device_memory) if ns.device_memory else None
-    print(plan(cfg, memory, devices=ns.devices, shard=ns.shard))
+    shard = ns.shard
+    if shard == "none":  # the config's own engine: `deepspeed` ZeRO-2/3 or `fsdp`
+        from .distributed.engines import deepspeed_stage, fsdp_requested
+
+        stage = deepspeed_stage(cfg)
+        shard = "fsdp" if fsdp_requested(cfg) else {2: "zero2", 3: "zero3"}.get(stage or 0, "none")
+    print(plan(cfg, memory, devices=ns.devices, shard=shard))
     return 0
 
 

@@ -181,3 +181,12 @@ def test_data_stats(capsys, sft_config):
     assert "lathe_identity: 57 of 57 rows kept" in out
     assert "tokens per sample: min" in out and "p95" in out
     assert "truncated by cutoff_len:" in out and "learned (" in out
+
+
+def test_plan_splits_memory_as_the_configs_deepspeed_stage_says(capsys, sft_config):
+    from lathe.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    assert main(["plan", str(sft_config()), f"deepspeed={root}/examples/deepspeed/ds_z3_config.json",
+                 "--devices", "2"]) == 0
+    assert "2 devices (zero3)" in capsys.readouterr().out
