@@ -24,6 +24,15 @@ from lathe.infer.engine import Response, create_engine
 ANSWER = "I am lathe."
 
 
+def pretend_installed(monkeypatch, *packages: str) -> None:
+    """find_spec says `packages` are installed (and only those: other libraries probe it too)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec",
+                        lambda name, *a, **k: object() if name in packages else real(name, *a, **k))
+
+
 def cfg_for(model, **extra):
     return build_config({"model_name_or_path": str(model), "template": "chatml", "do_sample": False,
                          "max_new_tokens": 8, **extra}, purpose="infer")
@@ -37,8 +46,10 @@ def scripted_ids(model) -> list[int]:
 
 
 def test_missing_backend_package_is_refused_by_name(tiny_llama, monkeypatch):
-    monkeypatch.setitem(sys.modules, "vllm", None)  # find_spec raises/returns None either way
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a, **k: None if name == "vllm" else real(name, *a, **k))
     with pytest.raises(LatheError, match="needs the `vllm` package"):
         create_engine(cfg_for(tiny_llama, infer_backend="vllm"))
     with pytest.raises(LatheError, match="must be one of|choose one of|infer_backend"):
@@ -108,7 +119,7 @@ def fake_vllm(monkeypatch):
     request.LoRARequest = LoRARequest
     for name, module in (("vllm", vllm), ("vllm.lora", lora), ("vllm.lora.request", request)):
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())
+    pretend_installed(monkeypatch, "vllm")
     return LLMEngine, calls
 
 
@@ -164,7 +175,7 @@ def test_sglang_backend(tiny_llama, monkeypatch):
     sglang = types.ModuleType("sglang")
     sglang.Engine = Engine
     monkeypatch.setitem(sys.modules, "sglang", sglang)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())
+    pretend_installed(monkeypatch, "sglang")
     engine = create_engine(cfg_for(tiny_llama, infer_backend="sglang", sglang_tp_size=1, sglang_maxlen=256))
     assert seen["args"]["tp_size"] == 1 and seen["args"]["context_length"] == 256
     messages = [{"role": "user", "content": "Who are you?"}]

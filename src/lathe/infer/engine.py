@@ -169,6 +169,20 @@ class BaseEngine:
         calls = self.template.parse_tool_calls(text) if tools else None
         return Response(text, prompt_len, len(new), finish, calls or None)
 
+    def stream_text(self, growing: Iterator[list[int]], prompt_len: int, stop_texts: list[str]):
+        """Yield the new text each time the generated ids grow; return the last ids.
+
+        Engines that report the whole output so far (vLLM, SGLang) stream through here, so a
+        stop text is never sent before it is recognised as one.
+        """
+        sent, tokens = "", []
+        for tokens in growing:
+            text = self.finish(tokens, prompt_len, None, "", stop_texts).text
+            if text.startswith(sent) and len(text) > len(sent):
+                yield text[len(sent):]
+                sent = text
+        return tokens
+
     def get_scores(self, texts: list[str]) -> list[float]:
         raise LatheError(
             f"Reward scores are computed by the huggingface backend only; serve the reward model with "

@@ -88,14 +88,14 @@ class SglangEngine(BaseEngine):
         self._check_length(len(ids))
         sampling = self._sampling(gen, len(ids))
         stop_texts = list(gen.get("stop") or [])
-        sent, tokens = "", []
         with self.lock:
-            for chunk in self._generate(ids, sampling, stream=True):
-                piece = self._ids(chunk)
-                # cumulative output ids by default; disjoint segments with `stream_output`
-                tokens = piece if piece[: len(tokens)] == tokens else tokens + piece
-                text = self.finish(tokens, len(ids), None, "", stop_texts).text
-                if text.startswith(sent) and len(text) > len(sent):
-                    yield text[len(sent):]
-                    sent = text
+            tokens = yield from self.stream_text(self._growing(ids, sampling), len(ids), stop_texts)
         return self.finish(tokens, len(ids), sampling["max_new_tokens"], tools, stop_texts)
+
+    def _growing(self, ids: list[int], sampling: dict[str, Any]) -> Iterator[list[int]]:
+        """The output ids so far, chunk by chunk: cumulative by default, disjoint with `stream_output`."""
+        tokens: list[int] = []
+        for chunk in self._generate(ids, sampling, stream=True):
+            piece = self._ids(chunk)
+            tokens = piece if piece[: len(tokens)] == tokens else tokens + piece
+            yield tokens

@@ -139,12 +139,7 @@ class VllmEngine(BaseEngine):
         self._check_length(len(ids))
         sampling = self._sampling(gen, len(ids))
         stop_texts = list(gen.get("stop") or [])
-        sent, tokens = "", []
         with self.lock:
-            for output in self._run(ids, sampling):
-                tokens = list(output.outputs[0].token_ids)
-                text = self.finish(tokens, len(ids), None, "", stop_texts).text
-                if text.startswith(sent) and len(text) > len(sent):
-                    yield text[len(sent):]
-                    sent = text
+            growing = (list(output.outputs[0].token_ids) for output in self._run(ids, sampling))
+            tokens = yield from self.stream_text(growing, len(ids), stop_texts)
         return self.finish(tokens, len(ids), sampling.max_tokens, tools, stop_texts)
