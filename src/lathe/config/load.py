@@ -366,7 +366,7 @@ def _build_training(values: dict[str, Any], data: DataArguments, stage: str, met
     coerced.setdefault("generation_max_length", data.cutoff_len)
     # Feeds tokens/s in the log. Packed batches hold no padding at all, so counting every
     # token is exact there (the non-padding count would miss eos tokens that double as pad).
-    packed = data.packing or data.neat_packing or (data.packing is None and stage == "pt")
+    packed = data.packing or data.neat_packing or data.padding_free or (data.packing is None and stage == "pt")
     coerced.setdefault("include_num_input_tokens_seen", "all" if packed else "non_padding")
     if coerced.get("deepspeed"):
         from ..distributed import resolve_deepspeed

@@ -115,6 +115,7 @@ class DataArguments:
     interleave_probs: str | None = opt(None, "Comma list of sampling probabilities for the interleave strategies.")
     packing: bool | None = opt(None, "Pack several samples into each cutoff_len row (no padding); default: on for pt, off otherwise.")
     neat_packing: bool = opt(False, "Pack without attention across packed samples (per-sample position ids).")
+    padding_free: bool = opt(False, "sft without packing: flatten each batch into one row (per-sample position ids): same batches and loss, no padding computed.")
     tokenized_path: str | None = opt(
         None, "Folder of tokenized data: loaded when it exists, else written after preprocessing."
     )

@@ -71,6 +71,8 @@ def validate(cfg: "RunConfig") -> None:
             raise LatheError(f"{src}: `buffer_size` must be positive, got {d.buffer_size}.")
     if d.neat_packing and d.packing is False:
         raise LatheError(f"{src}: `neat_packing: true` packs samples; it cannot go with `packing: false`.")
+    if d.padding_free and m.shift_attn:
+        raise LatheError(f"{src}: `shift_attn` groups each padded row's tokens; it cannot go with `padding_free: true`.")
     if d.interleave_probs and not d.mix_strategy.startswith("interleave"):
         raise LatheError(f"{src}: `interleave_probs` needs `mix_strategy: interleave_under` or `interleave_over`.")
     if d.interleave_probs:
@@ -183,7 +185,7 @@ def validate(cfg: "RunConfig") -> None:
     if f.compute_accuracy and f.stage != "sft":
         raise LatheError(f"{src}: `compute_accuracy` applies to `stage: sft` only.")
     if f.stage != "sft":
-        for key in ("train_on_prompt", "mask_history", "neat_packing"):
+        for key in ("train_on_prompt", "mask_history", "neat_packing", "padding_free"):
             if getattr(d, key):
                 raise LatheError(f"{src}: `{key}` only applies to `stage: sft`.")
     if d.mask_history and d.train_on_prompt:

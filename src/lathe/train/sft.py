@@ -30,6 +30,10 @@ def run_sft(cfg: "RunConfig") -> "StageResult":
     run = setup_run(cfg)
     if packing_enabled(cfg):
         collator = FlatteningCollator()  # packed rows: one flat row per batch, no padding
+    elif cfg.data.padding_free:  # the same batches, flattened: no padding token computed (docs/benchmarks.md)
+        from transformers import DataCollatorWithFlattening
+
+        collator = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
     else:
         collator = DataCollatorForSeq2Seq(run.tokenizer, label_pad_token_id=-100, pad_to_multiple_of=None)
     extra = {}
