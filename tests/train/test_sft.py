@@ -141,3 +141,28 @@ def test_tool_calling_data_trains(sft_config):
                                  template="qwen", max_samples=16, cutoff_len=512, max_steps=2))
     result = run_stage(cfg)
     assert result.metrics["train_loss"] > 0
+
+
+def test_defaults_flatten_batches_and_checkpoint_only_when_memory_needs_it(sft_config, monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    from lathe.efficiency import plan
+    from lathe.model.load import load_model, load_tokenizer
+    from lathe.train.sft import padding_free
+
+    cfg = load_config(sft_config())
+    model = load_model(cfg, load_tokenizer(cfg.model))
+    assert padding_free(cfg, model)  # llama builds its mask from per-sample position ids
+    assert not padding_free(load_config(sft_config(padding_free=False)), model)
+    assert not padding_free(cfg, torch.nn.Linear(2, 2))  # a module that cannot keep samples apart
+
+    caplog.set_level(logging.INFO, logger="lathe")
+    assert not plan.gradient_checkpointing_wanted(cfg, model)
+    assert "gradient checkpointing off" in caplog.text
+    monkeypatch.setattr(plan, "free_memory", lambda: 1024)
+    assert plan.gradient_checkpointing_wanted(cfg, model)
+    assert plan.gradient_checkpointing_wanted(load_config(sft_config(disable_gradient_checkpointing=False)), model)
+    monkeypatch.setattr(plan, "free_memory", lambda: 10**12)
+    assert not plan.gradient_checkpointing_wanted(load_config(sft_config(disable_gradient_checkpointing=True)), model)

@@ -67,7 +67,9 @@ class ModelArguments:
     use_unsloth: bool = opt(False, "Load and add LoRA through unsloth's FastLanguageModel (needs unsloth and a CUDA GPU).")
     use_unsloth_gc: bool = opt(False, "With use_unsloth: unsloth's gradient checkpointing that offloads activations to CPU.")
     enable_liger_kernel: bool = opt(False, "Liger's fused Triton kernels (needs liger-kernel and a CUDA GPU).")
-    disable_gradient_checkpointing: bool = opt(False, "Turn off gradient checkpointing (on by default to save memory).")
+    disable_gradient_checkpointing: bool = opt(
+        False, "true: no gradient checkpointing; false: always on. Unset: on only when a batch's activations would not fit in memory without it."
+    )
     use_reentrant_gc: bool = opt(True, "Use the re-entrant variant of gradient checkpointing.")
     low_cpu_mem_usage: bool = opt(True, "Load weights without building a random-init copy first.")
     infer_backend: str = opt(
@@ -115,7 +117,7 @@ class DataArguments:
     interleave_probs: str | None = opt(None, "Comma list of sampling probabilities for the interleave strategies.")
     packing: bool | None = opt(None, "Pack several samples into each cutoff_len row (no padding); default: on for pt, off otherwise.")
     neat_packing: bool = opt(False, "Pack without attention across packed samples (per-sample position ids).")
-    padding_free: bool = opt(False, "sft without packing: flatten each batch into one row (per-sample position ids): same batches and loss, no padding computed.")
+    padding_free: bool = opt(False, "sft without packing: flatten each batch into one row (per-sample position ids): same batches and loss, no padding computed. Unset: on wherever the model masks packed rows.")
     tokenized_path: str | None = opt(
         None, "Folder of tokenized data: loaded when it exists, else written after preprocessing."
     )

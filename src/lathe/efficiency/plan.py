@@ -18,13 +18,17 @@ FSDP split the weights too. Estimates, not measurements: `lathe bench` measures.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import LatheError
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -181,13 +185,53 @@ def size(n: int) -> str:
     return f"{n / GiB:.2f}G" if n >= GiB / 10 else f"{n / 1024**2:.1f}M"
 
 
+def free_memory() -> int | None:
+    """Bytes free on the training device now: CUDA's free memory, or the kernel's MemAvailable on a CPU."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+ACTIVATION_SHARE = 0.5  # of the free memory, for one batch's activations and logits without checkpointing
+
+
+def gradient_checkpointing_wanted(cfg: "RunConfig", model: torch.nn.Module) -> bool:
+    """Whether to trade compute for memory: as the config says, or (unset) only when memory needs it.
+
+    Recomputing every layer in the backward pass costs about a third of a step. LLaMA-Factory
+    always pays it; lathe pays it when a batch's activations and logits without checkpointing
+    (the plan's formulas, `per_device_train_batch_size` x `cutoff_len`) would take more than
+    half of the device's free memory, and says which way it went and why.
+    """
+    from ..model.load import resolve_dtype
+
+    if "disable_gradient_checkpointing" in cfg.explicit:
+        return not cfg.model.disable_gradient_checkpointing
+    shape = model_shape(model)
+    batch, seq = cfg.training.per_device_train_batch_size, cfg.data.cutoff_len
+    needed = activation_bytes(shape, batch, seq, DTYPE_BYTES[resolve_dtype(cfg)], False) + logits_bytes(shape, batch, seq)
+    free = free_memory()
+    wanted = free is None or needed > free * ACTIVATION_SHARE
+    where = "free memory unknown" if free is None else f"{size(needed)} of activations for a {batch} x {seq} batch, {size(free)} free"
+    logger.info("gradient checkpointing %s (%s); `disable_gradient_checkpointing: true/false` decides it yourself.",
+                "on" if wanted else "off", where)
+    return wanted
+
+
 def plan_kwargs(cfg: "RunConfig", devices: int = 1, shard: str = "none") -> dict:
     """`estimate`'s keyword arguments (all but the method and batch) as the config sets them."""
     from ..model.load import resolve_dtype
 
     f = cfg.finetuning
     return dict(seq=cfg.data.cutoff_len, dtype_bytes=DTYPE_BYTES[resolve_dtype(cfg)],
-                checkpointing=not cfg.model.disable_gradient_checkpointing, lora_rank=f.lora_rank,
+                checkpointing="disable_gradient_checkpointing" in cfg.explicit and not cfg.model.disable_gradient_checkpointing,
+                lora_rank=f.lora_rank,
                 freeze_layers=abs(f.freeze_trainable_layers), galore_rank=f.galore_rank, devices=devices, shard=shard)
 
 

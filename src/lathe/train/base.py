@@ -117,7 +117,9 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
         data = get_dataset(cfg, tokenizer, template)
     save_run_config(cfg)
     model = load_model(cfg, tokenizer)
-    if cfg.training.do_train and not cfg.model.disable_gradient_checkpointing:
+    from ..efficiency.plan import gradient_checkpointing_wanted
+
+    if cfg.training.do_train and gradient_checkpointing_wanted(cfg, model):
         enable_gradient_checkpointing(model, cfg.model.use_reentrant_gc)
     model = apply_method(model, cfg, new_token_rows=bool(added) or cfg.model.resize_vocab)
     return RunSetup(resume, tokenizer, template, data, model)
