@@ -47,3 +47,12 @@ def test_parse_methods():
     assert parse_methods("full, lora") == ["full", "lora"]
     with pytest.raises(Exception, match="(?i)did you mean `lora`"):
         parse_methods("lorra")
+
+
+def test_a_bench_where_no_method_ran_fails(sft_config, tmp_path, monkeypatch):
+    from lathe.efficiency import bench
+    from lathe.errors import LatheError
+
+    monkeypatch.setattr(bench, "run_method", lambda name, *a: {"error": f"{name} could not start"})
+    with pytest.raises(LatheError, match="no method ran .*lora: lora could not start"):
+        bench.run_bench(str(sft_config()), [], ["lora"], 1, str(tmp_path / "b"))

@@ -160,6 +160,22 @@ def chart(results: dict[str, dict], path: Path) -> Path:
     return path
 
 
+def preflight(cfg) -> None:
+    """Tokenizer, template and data as every method will use them, checked (and cached) once up front.
+
+    A wrong template or dataset would otherwise fail in each method's process in turn, after
+    its model load; the tokenized data this leaves in the cache is what those processes read.
+    """
+    from ..data.loader import get_dataset, run_template
+    from ..model.load import add_config_tokens, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    template = run_template(cfg, tokenizer)
+    template.fix_tokenizer(tokenizer)
+    add_config_tokens(tokenizer, cfg.model)
+    get_dataset(cfg, tokenizer, template)
+
+
 def run_bench(config: str | None, overrides: list[str], names: list[str], steps: int, output: str | None) -> Path:
     """Run every method, then write bench.md, bench.json and bench.png into the output folder."""
     import logging
@@ -170,6 +186,7 @@ def run_bench(config: str | None, overrides: list[str], names: list[str], steps:
     if steps < 1:
         raise LatheError("--steps must be at least 1.")
     cfg = load_config(config, overrides)  # a bad config fails here, once, not once per method
+    preflight(cfg)
     out = Path(output or Path(cfg.training.output_dir) / "bench")
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
@@ -179,6 +196,9 @@ def run_bench(config: str | None, overrides: list[str], names: list[str], steps:
         r = results[name]
         log.info("bench: %s: %s", name, r["error"] if "error" in r else
                  f"peak {r['peak_memory'] / 1024**2:.0f} MiB, {r.get('tokens_per_second')} tokens/s")
+    if all("error" in r for r in results.values()):
+        reasons = "; ".join(f"{name}: {r['error']}" for name, r in results.items())
+        raise LatheError(f"lathe bench: no method ran ({reasons}).")
     try:
         plans = planned(config, overrides, names)
     except LatheError as e:  # the measurements still count without the estimates beside them
