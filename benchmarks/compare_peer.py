@@ -45,10 +45,14 @@ ROOT = HERE.parent
 WORK = HERE / "work"  # git-ignored: model, tokenizer, data copy, runs
 RESULTS = HERE / "results"
 SHARED_DATA = Path(os.environ.get("LATHE_SHARED_DATA", ROOT.parent / "shared" / "data"))
-LATHE = [str(ROOT / ".venv" / "bin" / "lathe")]
+# lathe as `pip install lathe` installs it (no optional extras: hqq, torchao, deepspeed add seconds
+# to every import of transformers), made by benchmarks/setup_lathe.sh; else the dev environment.
+BASE_VENV = WORK / "venv-lathe"
+VENV = BASE_VENV if (BASE_VENV / "bin" / "lathe").exists() else ROOT / ".venv"
+LATHE = [str(VENV / "bin" / "lathe")]
 PEER_VENV = HERE / "peers" / ".venv-llamafactory"
 PEER = [str(PEER_VENV / "bin" / "llamafactory-cli")]
-PLAIN = [str(ROOT / ".venv" / "bin" / "python"), str(HERE / "plain_hf.py")]
+PLAIN = [str(VENV / "bin" / "python"), str(HERE / "plain_hf.py")]
 
 MODEL = dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2)
 VOCAB = 8000
@@ -61,7 +65,7 @@ RUN = {
 }
 MODES = {
     "defaults": {},
-    "same": {"packing": False, "disable_gradient_checkpointing": False},
+    "same": {"packing": False, "disable_gradient_checkpointing": False},  # + padding_free: false for lathe
     "fast": {"padding_free": True, "disable_gradient_checkpointing": True},
     "packed": {"neat_packing": True, "disable_gradient_checkpointing": True},
 }
@@ -93,6 +97,8 @@ def prepare() -> tuple[Path, Path]:
 def write_config(tool: str, mode: str, data: Path, model: Path, run_dir: Path) -> Path:
     config = {"model_name_or_path": str(model), "dataset_dir": str(data), **RUN, **MODES[mode],
               "output_dir": str(run_dir / "out")}
+    if mode == "same" and tool == "lathe":
+        config["padding_free"] = False  # lathe's own key: padded batches, as the others compute them
     path = run_dir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
