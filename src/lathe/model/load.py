@@ -170,6 +170,11 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
 
         shift_attn.check_model(config)
         attn = shift_attn.register(cfg.data.cutoff_len)
+    elif attn in (None, "sdpa") and cfg.training.do_train:  # sdpa, as the library would pick without fa2
+        from .patches import varlen_sdpa
+
+        if varlen_sdpa.usable(config):  # flattened rows: attention inside each sample only
+            attn = varlen_sdpa.register()
     if attn:
         kwargs["attn_implementation"] = attn
     if m.use_unsloth:  # unsloth quantizes and patches the model itself

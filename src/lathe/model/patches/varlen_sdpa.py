@@ -1,0 +1,79 @@
+"""sdpa that attends inside each sample of a flattened row, instead of over the whole row.
+
+Padding-free and packed batches put several samples in one row, with position ids that
+restart at every sample. transformers turns that into a block-diagonal mask for sdpa, and
+sdpa then computes the scores of the whole row against itself (the row length squared) and
+throws the off-diagonal blocks away: for four samples, three quarters of the attention work.
+flash-attention's variable-length kernel avoids that on GPUs; on a CPU (and wherever
+flash-attn is absent) this function does the same by running causal sdpa on each sample's
+span. It is exact (the same softmax over the same keys) and falls back to plain sdpa, with
+the mask transformers built, for anything else: padded batches, several rows, generation
+with a cache, and models whose attention is more than causal (sliding windows, soft-capping),
+which are not registered for it at all.
+
+Registered under its own name through transformers' `AttentionInterface`; no library
+function is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+NAME = "lathe_sdpa"
+# Decoders whose attention is plain causal softmax attention over [batch, heads, seq, dim].
+PLAIN_CAUSAL = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "granite", "internlm2")
+
+
+def segments(position_ids: torch.Tensor) -> list[int] | None:
+    """Start offsets of the samples in one flattened row (position ids restart at 0), plus its end."""
+    row = position_ids[0]
+    starts = (row == 0).nonzero().flatten()
+    if starts.numel() < 2 or starts[0] != 0:
+        return None
+    bounds = starts.tolist() + [row.numel()]
+    return bounds
+
+
+def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    position_ids = kwargs.get("position_ids")
+    length = query.shape[2]
+    bounds = None
+    if (position_ids is not None and query.shape[0] == 1 and key.shape[2] == length
+            and position_ids.shape[-1] == length and kwargs.get("sliding_window") is None):
+        bounds = segments(position_ids)
+    if bounds is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    rep = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, rep), repeat_kv(value, rep)
+    parts = [
+        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
+                                       dropout_p=dropout if module.training else 0.0, scale=scaling)
+        for s, e in zip(bounds[:-1], bounds[1:])
+    ]
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+def usable(config) -> bool:
+    """Only decoders whose attention is causal softmax and nothing more (see the module docstring)."""
+    if getattr(config, "model_type", None) not in PLAIN_CAUSAL:
+        return False
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False
+    return not getattr(config, "attn_logit_softcapping", None)
+
+
+def register() -> str:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, varlen_sdpa)
+    AttentionMaskInterface.register(NAME, sdpa_mask)  # the fallback gets exactly sdpa's mask
+    return NAME
