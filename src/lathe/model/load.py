@@ -199,6 +199,8 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
                 f"checkpoint to safetensors with a tool you trust, or use a safetensors checkpoint. ({e.__class__.__name__})"
             ) from None
     resize_embeddings(model, tokenizer)
+    if quant is not None:
+        release_checkpoint_mapping(model)
     quantized = quantize_loaded(model, cfg, kwargs["dtype"]) or quant is not None or prequantized
     if quantized and cfg.training.do_train:
         from peft import prepare_model_for_kbit_training
@@ -207,6 +209,22 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
         # checkpointing; the checkpointing itself is switched on by the stage as usual.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
+
+
+def release_checkpoint_mapping(model: torch.nn.Module) -> int:
+    """Copy the unquantized CPU tensors of a quantized load out of the memory-mapped checkpoint.
+
+    transformers maps the safetensors file; after quantizing on the fly, the embeddings, norms
+    and head that stay in full precision are still views into that mapping, which keeps every
+    page read while quantizing resident: ~400 MiB over the plan for a 105M model on a CPU.
+    Owning copies let the mapping go. Returns the number of tensors copied.
+    """
+    copied = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if type(tensor) in (torch.nn.Parameter, torch.Tensor) and tensor.device.type == "cpu" and tensor.is_floating_point():
+            tensor.data = tensor.data.clone()
+            copied += 1
+    return copied
 
 
 def apply_rope_scaling(config, rope_type: str | None, cutoff_len: int) -> None:
