@@ -201,6 +201,13 @@ def free_memory() -> int | None:
 ACTIVATION_SHARE = 0.5  # of the free memory, for one batch's activations and logits without checkpointing
 
 
+def checkpointing_choice(cfg: "RunConfig") -> bool | None:
+    """Gradient checkpointing as the config decides it: on, off, or None (unset: memory decides)."""
+    if "disable_gradient_checkpointing" in cfg.explicit:
+        return not cfg.model.disable_gradient_checkpointing
+    return None
+
+
 def gradient_checkpointing_wanted(cfg: "RunConfig", model: torch.nn.Module) -> bool:
     """Whether to trade compute for memory: as the config says, or (unset) only when memory needs it.
 
@@ -211,8 +218,9 @@ def gradient_checkpointing_wanted(cfg: "RunConfig", model: torch.nn.Module) -> b
     """
     from ..model.load import resolve_dtype
 
-    if "disable_gradient_checkpointing" in cfg.explicit:
-        return not cfg.model.disable_gradient_checkpointing
+    chosen = checkpointing_choice(cfg)
+    if chosen is not None:
+        return chosen
     shape = model_shape(model)
     batch, seq = cfg.training.per_device_train_batch_size, cfg.data.cutoff_len
     needed = activation_bytes(shape, batch, seq, DTYPE_BYTES[resolve_dtype(cfg)], False) + logits_bytes(shape, batch, seq)
@@ -230,7 +238,7 @@ def plan_kwargs(cfg: "RunConfig", devices: int = 1, shard: str = "none") -> dict
 
     f = cfg.finetuning
     return dict(seq=cfg.data.cutoff_len, dtype_bytes=DTYPE_BYTES[resolve_dtype(cfg)],
-                checkpointing="disable_gradient_checkpointing" in cfg.explicit and not cfg.model.disable_gradient_checkpointing,
+                checkpointing=bool(checkpointing_choice(cfg)),  # unset: off, as where memory is plenty
                 lora_rank=f.lora_rank,
                 freeze_layers=abs(f.freeze_trainable_layers), galore_rank=f.galore_rank, devices=devices, shard=shard)
 

@@ -13,6 +13,7 @@ thread. vLLM and SGLang live in their own modules (`vllm_engine.py`, `sglang_eng
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 
 from ..errors import LatheError
+from ..model.adapters.common import split_names
 from .generate import generation_kwargs, stop_token_ids
 
 if TYPE_CHECKING:
@@ -72,7 +74,6 @@ def load_inference_model(cfg: "RunConfig", before_merge=None):
 
     `before_merge(model)` may inspect the base model first (export refuses quantized ones).
     """
-    from ..model.adapters.common import split_names
     from ..model.adapters.lora import load_adapters
     from ..model.load import load_model
 
@@ -105,6 +106,44 @@ def create_engine(cfg: "RunConfig") -> "BaseEngine":
     return getattr(importlib.import_module(module), name)(cfg)
 
 
+# ---------------------------------------------------------------- engines outside this process (vllm, sglang)
+
+
+def extra_engine_args(value: Any, key: str) -> dict[str, Any]:
+    """`vllm_config` / `sglang_config`: a dict, or its JSON text (as the Board and the CLI give it)."""
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise LatheError(f"`{key}` must be a dict or its JSON text: {e}.") from None
+    if not isinstance(value, dict):
+        raise LatheError(f"`{key}` must be a dict of engine arguments, got {type(value).__name__}.")
+    return value
+
+
+def single_adapter(cfg: "RunConfig", backend: str) -> str | None:
+    adapters = split_names(cfg.model.adapter_name_or_path)
+    if len(adapters) > 1:
+        raise LatheError(
+            f"infer_backend {backend} serves one LoRA adapter, got {len(adapters)}: merge the others first "
+            f"with `lathe export`, then serve the merged model with the last adapter."
+        )
+    return adapters[0] if adapters else None
+
+
+def check_servable(cfg: "RunConfig", backend: str) -> None:
+    """What these engines cannot do, refused before minutes of engine start-up."""
+    if cfg.model.quantization_bit is not None:
+        raise LatheError(
+            f"infer_backend {backend} does not quantize on the fly (`quantization_bit`): serve a checkpoint "
+            f"that is already quantized (GPTQ/AWQ), or use `infer_backend: huggingface`."
+        )
+    if cfg.generating.num_beams > 1:
+        raise LatheError(f"infer_backend {backend} does not do beam search here: set `num_beams: 1`.")
+
+
 class BaseEngine:
     """What every backend shares: the template's prompt, the context check and how an answer ends."""
 
@@ -123,12 +162,8 @@ class BaseEngine:
         self.max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1) or 1
 
     def context_length(self) -> int:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(self.cfg.model.model_name_or_path,
-                                            trust_remote_code=self.cfg.model.trust_remote_code)
-        positions = getattr(config, "max_position_embeddings", None)
-        return int(positions or getattr(self.tokenizer, "model_max_length", 4096))
+        """Longest prompt + answer in tokens: each backend reads it from its own model or settings."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------ prompts
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .engine import BaseEngine, Response, load_inference_tokenizer
-from .vllm_engine import check_servable, extra_engine_args, single_adapter
+from .engine import BaseEngine, Response, check_servable, extra_engine_args, load_inference_tokenizer, single_adapter
 
 if TYPE_CHECKING:
     from ..config import RunConfig

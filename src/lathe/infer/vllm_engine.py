@@ -10,50 +10,12 @@ streaming needs no event loop and one request at a time matches the other backen
 from __future__ import annotations
 
 import itertools
-import json
 from typing import TYPE_CHECKING, Any, Iterator
 
-from ..errors import LatheError
-from ..model.adapters.common import split_names
-from .engine import BaseEngine, Response, load_inference_tokenizer
+from .engine import BaseEngine, Response, check_servable, extra_engine_args, load_inference_tokenizer, single_adapter
 
 if TYPE_CHECKING:
     from ..config import RunConfig
-
-
-def extra_engine_args(value: Any, key: str) -> dict[str, Any]:
-    """`vllm_config` / `sglang_config`: a dict, or its JSON text (as the Board and the CLI give it)."""
-    if value in (None, ""):
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise LatheError(f"`{key}` must be a dict or its JSON text: {e}.") from None
-    if not isinstance(value, dict):
-        raise LatheError(f"`{key}` must be a dict of engine arguments, got {type(value).__name__}.")
-    return value
-
-
-def single_adapter(cfg: "RunConfig", backend: str) -> str | None:
-    adapters = split_names(cfg.model.adapter_name_or_path)
-    if len(adapters) > 1:
-        raise LatheError(
-            f"infer_backend {backend} serves one LoRA adapter, got {len(adapters)}: merge the others first "
-            f"with `lathe export`, then serve the merged model with the last adapter."
-        )
-    return adapters[0] if adapters else None
-
-
-def check_servable(cfg: "RunConfig", backend: str) -> None:
-    """What these engines cannot do, refused before minutes of engine start-up."""
-    if cfg.model.quantization_bit is not None:
-        raise LatheError(
-            f"infer_backend {backend} does not quantize on the fly (`quantization_bit`): serve a checkpoint "
-            f"that is already quantized (GPTQ/AWQ), or use `infer_backend: huggingface`."
-        )
-    if cfg.generating.num_beams > 1:
-        raise LatheError(f"infer_backend {backend} does not do beam search here: set `num_beams: 1`.")
 
 
 class VllmEngine(BaseEngine):

@@ -14,13 +14,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import LatheError
+from .adapters.common import base_model
 
 HEAD_FILE = "value_head.safetensors"
 CONFIG_FILE = "value_head.json"
 
 
 def _config(backbone):
-    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    base = base_model(backbone)
     return base.config
 
 

@@ -56,8 +56,7 @@ def checkpoint_complete(path: Path) -> bool:
         return False
     if not isinstance(state, dict) or state.get("global_step") != step:
         return False
-    has_weights = any((path / name).exists() for name in WEIGHT_FILES) or any(path.glob("global_step*"))
-    return has_weights
+    return any((path / name).exists() for name in WEIGHT_FILES) or any(path.glob("global_step*"))
 
 
 def checkpoints(out: Path) -> list[Path]:

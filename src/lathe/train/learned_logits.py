@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..model.adapters.common import base_model
+
 IGNORE_INDEX = -100
 
 
@@ -31,7 +33,7 @@ def learned_positions(inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 

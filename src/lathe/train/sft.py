@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..data.loader import packing_enabled
 from ..data.packing import FlatteningCollator
+from ..model.adapters.common import base_model
 from .base import build_and_train, setup_run
 from .learned_logits import LearnedLogitsMixin
 
@@ -63,7 +64,7 @@ def padding_free(cfg: "RunConfig", model) -> bool:
         return cfg.data.padding_free
     if cfg.model.shift_attn:
         return False
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     try:
         source = inspect.getsource(sys.modules[type(base).__module__])
     except (OSError, TypeError, KeyError):

@@ -30,6 +30,11 @@ def embedding_module_names(model: torch.nn.Module) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def base_model(model):
+    """The transformers model inside a peft wrapper (the model itself when there is none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def split_names(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
