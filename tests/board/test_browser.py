@@ -91,6 +91,31 @@ def _fill(page, elem_id: str, value: str) -> None:
     box.press("Tab")  # commit the value (blur)
 
 
+def _preview_yaml(page) -> str:
+    page.click("#preview-cmd")
+    page.wait_for_selector("#cmd-line .cm-content:has-text('lathe train')", timeout=30_000)
+    return page.locator("#cmd-yaml .cm-content").inner_text()
+
+
+def _fill_until_previewed(page, values: dict[str, str]) -> str:
+    """Fill fields until the previewed YAML holds them all; returns that YAML.
+
+    A field inside an accordion that has just opened can be re-mounted by gradio right after
+    it was filled (seen on a loaded CI machine: the run got the default logging_steps of 500,
+    so a 6-step run logged no loss). Reading the values back from the preview makes the test
+    wait for the page, not for luck.
+    """
+    text = ""
+    for _ in range(5):
+        for elem, value in values.items():
+            _fill(page, elem, value)
+        text = _preview_yaml(page)
+        if all(f"{elem[2:]}: {value}" in text for elem, value in values.items()):
+            return text
+        time.sleep(1)
+    raise AssertionError(f"the form did not take {values}; the preview showed:\n{text}")
+
+
 def _pick(page, elem_id: str, value: str) -> None:
     """Choose `value` in a gradio dropdown: open it, click the option."""
     page.locator(f"#{elem_id} input").first.click()
@@ -140,11 +165,8 @@ def test_board_trains_plots_and_chats_in_a_browser(board, tiny_demo_model):
         assert not out.exists()
         _fill(page, "f-learning_rate", "5e-3")
         page.get_by_text("Extras", exact=True).click()
-        _fill(page, "f-logging_steps", "1")
-        _fill(page, "f-save_steps", "3")
-
-        page.click("#preview-cmd")
-        page.wait_for_selector("#cmd-line .cm-content:has-text('lathe train')", timeout=30_000)
+        page.wait_for_selector("#f-logging_steps input", state="visible", timeout=30_000)
+        config_yaml = _fill_until_previewed(page, {"f-logging_steps": "1", "f-save_steps": "3", "f-max_steps": "6"})
         preview = page.locator("#cmd-line .cm-content").inner_text()
         page.click("#train-start")
         page.wait_for_selector("#train-status:has-text('Started')", timeout=30_000)
@@ -165,7 +187,7 @@ def test_board_trains_plots_and_chats_in_a_browser(board, tiny_demo_model):
         _shot(page, "board_train")
         log = page.locator("#train-log textarea").input_value()
         assert progress.get_attribute("data-state") == "finished", log
-        assert int(progress.get_attribute("data-points")) >= 2
+        assert int(progress.get_attribute("data-points")) >= 2, f"config:\n{config_yaml}\nlog:\n{log}"
         # the plot itself drew the points (vega renders one mark per point of the line)
         page.wait_for_function(
             "() => document.querySelectorAll('#loss-plot canvas, #loss-plot svg').length > 0", timeout=30_000)
