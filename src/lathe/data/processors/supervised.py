@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from ..templates.tokenize import SpanTokens
+
 IGNORE_INDEX = -100
 
 
@@ -77,25 +81,54 @@ def build_supervised_example(
     return Encoded(input_ids, labels, truncated)
 
 
+def labels_of(tokens: SpanTokens, train_on_prompt: bool, mask_history: bool) -> np.ndarray:
+    """Labels of a conversation that fits cutoff_len: the same as `build_supervised_example` gives it."""
+    if train_on_prompt:
+        learned = np.ones_like(tokens.learned)
+    elif mask_history:
+        learned = tokens.learned & (tokens.pair == tokens.num_pairs - 1)
+    else:
+        learned = tokens.learned
+    return np.where(learned, tokens.ids, IGNORE_INDEX)
+
+
 def encode_supervised_batch(batch: dict[str, list], *, template, tokenizer, data_args) -> dict[str, list]:
+    """Rows -> input_ids / attention_mask / labels (numpy arrays), with `_truncated` and `_drop` for the report.
+
+    The whole batch is tokenized in one call; conversations within cutoff_len take their labels
+    straight from the token arrays, longer ones go through `build_supervised_example`.
+    """
     out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "_truncated": [], "_drop": []}
     chosen = batch.get("chosen") or [[]] * len(batch["messages"])
-    for messages, system, tools, pair in zip(batch["messages"], batch["system"], batch["tools"], chosen):
-        if len(messages) % 2 == 1:  # plain text, ranking data, or a conversation cut before its answer
-            for key in out:
-                out[key].append([] if key in ("input_ids", "attention_mask", "labels") else False)
-            out["_drop"][-1] = (
+    rows = list(zip(batch["messages"], batch["system"], batch["tools"], chosen))
+    learnable = [len(messages) % 2 == 0 for messages, *_ in rows]
+    encoded = iter(template.encode_many(tokenizer, [
+        (messages, system or data_args.default_system or "", tools or "")
+        for (messages, system, tools, _), ok in zip(rows, learnable) if ok
+    ]))
+    empty = np.zeros(0, dtype=np.int64)
+    for (_, _, _, pair), ok in zip(rows, learnable):
+        if not ok:  # plain text, ranking data, or a conversation cut before its answer
+            for key in ("input_ids", "attention_mask", "labels"):
+                out[key].append(empty)
+            out["_truncated"].append(False)
+            out["_drop"].append(
                 "no answer turn to learn (chosen/rejected pairs belong to `stage: rm` or `dpo`)" if pair
                 else "no answer turn to learn (plain text belongs to `stage: pt`)"
             )
             continue
-        system = system or data_args.default_system or ""
-        pairs = template.encode(tokenizer, messages, system=system, tools=tools or "")
-        enc = build_supervised_example(pairs, data_args.cutoff_len, data_args.train_on_prompt, data_args.mask_history)
-        learned = sum(1 for t in enc.labels if t != IGNORE_INDEX)
-        out["input_ids"].append(enc.input_ids)
-        out["attention_mask"].append([1] * len(enc.input_ids))
-        out["labels"].append(enc.labels)
-        out["_truncated"].append(enc.truncated)
-        out["_drop"].append("" if learned else "no learned token left after truncation to cutoff_len")
+        tokens = next(encoded)
+        if len(tokens.ids) <= data_args.cutoff_len:
+            input_ids, truncated = tokens.ids, False
+            labels = labels_of(tokens, data_args.train_on_prompt, data_args.mask_history)
+        else:
+            enc = build_supervised_example(tokens.pairs(), data_args.cutoff_len, data_args.train_on_prompt,
+                                           data_args.mask_history)
+            input_ids, labels = np.asarray(enc.input_ids, dtype=np.int64), np.asarray(enc.labels, dtype=np.int64)
+            truncated = enc.truncated
+        out["input_ids"].append(input_ids)
+        out["attention_mask"].append(np.ones(len(input_ids), dtype=np.int64))
+        out["labels"].append(labels)
+        out["_truncated"].append(truncated)
+        out["_drop"].append("" if (labels != IGNORE_INDEX).any() else "no learned token left after truncation to cutoff_len")
     return out

@@ -4,7 +4,7 @@ A template turns a conversation into token ids and says which of them are learne
 exist: `SlotTemplate` (lathe's registered templates, text kept as data in `templates.yaml`) and
 `TokenizerTemplate` (the tokenizer's own jinja `chat_template`). Both only have to *render*: produce
 one string plus the character spans that are learned. Turning that into ids is shared and done here,
-once, the same way for both (see `tokenize.split_by_spans` for why it is one tokenizer call).
+once, the same way for both (see `tokenize.py` for why it is one tokenizer call).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from lathe.data.schema import ANSWER_ROLES, PROMPT_ROLES
 from lathe.errors import LatheError
 
-from .tokenize import add_missing_special_tokens, ensure_eos_and_pad, split_by_spans
+from .tokenize import SpanTokens, add_missing_special_tokens, ensure_eos_and_pad, tokenize_spans
 from .tools import ToolCall, ToolFormat
 
 Pairs = list[tuple[list[int], list[int]]]
@@ -131,8 +131,12 @@ class Template(ABC):
 
         Concatenated, the ids are exactly `tokenizer(rendering.text, add_special_tokens=False).input_ids`.
         """
-        rendering = self.render(tokenizer, messages, system, tools)
-        return split_by_spans(tokenizer, rendering.text, rendering.answer_spans)
+        return self.encode_many(tokenizer, [(messages, system, tools)])[0].pairs()
+
+    def encode_many(self, tokenizer: Any, conversations: Sequence[tuple[Sequence[dict], str, str]]) -> list[SpanTokens]:
+        """`encode` for a batch of `(messages, system, tools)`, with one tokenizer call for all of them."""
+        renderings = [self.render(tokenizer, messages, system, tools) for messages, system, tools in conversations]
+        return tokenize_spans(tokenizer, [r.text for r in renderings], [r.answer_spans for r in renderings])
 
     def encode_prompt(self, tokenizer: Any, messages: Sequence[dict], system: str = "", tools: str = "") -> list[int]:
         """Return the ids of the prompt for generation (ends with the assistant header)."""

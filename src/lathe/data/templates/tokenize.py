@@ -12,9 +12,48 @@ Offsets need a fast (Rust `tokenizers`) tokenizer; a slow one is refused with a 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
 
 from lathe.errors import LatheError
+
+
+PARALLELISM = "TOKENIZERS_PARALLELISM"
+_DEFAULTED = "LATHE_TOKENIZERS_PARALLELISM_DEFAULTED"
+
+
+def tokenizer_threads_off_by_default() -> None:
+    """Set TOKENIZERS_PARALLELISM=false for this process and its children, unless the user set it.
+
+    A process that forks after the Rust tokenizer used its thread pool (DataLoader workers,
+    `datasets` workers, the Board starting a run) gets a warning and, in the child, a pool that
+    can deadlock. `tokenizer_threads` lends the pool back where it is safe.
+    """
+    if PARALLELISM not in os.environ:
+        os.environ[PARALLELISM] = "false"
+        os.environ[_DEFAULTED] = "1"
+
+
+@contextmanager
+def tokenizer_threads(enabled: bool = True) -> Iterator[None]:
+    """Let batched tokenization in this process use every core, when lathe (not the user) turned it off.
+
+    Only for work done in the calling process: a worker forked while the pool is on must not
+    tokenize in parallel, so callers that fork (`datasets` with num_proc) pass `enabled=False`.
+    Afterwards the variable is "false" again, so later forks stay quiet and safe.
+    """
+    lent = enabled and os.environ.get(_DEFAULTED) == "1" and os.environ.get(PARALLELISM) == "false"
+    if lent:
+        os.environ[PARALLELISM] = "true"
+    try:
+        yield
+    finally:
+        if lent:
+            os.environ[PARALLELISM] = "false"
 
 
 def _tokenizer_name(tokenizer: Any) -> str:
@@ -31,44 +70,56 @@ def require_fast(tokenizer: Any) -> None:
         )
 
 
-def split_by_spans(tokenizer: Any, text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[list[int], list[int]]]:
-    """Tokenize `text` once and split its ids into one `(prompt_ids, answer_ids)` per answer span.
+@dataclass(frozen=True)
+class SpanTokens:
+    """The ids of one rendered text, and for each token the pair it belongs to and whether it is learned.
 
-    `spans` are sorted, non-overlapping `[start, end)` character ranges; a token is an answer
-    token of span k when one of its characters lies in span k (a zero-width token: when its
-    position does). Tokens before span k and after span k-1 are the prompt of pair k.
+    Pair k holds the tokens after answer span k-1 and up to the end of answer span k; within it,
+    `learned` marks the tokens of the answer. Arrays keep a batch of conversations out of
+    per-token Python loops (the cold preprocessing cost of a data set).
+    """
+
+    ids: np.ndarray  # int64 token ids, exactly tokenizer(text, add_special_tokens=False).input_ids
+    pair: np.ndarray  # int64 pair index of each token
+    learned: np.ndarray  # bool: the token has a character in an answer span
+    num_pairs: int
+
+    def pairs(self) -> list[tuple[list[int], list[int]]]:
+        """One `(prompt_ids, answer_ids)` per answer span."""
+        out = []
+        for k in range(self.num_pairs):
+            in_pair = self.pair == k
+            out.append((self.ids[in_pair & ~self.learned].tolist(), self.ids[in_pair & self.learned].tolist()))
+        return out
+
+
+def tokenize_spans(tokenizer: Any, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]) -> list[SpanTokens]:
+    """Tokenize each text once (one batched call) and place every token by its character offsets.
+
+    `spans[i]` are the sorted, non-overlapping `[start, end)` answer spans of `texts[i]`. A token
+    is learned in span k when one of its characters lies in span k (a zero-width token: when
+    its position does); it belongs to pair k when k spans end at or before its first character.
     """
     require_fast(tokenizer)
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
-    pairs: list[tuple[list[int], list[int]]] = []
-    prompt: list[int] = []
-    answer: list[int] = []
-    k = 0
-    for token_id, (start, end) in zip(ids, offsets):
-        # Close every span that ends at or before this token's first character.
-        while k < len(spans) and start >= spans[k][1]:
-            pairs.append((prompt, answer))
-            prompt, answer = [], []
-            k += 1
-        if k < len(spans) and _overlaps(start, end, spans[k]):
-            answer.append(token_id)
-        else:
-            prompt.append(token_id)
-    while k < len(spans):
-        pairs.append((prompt, answer))
-        prompt, answer = [], []
-        k += 1
-    if prompt:
-        # Renderers cut training text at the end of the last answer: nothing after it is learned.
-        raise AssertionError(f"{len(prompt)} token(s) follow the last answer span of the rendered text")
-    return pairs
-
-
-def _overlaps(start: int, end: int, span: tuple[int, int]) -> bool:
-    if start == end:
-        return span[0] <= start < span[1]
-    return start < span[1] and end > span[0]
+    if not texts:
+        return []
+    encoding = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for ids, offsets, text_spans in zip(encoding["input_ids"], encoding["offset_mapping"], spans):
+        ids = np.asarray(ids, dtype=np.int64)
+        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+        bounds = np.asarray(text_spans, dtype=np.int64).reshape(-1, 2)
+        start, end = offsets[:, 0], offsets[:, 1]
+        pair = np.searchsorted(bounds[:, 1], start, side="right")
+        if len(pair) and pair.max() >= len(bounds):
+            # Renderers cut training text at the end of the last answer: nothing after it is learned.
+            raise AssertionError(f"{int((pair >= len(bounds)).sum())} token(s) follow the last answer span "
+                                 "of the rendered text")
+        span_start, span_end = bounds[pair, 0], bounds[pair, 1]
+        zero_width = start == end
+        learned = np.where(zero_width, (span_start <= start) & (start < span_end), (start < span_end) & (end > span_start))
+        out.append(SpanTokens(ids, pair, learned, len(bounds)))
+    return out
 
 
 def special_token_strings(tokenizer: Any) -> set[str]:
