@@ -229,7 +229,8 @@ def main() -> None:
         sys.exit(f"{PEER[0]} is missing: run bash benchmarks/peers/setup_llamafactory.sh first")
     data, model = prepare()
     env = dict(os.environ)
-    env.update(TOKENIZERS_PARALLELISM="false", DISABLE_VERSION_CHECK="1", HF_HUB_OFFLINE="1")
+    env.update(DISABLE_VERSION_CHECK="1", HF_HUB_OFFLINE="1")
+    env.pop("TOKENIZERS_PARALLELISM", None)  # each tool's own choice (lathe tokenizes batches on every core)
     if ns.threads:  # one thread each: OpenMP threads that spin slow down many-fold when other jobs share the cores
         env["OMP_NUM_THREADS"] = str(ns.threads)
     else:

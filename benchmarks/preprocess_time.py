@@ -19,9 +19,11 @@ CONFIG = {"stage": "sft", "do_train": True, "finetuning_type": "lora", "dataset"
 
 def lathe(config: dict) -> int:
     from lathe.config import build_config
+    from lathe.data.templates.tokenize import tokenizer_threads_off_by_default
     from lathe.data.loader import get_dataset, run_template
     from lathe.model.load import load_tokenizer
 
+    tokenizer_threads_off_by_default()  # as `lathe train` starts
     cfg = build_config(config)
     tokenizer = load_tokenizer(cfg.model)
     template = run_template(cfg, tokenizer)
