@@ -19,8 +19,9 @@ CONFIG = {"stage": "sft", "do_train": True, "finetuning_type": "lora", "dataset"
 
 def lathe(config: dict) -> int:
     from lathe.config import build_config
-    from lathe.data.templates.tokenize import tokenizer_threads_off_by_default
     from lathe.data.loader import get_dataset, run_template
+    from lathe.data.templates.tokenize import tokenizer_threads_off_by_default
+    from lathe.heap import frozen
     from lathe.model.load import load_tokenizer
 
     tokenizer_threads_off_by_default()  # as `lathe train` starts
@@ -29,7 +30,8 @@ def lathe(config: dict) -> int:
     template = run_template(cfg, tokenizer)
     template.fix_tokenizer(tokenizer)
     start = time.perf_counter()
-    data = get_dataset(cfg, tokenizer, template)
+    with frozen():  # as `lathe train` runs it (lathe/heap.py)
+        data = get_dataset(cfg, tokenizer, template)
     return time.perf_counter() - start, len(data.train)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LatheError
+from ..heap import frozen
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -42,4 +43,6 @@ def run_stage(cfg: "RunConfig") -> StageResult:
         raise LatheError(f"stage `{stage}` is not registered; known: {', '.join(STAGES)}.")
     set_seed(cfg.training.seed)  # before the model loads, so adapter init is reproducible too
     module, function = STAGES[stage].split(":")
-    return getattr(importlib.import_module(module), function)(cfg)
+    run = getattr(importlib.import_module(module), function)
+    with frozen():  # the libraries are imported now; collections skip their objects (see heap.py)
+        return run(cfg)
