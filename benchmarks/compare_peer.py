@@ -168,6 +168,18 @@ def preprocess(tool: str, data: Path, model: Path, env: dict) -> dict:
     return out
 
 
+def benchmark_env(threads: int) -> dict:
+    """The environment every tool runs in: offline, and `threads` OpenMP threads (0: torch's default)."""
+    env = dict(os.environ)
+    env.update(DISABLE_VERSION_CHECK="1", HF_HUB_OFFLINE="1")
+    env.pop("TOKENIZERS_PARALLELISM", None)  # each tool's own choice (lathe tokenizes batches on every core)
+    if threads:  # one thread each: OpenMP threads that spin slow down many-fold when other jobs share the cores
+        env["OMP_NUM_THREADS"] = str(threads)
+    else:
+        env.pop("OMP_NUM_THREADS", None)
+    return env
+
+
 def machine() -> dict:
     import torch
 
@@ -228,13 +240,7 @@ def main() -> None:
     if "llamafactory" in tools and not Path(PEER[0]).exists():
         sys.exit(f"{PEER[0]} is missing: run bash benchmarks/peers/setup_llamafactory.sh first")
     data, model = prepare()
-    env = dict(os.environ)
-    env.update(DISABLE_VERSION_CHECK="1", HF_HUB_OFFLINE="1")
-    env.pop("TOKENIZERS_PARALLELISM", None)  # each tool's own choice (lathe tokenizes batches on every core)
-    if ns.threads:  # one thread each: OpenMP threads that spin slow down many-fold when other jobs share the cores
-        env["OMP_NUM_THREADS"] = str(ns.threads)
-    else:
-        env.pop("OMP_NUM_THREADS", None)
+    env = benchmark_env(ns.threads)
     runs = []
     info = machine()
     info["load_before"] = load()
