@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -103,11 +104,12 @@ def tokenize_spans(tokenizer: Any, texts: Sequence[str], spans: Sequence[Sequenc
     require_fast(tokenizer)
     if not texts:
         return []
-    encoding = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    encoding = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True,
+                         return_attention_mask=False, return_token_type_ids=False)
     out = []
     for ids, offsets, text_spans in zip(encoding["input_ids"], encoding["offset_mapping"], spans):
-        ids = np.asarray(ids, dtype=np.int64)
-        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+        ids = np.fromiter(ids, dtype=np.int64, count=len(ids))
+        offsets = np.fromiter(chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets)).reshape(-1, 2)
         bounds = np.asarray(text_spans, dtype=np.int64).reshape(-1, 2)
         start, end = offsets[:, 0], offsets[:, 1]
         pair = np.searchsorted(bounds[:, 1], start, side="right")
