@@ -6,7 +6,8 @@ compare_peer.py times the 1,090 samples the issue names; there a fixed cost of w
 second (reading two files, building Arrow tables, the Rust tokenizer's cold caches) is most of
 either tool's time. This script shows the per-sample cost: each copy of an alpaca row gets its
 copy number in the instruction, so every sample is a distinct text. Results go to
-benchmarks/results/preprocess_scale.{json,md}.
+benchmarks/results/preprocess_xN.{json,md}; `--repeat 1`
+is the issue's own data, timed over more rounds than compare_peer.py's single cold run.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     ns = parser.parse_args()
     data, model = compare_peer.prepare()
-    scaled = scaled_data(data, ns.repeat)
+    scaled = scaled_data(data, ns.repeat) if ns.repeat > 1 else data
     env = compare_peer.benchmark_env(threads=1)
     results: dict[str, list[dict]] = {"lathe": [], "llamafactory": []}
     for _ in range(ns.rounds):  # alternating, like compare_peer
@@ -61,9 +62,9 @@ def main() -> None:
     if all(medians[t][0] for t in medians):
         lines += ["", f"cold: lathe {medians['llamafactory'][0] / medians['lathe'][0]:.2f}x faster than LLaMA-Factory"]
     compare_peer.RESULTS.mkdir(exist_ok=True)
-    (compare_peer.RESULTS / "preprocess_scale.json").write_text(json.dumps(
+    (compare_peer.RESULTS / f"preprocess_x{ns.repeat}.json").write_text(json.dumps(
         {"machine": compare_peer.machine(), "repeat": ns.repeat, "runs": results}, indent=2))
-    (compare_peer.RESULTS / "preprocess_scale.md").write_text("\n".join(lines) + "\n")
+    (compare_peer.RESULTS / f"preprocess_x{ns.repeat}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
