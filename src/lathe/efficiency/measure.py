@@ -31,7 +31,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import threading
 import time
