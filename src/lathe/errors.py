@@ -9,7 +9,9 @@ traceback.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+import json
+from pathlib import Path
+from typing import Any, Iterable
 
 
 class LatheError(Exception):
@@ -22,3 +24,16 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     if not close:
         return ""
     return " Did you mean " + ", ".join(f"`{c}`" for c in close) + "?"
+
+
+def read_json_file(path: str | Path, what: str = "") -> Any:
+    """Parse a JSON file; a syntax error names `path:line:column` (and `what` the file is for)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise LatheError(
+            f"{path}:{error.lineno}:{error.colno}: invalid JSON{what and ' in ' + what}: {error.msg}. "
+            "Fix the file at that line."
+        ) from None
+    except UnicodeDecodeError as error:
+        raise LatheError(f"{path} is not UTF-8 text ({error}).") from None

@@ -18,13 +18,12 @@ Semantics match LLaMA-Factory's parser so its files mean the same thing here:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from lathe.data.formats import get_format
-from lathe.errors import LatheError, did_you_mean
+from lathe.errors import LatheError, did_you_mean, read_json_file
 
 REGISTRY_FILE = "dataset_info.json"
 ONLINE = "ONLINE"  # a dataset_dir meaning "the names are Hugging Face Hub ids", as in LLaMA-Factory
@@ -190,14 +189,7 @@ def load_registry(dataset_dir: str | Path) -> dict[str, DatasetAttr]:
             f"No {REGISTRY_FILE} found: looked for {path}{hint}. Set dataset_dir to the folder that holds "
             f"{REGISTRY_FILE}, or to {ONLINE!r} to use Hugging Face Hub ids as dataset names."
         )
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise LatheError(
-            f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}. Fix the file at that line."
-        ) from None
-    except UnicodeDecodeError as error:
-        raise LatheError(f"{path} is not UTF-8 text ({error}).") from None
+    info = read_json_file(path)
     if not isinstance(info, dict):
         raise LatheError(f"{path} must hold a JSON object of name -> entry, got {type(info).__name__}.")
     return {name: DatasetAttr.from_entry(name, entry, source=str(path)) for name, entry in info.items()}

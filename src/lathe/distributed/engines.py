@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LatheError
+from ..errors import LatheError, read_json_file
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -59,10 +59,7 @@ def resolve_deepspeed(value: Any, source: str) -> str | dict:
             f"{source}: `deepspeed: {value}`: file not found (looked in {looked}). Give the path of a DeepSpeed "
             f"JSON config, e.g. examples/deepspeed/ds_z3_config.json."
         )
-    try:
-        data = json.loads(found.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise LatheError(f"{found}, line {e.lineno}: invalid JSON in the `deepspeed` config: {e.msg}.") from None
+    data = read_json_file(found, "the `deepspeed` config")
     _check_deepspeed_dict(data, str(found), source)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extension_cache()))
     return str(found.resolve())

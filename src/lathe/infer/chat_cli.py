@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
-from ..errors import LatheError
+from ..errors import LatheError, read_json_file
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -28,10 +28,7 @@ def read_tools(path: str | None) -> str:
     file = Path(path)
     if not file.is_file():
         raise LatheError(f"--tools {path}: no such file (a JSON list of tool definitions).")
-    try:
-        tools = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise LatheError(f"--tools {path} is not valid JSON: {e}.") from None
+    tools = read_json_file(file, "the --tools file")
     if isinstance(tools, dict):
         tools = [tools]
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
