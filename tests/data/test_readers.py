@@ -12,7 +12,7 @@ import pytest
 
 from lathe import hub
 from lathe.data import readers
-from lathe.data.readers import read_rows
+from lathe.data.readers import iter_rows, read_rows
 from lathe.data.registry import DatasetAttr
 from lathe.errors import LatheError
 
@@ -29,7 +29,7 @@ def attr_for(file_name: str, **entry) -> DatasetAttr:
 
 
 def read(tmp_path: Path, file_name: str, **entry) -> list[dict]:
-    return read_rows(attr_for(file_name, **entry), tmp_path, cache_dir=tmp_path / "cache").to_list()
+    return list(iter_rows(read_rows(attr_for(file_name, **entry), tmp_path, cache_dir=tmp_path / "cache")))
 
 
 def write_arrow(path: Path, rows: list[dict]) -> None:
@@ -132,6 +132,48 @@ def test_num_samples_draws_without_then_with_repeats(tmp_path):
     more = read(tmp_path, "data.json", num_samples=7)
     assert len(more) == 7 and {r["instruction"] for r in more} == {"a", "b", "c"}  # every row at least once
     assert read(tmp_path, "data.json", num_samples=7) == more  # same seed, same draw
+
+
+# ----------------------------------------------------------------------------- local JSON without datasets
+
+
+def test_local_json_is_read_without_a_datasets_copy(tmp_path):
+    """lathe caches tokenized data itself; the raw rows need no Arrow copy in the datasets cache."""
+    WRITERS["json"](tmp_path / "data.json", ROWS)
+    rows = read_rows(attr_for("data.json"), tmp_path, cache_dir=tmp_path / "cache")
+    assert rows == ROWS and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("text, rows", [
+    ('{"instruction": "a"}\n\n{"instruction": "b"}\n', [{"instruction": "a"}, {"instruction": "b"}]),  # lines in .json
+    ('["first doc", "second doc"]', [{"text": "first doc"}, {"text": "second doc"}]),
+    ('\ufeff[{"instruction": "a"}]', [{"instruction": "a"}]),  # a byte order mark
+    ('[{"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}]',
+     [{"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}]),  # nested values as written
+])
+def test_json_layouts(tmp_path, text, rows):
+    (tmp_path / "data.json").write_text(text, encoding="utf-8")
+    assert read(tmp_path, "data.json") == rows
+
+
+def test_an_array_in_a_jsonl_file(tmp_path):
+    (tmp_path / "data.jsonl").write_text(json.dumps(ROWS, indent=1), encoding="utf-8")
+    assert read(tmp_path, "data.jsonl") == ROWS
+
+
+def test_json_that_is_not_utf8_says_so(tmp_path):
+    (tmp_path / "data.json").write_bytes('[{"instruction": "caf\u00e9"}]'.encode("latin-1"))
+    with pytest.raises(LatheError, match=r"data.json is not UTF-8 text"):
+        read(tmp_path, "data.json")
+
+
+def test_json_of_mixed_values_goes_to_datasets(tmp_path, monkeypatch):
+    """A layout the json reader does not take (rows that are not all objects) is left to `datasets`."""
+    (tmp_path / "data.json").write_text('[{"instruction": "a"}, 3]', encoding="utf-8")
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: asked.append(a) or datasets.Dataset.from_list([]))
+    read(tmp_path, "data.json")
+    assert asked == [("json",)]
 
 
 # ----------------------------------------------------------------------------- hubs

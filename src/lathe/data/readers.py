@@ -28,15 +28,17 @@ from lathe.hub import endpoint, hub_reachable, offline_requested
 # file extension -> the `datasets` builder that reads it
 FILE_TYPES = {"arrow": "arrow", "csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet", "txt": "text"}
 
-Loader = Callable[..., datasets.Dataset]  # (attr, dataset_dir, cache_dir, streaming=False)
+Rows = "datasets.Dataset | list[dict[str, Any]]"  # what `read_rows` returns; iterate with `iter_rows`
+Loader = Callable[..., Rows]  # (attr, dataset_dir, cache_dir, streaming=False)
 
 
 def read_rows(
     attr: DatasetAttr, dataset_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, seed: int = 0,
     streaming: bool = False,
-) -> datasets.Dataset:
-    """The rows of `attr` as a `datasets.Dataset` (iterate it for row dicts).
+) -> Rows:
+    """The rows of `attr`: a `datasets.Dataset`, or a list of row dicts for local JSON (see `_read_json`).
 
+    Iterate them with `iter_rows` and take some with `select_rows`.
     `cache_dir` is where `datasets` keeps its Arrow cache (default: HF_DATASETS_CACHE).
     `streaming` returns a `datasets.IterableDataset` that reads rows as they are used.
     When the entry sets `num_samples`, that many rows are drawn with `seed`: every row once
@@ -63,17 +65,24 @@ def iter_rows(rows: Iterable[Mapping[str, Any]], batch_size: int = 1000) -> Iter
         yield from (dict(zip(batch, values)) for values in zip(*batch.values()))
 
 
+def select_rows(rows: Rows, indices: Iterable[int]) -> Rows:
+    """The rows at `indices`, in that order (repeats allowed)."""
+    if isinstance(rows, datasets.Dataset):
+        return rows.select(indices)
+    return [rows[i] for i in indices]
+
+
 def _entry(attr: DatasetAttr) -> str:
     return f"dataset {attr.name!r}" + (f" (entry in {attr.source})" if attr.source else "")
 
 
-def _sample(attr: DatasetAttr, rows: datasets.Dataset, count: int, seed: int) -> datasets.Dataset:
+def _sample(attr: DatasetAttr, rows: Rows, count: int, seed: int) -> Rows:
     if len(rows) == 0:
         raise LatheError(f"{_entry(attr)} has no rows to draw num_samples={count} from.")
     rng = random.Random(seed)
     indices = rng.sample(range(len(rows)), min(count, len(rows)))
     indices += [rng.randrange(len(rows)) for _ in range(count - len(indices))]
-    return rows.select(indices)
+    return select_rows(rows, indices)
 
 
 # ----------------------------------------------------------------------------- local files
@@ -109,8 +118,12 @@ def _extensions() -> str:
     return ", ".join(f".{ext}" for ext in FILE_TYPES)
 
 
-def _load_file(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, streaming: bool = False) -> datasets.Dataset:
+def _load_file(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, streaming: bool = False) -> Rows:
     kind, files = _data_files(attr, dataset_dir / (attr.file_name or ""))
+    if kind == "json" and attr.split == "train" and not streaming:
+        rows = _read_json(attr, files)
+        if rows is not None:
+            return rows
     try:
         return datasets.load_dataset(
             kind, data_files=[str(f) for f in files], split=attr.split, cache_dir=cache_dir, streaming=streaming
@@ -130,13 +143,55 @@ def _load_file(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, stre
         raise LatheError(f"{_entry(attr)}: could not read {names} as {kind}: {_cause(error)}") from error
 
 
+def _read_json(attr: DatasetAttr, files: list[Path]) -> list[dict[str, Any]] | None:
+    """The rows of local JSON / JSON Lines files, read with the json module; None for a layout only
+    `datasets` reads (a top-level object, a list of lists, ...).
+
+    Why not `datasets`: its JSON builder converts the file to Arrow and writes a copy into its
+    cache before lathe reads the rows back into Python; for the sizes people fine-tune on that is
+    most of the time spent reading, and lathe keeps its own cache of the tokenized result. The
+    rows read the same: a list of objects, or one object per line (in .json or .jsonl); a list
+    of strings gives {"text": ...} rows; a key a row lacks is null, as `datasets` fills it.
+    Values stay as the file has them (`datasets` would unify nested objects' keys).
+    """
+    rows: list[Any] = []
+    for path in files:
+        try:
+            values = _json_values(path)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise LatheError(f"{_entry(attr)}: {_json_problem(path) or error}") from error
+        if values is None:
+            return None
+        rows += values
+    if rows and all(isinstance(row, str) for row in rows):
+        return [{"text": row} for row in rows]
+    if not all(isinstance(row, dict) for row in rows):
+        return None
+    keys = dict.fromkeys(key for row in rows for key in row)
+    return [row if len(row) == len(keys) else {key: row.get(key) for key in keys} for row in rows]
+
+
+def _json_values(path: Path) -> list[Any] | None:
+    """The values of one file: its list, or one value per non-blank line; None for a lone non-list document."""
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            if error.msg != "Extra data":  # "Extra data": one value per line
+                raise
+        else:
+            return document if isinstance(document, list) else None
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def _json_problem(path: Path) -> str | None:
     """Where a JSON / JSON Lines file is broken, as 'file:line:column: message', or None.
 
     A .json file may hold one document or (as datasets allows) one object per line.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         return f"{path} is not UTF-8 text ({error})"
     if path.suffix.lower() == ".json":
