@@ -51,8 +51,7 @@ def render_marked(tokenizer, input_ids: list[int], labels: list[int], style: str
 def preview(cfg: "RunConfig", n: int = 3, style: str = "plain") -> str:
     tokenizer, template = _setup(cfg)
     report = DataReport()
-    samples = load_mixed_samples(cfg.data.dataset, cfg, report)
-    samples = samples.select(range(min(n, len(samples))))
+    samples = load_mixed_samples(cfg.data.dataset, cfg, report)[:n]
     data = tokenize_supervised(samples, cfg, tokenizer, template, report, keep_meta=True)
     lines = [f"template: {template.name}; learned tokens are shown {MARK[style][0]}like this{MARK[style][1]}", ""]
     for i, row in enumerate(data):

@@ -21,7 +21,8 @@ from .formats import ConversionResult, RowError, convert_rows, get_format
 from .packing import pack_dataset
 from .processors import PROCESSORS, SAMPLE_COLUMNS, sample_features, sample_row
 from .processors.supervised import IGNORE_INDEX
-from .readers import iter_rows, read_rows
+from .readers import iter_rows, read_rows, select_rows
+from .table import encode_in_process
 from .registry import get_dataset_attrs
 from .templates.tokenize import tokenizer_threads
 
@@ -87,23 +88,29 @@ class DatasetBundle:
 # ---------------------------------------------------------------- reading and mixing
 
 
-def load_mixed_samples(names: str, cfg: "RunConfig", report: DataReport, attrs=None) -> "Dataset":
-    """Read and convert each named dataset, then combine them by `mix_strategy`."""
-    from datasets import Dataset
-
+def load_mixed_samples(names: str, cfg: "RunConfig", report: DataReport, attrs=None) -> list[dict[str, Any]]:
+    """Read and convert each named dataset, then combine them by `mix_strategy`: canonical samples
+    with every stored column (`sample_row`), in training order."""
     d = cfg.data
     parts = []
     for attr in attrs or get_dataset_attrs(names, d.dataset_dir):
         rows = read_rows(attr, d.dataset_dir, seed=cfg.training.seed)
         if d.max_samples is not None:
-            rows = rows.select(range(min(d.max_samples, len(rows))))
+            rows = select_rows(rows, range(min(d.max_samples, len(rows))))
         result = convert_rows(attr, iter_rows(rows))
         report.rows[attr.name] = len(rows)
         report.kept[attr.name] = len(result.samples)
         if result.skipped:
             report.skipped[attr.name] = result.report()
-        parts.append(Dataset.from_list([sample_row(s) for s in result.samples], features=sample_features()))
-    return mix(parts, cfg)
+        parts.append([sample_row(s) for s in result.samples])
+    if len(parts) == 1 or d.mix_strategy == "concat":
+        return [sample for part in parts for sample in part]
+    # Interleaving depends only on the parts' lengths, so datasets interleaves (part, row) pairs.
+    from datasets import Dataset
+
+    order = mix([Dataset.from_dict({"part": [k] * len(part), "row": list(range(len(part)))})
+                 for k, part in enumerate(parts)], cfg)
+    return [parts[k][i] for k, i in zip(order["part"], order["row"])]
 
 
 def mix(parts: list, cfg: "RunConfig"):
@@ -134,27 +141,29 @@ def packing_enabled(cfg: "RunConfig") -> bool:
     return d.packing if d.packing is not None else cfg.finetuning.stage == "pt"
 
 
-def tokenize_supervised(samples: "Dataset", cfg: "RunConfig", tokenizer, template, report: DataReport,
+def tokenize_supervised(samples: list[dict[str, Any]], cfg: "RunConfig", tokenizer, template, report: DataReport,
                         keep_meta: bool = False) -> "Dataset":
     """Samples -> input_ids / attention_mask / labels for the run's stage; drops (and counts) samples
     with nothing to learn.
 
-    `keep_meta` keeps the `_truncated` column for previews.
+    `keep_meta` keeps the `_truncated` column for previews. In this process the batches are
+    tokenized with every core of the Rust tokenizer (`table.encode_in_process`); with
+    `preprocessing_num_workers`, `datasets.map` spreads them over worker processes.
     """
+    from datasets import Dataset
     from datasets.fingerprint import generate_random_fingerprint
 
     processor = PROCESSORS[cfg.finetuning.stage]
     function, kwargs = processor.encode, processor.kwargs(cfg, tokenizer, template)
+    batch_size = cfg.data.preprocessing_batch_size
     workers = _workers(cfg, len(samples)) if processor.parallel else None
-    with tokenizer_threads(enabled=workers is None):  # batches tokenized here use every core
-        dataset = samples.map(
-            function,
-            batched=True,
-            batch_size=cfg.data.preprocessing_batch_size,
-            num_proc=workers,
-            remove_columns=samples.column_names,
-            fn_kwargs=kwargs,
-            desc="Tokenizing",
+    if workers is None:
+        with tokenizer_threads():
+            dataset = encode_in_process(samples, SAMPLE_COLUMNS, function, kwargs, batch_size)
+    else:
+        dataset = Dataset.from_list(samples, features=sample_features()).map(
+            function, batched=True, batch_size=batch_size, num_proc=workers, remove_columns=list(SAMPLE_COLUMNS),
+            fn_kwargs=kwargs, desc="Tokenizing",
             # lathe caches the result under its own key (data/cache.py); a fresh fingerprint spares
             # datasets from pickling the template and tokenizer to hash them.
             new_fingerprint=generate_random_fingerprint(),
