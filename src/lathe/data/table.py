@@ -40,19 +40,28 @@ def encode_in_process(samples: Sequence[dict[str, Any]], columns: Sequence[str],
     return Dataset(table, fingerprint=generate_random_fingerprint())
 
 
+# Stored as datasets.map stores these columns (its OptimizedTypedSequence): ids fit int32, masks int8.
+NARROW_TYPES = {"input_ids": "int32", "attention_mask": "int8", "token_type_ids": "int8", "special_tokens_mask": "int8"}
+
+
 def arrow_table(columns: dict[str, list]):
     """A `pyarrow.Table` of one batch's equal-length columns; a column of numpy arrays becomes a list
     column in one copy (a batch stays far below the 2**31 values a list column's offsets can hold)."""
     import pyarrow as pa
 
-    return pa.table({name: _arrow_column(values) for name, values in columns.items()})
+    return pa.table({name: _arrow_column(name, values) for name, values in columns.items()})
 
 
-def _arrow_column(values: list):
+def _arrow_column(name: str, values: list):
     import pyarrow as pa
 
     if values and all(isinstance(v, np.ndarray) for v in values):
         lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
         offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), type=pa.int32())
-        return pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(values)))
-    return pa.array(values)
+        column = pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(values)))
+    else:
+        column = pa.array(values)
+    narrow = NARROW_TYPES.get(name)
+    if narrow and pa.types.is_list(column.type) and pa.types.is_integer(column.type.value_type):
+        column = column.cast(pa.list_(pa.type_for_alias(narrow)))
+    return column
