@@ -58,3 +58,19 @@ def test_sft_on_plain_text_is_refused_with_the_reason(sft_config):
     cfg = load_config(sft_config(dataset="lathe_docs"))
     with pytest.raises(LatheError, match="stage: pt"):
         run_stage(cfg)
+
+
+def test_whitespace_only_texts_are_counted_not_lost(tmp_path, sft_config):
+    from lathe.data.loader import get_dataset
+    from lathe.data.templates import resolve_template
+    from lathe.model.load import load_tokenizer
+
+    (tmp_path / "docs.txt").write_text("a first document\n   \nthe second one\n\t\n", encoding="utf-8")
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"docs": {"file_name": "docs.txt", "columns": {"prompt": "text"}}}))
+    for packing in (True, False):
+        cfg = load_config(sft_config(stage="pt", dataset="docs", dataset_dir=str(tmp_path), template=None,
+                                     cutoff_len=64, packing=packing))
+        tokenizer = load_tokenizer(cfg.model)
+        bundle = get_dataset(cfg, tokenizer, resolve_template(None, tokenizer))
+        assert bundle.report.dropped == {"blank text (whitespace only)": 2}
+        assert sum(ids.count(tokenizer.eos_token_id) for ids in bundle.train["input_ids"]) == 2

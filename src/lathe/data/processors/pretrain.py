@@ -34,4 +34,8 @@ def encode_pretrain_batch(batch: dict[str, list], *, tokenizer, cutoff_len: int,
     out["labels"] = [list(b) for b in blocks]
     out["_truncated"] = [False] * len(blocks) if packing else [len(d) > cutoff_len for d in docs]
     out["_drop"] = ["" for _ in blocks]
+    blank = len(texts) - len(docs)  # whitespace-only texts: one empty row each, so the loader counts them
+    for column in out:
+        out[column] += [False if column == "_truncated" else "blank text (whitespace only)" if column == "_drop"
+                        else [] for _ in range(blank)]
     return out
