@@ -20,20 +20,24 @@ if TYPE_CHECKING:
 
 
 def encode_in_process(samples: Sequence[dict[str, Any]], columns: Sequence[str], function: Callable[..., dict],
-                      kwargs: dict[str, Any], batch_size: int) -> "Dataset":
+                      kwargs: dict[str, Any], batch_size: int, desc: str = "Tokenizing") -> "Dataset":
     """`function(batch, **kwargs)` over `samples` in batches of `batch_size`, as a `datasets.Dataset`.
 
     A batch is a dict of columns (`columns` of the samples), as `datasets.map(batched=True)` gives it.
+    The progress bar is datasets' own, so `datasets.disable_progress_bars()` silences it too. The
+    table is held in memory until the caller saves it, as map's output for in-memory samples was.
     """
+    import pyarrow as pa
     from datasets import Dataset
     from datasets.fingerprint import generate_random_fingerprint
-
-    import pyarrow as pa
+    from datasets.utils.tqdm import tqdm
 
     tables = []
-    for start in range(0, len(samples), batch_size):
-        rows = samples[start:start + batch_size]
-        tables.append(arrow_table(function({column: [row[column] for row in rows] for column in columns}, **kwargs)))
+    with tqdm(total=len(samples), desc=desc, unit=" examples") as progress:
+        for start in range(0, len(samples), batch_size):
+            rows = samples[start:start + batch_size]
+            tables.append(arrow_table(function({column: [row[column] for row in rows] for column in columns}, **kwargs)))
+            progress.update(len(rows))
     # permissive: a batch whose lists are all empty (every sample dropped) joins the others' type
     table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
     # lathe caches the result under its own key (data/cache.py); hashing the table would cost as much as building it.
