@@ -99,6 +99,8 @@ def cmd_data(args: list[str]) -> int:
     from .config import load_config
     from .data import inspect
 
+    if ns.n < 1:
+        parser.error(f"-n must be at least 1 (got {ns.n})")
     cfg = load_config(ns.config, ns.overrides)
     if ns.action == "preview":
         color = ns.color == "always" or (ns.color == "auto" and sys.stdout.isatty())

@@ -156,6 +156,31 @@ def test_json_layouts(tmp_path, text, rows):
     assert read(tmp_path, "data.json") == rows
 
 
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_json_lines_keep_unicode_line_separators_inside_strings(tmp_path, separator):
+    """json.dumps(ensure_ascii=False) writes U+2028 and friends unescaped; they are not line ends."""
+    rows = [{"instruction": f"first{separator}line", "output": "x"}, {"instruction": "b", "output": f"y{separator}"}]
+    for name in ("data.jsonl", "lines.json"):
+        (tmp_path / name).write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+        assert read(tmp_path, name) == rows
+
+
+def test_control_characters_inside_strings_are_accepted(tmp_path):
+    (tmp_path / "data.json").write_text('[{"instruction": "a\tb", "output": "x"}]', encoding="utf-8")
+    (tmp_path / "data.jsonl").write_text('{"instruction": "a\tb", "output": "x"}\n', encoding="utf-8")
+    assert read(tmp_path, "data.json") == read(tmp_path, "data.jsonl") == [{"instruction": "a\tb", "output": "x"}]
+
+
+def test_a_pretty_printed_object_in_a_jsonl_file_is_one_row(tmp_path):
+    (tmp_path / "data.jsonl").write_text('{\n  "instruction": "a",\n  "output": "x"\n}\n', encoding="utf-8")
+    assert read(tmp_path, "data.jsonl") == [{"instruction": "a", "output": "x"}]
+
+
+def test_an_empty_json_file_has_no_rows(tmp_path):
+    (tmp_path / "data.jsonl").write_text("\n\n", encoding="utf-8")
+    assert read(tmp_path, "data.jsonl") == []
+
+
 def test_an_array_in_a_jsonl_file(tmp_path):
     (tmp_path / "data.jsonl").write_text(json.dumps(ROWS, indent=1), encoding="utf-8")
     assert read(tmp_path, "data.jsonl") == ROWS

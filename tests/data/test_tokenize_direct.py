@@ -109,3 +109,8 @@ def test_text_after_the_last_answer_is_refused(demo_tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(demo_tokenizer_dir)
     with pytest.raises(AssertionError, match="follow the last answer span"):
         tokenize_spans(tokenizer, ["answer then more", "ok"], [[(0, 6)], [(0, 2)]])
+
+
+def test_no_texts_give_empty_arrays(demo_tokenizer_dir):
+    ids, offsets, lengths = encode_with_offsets(AutoTokenizer.from_pretrained(demo_tokenizer_dir), [])
+    assert ids.shape == (0,) and offsets.shape == (0, 2) and lengths.shape == (0,)

@@ -167,6 +167,12 @@ def test_demo_data_is_registered():
         assert (DATA / entry["file_name"]).exists()
 
 
+def test_data_preview_needs_at_least_one_sample(capsys, sft_config):
+    with pytest.raises(SystemExit) as info:
+        main(["data", "preview", str(sft_config()), "-n", "0"])
+    assert info.value.code == 2 and "-n must be at least 1 (got 0)" in capsys.readouterr().err
+
+
 def test_data_preview_marks_learned_tokens(capsys, sft_config):
     assert main(["data", "preview", str(sft_config()), "-n", "2", "--color", "never"]) == 0
     out = capsys.readouterr().out

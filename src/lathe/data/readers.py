@@ -145,13 +145,14 @@ def _load_file(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, stre
 
 def _read_json(attr: DatasetAttr, files: list[Path]) -> list[dict[str, Any]] | None:
     """The rows of local JSON / JSON Lines files, read with the json module; None for a layout only
-    `datasets` reads (a top-level object, a list of lists, ...).
+    `datasets` reads (a lone number or string, a list of lists, ...).
 
     Why not `datasets`: its JSON builder converts the file to Arrow and writes a copy into its
     cache before lathe reads the rows back into Python; for the sizes people fine-tune on that is
     most of the time spent reading, and lathe keeps its own cache of the tokenized result. The
-    rows read the same: a list of objects, or one object per line (in .json or .jsonl); a list
-    of strings gives {"text": ...} rows; a key a row lacks is null, as `datasets` fills it.
+    rows read the same: a list of objects, one object, or one object per line (in .json or
+    .jsonl); a list of strings gives {"text": ...} rows; a key a row lacks is null, as `datasets`
+    fills it.
     Values stay as the file has them (`datasets` would unify nested objects' keys).
     """
     rows: list[Any] = []
@@ -172,39 +173,44 @@ def _read_json(attr: DatasetAttr, files: list[Path]) -> list[dict[str, Any]] | N
 
 
 def _json_values(path: Path) -> list[Any] | None:
-    """The values of one file: its list, or one value per non-blank line; None for a lone non-list document."""
+    """The values of one file: its list, its one object, or one value per non-blank line; None for a lone scalar.
+
+    The suffix does not decide the layout (datasets reads either in .json and .jsonl): a whole
+    document is tried first, and JSON Lines fail that at once with "Extra data" after line 1.
+    Lines are split at "\n" only (`str.splitlines` would also split strings at U+2028, U+2029
+    or U+0085, which `json.dumps(ensure_ascii=False)` writes as they are), and control
+    characters inside strings are accepted, as pyarrow's reader accepts them.
+    """
     text = path.read_text(encoding="utf-8-sig")
-    if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as error:
-            if error.msg != "Extra data":  # "Extra data": one value per line
-                raise
-        else:
-            return document if isinstance(document, list) else None
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not text.strip():
+        return []
+    try:
+        document = json.loads(text, strict=False)
+    except json.JSONDecodeError as error:
+        if error.msg != "Extra data":
+            raise
+        return [json.loads(line, strict=False) for line in text.split("\n") if line.strip()]
+    if isinstance(document, dict):  # one object, on one line or several: one row, as pyarrow reads it
+        return [document]
+    return document if isinstance(document, list) else None
 
 
 def _json_problem(path: Path) -> str | None:
-    """Where a JSON / JSON Lines file is broken, as 'file:line:column: message', or None.
-
-    A .json file may hold one document or (as datasets allows) one object per line.
-    """
+    """Where a JSON / JSON Lines file is broken, as 'file:line:column: message', or None."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         return f"{path} is not UTF-8 text ({error})"
-    if path.suffix.lower() == ".json":
-        try:
-            json.loads(text)
-            return None
-        except json.JSONDecodeError as error:
-            if error.msg != "Extra data":
-                return f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}"
-    for number, line in enumerate(text.splitlines(), start=1):
+    try:
+        json.loads(text, strict=False)
+        return None
+    except json.JSONDecodeError as error:
+        if error.msg != "Extra data":
+            return f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}"
+    for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             try:
-                json.loads(line)
+                json.loads(line, strict=False)
             except json.JSONDecodeError as error:
                 return f"{path}:{number}:{error.colno}: invalid JSON: {error.msg}"
     return None

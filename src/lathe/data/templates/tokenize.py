@@ -141,6 +141,8 @@ def encode_with_offsets(tokenizer: Any, texts: Sequence[str]) -> tuple[np.ndarra
         flat = chain.from_iterable(chain.from_iterable(offset_lists))
         offsets.append(np.fromiter(flat, dtype=np.int64, count=2 * total).reshape(-1, 2))
         lengths.append(counts)
+    if not lengths:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
     return np.concatenate(ids), np.concatenate(offsets), np.concatenate(lengths)
 
 
