@@ -201,3 +201,26 @@ def test_llama_pro_refusals(sft_config, tiny_llama, tmp_path):
         expand_model(str(tiny_llama), 3, str(tmp_path / "x"))
     with pytest.raises(LatheError, match="freeze"):
         load_config(sft_config(use_llama_pro=True))  # lora run
+
+
+@pytest.mark.parametrize("extra, kind", [
+    ({"use_galore": True, "galore_rank": 4}, "galore_torch"),
+    ({"use_galore": True, "galore_rank": 4, "galore_layerwise": True}, "galore_torch"),
+    ({"use_apollo": True, "apollo_rank": 4}, "apollo_torch"),
+])
+def test_low_rank_optimizers_get_adam_settings_and_weight_decay(sft_config, extra, kind):
+    """transformers builds GaLore's optimizer with the learning rate alone; lathe adds what the config says."""
+    pytest.importorskip(kind)
+    from lathe.model.load import load_model
+    from lathe.train.optim import custom_optimizer
+
+    cfg = load_config(sft_config(finetuning_type="full", adam_beta2=0.95, adam_epsilon=1e-7, weight_decay=0.1, **extra))
+    model = load_model(cfg, load_tokenizer(cfg.model))
+    optimizer = custom_optimizer(model, cfg)
+    inner = getattr(optimizer, "optimizer_dict", None)
+    groups = [g for o in inner.values() for g in o.param_groups] if inner else optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(g["betas"] == (0.9, 0.95) and g["eps"] == 1e-7 for g in groups)
+    decay = {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
+    assert decay["model.layers.0.self_attn.q_proj.weight"] == 0.1 and decay["model.norm.weight"] == 0.0
+    assert any("rank" in g for g in groups)  # the projected matrices keep the method's own arguments

@@ -46,7 +46,9 @@ def custom_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Op
     for flag, build in FULL_OPTIMIZERS.items():
         if getattr(f, flag):
             return build(model, cfg)
-    set_low_rank_optimizer(model, cfg)
+    if f.use_galore or f.use_apollo:
+        set_low_rank_optimizer(model, cfg)
+        return low_rank_optimizer(model, cfg)
     if f.finetuning_type == "lora" and f.loraplus_lr_ratio:
         groups = [g for g in loraplus_groups(model, t.learning_rate, f.loraplus_lr_ratio, f.loraplus_lr_embedding,
                                              t.weight_decay) if g["params"]]
@@ -83,6 +85,42 @@ def set_low_rank_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> None:
         t.optim_target_modules = _targets(model, f.apollo_target)
         t.optim_args = (f"rank={f.apollo_rank},proj={f.apollo_proj},scale_type={f.apollo_scale_type},"
                         f"update_proj_gap={f.apollo_update_interval},scale={f.apollo_scale},proj_type={f.apollo_proj_type}")
+
+
+def low_rank_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Optimizer:
+    """GaLore / APOLLO as transformers builds them, with the Adam settings and weight decay it leaves out.
+
+    transformers gives GaLore's optimizer the learning rate alone (APOLLO's, outside the projected
+    matrices): betas and eps fell back to the optimizer's defaults (eps 1e-6 where the config says
+    1e-8) and `weight_decay` to 0, three options silently ignored, and on the benchmark run lathe's
+    GaLore learned less than LLaMA-Factory's, which passes them. Here every parameter group gets
+    them, with weight decay spared for biases and norms as the Trainer's AdamW spares them. In
+    layer-wise mode (one optimizer per parameter, built by transformers with its hooks) the same
+    settings go into each optimizer's group.
+    """
+    from transformers import Trainer
+
+    t = cfg.training
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(t, model)
+    adam = {"betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_epsilon}
+    decay_names = set(Trainer.get_decay_parameter_names(None, model))  # a method that reads only the model
+    decays = {id(p) for n, p in model.named_parameters() if n in decay_names}
+
+    def with_decay(group: dict, params: list) -> dict:  # biases and norms get none, as in the Trainer's AdamW
+        return {**group, **adam, "params": params, "weight_decay": t.weight_decay if id(params[0]) in decays else 0.0}
+
+    groups = kwargs.pop("params")
+    if "optimizer_dict" in kwargs:  # layer-wise: one optimizer per parameter, already built
+        for param, optimizer in kwargs["optimizer_dict"].items():
+            optimizer.param_groups[:] = [with_decay(group, [param]) for group in optimizer.param_groups]
+        return optimizer_cls(kwargs.pop("optimizer_dict"), **kwargs)
+    split = []
+    for group in groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        for part in ([p for p in params if id(p) in decays], [p for p in params if id(p) not in decays]):
+            if part:
+                split.append(with_decay(group, part))
+    return optimizer_cls(split, **kwargs)
 
 
 def badam_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Optimizer:
