@@ -11,7 +11,9 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, TypeVar
+
+T = TypeVar("T")
 
 
 class LatheError(Exception):
@@ -24,6 +26,20 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     if not close:
         return ""
     return " Did you mean " + ", ".join(f"`{c}`" for c in close) + "?"
+
+
+def lookup(registry: Mapping[str, T], name: str, what: str, plural: str | None = None, hint: str = "") -> T:
+    """`registry[name]`, or a LatheError with the close names and every registered one (sorted).
+
+    The registries of formats, templates, tool formats and test models all answer an unknown
+    name this way.
+    """
+    if name not in registry:
+        raise LatheError(
+            f"Unknown {what} `{name}`.{did_you_mean(name, registry)} Registered {plural or what + 's'}: "
+            f"{', '.join(sorted(registry))}." + (f" {hint}" if hint else "")
+        )
+    return registry[name]
 
 
 def read_json_file(path: str | Path, what: str = "") -> Any:

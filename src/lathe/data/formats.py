@@ -33,7 +33,7 @@ from lathe.data.schema import (
     Message,
     Sample,
 )
-from lathe.errors import LatheError, did_you_mean
+from lathe.errors import LatheError, lookup
 
 if TYPE_CHECKING:
     from lathe.data.registry import DatasetAttr
@@ -103,12 +103,7 @@ def register_format(name: str, *, columns: Mapping[str, str], tags: Mapping[str,
 
 def get_format(name: str) -> Format:
     """Return the registered format `name`, or a LatheError listing the registered ones."""
-    if name not in FORMATS:
-        raise LatheError(
-            f"Unknown dataset formatting {name!r}.{did_you_mean(name, FORMATS)} "
-            f"Registered formats: {', '.join(sorted(FORMATS))}."
-        )
-    return FORMATS[name]
+    return lookup(FORMATS, name, "dataset formatting", plural="formats")
 
 
 # ----------------------------------------------------------------------------- row helpers

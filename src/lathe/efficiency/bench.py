@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import LatheError, did_you_mean
+from ..errors import LatheError, lookup
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,7 @@ COMMON = {"overwrite_output_dir": True, "save_strategy": "no", "logging_steps": 
 def parse_methods(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
     for name in names:
-        if name not in METHODS:
-            raise LatheError(f"--methods: unknown method `{name}`; known: {', '.join(METHODS)}.{did_you_mean(name, METHODS)}")
+        lookup(METHODS, name, "method", hint="Name them in --methods, separated by commas.")
     if not names:
         raise LatheError("--methods: name at least one method, e.g. --methods lora,full.")
     return names

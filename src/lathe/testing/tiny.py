@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lathe.errors import LatheError, did_you_mean
+from lathe.errors import LatheError, did_you_mean, lookup
 from lathe.cache import build_once, default_cache_root, hash_files, short_hash
 
 if TYPE_CHECKING:
@@ -72,11 +72,7 @@ def default_cache_dir() -> Path:
 
 
 def _arch(name: str) -> Arch:
-    if name not in ARCHS:
-        raise LatheError(
-            f"Unknown tiny-model arch `{name}`; known: {', '.join(ARCHS)}." + did_you_mean(name, ARCHS)
-        )
-    return ARCHS[name]
+    return lookup(ARCHS, name, "tiny-model arch")
 
 
 def _check_args(arch: Arch, hidden_size: int, num_heads: int, num_kv_heads: int, overrides: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from lathe.errors import LatheError, did_you_mean
+from lathe.errors import LatheError, did_you_mean, lookup
 
 from .base import Template
 from .slots import Slots, SlotTemplate
@@ -76,14 +76,8 @@ def list_templates() -> list[str]:
 
 def get_template(name: str) -> SlotTemplate:
     """The registered template called `name`; an unknown name raises LatheError with close names."""
-    registry = _registry()
-    if name not in registry:
-        raise LatheError(
-            f"Unknown template `{name}`.{did_you_mean(name, registry)} Registered templates: "
-            f"{', '.join(sorted(registry))} (defined in {TEMPLATES_FILE}). "
-            "Leave `template` out to use the tokenizer's own chat template."
-        )
-    return registry[name]
+    return lookup(_registry(), name, "template", hint=f"Templates are defined in {TEMPLATES_FILE}; leave `template` "
+                  "out to use the tokenizer's own chat template.")
 
 
 def resolve_template(

@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Sequence
 
 from lathe.data.formats import TOOL_RESPONSE_JOIN
-from lathe.errors import LatheError, did_you_mean
+from lathe.errors import LatheError, lookup
 
 from .tool_calls import (  # noqa: F401 (re-exported: the data side of tool calling)
     ToolCall,
@@ -436,9 +436,4 @@ def list_tool_formats() -> list[str]:
 
 def get_tool_format(name: str) -> ToolFormat:
     """The tool format called `name`; an unknown name raises LatheError listing the registered ones."""
-    if name not in TOOL_FORMATS:
-        raise LatheError(
-            f"Unknown tool format `{name}`.{did_you_mean(name, TOOL_FORMATS)} "
-            f"Registered tool formats: {', '.join(list_tool_formats())}."
-        )
-    return TOOL_FORMATS[name]
+    return lookup(TOOL_FORMATS, name, "tool format")
