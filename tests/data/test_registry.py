@@ -110,7 +110,7 @@ def test_entry_keys_and_null_values():
         ({"file_nam": "a.json"}, ["unknown key 'file_nam'", "Did you mean `file_name`"]),
         ({"file_name": "a.json", "columns": {"promt": "q"}}, ["'columns' has unknown key 'promt'", "`prompt`"]),
         ({"file_name": "a.json", "tags": {"role": "r"}}, ["'tags' has unknown key 'role'", "`role_tag`"]),
-        ({"file_name": "a.json", "formatting": "sharegtp"}, ["formatting 'sharegtp'", "`sharegpt`"]),
+        ({"file_name": "a.json", "formatting": "sharegtp"}, ["formatting `sharegtp`", "`sharegpt`"]),
         ({"file_name": "a.json", "ranking": "yes"}, ["'ranking' must be a JSON boolean"]),
         ({"file_name": "a.json", "num_samples": True}, ["'num_samples' must be a JSON integer"]),
         ({"file_name": "a.json", "num_samples": 0}, ["at least 1"]),
