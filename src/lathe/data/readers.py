@@ -131,7 +131,7 @@ def _load_file(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, stre
     except Exception as error:  # the library's errors vary by file type; the message below names the cause
         if kind == "json":
             for file in files:
-                problem = _json_problem(file)
+                problem, _ = _parse_json(file)
                 if problem:
                     raise LatheError(f"{_entry(attr)}: {problem}") from error
         if "Unknown split" in str(error):
@@ -157,10 +157,9 @@ def _read_json(attr: DatasetAttr, files: list[Path]) -> list[dict[str, Any]] | N
     """
     rows: list[Any] = []
     for path in files:
-        try:
-            values = _json_values(path)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise LatheError(f"{_entry(attr)}: {_json_problem(path) or error}") from error
+        problem, values = _parse_json(path)
+        if problem:
+            raise LatheError(f"{_entry(attr)}: {problem}")
         if values is None:
             return None
         rows += values
@@ -172,8 +171,9 @@ def _read_json(attr: DatasetAttr, files: list[Path]) -> list[dict[str, Any]] | N
     return [row if len(row) == len(keys) else {key: row.get(key) for key in keys} for row in rows]
 
 
-def _json_values(path: Path) -> list[Any] | None:
-    """The values of one file: its list, its one object, or one value per non-blank line; None for a lone scalar.
+def _parse_json(path: Path) -> tuple[str | None, list[Any] | None]:
+    """(problem, values) of one file: where it is broken as 'file:line:column: message', else its
+    list, its one object, or one value per non-blank line; values None for a lone scalar.
 
     The suffix does not decide the layout (datasets reads either in .json and .jsonl): a whole
     document is tried first, and JSON Lines fail that at once with "Extra data" after line 1.
@@ -181,39 +181,28 @@ def _json_values(path: Path) -> list[Any] | None:
     or U+0085, which `json.dumps(ensure_ascii=False)` writes as they are), and control
     characters inside strings are accepted, as pyarrow's reader accepts them.
     """
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        return f"{path} is not UTF-8 text ({error})", None
     if not text.strip():
-        return []
+        return None, []
     try:
         document = json.loads(text, strict=False)
     except json.JSONDecodeError as error:
         if error.msg != "Extra data":
-            raise
-        return [json.loads(line, strict=False) for line in text.split("\n") if line.strip()]
+            return f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}", None
+        values = []
+        for number, line in enumerate(text.split("\n"), start=1):
+            if line.strip():
+                try:
+                    values.append(json.loads(line, strict=False))
+                except json.JSONDecodeError as error:
+                    return f"{path}:{number}:{error.colno}: invalid JSON: {error.msg}", None
+        return None, values
     if isinstance(document, dict):  # one object, on one line or several: one row, as pyarrow reads it
-        return [document]
-    return document if isinstance(document, list) else None
-
-
-def _json_problem(path: Path) -> str | None:
-    """Where a JSON / JSON Lines file is broken, as 'file:line:column: message', or None."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        return f"{path} is not UTF-8 text ({error})"
-    try:
-        json.loads(text, strict=False)
-        return None
-    except json.JSONDecodeError as error:
-        if error.msg != "Extra data":
-            return f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}"
-    for number, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            try:
-                json.loads(line, strict=False)
-            except json.JSONDecodeError as error:
-                return f"{path}:{number}:{error.colno}: invalid JSON: {error.msg}"
-    return None
+        return None, [document]
+    return None, document if isinstance(document, list) else None
 
 
 def _cause(error: BaseException) -> str:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def encode_in_process(samples: Sequence[dict[str, Any]], columns: Sequence[str], function: Callable[..., dict],
-                      kwargs: dict[str, Any], batch_size: int, desc: str = "Tokenizing") -> "Dataset":
+                      kwargs: dict[str, Any], batch_size: int) -> "Dataset":
     """`function(batch, **kwargs)` over `samples` in batches of `batch_size`, as a `datasets.Dataset`.
 
     A batch is a dict of columns (`columns` of the samples), as `datasets.map(batched=True)` gives it.
@@ -33,7 +33,7 @@ def encode_in_process(samples: Sequence[dict[str, Any]], columns: Sequence[str],
     from datasets.utils.tqdm import tqdm
 
     tables = []
-    with tqdm(total=len(samples), desc=desc, unit=" examples") as progress:
+    with tqdm(total=len(samples), desc="Tokenizing", unit=" examples") as progress:
         for start in range(0, len(samples), batch_size):
             rows = samples[start:start + batch_size]
             tables.append(arrow_table(function({column: [row[column] for row in rows] for column in columns}, **kwargs)))
