@@ -70,5 +70,5 @@ run qlora_fsdp2 $PY -m accelerate.commands.launch --config_file examples/acceler
   --num_processes "$N" -m lathe train "$WORK/run.yaml" output_dir="$WORK/qlora_fsdp2" finetuning_type=lora \
   quantization_bit=4 learning_rate=1.0e-3
 echo "=== FSDP tests (skipped on CPU machines)"
-$PY -m pytest -q -p no:cacheprovider tests/e2e/test_fsdp.py -k two_gpus || failed=1
+$PY -m pytest -q -p no:cacheprovider tests/distributed/test_fsdp.py -k two_gpus || failed=1
 exit $failed

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import logging
 import os
 import sys
 import traceback
 
 from . import __version__
 from .errors import LatheError
+from .logs import setup_logging
 
 USAGE = """usage: lathe <command> [options]
 
@@ -42,24 +42,6 @@ commands:
 """
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("lathe").setLevel(logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[lathe] %(message)s"))
-    lathe_logger = logging.getLogger("lathe")
-    lathe_logger.handlers = [handler]
-    lathe_logger.propagate = False
-    # Optional quantization packages announce, at every import of transformers, kernels this
-    # machine cannot load (torchao's CUDA builds, bitsandbytes' hub kernel: both fall back to
-    # working code) and deprecations meant for their authors.
-    for noisy in ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    from .data.templates.tokenize import tokenizer_threads_off_by_default
-
-    tokenizer_threads_off_by_default()
-
-
 def cmd_train(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         from .config.help import train_help
@@ -70,13 +52,14 @@ def cmd_train(args: list[str]) -> int:
 
     path, overrides = _split_config_args(args)
     cfg = load_config(path, overrides)  # checked here, before any process is spawned
-    from .launcher import launch, should_launch
+    from .config.engines import requested_engine
+    from .distributed.launch import launch, should_launch
 
-    if should_launch(cfg):
+    if should_launch(requested_engine(cfg)):
         return launch(args)
     from .train import run_stage
 
-    from .train.base import is_main_process
+    from .process import is_main_process
 
     metrics = run_stage(cfg).metrics
     if "train_loss" in metrics and is_main_process():  # one line per run, not per rank
@@ -97,16 +80,16 @@ def cmd_data(args: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value options")
     ns = parser.parse_args(args)
     from .config import load_config
-    from .data import inspect
+    from .data import preview
 
     if ns.n < 1:
         parser.error(f"-n must be at least 1 (got {ns.n})")
     cfg = load_config(ns.config, ns.overrides)
     if ns.action == "preview":
         color = ns.color == "always" or (ns.color == "auto" and sys.stdout.isatty())
-        print(inspect.preview(cfg, ns.n, "color" if color else "plain"))
+        print(preview.preview(cfg, ns.n, "color" if color else "plain"))
     else:
-        print(inspect.stats(cfg))
+        print(preview.stats(cfg))
     return 0
 
 
@@ -222,7 +205,7 @@ def cmd_plan(args: list[str]) -> int:
     memory = parse_memory(ns.device_memory) if ns.device_memory else None
     shard = ns.shard
     if shard == "none":  # the config's own engine: `deepspeed` ZeRO-2/3 or `fsdp`
-        from .distributed.engines import deepspeed_stage, fsdp_requested
+        from .config.engines import deepspeed_stage, fsdp_requested
 
         stage = deepspeed_stage(cfg)
         shard = "fsdp" if fsdp_requested(cfg) else {2: "zero2", 3: "zero3"}.get(stage or 0, "none")
@@ -231,11 +214,13 @@ def cmd_plan(args: list[str]) -> int:
 
 
 def cmd_bench(args: list[str]) -> int:
-    from .efficiency.bench import METHODS, parse_methods, run_bench
+    from .efficiency.bench import parse_methods, run_bench
+    from .efficiency.variants import VARIANTS
 
     parser = argparse.ArgumentParser(prog="lathe bench", description="Compare finetuning methods on one config.")
     parser.add_argument("config")
-    parser.add_argument("--methods", default="full,freeze,galore,lora,qlora", help=f"comma list of {', '.join(METHODS)}")
+    parser.add_argument("--methods", default=",".join(n for n, v in VARIANTS.items() if v.default),
+                        help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--steps", type=int, default=20, help="training steps per method")
     parser.add_argument("--output", help="folder for bench.md/.json/.png (default: output_dir/bench)")
     parser.add_argument("overrides", nargs="*")
@@ -279,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"lathe: unknown command `{command}`.{did_you_mean(command, COMMANDS)}\n\n{USAGE}", file=sys.stderr)
         return 2
-    _setup_logging()
+    setup_logging()
+    from .data.templates.tokenize import tokenizer_threads_off_by_default
+
+    tokenizer_threads_off_by_default()
     try:
         return COMMANDS[command](rest)
     except LatheError as e:

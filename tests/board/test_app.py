@@ -9,7 +9,8 @@ import pytest
 
 from lathe.board.chat import ChatSession, check_tools, sampling_fields, sampling_kwargs
 from lathe.board.form import group_fields, training_fields
-from lathe.board.jobs_tab import benchmark_tasks, eval_config, export_config, predict_config
+from lathe.board.eval_tab import benchmark_tasks, eval_config, predict_config
+from lathe.board.export_tab import export_config
 from lathe.config.load import build_config
 from lathe.errors import LatheError
 from tests.conftest import DATA, ROOT

@@ -11,7 +11,7 @@ import yaml
 
 from lathe.board.form import FormField, group_fields, raw_to_values, to_yaml, train_form, values_to_raw
 from lathe.config.load import SECRET_KEYS, build_config, read_config_file
-from lathe.config.schema import GROUPS
+from lathe.config.options import GROUPS
 from lathe.errors import LatheError
 from tests.conftest import DATA
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lathe.data.formats import convert_rows
-from lathe.data.registry import DatasetAttr
+from lathe.data.dataset_info import DatasetAttr
 from lathe.errors import LatheError
 
 EXAMPLES = int(os.environ.get("LATHE_HYPOTHESIS_EXAMPLES", "300"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import datasets
 import pytest
@@ -18,10 +17,11 @@ from lathe.data.formats import (
     register_format,
 )
 from lathe.data.readers import read_rows
-from lathe.data.registry import DatasetAttr, load_registry
+from lathe.data.dataset_info import DatasetAttr, load_registry
 from lathe.errors import LatheError
+from tests.conftest import SHARED
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED_DATA = SHARED / "data"
 
 
 def attr(**entry) -> DatasetAttr:

@@ -10,7 +10,9 @@ import torch
 
 from lathe.config import load_config
 from lathe.data import loader
-from lathe.data.loader import DataReport, get_dataset, prepare
+from lathe.data.loader import get_dataset, prepare
+from lathe.data.mixing import load_mixed_samples
+from lathe.data.report import DataReport
 from lathe.data.packing import FlatteningCollator, greedy_bins, pack_dataset
 from lathe.data.templates import resolve_template
 from lathe.model.load import load_tokenizer
@@ -30,13 +32,13 @@ def setup(cfg):
 
 def counting_tokenizer(monkeypatch) -> list[int]:
     calls: list[int] = []
-    real = loader.tokenize_supervised
+    real = loader.tokenize_samples
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loader, "tokenize_supervised", counted)
+    monkeypatch.setattr(loader, "tokenize_samples", counted)
     return calls
 
 
@@ -149,7 +151,7 @@ def test_neat_packing_trains(sft_config):
 def test_mix_strategies(sft_config, strategy, expect):
     extra = {"interleave_probs": "0.5,0.5"} if strategy != "concat" else {}
     cfg = load_config(sft_config(dataset="lathe_identity,lathe_numbers", mix_strategy=strategy, **extra))
-    samples = loader.load_mixed_samples(cfg.data.dataset, cfg, DataReport())
+    samples = load_mixed_samples(cfg.data.dataset, cfg, DataReport())
     if expect:
         assert len(samples) == expect
     elif strategy == "interleave_under":

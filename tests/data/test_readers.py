@@ -13,7 +13,7 @@ import pytest
 from lathe import hub
 from lathe.data import readers
 from lathe.data.readers import iter_rows, read_rows
-from lathe.data.registry import DatasetAttr
+from lathe.data.dataset_info import DatasetAttr
 from lathe.errors import LatheError
 
 ROWS = [{"instruction": "a", "output": "x"}, {"instruction": "b", "output": "y"}, {"instruction": "c", "output": "z"}]

@@ -8,12 +8,14 @@ import pyarrow as pa
 import pytest
 
 from lathe.config import load_config
-from lathe.data import loader
-from lathe.data.loader import DataReport
-from lathe.data.processors import PROCESSORS, SAMPLE_COLUMNS, sample_features
+from lathe.data.encode import tokenize_samples
+from lathe.data.mixing import load_mixed_samples, mix
+from lathe.data.processors import SAMPLE_COLUMNS, sample_features
+from lathe.data.report import DataReport
 from lathe.data.table import arrow_table, encode_in_process
 from lathe.data.templates import resolve_template
 from lathe.model.load import load_tokenizer
+from lathe.registry import STAGES
 
 
 @pytest.fixture(autouse=True)
@@ -34,8 +36,8 @@ def test_in_process_equals_datasets_map(sft_config, stage):
     names = {"sft": "lathe_identity", "dpo": "lathe_pairs", "kto": "lathe_feedback"}
     cfg = load_config(sft_config(stage=stage, dataset=names[stage], cutoff_len=48))
     tokenizer, template = run_setup(cfg)
-    samples = loader.load_mixed_samples(cfg.data.dataset, cfg, DataReport())
-    processor = PROCESSORS[stage]
+    samples = load_mixed_samples(cfg.data.dataset, cfg, DataReport())
+    processor = STAGES[stage].processor
     kwargs = processor.kwargs(cfg, tokenizer, template)
     ours = encode_in_process(samples, SAMPLE_COLUMNS, processor.encode, kwargs, batch_size=7)
     theirs = datasets.Dataset.from_list(samples, features=sample_features()).map(
@@ -81,12 +83,12 @@ def test_token_columns_are_stored_narrow_as_datasets_stores_them():
 def test_worker_processes_give_the_same_data(sft_config):
     cfg = load_config(sft_config(dataset="lathe_identity,lathe_numbers"))
     tokenizer, template = run_setup(cfg)
-    samples = loader.load_mixed_samples(cfg.data.dataset, cfg, DataReport())
+    samples = load_mixed_samples(cfg.data.dataset, cfg, DataReport())
     report = DataReport()
-    in_process = loader.tokenize_supervised(samples, cfg, tokenizer, template, report)
-    cfg.data.preprocessing_num_workers = 2
+    in_process = tokenize_samples(samples, cfg, tokenizer, template, report)
+    with_workers = load_config(sft_config(dataset="lathe_identity,lathe_numbers", preprocessing_num_workers=2))
     workers_report = DataReport()
-    workers = loader.tokenize_supervised(samples, cfg, tokenizer, template, workers_report)
+    workers = tokenize_samples(samples, with_workers, tokenizer, template, workers_report)
     assert in_process.to_list() == workers.to_list() and in_process.features == workers.features
     assert workers_report.to_dict() == report.to_dict() and report.tokens > 0
 
@@ -95,7 +97,7 @@ def test_worker_processes_give_the_same_data(sft_config):
 def test_interleaving_keeps_the_order_datasets_gives(sft_config, strategy):
     cfg = load_config(sft_config(dataset="lathe_identity,lathe_numbers", mix_strategy=strategy,
                                  interleave_probs="0.3,0.7"))
-    mixed = loader.load_mixed_samples(cfg.data.dataset, cfg, DataReport())
-    parts = [loader.load_mixed_samples(name, cfg, DataReport()) for name in ("lathe_identity", "lathe_numbers")]
-    expected = loader.mix([datasets.Dataset.from_list(part, features=sample_features()) for part in parts], cfg)
+    mixed = load_mixed_samples(cfg.data.dataset, cfg, DataReport())
+    parts = [load_mixed_samples(name, cfg, DataReport()) for name in ("lathe_identity", "lathe_numbers")]
+    expected = mix([datasets.Dataset.from_list(part, features=sample_features()) for part in parts], cfg)
     assert mixed == expected.to_list()

@@ -30,10 +30,11 @@ from lathe.data.templates import (
     list_templates,
     resolve_template,
 )
-from lathe.data.templates.registry import _resolve_entry
+from lathe.data.templates.named import _resolve_entry
 from lathe.errors import LatheError
+from tests.conftest import SHARED
 
-TOKENIZERS = Path(__file__).resolve().parents[2] / ".." / "shared" / "tokenizers"
+TOKENIZERS = SHARED / "tokenizers"
 LLAMA3_DATE = "26 Jul 2024"
 LLAMA3_HEADER = f"Cutting Knowledge Date: December 2023\nToday Date: {LLAMA3_DATE}\n\n"
 

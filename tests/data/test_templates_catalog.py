@@ -21,9 +21,10 @@ from transformers import AutoTokenizer
 from lathe.data.formats import TOOL_RESPONSE_JOIN
 from lathe.data.templates import Slots, TokenizerTemplate, get_template, list_templates, resolve_template
 from lathe.errors import LatheError
+from tests.conftest import SHARED
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKENIZERS = ROOT.parent / "shared" / "tokenizers"
+TOKENIZERS = SHARED / "tokenizers"
 TOKENS = SimpleNamespace(bos_token="<s>", eos_token="</s>")
 TWO_TURNS = [
     {"role": "user", "content": "Q1"},

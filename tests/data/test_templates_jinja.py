@@ -10,15 +10,15 @@ thinking options.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
 from lathe.data.formats import TOOL_RESPONSE_JOIN
 from lathe.data.templates import TokenizerTemplate, get_template, list_templates, resolve_template, to_openai_messages
+from tests.conftest import SHARED
 
-TOKENIZERS = Path(__file__).resolve().parents[2].parent / "shared" / "tokenizers"
+TOKENIZERS = SHARED / "tokenizers"
 
 TOOLS = [
     {"name": "add", "description": 'Add "two" numbers', "parameters": {"type": "object", "properties": {

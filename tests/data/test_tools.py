@@ -8,13 +8,12 @@ OpenAI-style messages (`to_openai_messages`), and compare ids token for token.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
 from lathe.data.formats import TOOL_RESPONSE_JOIN, get_format
-from lathe.data.registry import DatasetAttr
+from lathe.data.dataset_info import DatasetAttr
 from lathe.data.templates import (
     ToolCall,
     get_template,
@@ -25,8 +24,8 @@ from lathe.data.templates import (
 )
 from lathe.data.templates.tools import call_id, load_calls, wrap_function
 from lathe.errors import LatheError
+from tests.conftest import SHARED
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 LLAMA3_HEADER = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
 
 ADD = {

@@ -8,13 +8,14 @@ import pytest
 
 from lathe.cli import main
 from lathe.efficiency import bench
-from lathe.efficiency.bench import METHODS, Method, parse_methods
+from lathe.efficiency.bench import parse_methods
+from lathe.efficiency.variants import VARIANTS, Variant
 
 
 def test_bench_two_methods(sft_config, tmp_path, monkeypatch, capsys):
     # A method whose package is missing must show up with the reason while the others run.
-    monkeypatch.setitem(METHODS, "needs_missing", Method({"finetuning_type": "lora"}, None, "test",
-                                                         ("lathe_no_such_module",)))
+    monkeypatch.setitem(VARIANTS, "needs_missing", Variant("needs_missing", "test", "lora",
+                                                           requires=("lathe_no_such_module",)))
     out = tmp_path / "bench"
     assert main(["bench", str(sft_config()), "--methods", "lora,full,needs_missing", "--steps", "2",
                  "--output", str(out)]) == 0

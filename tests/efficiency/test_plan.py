@@ -43,7 +43,7 @@ def test_terms_by_hand(shape_and_cfg):
     assert e.static / shape.total == 16  # the classic 16 bytes per parameter of fp32 AdamW
     assert e.logits == 2 * 16 * shape.vocab * 8
     assert activation_bytes(shape, 2, 16, 4, False) == 32 * (34 * 64 + 5 * 4 * 16) * 2 * 2
-    q4 = estimate(shape, "qlora4", batch=1, seq=8)
+    q4 = estimate(shape, "qlora", batch=1, seq=8)
     q8 = estimate(shape, "qlora8", batch=1, seq=8)
     lora = estimate(shape, "lora", batch=1, seq=8)
     assert q4.weights < q8.weights < lora.weights
@@ -72,6 +72,6 @@ def test_parse_memory():
 def test_plan_cli(sft_config, capsys):
     assert main(["plan", str(sft_config()), "--device-memory", "1GiB"]) == 0
     out = capsys.readouterr().out
-    for method in ("full", "freeze", "lora", "qlora8", "qlora4", "galore"):
+    for method in ("full", "freeze", "galore", "lora", "qlora", "qlora8"):
         assert f"\n{method} " in out
     assert "fits" in out and "B/param" in out

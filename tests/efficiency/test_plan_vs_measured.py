@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from lathe.config import load_config
-from lathe.efficiency.bench import METHODS, missing_requirement, run_method
+from lathe.efficiency.bench import missing_requirement, run_method
+from lathe.efficiency.variants import VARIANTS
 from lathe.efficiency.plan import plan_totals
 
 from tests.conftest import DATA
@@ -38,12 +39,12 @@ def config_100m(demo_tokenizer_dir, tmp_path_factory):
 
 
 def check(method: str, config, tmp_path) -> None:
-    if reason := missing_requirement(METHODS[method]):
+    if reason := missing_requirement(VARIANTS[method]):
         pytest.skip(reason)
     measured = run_method(method, str(config), [], 2, tmp_path, perplexity=False)
     assert "error" not in measured, measured
-    cfg = load_config(str(config), [f"{k}={v}" for k, v in METHODS[method].overrides.items()])
-    plan = plan_totals(cfg, [METHODS[method].plan])[METHODS[method].plan]
+    cfg = load_config(str(config), [f"{k}={v}" for k, v in VARIANTS[method].overrides.items()])
+    plan = plan_totals(cfg, [method])[method]
     ratio = measured["peak_memory"] / plan
     print(f"{method}: measured {measured['peak_memory'] / 2**20:.0f} MiB, plan {plan / 2**20:.0f} MiB ({ratio:.2f}x)")
     assert abs(ratio - 1) <= TOLERANCE, f"{method}: measured/plan = {ratio:.2f}"

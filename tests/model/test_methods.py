@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,25 +17,6 @@ from lathe.train import run_stage
 
 def prompt_ids(tokenizer):
     return torch.tensor([tokenizer("<|im_start|>user\nWho are you?<|im_end|>\n")["input_ids"]])
-
-
-def test_loraplus_param_groups(sft_config, monkeypatch):
-    from lathe.train import optim
-
-    cfg = load_config(sft_config(loraplus_lr_ratio=16.0, learning_rate=1e-3, max_steps=2))
-    captured = {}
-    real = optim.custom_optimizer
-
-    def spy(model, cfg):
-        captured["opt"] = real(model, cfg)
-        return captured["opt"]
-
-    monkeypatch.setattr(optim, "custom_optimizer", spy)
-    run_stage(cfg)
-    lrs = sorted({g["initial_lr"] if "initial_lr" in g else g["lr"] for g in captured["opt"].param_groups})
-    assert lrs == [pytest.approx(1e-3), pytest.approx(16e-3)]
-    b_group = [g for g in captured["opt"].param_groups if g.get("initial_lr", g["lr"]) == pytest.approx(16e-3)][0]
-    assert b_group["params"] and all(p.shape[1] == 8 for p in b_group["params"])  # lora_B: [out, rank]
 
 
 def test_pissa_starts_at_the_base_outputs(sft_config):
@@ -86,8 +70,16 @@ def test_train_from_scratch_ignores_the_weights(sft_config):
     assert not torch.equal(scratch.lm_head.weight, pretrained.lm_head.weight)
 
 
-def test_neftune_noise_only_while_training(sft_config):
-    result = run_stage(load_config(sft_config(neftune_noise_alpha=5.0, max_steps=2)))
+def test_neftune_noise_only_while_training(sft_config, tmp_path):
+    def first_loss(output_dir: str) -> float:
+        return json.loads(Path(output_dir, "trainer_log.jsonl").read_text().splitlines()[0])["loss"]
+
+    plain = load_config(sft_config(max_steps=2, output_dir=str(tmp_path / "plain")))
+    run_stage(plain)
+    noisy = load_config(sft_config(neftune_noise_alpha=5.0, max_steps=2, output_dir=str(tmp_path / "noisy")))
+    result = run_stage(noisy)
+    # the same seed, batches and weights: only the noise on the embeddings changes the first step's loss
+    assert first_loss(noisy.training.output_dir) != first_loss(plain.training.output_dir)
     model = result.model.eval()
     ids = prompt_ids(result.tokenizer)
     with torch.no_grad():
@@ -131,46 +123,6 @@ def test_quantization_refusals(sft_config):
         load_model(cfg, load_tokenizer(cfg.model))
 
 
-@pytest.mark.parametrize("extra, kind", [
-    ({"use_galore": True, "galore_rank": 4, "galore_update_interval": 2}, "galore_torch"),
-    ({"use_apollo": True, "apollo_rank": 4, "apollo_update_interval": 2}, "apollo_torch"),
-    ({"use_badam": True, "badam_switch_interval": 2}, "badam"),
-])
-def test_memory_efficient_full_optimizers(sft_config, extra, kind, monkeypatch):
-    pytest.importorskip(kind)
-    cfg = load_config(sft_config(finetuning_type="full", max_steps=4, learning_rate=1e-3, **extra))
-    result = run_stage(cfg)
-    assert result.metrics["train_loss"] > 0
-    from transformers import Trainer
-
-    seen = {}
-    real = Trainer.create_optimizer
-
-    def spy(self, *a, **k):
-        out = real(self, *a, **k)
-        inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps it
-        seen["kind"] = type(inner).__module__
-        return out
-
-    monkeypatch.setattr(Trainer, "create_optimizer", spy)
-    run_stage(load_config(sft_config(finetuning_type="full", max_steps=1, **extra)))
-    assert seen["kind"].startswith(kind)
-
-
-@pytest.mark.parametrize("extra, needle", [
-    ({"use_galore": True, "use_apollo": True, "finetuning_type": "full"}, "use one"),
-    ({"use_galore": True}, "lora"),
-    ({"use_badam": True, "finetuning_type": "full", "badam_mode": "ratio", "badam_update_ratio": 0, "max_grad_norm": 0}, "badam_update_ratio"),
-    ({"use_muon": True, "use_adam_mini": True, "finetuning_type": "full"}, "use one"),
-    ({"use_muon": True}, "lora"),
-    ({"use_badam": True, "finetuning_type": "full", "badam_mode": "ratio"}, "max_grad_norm"),
-    ({"use_galore": True, "galore_layerwise": True, "finetuning_type": "full", "gradient_accumulation_steps": 2}, "gradient_accumulation_steps"),
-])
-def test_optimizer_refusals(sft_config, extra, needle):
-    with pytest.raises(LatheError, match=needle):
-        load_config(sft_config(**extra))
-
-
 def test_llama_pro_expansion_keeps_outputs_and_trains_only_new_blocks(sft_config, tiny_llama, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -201,26 +153,3 @@ def test_llama_pro_refusals(sft_config, tiny_llama, tmp_path):
         expand_model(str(tiny_llama), 3, str(tmp_path / "x"))
     with pytest.raises(LatheError, match="freeze"):
         load_config(sft_config(use_llama_pro=True))  # lora run
-
-
-@pytest.mark.parametrize("extra, kind", [
-    ({"use_galore": True, "galore_rank": 4}, "galore_torch"),
-    ({"use_galore": True, "galore_rank": 4, "galore_layerwise": True}, "galore_torch"),
-    ({"use_apollo": True, "apollo_rank": 4}, "apollo_torch"),
-])
-def test_low_rank_optimizers_get_adam_settings_and_weight_decay(sft_config, extra, kind):
-    """transformers builds GaLore's optimizer with the learning rate alone; lathe adds what the config says."""
-    pytest.importorskip(kind)
-    from lathe.model.load import load_model
-    from lathe.train.optim import custom_optimizer
-
-    cfg = load_config(sft_config(finetuning_type="full", adam_beta2=0.95, adam_epsilon=1e-7, weight_decay=0.1, **extra))
-    model = load_model(cfg, load_tokenizer(cfg.model))
-    optimizer = custom_optimizer(model, cfg)
-    inner = getattr(optimizer, "optimizer_dict", None)
-    groups = [g for o in inner.values() for g in o.param_groups] if inner else optimizer.param_groups
-    names = {id(p): n for n, p in model.named_parameters()}
-    assert all(g["betas"] == (0.9, 0.95) and g["eps"] == 1e-7 for g in groups)
-    decay = {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
-    assert decay["model.layers.0.self_attn.q_proj.weight"] == 0.1 and decay["model.norm.weight"] == 0.0
-    assert any("rank" in g for g in groups)  # the projected matrices keep the method's own arguments

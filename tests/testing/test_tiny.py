@@ -13,12 +13,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lathe.errors import LatheError
 from lathe.testing import tiny
-from lathe.cache import MANIFEST, is_complete
+from lathe.build_cache import MANIFEST, is_complete
 from lathe.testing.demo_tokenizer import build_demo_tokenizer, default_data_dir
 from lathe.testing.tiny import ARCHS, build_tiny_model
+from tests.conftest import SHARED
 
 SMALL = {"hidden_size": 32, "num_layers": 1, "num_heads": 4, "num_kv_heads": 2}
-QWEN2_TOKENIZER = Path("/work/shared/tokenizers/qwen2-instruct-boundless")
+QWEN2_TOKENIZER = SHARED / "tokenizers" / "qwen2-instruct-boundless"
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +161,7 @@ def test_cli_demo_preset(cache, capsys):
 
 
 def test_tokenizer_that_reloads_differently_is_refused(cache):
-    llama3 = Path("/work/shared/tokenizers/llama3.2-instruct")
+    llama3 = SHARED / "tokenizers" / "llama3.2-instruct"
     if not llama3.is_dir():
         pytest.skip(f"{llama3} not present")
     # Next to a qwen2 config transformers loads it as Qwen2Tokenizer, which splits text differently.
@@ -232,7 +233,7 @@ def test_demo_tokenizer_is_deterministic_and_keyed_by_the_data(tmp_path, demo_to
 def test_demo_data_registry_loads_every_row():
     from lathe.data.formats import convert_rows
     from lathe.data.readers import read_rows
-    from lathe.data.registry import load_registry
+    from lathe.data.dataset_info import load_registry
 
     data_dir = default_data_dir()
     registry = load_registry(data_dir)

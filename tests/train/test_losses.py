@@ -7,24 +7,31 @@ import math
 import pytest
 import torch
 
-from lathe.train.losses import (
+from lathe.config import load_config
+from lathe.config.options import FinetuningArguments
+from lathe.errors import LatheError
+from lathe.registry import PREFERENCE_LOSSES
+from lathe.train.losses.logps import sequence_logps
+from lathe.train.losses.ppo import (
     AdaptiveKLController,
     FixedKLController,
-    dpo_loss,
     gae_advantages,
     kl_penalty_rewards,
-    kto_loss,
     masked_mean,
     masked_var,
     masked_whiten,
-    orpo_loss,
-    pairwise_accuracy,
-    pairwise_reward_loss,
     ppo_policy_loss,
     ppo_value_loss,
-    sequence_logps,
-    simpo_loss,
 )
+from lathe.train.losses.preference import kto_loss, orpo_loss, sigmoid_loss, simpo_loss
+from lathe.train.losses.reward import pairwise_accuracy, pairwise_reward_loss
+
+
+def dpo_loss(pc, pr, rc, rr, beta, loss_type="sigmoid", label_smoothing=0.0):
+    """A reference-based `pref_loss` through its registered descriptor: what the DPO stage runs."""
+    args = FinetuningArguments(pref_beta=beta, dpo_label_smoothing=label_smoothing)
+    out = PREFERENCE_LOSSES[loss_type].compute(pc, pr, rc, rr, args)
+    return out.losses, out.chosen_rewards, out.rejected_rewards
 
 
 def t(*values: float, grad: bool = False) -> torch.Tensor:
@@ -151,14 +158,26 @@ def test_dpo_ipo_by_hand_and_minimum_at_half_inverse_beta():
     assert dpo_loss(t(4.0), t(0.0), t(0.0), t(0.0), beta=beta, loss_type="ipo")[0].item() > 0
 
 
-def test_dpo_rejects_unknown_loss_type_and_misplaced_smoothing():
+def test_unknown_loss_type_and_smoothing_out_of_range_are_refused():
     x = t(0.0)
-    with pytest.raises(ValueError, match="sigmoid, hinge, ipo"):
+    with pytest.raises(LatheError, match="hinge, ipo, orpo, sigmoid, simpo"):
         dpo_loss(x, x, x, x, beta=0.1, loss_type="robust")
     with pytest.raises(ValueError, match="label_smoothing"):
-        dpo_loss(x, x, x, x, beta=0.1, loss_type="hinge", label_smoothing=0.1)
-    with pytest.raises(ValueError, match="label_smoothing"):
-        dpo_loss(x, x, x, x, beta=0.1, label_smoothing=0.7)
+        sigmoid_loss(x, x, x, x, beta=0.1, label_smoothing=0.7)
+
+
+def test_label_smoothing_belongs_to_the_sigmoid_loss(tmp_path):
+    base = ["model_name_or_path=m", f"output_dir={tmp_path}", "stage=dpo"]
+    with pytest.raises(LatheError, match="dpo_label_smoothing.*pref_loss: sigmoid"):
+        load_config(None, [*base, "pref_loss=hinge", "dpo_label_smoothing=0.1"])
+    assert load_config(None, [*base, "dpo_label_smoothing=0.1"]).finetuning.dpo_label_smoothing == 0.1
+
+
+def test_each_preference_loss_says_what_it_needs():
+    """Which losses compare with a reference and which average per token: declared on the loss, nowhere else."""
+    needs = {name: (loss.reference, loss.average) for name, loss in PREFERENCE_LOSSES.items()}
+    assert needs == {"sigmoid": (True, False), "hinge": (True, False), "ipo": (True, True),
+                     "orpo": (False, True), "simpo": (False, True)}
 
 
 # ----------------------------------------------------------------------------- ORPO / SimPO

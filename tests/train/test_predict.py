@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lathe.config import load_config
-from lathe.evaluate.similarity import similarity_scores
+from lathe.train.metrics import similarity_scores
 from lathe.train import run_stage
 
 

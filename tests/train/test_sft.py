@@ -148,7 +148,7 @@ def test_defaults_flatten_batches_and_checkpoint_only_when_memory_needs_it(sft_c
 
     import torch
 
-    from lathe.efficiency import plan
+    from lathe.model import memory as plan
     from lathe.model.load import load_model, load_tokenizer
     from lathe.train.sft import padding_free
 

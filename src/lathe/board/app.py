@@ -25,7 +25,8 @@ from .chat import ChatSession, build_chat_panel  # noqa: E402
 from .checks import check_config  # noqa: E402
 from .context import BoardContext  # noqa: E402
 from .form import TOP, train_form  # noqa: E402
-from .jobs_tab import build_eval_tab, build_export_tab  # noqa: E402
+from .eval_tab import build_eval_tab  # noqa: E402
+from .export_tab import build_export_tab  # noqa: E402
 from .locales import DEFAULT_LANG, languages, t  # noqa: E402
 from .runner import Runner  # noqa: E402
 from .widgets import Widgets  # noqa: E402

@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from ..config.load import _coerce, _hints
-from ..config.schema import GeneratingArguments
+from ..config.coercion import coerce, type_hints
+from ..config.options import GeneratingArguments
 from ..errors import LatheError
 from .form import FormField, group_fields
 from .locales import t
@@ -88,13 +88,13 @@ def sampling_fields() -> list[FormField]:
 
 def sampling_kwargs(fields: list[FormField], values: list[Any]) -> dict[str, Any]:
     """Widget values -> generation overrides, typed and checked like the config's own."""
-    hints = _hints(GeneratingArguments)
+    hints = type_hints(GeneratingArguments)
     out = {}
     for f, value in zip(fields, values):
         config_value = f.to_config(value)
         if config_value is None:
             continue
-        out[f.name] = _coerce(f.name, config_value, hints[f.name])
+        out[f.name] = coerce(f.name, config_value, hints[f.name])
     return out
 
 

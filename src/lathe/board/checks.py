@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.load import RunConfig, build_config
-from ..data.registry import ONLINE, REGISTRY_FILE
+from ..data.dataset_info import ONLINE, REGISTRY_FILE
 from ..errors import LatheError
 
 # A Hugging Face hub id: "name" or "org/name".

@@ -1,7 +1,7 @@
 """The Board's forms, generated from the config schema instead of mapped field by field.
 
 Every option shown in the Board is a `FormField` built from the same declaration that feeds
-`lathe train --help`: lathe's own groups (`config/schema.py`, type + default + help +
+`lathe train --help`: lathe's own groups (`config/options.py`, type + default + help +
 choices) and a chosen set of Hugging Face `Seq2SeqTrainingArguments` fields (their own type,
 default and help). A field knows how to turn a widget value into a config value and back,
 so the YAML the Board writes, the command it previews and the config it validates are the
@@ -21,12 +21,16 @@ from typing import Any
 
 import yaml
 
-from ..config.load import SECRET_KEYS, _hints, _training_cls, _training_fields
-from ..config.schema import GROUPS
+from ..config.coercion import type_hints
+from ..config.load import SECRET_KEYS
+from ..config.options import GROUPS, choices_of, help_of
+from ..config import training as trainer_options
+from ..registry import METHODS, OPTIMIZERS
 
-# Sections of the Train tab, in display order. A field lands in the first section whose
-# rule matches it (see `section_of`); the rest of a group goes to its "more" section.
-SECTIONS = ("top", "basic", "training", "extras", "lora", "freeze", "rlhf", "efficient", "more")
+# Sections of the Train tab, in display order (`sections()`): these, with a panel per finetuning
+# method that has options of its own between "extras" and "rlhf". A field lands in the first
+# section whose rule matches it (see `section_of`); the rest of a group goes to "more".
+FIXED_SECTIONS = ("top", "basic", "training", "extras", "rlhf", "efficient", "more")
 
 # lathe schema fields shown in the top bar / the first rows, by name.
 TOP = ("model_name_or_path", "adapter_name_or_path", "finetuning_type", "template", "quantization_bit",
@@ -35,13 +39,8 @@ BASIC = ("stage", "dataset_dir", "dataset", "cutoff_len", "max_samples", "val_si
          "overwrite_output_dir")
 EXTRAS = ("packing", "neat_packing", "train_on_prompt", "mask_history", "resize_vocab", "use_llama_pro",
           "enable_thinking", "plot_loss", "disable_gradient_checkpointing", "default_system")
-# Prefix rules for the method panels; a tuple of prefixes -> section.
-PREFIX_SECTIONS: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("lora_", "use_rslora", "use_dora", "loraplus_", "pissa_", "create_new_adapter", "additional_target"), "lora"),
-    (("freeze_",), "freeze"),
-    (("pref_", "dpo_", "simpo_", "kto_", "ref_model", "reward_model", "ppo_"), "rlhf"),
-    (("galore_", "use_galore", "apollo_", "use_apollo", "badam_", "use_badam"), "efficient"),
-)
+# The options of the preference and RL stages, by prefix (shared by several stages, so no stage lists them).
+RLHF_PREFIXES = ("pref_", "dpo_", "simpo_", "kto_", "ref_model", "reward_model", "ppo_")
 
 # Hugging Face training fields the Board shows (their type, default and help come from the
 # library); anything else goes through the "extra options" YAML box.
@@ -172,31 +171,42 @@ def section_of(name: str) -> str:
         return "extras"
     if name in TRAINING_FIELDS:
         return TRAINING_FIELDS[name]
-    for prefixes, section in PREFIX_SECTIONS:
-        if name.startswith(prefixes):
-            return section
+    for method in METHODS.values():  # each method's options in its own panel
+        if name in method.options:
+            return method.name
+    if name.startswith(RLHF_PREFIXES):
+        return "rlhf"
+    if any(name == o.flag or name in o.options for o in OPTIMIZERS.values()):
+        return "efficient"
     return "more"
+
+
+def sections() -> tuple[str, ...]:
+    """The Train tab's sections in display order."""
+    methods = tuple(name for name, method in METHODS.items() if method.options)
+    i = FIXED_SECTIONS.index("rlhf")
+    return (*FIXED_SECTIONS[:i], *methods, *FIXED_SECTIONS[i:])
 
 
 def group_fields(group: str) -> list[FormField]:
     """The fields of one lathe schema group (model, data, finetuning, generating, ...)."""
     cls = GROUPS[group]
-    hints = _hints(cls)
+    hints = type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
         if f.name in HIDDEN:
             continue
-        kind, optional, choices = _kind(hints[f.name], f.metadata.get("choices"))
+        kind, optional, choices = _kind(hints[f.name], choices_of(f))
         optional = optional or f.default is None
-        out.append(FormField(f.name, kind, f.default, f.metadata.get("help", ""), choices, optional,
+        out.append(FormField(f.name, kind, f.default, help_of(f), choices, optional,
                              section_of(f.name), f.name in MULTI))
     return out
 
 
 def training_fields() -> list[FormField]:
     """The chosen Hugging Face training fields, typed and documented by the library itself."""
-    fields = _training_fields()
-    hints = _hints(_training_cls())
+    fields = trainer_options.training_fields()
+    hints = type_hints(trainer_options.training_class())
     out = []
     for name in TRAINING_FIELDS:
         f = fields[name]

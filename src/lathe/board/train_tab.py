@@ -18,7 +18,7 @@ from ..config.load import read_config_file
 from ..errors import LatheError
 from .checks import check_config
 from .context import BoardContext, error_md, split_args
-from .form import SECTIONS, FormField, parse_extra, raw_to_values, to_yaml, train_form, values_to_raw
+from .form import FormField, sections, parse_extra, raw_to_values, to_yaml, train_form, values_to_raw
 from .locales import t
 from .monitor import checkpoints, loss_frame, progress_html, read_log
 from .runner import CONFIG_NAME, command
@@ -30,7 +30,7 @@ COLUMNS = 4
 
 def dataset_names(dataset_dir: str) -> list[str]:
     """Names in dataset_dir/dataset_info.json; [] when the folder has none (checked at Start)."""
-    from ..data.registry import load_registry
+    from ..data.dataset_info import load_registry
 
     try:
         return sorted(load_registry(Path(dataset_dir or "data").expanduser()))
@@ -41,7 +41,7 @@ def dataset_names(dataset_dir: str) -> list[str]:
 def preview_rows(dataset_dir: str, names: list[str], n: int = 3) -> list[dict[str, Any]]:
     """The first rows of each local dataset, as stored (hub datasets are not fetched for this)."""
     from ..data.readers import read_rows
-    from ..data.registry import get_dataset_attrs
+    from ..data.dataset_info import get_dataset_attrs
 
     rows: list[dict[str, Any]] = []
     for attr in get_dataset_attrs(names, Path(dataset_dir).expanduser()):
@@ -63,7 +63,7 @@ def default_output_dir() -> str:
 def build_train_tab(ctx: BoardContext) -> None:
     w, lang = ctx.w, ctx.w.lang
     fields = [f for f in train_form() if f.section != "top"]
-    by_section: dict[str, list[FormField]] = {s: [f for f in fields if f.section == s] for s in SECTIONS}
+    by_section: dict[str, list[FormField]] = {s: [f for f in fields if f.section == s] for s in sections()}
 
     def grid(section_fields: list[FormField], special: dict[str, dict[str, Any]] | None = None) -> None:
         special = special or {}
@@ -85,7 +85,7 @@ def build_train_tab(ctx: BoardContext) -> None:
         w.field(basic["overwrite_output_dir"])
     rows_view = w.ui(gr.JSON(label=t("preview_rows", lang), visible=False, elem_id="data-rows"), "preview_rows")
     grid(by_section["training"])
-    for section in ("extras", "lora", "freeze", "rlhf", "efficient", "more"):
+    for section in sections()[sections().index("extras"):]:
         with w.ui(gr.Accordion(t(f"sec_{section}", lang), open=False), f"sec_{section}"):
             grid(by_section[section])
             if section == "extras":

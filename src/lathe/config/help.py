@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 
-from .load import ALIASES, _training_fields
+from .load import ALIASES
+from .options import GROUPS, help_of
 from .pending import PENDING
-from .schema import GROUPS
+from .training import training_fields
 
 
 def _line(name: str, default, help_text: str) -> str:
@@ -20,10 +21,10 @@ def train_help() -> str:
     for name, cls in GROUPS.items():
         out.append(f"{name} options:")
         for f in dataclasses.fields(cls):
-            out.append(_line(f.name, f.default, f.metadata.get("help", "")))
+            out.append(_line(f.name, f.default, help_of(f)))
         out.append("")
     out.append("training options (Hugging Face Seq2SeqTrainingArguments, by their own names):")
-    for name, f in sorted(_training_fields().items()):
+    for name, f in sorted(training_fields().items()):
         default = f.default if f.default is not dataclasses.MISSING else None
         out.append(_line(name, default, f.metadata.get("help", "")))
     out.append("")

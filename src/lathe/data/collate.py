@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from .processors.supervised import IGNORE_INDEX, first_learned
+from .processors.supervised import first_learned
+from .sample import IGNORE_INDEX
 
 
 def pad(rows: list[list[int]], value: int) -> torch.Tensor:

@@ -1,12 +1,12 @@
 """Dataset formats: one small converter per `formatting` name, from a raw row to a `Sample`.
 
-A converter takes `(attr, row)` and returns a canonical sample (see `lathe.data.schema`), or
+A converter takes `(attr, row)` and returns a canonical sample (see `lathe.data.sample`), or
 raises `RowError(reason)` when the row cannot be trained on. `convert_rows` runs a converter over
 every row, keeps the good samples and counts the bad rows per reason, so a user learns that
 "91 of 91 rows miss column 'output'" (a wrong `columns` mapping) instead of training on nothing.
 
 Each format also owns its defaults: the columns and tags an entry of that format uses when its
-`columns` / `tags` block is absent. `lathe.data.registry` reads them from here, so adding a
+`columns` / `tags` block is absent. `lathe.data.dataset_info` reads them from here, so adding a
 format touches this file only.
 
 The rules follow LLaMA-Factory's converters (the `alpaca`, `sharegpt` and `openai` formatting of
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from lathe.data.schema import (
+from lathe.data.sample import (
     ANSWER_ROLES,
     ASSISTANT,
     FUNCTION,
@@ -36,7 +36,7 @@ from lathe.data.schema import (
 from lathe.errors import LatheError, lookup
 
 if TYPE_CHECKING:
-    from lathe.data.registry import DatasetAttr
+    from lathe.data.dataset_info import DatasetAttr
 
 MAX_KEPT_INDICES = 5  # row indices remembered per skip reason; the count is always exact
 

@@ -19,7 +19,16 @@ from typing import Any
 
 import torch
 
-from .processors.supervised import IGNORE_INDEX
+from ..registry import STAGES
+from .sample import IGNORE_INDEX
+
+
+def packing_enabled(cfg) -> bool:
+    """`packing` as given, else the stage's default (on for pre-training, where samples seeing each other is harmless)."""
+    d = cfg.data
+    if d.neat_packing:
+        return True
+    return d.packing if d.packing is not None else STAGES[cfg.finetuning.stage].packs_by_default
 
 
 def greedy_bins(lengths: list[int], capacity: int) -> list[list[int]]:

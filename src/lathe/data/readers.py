@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import datasets
 
-from lathe.data.registry import DatasetAttr
+from lathe.data.dataset_info import DatasetAttr
 from lathe.errors import LatheError
 from lathe.hub import endpoint, hub_reachable, offline_requested
 

@@ -1,22 +1,13 @@
 """Scaling one run out over several processes: DDP, DeepSpeed ZeRO and FSDP.
 
 The Hugging Face Trainer and accelerate do the distributing; lathe owns the glue around
-them: finding the DeepSpeed config a YAML names (`engines.resolve_deepspeed`), refusing
-combinations that would fail late or silently do something else (`engines.check`), and
-proving at the start of training which engine actually holds the weights
-(`sharding.ShardingCallback`), so asking for FSDP can never quietly run plain DDP.
+them: the config resolves and checks what a run asks for (`lathe.config.engines`), `launch`
+starts torchrun with LLaMA-Factory's environment variables, `start` prepares the training
+process for its engine, and `sharding.ShardingCallback` proves at the start of training which
+engine actually holds the weights, so asking for FSDP can never quietly run plain DDP.
 """
 
-from .engines import check, check_launch, deepspeed_stage, fsdp_requested, requested_engine, resolve_deepspeed
 from .sharding import ShardingCallback, describe
+from .start import check_launch, start_engine
 
-__all__ = [
-    "ShardingCallback",
-    "check",
-    "check_launch",
-    "deepspeed_stage",
-    "describe",
-    "fsdp_requested",
-    "requested_engine",
-    "resolve_deepspeed",
-]
+__all__ = ["ShardingCallback", "check_launch", "describe", "start_engine"]

@@ -16,36 +16,11 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import LatheError, lookup
+from ..errors import LatheError
+from .variants import VARIANTS, Variant, variant
 
-
-@dataclass(frozen=True)
-class Method:
-    """A finetuning method as config overrides, and the `lathe plan` row that estimates it."""
-
-    overrides: dict[str, object]
-    plan: str | None
-    help: str
-    requires: tuple[str, ...] = field(default=())  # importable modules it needs
-
-
-METHODS: dict[str, Method] = {
-    "full": Method({"finetuning_type": "full"}, "full", "all parameters, AdamW"),
-    "freeze": Method({"finetuning_type": "freeze"}, "freeze", "the last freeze_trainable_layers layers"),
-    "galore": Method({"finetuning_type": "full", "use_galore": True}, "galore", "full, GaLore-projected optimizer states",
-                     ("galore_torch",)),
-    "apollo": Method({"finetuning_type": "full", "use_apollo": True}, None, "full, APOLLO optimizer", ("apollo_torch",)),
-    "badam": Method({"finetuning_type": "full", "use_badam": True}, None, "full, one block at a time (BAdam)",
-                    ("badam",)),
-    "lora": Method({"finetuning_type": "lora"}, "lora", "LoRA adapters on a frozen base"),
-    "qlora": Method({"finetuning_type": "lora", "quantization_bit": 4}, "qlora4", "LoRA on a 4-bit base",
-                    ("bitsandbytes",)),
-    "qlora8": Method({"finetuning_type": "lora", "quantization_bit": 8}, "qlora8", "LoRA on an 8-bit base",
-                     ("bitsandbytes",)),
-}
 
 # What every method's run shares: a fixed number of steps, one log line per step, nothing saved
 # but the final model (scored for perplexity afterwards), no plots.
@@ -56,13 +31,13 @@ COMMON = {"overwrite_output_dir": True, "save_strategy": "no", "logging_steps": 
 def parse_methods(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
     for name in names:
-        lookup(METHODS, name, "method", hint="Name them in --methods, separated by commas.")
+        variant(name)
     if not names:
         raise LatheError("--methods: name at least one method, e.g. --methods lora,full.")
     return names
 
 
-def missing_requirement(method: Method) -> str | None:
+def missing_requirement(method: Variant) -> str | None:
     import importlib.util
 
     for module in method.requires:
@@ -78,7 +53,7 @@ def _fmt(value: object) -> str:
 def run_method(name: str, config: str | None, overrides: list[str], steps: int, out: Path,
                perplexity: bool = True) -> dict:
     """One method in its own process; returns its measurements, or {"error": reason}."""
-    method = METHODS[name]
+    method = VARIANTS[name]
     reason = missing_requirement(method)
     if reason:
         return {"error": reason}
@@ -105,10 +80,10 @@ def run_method(name: str, config: str | None, overrides: list[str], steps: int, 
 def planned(config: str | None, overrides: list[str], names: list[str]) -> dict[str, int]:
     """`lathe plan`'s total for each method that has a plan row (estimated with the run's batch and cutoff)."""
     from ..config import load_config
-    from .plan import plan_totals
+    from .plan import plan_totals, plannable
 
     cfg = load_config(config, overrides)
-    return plan_totals(cfg, [METHODS[n].plan for n in names if METHODS[n].plan])
+    return plan_totals(cfg, [n for n in names if plannable(VARIANTS[n])])
 
 
 def table(results: dict[str, dict], plans: dict[str, int], steps: int) -> str:
@@ -118,7 +93,7 @@ def table(results: dict[str, dict], plans: dict[str, int], steps: int) -> str:
              f"train loss | perplexity (training samples) | note |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, r in results.items():
-        plan = plans.get(METHODS[name].plan or "")
+        plan = plans.get(name)
         if "error" in r:
             lines.append(f"| {name} | - | - | {_fmt(plan and round(plan / MiB))} | - | - | - | not run: {r['error']} |")
             continue
@@ -126,7 +101,7 @@ def table(results: dict[str, dict], plans: dict[str, int], steps: int) -> str:
         lines.append(
             f"| {name} | {r['trainable']:,} | {r['peak_memory'] / MiB:,.0f} | {_fmt(plan and round(plan / MiB))} | "
             f"{_fmt(r.get('tokens_per_second'))} | {_fmt(r.get('train_loss') and round(r['train_loss'], 4))} | "
-            f"{_fmt(ppl and round(ppl, 3))} | {METHODS[name].help} |")
+            f"{_fmt(ppl and round(ppl, 3))} | {VARIANTS[name].help} |")
     lines.append("")
     lines.append(f"{steps} steps per method, same data and seed, each in its own process. Effective tokens/s: "
                  "non-padding tokens over the training loop's runtime. Perplexity: the training data under the "

@@ -152,10 +152,10 @@ def _import_run_modules(cfg) -> None:
     """Import what the run will import before the baseline is taken: module code is no part of a run's peak."""
     import importlib
 
-    from ..train import STAGES
+    from ..registry import STAGES
 
     for name in ("datasets", "peft", "accelerate", "transformers", "transformers.trainer", "lathe.data.loader",
-                 "lathe.model.load", "lathe.model.adapters", "lathe.train.optim", STAGES[cfg.finetuning.stage].split(":")[0]):
+                 "lathe.model.load", "lathe.model.adapters", "lathe.train.optim", STAGES[cfg.finetuning.stage].run.__module__):
         importlib.import_module(name)
     if cfg.model.quantization_bit:
         importlib.import_module("lathe.model.quantize")
@@ -203,10 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     config, overrides = ns.config, list(ns.overrides)
     if config and "=" in config:
         config, overrides = None, [config, *overrides]
-    from ..cli import _setup_logging
     from ..errors import LatheError
+    from ..logs import setup_logging
 
-    _setup_logging()
+    setup_logging()
     try:
         record = measure(config, overrides, perplexity=not ns.no_perplexity)
     except LatheError as e:

@@ -1,1 +1,1 @@
-"""Evaluation: generation metrics (BLEU/ROUGE), prediction files, token accuracy."""
+"""Evaluation of a trained model: multiple-choice benchmarks (choice.py) and perplexity on a dataset (perplexity.py)."""

@@ -7,6 +7,7 @@ methods on their training data. Per-sample figures go to `save_dir/perplexity.js
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import LatheError
+from ..registry import STAGES
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -26,18 +28,21 @@ def run_perplexity(cfg: "RunConfig") -> dict:
 
     from ..data.loader import get_dataset
     from ..infer.engine import load_inference_model
-    from ..train.losses import sequence_logps
+    from ..train.losses.logps import sequence_logps
 
-    if cfg.finetuning.stage not in ("pt", "sft"):
-        raise LatheError(f"--ppl scores `stage: pt` or `sft` data, not `{cfg.finetuning.stage}`.")
+    stage = STAGES[cfg.finetuning.stage]
+    if not stage.perplexity:
+        scored = ", ".join(f"`{name}`" for name, each in STAGES.items() if each.perplexity)
+        raise LatheError(f"--ppl scores the data of stage {scored}, not `{stage.name}`.")
     if not cfg.data.dataset:
         raise LatheError("--ppl needs `dataset`: the data to measure the model on.")
     save_dir = Path(cfg.evaluation.save_dir) if cfg.evaluation.save_dir else None
     if save_dir is not None and save_dir.exists():
         raise LatheError(f"save_dir {save_dir} exists already; choose a new folder.")
-    cfg.data.neat_packing = False
-    if cfg.finetuning.stage == "sft":
-        cfg.data.packing = False  # one row per sample, so each gets its own figure
+    # Scored as the stage trains on it, but one row per sample (each its own figure) where the stage
+    # would pack only on request; a stage that packs by default (pre-training) keeps its blocks.
+    packing = cfg.data.packing if stage.packs_by_default else False
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, neat_packing=False, packing=packing))
     tokenizer, template, model = load_inference_model(cfg)
     data = get_dataset(cfg, tokenizer, template).train
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)

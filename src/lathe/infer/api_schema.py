@@ -3,7 +3,7 @@
 Only the fields lathe acts on are declared; other OpenAI fields (`seed`, `user`,
 `presence_penalty`, ...) are accepted and ignored, so stock clients work unchanged. Fields
 whose meaning lathe cannot honour (`logprobs`, a forced `tool_choice`, a JSON
-`response_format`) are refused in `api.py` rather than silently ignored.
+`response_format`) are refused in `api_requests.py` rather than silently ignored.
 
 Messages are a union discriminated by `role`, so an unknown role is reported as such
 ("does not match any of the expected tags: 'system', ...") instead of as five unrelated errors.
@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 
 class ContentPart(BaseModel):
-    """One part of a message's content; only `text` parts exist for a text model (checked in api.py)."""
+    """One part of a message's content; only `text` parts exist for a text model (checked in api_requests.py)."""
 
     type: str
     text: str | None = None

@@ -16,27 +16,22 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
 from ..errors import LatheError
+from ..registry import INFER_BACKENDS, Choice
 from ..model.adapters.common import split_names
-from .generate import generation_kwargs, stop_token_ids
+from ..model.generation import generation_kwargs, stop_token_ids
 
 if TYPE_CHECKING:
     from ..config import RunConfig
 
 logger = logging.getLogger(__name__)
 
-# infer_backend -> (module:class, the package it needs)
-BACKENDS: dict[str, tuple[str, str | None]] = {
-    "huggingface": ("lathe.infer.engine:HuggingFaceEngine", None),
-    "vllm": ("lathe.infer.vllm_engine:VllmEngine", "vllm"),
-    "sglang": ("lathe.infer.sglang_engine:SglangEngine", "sglang"),
-}
 
 
 @dataclass
@@ -90,20 +85,15 @@ def load_inference_model(cfg: "RunConfig", before_merge=None):
 
 def create_engine(cfg: "RunConfig") -> "BaseEngine":
     """The engine of `infer_backend`; a backend whose package is missing is refused by name."""
-    import importlib
     import importlib.util
 
-    backend = cfg.model.infer_backend
-    if backend not in BACKENDS:
-        raise LatheError(f"infer_backend `{backend}` is unknown; choose one of {', '.join(BACKENDS)}.")
-    target, package = BACKENDS[backend]
-    if package and importlib.util.find_spec(package) is None:
+    backend = INFER_BACKENDS[cfg.model.infer_backend]
+    if backend.package and importlib.util.find_spec(backend.package) is None:
         raise LatheError(
-            f"infer_backend `{backend}` needs the `{package}` package (and a CUDA GPU): pip install {package}, "
-            f"or use `infer_backend: huggingface`, which runs everywhere."
+            f"infer_backend `{backend.name}` needs the `{backend.package}` package (and a CUDA GPU): "
+            f"pip install {backend.package}, or use `infer_backend: {HUGGINGFACE.name}`, which runs everywhere."
         )
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)(cfg)
+    return backend.engine(cfg)
 
 
 # ---------------------------------------------------------------- engines outside this process (vllm, sglang)
@@ -350,3 +340,32 @@ class HuggingFaceEngine(BaseEngine):
         enc = self.tokenizer(texts, return_tensors="pt", padding=True)
         with self.lock:
             return self._reward(enc["input_ids"], enc["attention_mask"]).tolist()
+
+
+# ---------------------------------------------------------------- the backends (`infer_backend`)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backend(Choice):
+    """An inference backend: `engine(cfg)` starts it (its module is imported on use); `package` it needs."""
+
+    engine: Callable[["RunConfig"], BaseEngine] = field(compare=False)
+    package: str | None = None
+
+
+def _vllm(cfg: "RunConfig") -> BaseEngine:
+    from .vllm_engine import VllmEngine
+
+    return VllmEngine(cfg)
+
+
+def _sglang(cfg: "RunConfig") -> BaseEngine:
+    from .sglang_engine import SglangEngine
+
+    return SglangEngine(cfg)
+
+
+HUGGINGFACE = INFER_BACKENDS.register(Backend(name="huggingface", help="transformers' generate, everywhere",
+                                              engine=HuggingFaceEngine))
+INFER_BACKENDS.register(Backend(name="vllm", help="vLLM, CUDA", engine=_vllm, package="vllm"))
+INFER_BACKENDS.register(Backend(name="sglang", help="SGLang, CUDA", engine=_sglang, package="sglang"))

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from ..config import RunConfig
-    from ..config.schema import ModelArguments
+    from ..config.options import ModelArguments
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from ..errors import LatheError
+from ..errors import LatheError, lookup
+from ..registry import METHODS
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -126,12 +127,9 @@ def _backend(cfg: "RunConfig") -> Backend | None:
     m = cfg.model
     if m.quantization_bit is None:
         return None
-    if m.quantization_method not in QUANTIZERS:
-        raise LatheError(
-            f"`quantization_method: {m.quantization_method}` cannot quantize on the fly; use one of "
-            f"{', '.join(QUANTIZERS)}. GPTQ/AWQ/AQLM checkpoints need no option: load them as they are."
-        )
-    return QUANTIZERS[m.quantization_method]
+    return lookup(QUANTIZERS, m.quantization_method, "`quantization_method` that quantizes on the fly",
+                  plural="on the fly quantizers",
+                  hint="GPTQ/AWQ/AQLM checkpoints need no option: load them as they are.")
 
 
 def quantization_config(cfg: "RunConfig", compute_dtype: torch.dtype):
@@ -166,10 +164,11 @@ def check_prequantized(config, cfg: "RunConfig") -> str | None:
             f"{m.model_name_or_path} is already quantized ({method}, from its config.json); remove "
             f"`quantization_bit`: it cannot be quantized a second time."
         )
-    if cfg.training.do_train and f.finetuning_type not in ("lora", "oft"):
+    if cfg.training.do_train and not METHODS[f.finetuning_type].quantized_base:
+        fits = ", ".join(name for name, each in METHODS.items() if each.quantized_base)
         raise LatheError(
             f"{m.model_name_or_path} is quantized ({method}): its low-bit weights cannot be trained directly; "
-            f"use `finetuning_type: lora` (or oft), or train the unquantized model."
+            f"use `finetuning_type` {fits}, or train the unquantized model."
         )
     logger.info("%s is pre-quantized (%s): transformers loads it with its own quantization config", m.model_name_or_path, method)
     return str(method)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from lathe.errors import LatheError
-from lathe.cache import build_once, default_cache_root, hash_files, short_hash
+from lathe.build_cache import build_once, default_cache_root, hash_files, short_hash
 
 # Bump when the recipe below changes, so cached tokenizers built by an older recipe are not reused.
 RECIPE_VERSION = 2

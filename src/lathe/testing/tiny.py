@@ -8,7 +8,7 @@ vocabulary is a genuine `LlamaForCausalLM` / `Qwen2ForCausalLM` / ... that loads
 
 The same arguments always give the same folder and the same weights: the folder name is a
 hash of every argument, the tokenizer's files and the library versions, and the weights come
-from a fixed seed. Folders are written atomically (see `lathe.cache`).
+from a fixed seed. Folders are written atomically (see `lathe.build_cache`).
 
     python -m lathe.testing.tiny --arch llama --out DIR [--tokenizer PATH] [--hidden-size 64 ...]
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lathe.errors import LatheError, did_you_mean, lookup
-from lathe.cache import build_once, default_cache_root, hash_files, short_hash
+from lathe.build_cache import build_once, default_cache_root, hash_files, short_hash
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

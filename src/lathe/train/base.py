@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ..errors import LatheError
+from ..process import is_main_process
+from ..registry import METHODS
 from .plot import plot_loss
 
 if TYPE_CHECKING:
@@ -26,12 +28,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "lathe_config.yaml"
-
-
-def is_main_process() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def prepare_output_dir(cfg: "RunConfig") -> str | None:
@@ -88,8 +84,10 @@ def save_run_config(cfg: "RunConfig") -> None:
 
 @dataclass
 class RunSetup:
-    """What every stage starts from: where to resume, the tokenizer, template, data and trainable model."""
+    """What every stage starts from: the run's Trainer arguments, where to resume, the tokenizer,
+    template, data and trainable model."""
 
+    args: Any  # the run's own (editable) Seq2SeqTrainingArguments, config/training.py
     resume: str | None
     tokenizer: Any
     template: Any
@@ -97,57 +95,74 @@ class RunSetup:
     model: Any
 
 
+def run_arguments(cfg: "RunConfig"):
+    """The Trainer arguments of this run: the config's, plus what the engine and the data decide now."""
+    from ..config.training import run_arguments as copy_arguments
+    from ..data.packing import packing_enabled
+    from ..distributed import start_engine
+
+    changes = start_engine(cfg)  # DeepSpeed on a CPU: its process group, before the Trainer's own setup
+    if "include_num_input_tokens_seen" not in cfg.explicit:
+        # Feeds tokens/s in the log. Packed batches hold no padding at all, so counting every
+        # token is exact there (the non-padding count would miss eos tokens that double as pad).
+        packed = packing_enabled(cfg) or cfg.data.padding_free
+        changes["include_num_input_tokens_seen"] = "all" if packed else "non_padding"
+    return copy_arguments(cfg.training, **changes)
+
+
 def setup_run(cfg: "RunConfig") -> RunSetup:
     """Tokenizer -> template -> data -> model -> method, in the order that fails cheapest first.
 
     The data is read and tokenized before the weights load, so a data problem costs seconds.
+    The run's Trainer arguments are made first: with ZeRO-3 they make the model load partitioned.
     """
     from ..data.loader import get_dataset, run_template
     from ..model.adapters import apply_method
     from ..model.load import add_config_tokens, enable_gradient_checkpointing, load_model, load_tokenizer
+    from ..model.memory import gradient_checkpointing_wanted
 
-    from ..distributed import check_launch
-
-    check_launch(cfg)  # DeepSpeed / FSDP in a single unlaunched process would fail deep inside the Trainer
+    args = run_arguments(cfg)
     resume = prepare_output_dir(cfg)
     tokenizer = load_tokenizer(cfg.model)
     template = run_template(cfg, tokenizer)
     added = template.fix_tokenizer(tokenizer) + add_config_tokens(tokenizer, cfg.model)
-    with cfg.training.main_process_first(desc="preprocessing"):  # others then read the cache
+    with args.main_process_first(desc="preprocessing"):  # others then read the cache
         data = get_dataset(cfg, tokenizer, template)
     save_run_config(cfg)
     model = load_model(cfg, tokenizer)
-    from ..efficiency.plan import gradient_checkpointing_wanted
-
     if cfg.training.do_train and gradient_checkpointing_wanted(cfg, model):
         enable_gradient_checkpointing(model, cfg.model.use_reentrant_gc)
     model = apply_method(model, cfg, new_token_rows=bool(added) or cfg.model.resize_vocab)
-    return RunSetup(resume, tokenizer, template, data, model)
+    return RunSetup(args, resume, tokenizer, template, data, model)
 
 
-def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, **trainer_kwargs):
-    """Make the stage's Trainer with lathe's shared arguments, train, save, evaluate.
+def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, eval_perplexity: bool = False,
+                    **trainer_kwargs):
+    """Make the stage's Trainer (a `trainers.LatheTrainer`) with lathe's shared arguments, train, save, evaluate.
 
     Returns (trainer, metrics). Every stage that runs on the Hugging Face Trainer goes
     through here, so logging, checkpoints and saving behave the same in all of them.
+    `eval_perplexity` adds exp(eval_loss) to the evaluation metrics.
     """
-    from ..distributed import ShardingCallback, requested_engine
+    from ..config.engines import requested_engine
+    from ..config.training import run_arguments as copy_arguments
+    from ..distributed import ShardingCallback
     from .callbacks import JsonlLogCallback
-    from .checkpoints import check_writable, checkpoint_bytes, with_atomic_checkpoints
-    from .optim import custom_optimizer
+    from .checkpoints import check_writable, checkpoint_bytes
+    from .optim import optimizer_setup
 
     model = trainer_kwargs.pop("model", run.model)
     if cfg.training.do_train and is_main_process():
         saves = cfg.training.save_strategy != "no"  # a str enum: equal to its value
         check_writable(Path(cfg.training.output_dir),
                        checkpoint_bytes(model, cfg.training.save_only_model) if saves else None)
-    trainer_cls = with_atomic_checkpoints(trainer_cls)
-    optimizer = custom_optimizer(model, cfg)
+    optimizer, changes = optimizer_setup(model, cfg, run.args)
+    args = copy_arguments(run.args, **changes) if changes else run.args
     if optimizer is not None:
         trainer_kwargs["optimizers"] = (optimizer, None)  # the Trainer still builds the lr scheduler
     trainer = trainer_cls(
         model=model,
-        args=cfg.training,
+        args=args,
         train_dataset=run.data.train,
         eval_dataset=run.data.eval,
         data_collator=collator,
@@ -155,7 +170,7 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, **tr
         callbacks=[JsonlLogCallback(), ShardingCallback(requested_engine(cfg))],
         **trainer_kwargs,
     )
-    metrics = train_and_save(trainer, cfg, run.resume)
+    metrics = train_and_save(trainer, cfg, run.resume, eval_perplexity)
     log_streamed_report(run.data)
     return trainer, metrics
 
@@ -167,7 +182,15 @@ def log_streamed_report(data) -> None:
             logger.info("data (streamed): %s", line)
 
 
-def train_and_save(trainer: "Trainer", cfg: "RunConfig", resume: str | None) -> dict[str, Any]:
+def save_final_model(trainer: "Trainer", cfg: "RunConfig") -> None:
+    """The save sequence at the end of training: the model (or adapter) with its tokenizer, then the method's own step."""
+    trainer.save_model()
+    after_save = METHODS[cfg.finetuning.finetuning_type].after_save
+    if after_save is not None:
+        after_save(trainer.model, cfg)  # e.g. PiSSA's conversion to a plain LoRA adapter
+
+
+def train_and_save(trainer: "Trainer", cfg: "RunConfig", resume: str | None, eval_perplexity: bool = False) -> dict[str, Any]:
     """Train, save the model (or adapter) with its tokenizer, metrics and plots; then evaluate."""
     metrics: dict[str, Any] = {}
     t = cfg.training
@@ -176,7 +199,7 @@ def train_and_save(trainer: "Trainer", cfg: "RunConfig", resume: str | None) -> 
 
         try:
             result = trainer.train(resume_from_checkpoint=resume)
-            trainer.save_model()
+            save_final_model(trainer, cfg)
         except OSError as e:
             if is_disk_full(e):
                 raise disk_full_error(Path(t.output_dir)) from e
@@ -194,7 +217,7 @@ def train_and_save(trainer: "Trainer", cfg: "RunConfig", resume: str | None) -> 
                 logger.info("Wrote %s", path)
     if t.do_eval:
         eval_metrics = trainer.evaluate(metric_key_prefix="eval")
-        if cfg.finetuning.stage == "pt" and "eval_loss" in eval_metrics:
+        if eval_perplexity and "eval_loss" in eval_metrics:
             eval_metrics["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 700.0))
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)

@@ -200,10 +200,3 @@ class AtomicCheckpoints:
             rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
         self.accelerator.wait_for_everyone()
-
-
-def with_atomic_checkpoints(trainer_cls: type) -> type:
-    """`trainer_cls` whose checkpoints are written atomically (a subclass, nothing patched)."""
-    if issubclass(trainer_cls, AtomicCheckpoints):
-        return trainer_cls
-    return type(trainer_cls.__name__, (AtomicCheckpoints, trainer_cls), {"__module__": trainer_cls.__module__})

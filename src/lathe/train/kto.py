@@ -13,13 +13,16 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..data.collate import FeedbackCollator
-from .losses import kto_loss, sequence_logps
-from .metrics import MeanLossTrainer
+from ..data.processors import FEEDBACK
+from ..registry import STAGES
+from .losses.logps import sequence_logps
+from .losses.preference import kto_loss
 from .reference import reference_logps, run_with_reference
+from .stage import Stage, StageResult
+from .trainers import MeanLossTrainer
 
 if TYPE_CHECKING:
     from ..config import RunConfig
-    from . import StageResult
 
 
 class KTOTrainer(MeanLossTrainer):
@@ -53,5 +56,10 @@ class KTOTrainer(MeanLossTrainer):
         return (loss, {"kl": kl}) if return_outputs else loss
 
 
-def run_kto(cfg: "RunConfig") -> "StageResult":
+def run_kto(cfg: "RunConfig") -> StageResult:
     return run_with_reference(cfg, KTOTrainer, FeedbackCollator)
+
+
+KTO = STAGES.register(Stage(
+    name="kto", help="answers labelled desirable or not", run=run_kto, processor=FEEDBACK,
+))

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..data.sample import IGNORE_INDEX
 from ..model.adapters.common import base_model
 
-IGNORE_INDEX = -100
 
 
 def learned_positions(inputs: dict[str, Any]) -> dict[str, Any]:

@@ -1,48 +1,71 @@
-"""Per-batch metrics that a custom loss computes, averaged into the Trainer's log lines."""
+"""The metrics of sft's evaluation and prediction: token accuracy, BLEU-4 and ROUGE-1/2/L.
+
+Token accuracy (`compute_accuracy`) runs in the Trainer's evaluation loop: only argmax ids
+leave each step (`preprocess_logits_for_metrics`), not the [B, T, vocab] logits, so evaluating
+a large vocabulary does not hold every logit in memory.
+
+BLEU/ROUGE score generated against reference answers (`predict_with_generate`), Chinese-aware.
+The libraries of the field do the scoring (nltk's sentence BLEU with smoothing method 3 on
+characters; rouge-chinese on jieba words, which also splits English on spaces), the same
+choices as LLaMA-Factory's predict path, so numbers are comparable across the two tools.
+Scores are x100, averaged over samples.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import logging
 
+import numpy as np
 import torch
-from transformers import Trainer
+
+from ..data.sample import IGNORE_INDEX
+from ..errors import LatheError
+
+INSTALL = "pip install nltk jieba rouge-chinese (or `pip install lathe[metrics]`)"
 
 
-class StoredMetricsMixin:
-    """Mix into a `transformers.Trainer`: `self.store_metrics(...)` in compute_loss, means appear in logs."""
-
-    def _stored(self) -> dict[str, dict[str, list[float]]]:
-        if not hasattr(self, "_metric_store"):
-            self._metric_store = {"train": defaultdict(list), "eval": defaultdict(list)}
-        return self._metric_store
-
-    def store_metrics(self, **values: torch.Tensor | float) -> None:
-        split = "train" if self.model.training else "eval"
-        for name, value in values.items():
-            value = value.float().mean().item() if isinstance(value, torch.Tensor) else float(value)
-            self._stored()[split][name].append(value)
-
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        prefix = "eval_" if split == "eval" else ""
-        stored = self._stored()[split]
-        for name, values in stored.items():
-            if values:
-                logs[prefix + name] = round(sum(values) / len(values), 6)
-        stored.clear()
-        super().log(logs, *args, **kwargs)
+def _libraries():
+    try:
+        import jieba
+        from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+        from rouge_chinese import Rouge
+    except ImportError as e:
+        raise LatheError(f"BLEU/ROUGE need the metric packages ({e.name} is missing): {INSTALL}.") from None
+    jieba.setLogLevel(logging.WARNING)
+    return jieba, sentence_bleu, SmoothingFunction().method3, Rouge()
 
 
-class MeanLossTrainer(StoredMetricsMixin, Trainer):
-    """Base of the stages whose `compute_loss` returns a mean over samples or pairs (rm, dpo, kto).
+def check_available() -> None:
+    """Fail before training when predict_with_generate will need the metric packages."""
+    _libraries()
 
-    Such a loss is not a sum over tokens, so the Trainer must divide it by the gradient
-    accumulation steps itself (`model_accepts_loss_kwargs = False`). `finetuning` is the
-    run's finetuning options; `ref_model` the frozen reference (None: none, or LoRA's base).
-    """
 
-    def __init__(self, *args, finetuning=None, ref_model=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.finetuning = finetuning
-        self.ref_model = ref_model
-        self.model_accepts_loss_kwargs = False
+def similarity_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    jieba, sentence_bleu, smoothing, rouge = _libraries()
+    totals = {"bleu-4": 0.0, "rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0}
+    for pred, ref in zip(predictions, references):
+        hyp_words, ref_words = list(jieba.cut(pred)), list(jieba.cut(ref))
+        if not " ".join(hyp_words).split() or not " ".join(ref_words).split():
+            scores = {"rouge-1": {"f": 0.0}, "rouge-2": {"f": 0.0}, "rouge-l": {"f": 0.0}}
+        else:
+            scores = rouge.get_scores(" ".join(hyp_words), " ".join(ref_words))[0]
+        for key in ("rouge-1", "rouge-2", "rouge-l"):
+            totals[key] += scores[key]["f"] * 100
+        totals["bleu-4"] += sentence_bleu([list(ref)], list(pred), smoothing_function=smoothing) * 100
+    n = max(len(predictions), 1)
+    return {key: round(value / n, 4) for key, value in totals.items()}
+
+
+def argmax_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+
+def token_accuracy(eval_pred) -> dict[str, float]:
+    """Share of answer tokens the model predicts right (position t predicts token t+1)."""
+    predictions, labels = np.asarray(eval_pred.predictions), np.asarray(eval_pred.label_ids)
+    predictions, labels = predictions[:, :-1], labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    total = int(mask.sum())
+    return {"accuracy": float((predictions[mask] == labels[mask]).sum() / total) if total else 0.0}

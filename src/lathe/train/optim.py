@@ -1,7 +1,9 @@
 """Optimizers chosen from the finetuning options, beyond a plain Trainer `optim` string.
 
-GaLore and APOLLO are the Trainer's own optimizers; lathe fills in their arguments with the
-model's linear layers. BAdam wraps AdamW in its block optimizer.
+Each optimizer that a `use_<name>` flag switches on is one registered `Optimizer` (at the end
+of this module): GaLore and APOLLO are the Trainer's own optimizers, for which lathe fills in
+the arguments with the model's linear layers; BAdam wraps AdamW in its block optimizer;
+Adam-mini and Muon are built here.
 
 LoRA+ (Hayou et al. 2024): the B matrices learn `loraplus_lr_ratio` times faster than A, and
 LoRA on embeddings gets its own small rate; transformers' optimizer names cannot say that,
@@ -10,9 +12,14 @@ so the parameter groups are built here and handed to the Trainer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib.util
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+
+from ..errors import LatheError
+from ..registry import OPTIMIZERS, Choice
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -40,54 +47,75 @@ def loraplus_groups(model: torch.nn.Module, lr: float, ratio: float, embedding_l
     ]
 
 
-def custom_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Optimizer | None:
-    """The optimizer for the configured method, or None to let the Trainer build its own."""
-    f, t = cfg.finetuning, cfg.training
-    for flag, build in FULL_OPTIMIZERS.items():
-        if getattr(f, flag):
-            return build(model, cfg)
-    if f.use_galore or f.use_apollo:
-        set_low_rank_optimizer(model, cfg)
-        return low_rank_optimizer(model, cfg)
-    if f.finetuning_type == "lora" and f.loraplus_lr_ratio:
+@dataclass(frozen=True, kw_only=True)
+class Optimizer(Choice):
+    """An optimizer a `use_<name>` flag switches on in place of the Trainer's AdamW (full-parameter training).
+
+    `build(model, cfg, args)` makes it; `settings(model, cfg)` are the Trainer arguments it needs
+    (GaLore and APOLLO are the Trainer's own optimizers, named by `optim`); `with_fsdp` says it
+    works on FSDP-sharded parameters (none works under DeepSpeed, which brings its own).
+    """
+
+    flag: str
+    build: Callable[..., torch.optim.Optimizer] = field(compare=False)
+    settings: Callable[..., dict[str, Any]] | None = field(default=None, compare=False)
+    with_fsdp: bool = False
+    planned_state: Callable[..., int] | None = field(default=None, compare=False)  # bytes, for `lathe plan`
+
+
+def optimizer_setup(model: torch.nn.Module, cfg: "RunConfig", args) -> tuple[torch.optim.Optimizer | None, dict[str, Any]]:
+    """The optimizer of the configured method (None: the Trainer builds its own) and the Trainer arguments it needs.
+
+    The arguments are returned, not written into the config: the run makes its Trainer
+    arguments with them (`args` are the run's current ones).
+    """
+    f = cfg.finetuning
+    for optimizer in OPTIMIZERS.values():
+        if getattr(f, optimizer.flag):
+            changes = optimizer.settings(model, cfg) if optimizer.settings else {}
+            if changes:
+                from ..config.training import run_arguments
+
+                args = run_arguments(args, **changes)
+            return optimizer.build(model, cfg, args), changes
+    if f.loraplus_lr_ratio:
+        t = args
         groups = [g for g in loraplus_groups(model, t.learning_rate, f.loraplus_lr_ratio, f.loraplus_lr_embedding,
                                              t.weight_decay) if g["params"]]
-        return torch.optim.AdamW(groups, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
-    return None
+        return torch.optim.AdamW(groups, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon), {}
+    return None, {}
 
 
-def _targets(model: torch.nn.Module, names: str) -> list[str]:
-    from ..model.adapters.common import split_names
+def _linear_targets(model: torch.nn.Module, key: str, names: str) -> list[str]:
+    from ..model.adapters.common import resolve_targets
     from ..model.adapters.lora import linear_module_names
 
-    available = linear_module_names(model)  # every linear layer but the output head
-    wanted = split_names(names)
-    if wanted == ["all"]:
-        return available
-    missing = [n for n in wanted if n not in available]
-    if missing:
-        from ..errors import LatheError
-
-        raise LatheError(f"target {', '.join(missing)} is not a linear layer of this model; choose from {', '.join(available)}.")
-    return wanted
+    return resolve_targets(key, names, linear_module_names(model))  # every linear layer but the output head
 
 
-def set_low_rank_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> None:
-    """GaLore / APOLLO through the Trainer's own optimizers: fill in its `optim` arguments."""
-    f, t = cfg.finetuning, cfg.training
-    if f.use_galore:
-        t.optim = "galore_adamw_layerwise" if f.galore_layerwise else "galore_adamw"
-        t.optim_target_modules = _targets(model, f.galore_target)
-        t.optim_args = (f"rank={f.galore_rank},update_proj_gap={f.galore_update_interval},"
-                        f"scale={f.galore_scale},proj_type={f.galore_proj_type}")
-    elif f.use_apollo:
-        t.optim = "apollo_adamw_layerwise" if f.apollo_layerwise else "apollo_adamw"
-        t.optim_target_modules = _targets(model, f.apollo_target)
-        t.optim_args = (f"rank={f.apollo_rank},proj={f.apollo_proj},scale_type={f.apollo_scale_type},"
-                        f"update_proj_gap={f.apollo_update_interval},scale={f.apollo_scale},proj_type={f.apollo_proj_type}")
+def galore_settings(model: torch.nn.Module, cfg: "RunConfig") -> dict[str, Any]:
+    """GaLore through the Trainer's own optimizer: its `optim` arguments."""
+    f = cfg.finetuning
+    return {
+        "optim": "galore_adamw_layerwise" if f.galore_layerwise else "galore_adamw",
+        "optim_target_modules": _linear_targets(model, "galore_target", f.galore_target),
+        "optim_args": (f"rank={f.galore_rank},update_proj_gap={f.galore_update_interval},"
+                       f"scale={f.galore_scale},proj_type={f.galore_proj_type}"),
+    }
 
 
-def low_rank_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Optimizer:
+def apollo_settings(model: torch.nn.Module, cfg: "RunConfig") -> dict[str, Any]:
+    """APOLLO through the Trainer's own optimizer: its `optim` arguments."""
+    f = cfg.finetuning
+    return {
+        "optim": "apollo_adamw_layerwise" if f.apollo_layerwise else "apollo_adamw",
+        "optim_target_modules": _linear_targets(model, "apollo_target", f.apollo_target),
+        "optim_args": (f"rank={f.apollo_rank},proj={f.apollo_proj},scale_type={f.apollo_scale_type},"
+                       f"update_proj_gap={f.apollo_update_interval},scale={f.apollo_scale},proj_type={f.apollo_proj_type}"),
+    }
+
+
+def low_rank_optimizer(model: torch.nn.Module, cfg: "RunConfig", args) -> torch.optim.Optimizer:
     """GaLore / APOLLO as transformers builds them, with the Adam settings and weight decay it leaves out.
 
     transformers gives GaLore's optimizer the learning rate alone (APOLLO's, outside the projected
@@ -100,7 +128,7 @@ def low_rank_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.
     """
     from transformers import Trainer
 
-    t = cfg.training
+    t = args
     optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(t, model)
     adam = {"betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_epsilon}
     decay_names = set(Trainer.get_decay_parameter_names(None, model))  # a method that reads only the model
@@ -123,13 +151,13 @@ def low_rank_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.
     return optimizer_cls(split, **kwargs)
 
 
-def badam_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Optimizer:
+def badam_optimizer(model: torch.nn.Module, cfg: "RunConfig", args) -> torch.optim.Optimizer:
     """BAdam (Luo et al. 2024): Adam on one block of layers at a time, switching every N steps."""
     from badam import BlockOptimizer
 
     from ..model.adapters.common import decoder_layers
 
-    f, t = cfg.finetuning, cfg.training
+    f, t = cfg.finetuning, args
     if f.badam_mode == "ratio":
         from badam import BlockOptimizerRatio
 
@@ -161,14 +189,14 @@ def badam_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Opt
     )
 
 
-def adam_mini_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Optimizer:
+def adam_mini_optimizer(model: torch.nn.Module, cfg: "RunConfig", args) -> torch.optim.Optimizer:
     """Adam-mini (Zhang et al. 2024): one second-moment value per block (head, neuron) instead of per weight.
 
     It cuts Adam's state about in half; it needs the attention shape to find the head blocks.
     """
     from adam_mini import Adam_mini
 
-    t, c = cfg.training, model.config
+    t, c = args, model.config
     return Adam_mini(
         named_parameters=[(n, p) for n, p in model.named_parameters() if p.requires_grad], lr=t.learning_rate,
         betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay, dim=c.hidden_size,
@@ -209,13 +237,13 @@ class OptimizerPair(torch.optim.Optimizer):
             opt.load_state_dict(sd)
 
 
-def muon_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Optimizer:
+def muon_optimizer(model: torch.nn.Module, cfg: "RunConfig", args) -> torch.optim.Optimizer:
     """Muon (Jordan et al. 2024, torch.optim.Muon) for the hidden 2-D weights, AdamW for the rest.
 
     Muon orthogonalises each matrix's momentum update (Newton-Schulz); it is defined for
     matrices, and embeddings and the output head are better served by AdamW, as its authors advise.
     """
-    t = cfg.training
+    t = args
     skip = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
     matrices, rest = [], []
     for p in model.parameters():
@@ -227,5 +255,62 @@ def muon_optimizer(model: torch.nn.Module, cfg: "RunConfig") -> torch.optim.Opti
     return OptimizerPair(muon, adamw)
 
 
-# Options that replace the whole optimizer of a full-parameter run (at most one is set; validate.py).
-FULL_OPTIMIZERS = {"use_badam": badam_optimizer, "use_adam_mini": adam_mini_optimizer, "use_muon": muon_optimizer}
+# ------------------------------------------------------------------ the optimizers, registered by their flag
+
+
+def _layerwise_check(name: str):
+    def check(cfg: "RunConfig") -> None:
+        if getattr(cfg.finetuning, f"{name}_layerwise") and cfg.training.gradient_accumulation_steps != 1:
+            raise LatheError(f"{cfg.source}: layer-wise {name} updates during backward: set gradient_accumulation_steps: 1.")
+    return check
+
+
+def _badam_check(cfg: "RunConfig") -> None:
+    if cfg.finetuning.badam_mode == "ratio" and cfg.training.max_grad_norm:
+        raise LatheError(f"{cfg.source}: BAdam ratio mode keeps sparse gradients, which cannot be norm-clipped: "
+                         f"set `max_grad_norm: 0`.")
+
+
+def _adam_mini_check(cfg: "RunConfig") -> None:
+    if importlib.util.find_spec("adam_mini") is None:
+        raise LatheError(f"{cfg.source}: `use_adam_mini` needs the adam-mini package: pip install adam-mini "
+                         f"(or lathe[optimizers]).")
+
+
+def _muon_check(cfg: "RunConfig") -> None:
+    if not hasattr(torch.optim, "Muon"):
+        raise LatheError(f"{cfg.source}: `use_muon` uses torch.optim.Muon (torch >= 2.9); upgrade torch.")
+
+
+def planned_galore_state(shape, f) -> int:
+    """Two fp32 moments for the weights GaLore does not project, and its rank-r projected moments for the rest."""
+    linear = sum(i * o for i, o in shape.linear_in_layers.values())
+    projected = sum(2 * f.galore_rank * max(i, o) for i, o in shape.linear_in_layers.values())
+    return (shape.total - linear) * 8 + projected * 4
+
+
+GALORE = OPTIMIZERS.register(Optimizer(
+    name="galore", flag="use_galore", help="low-rank projected Adam states", build=low_rank_optimizer,
+    settings=galore_settings, check=_layerwise_check("galore"), planned_state=planned_galore_state,
+    options=("galore_target", "galore_rank", "galore_update_interval", "galore_scale", "galore_proj_type",
+             "galore_layerwise"),
+))
+APOLLO = OPTIMIZERS.register(Optimizer(
+    name="apollo", flag="use_apollo", help="random-projected Adam scaling", build=low_rank_optimizer,
+    settings=apollo_settings, check=_layerwise_check("apollo"),
+    options=("apollo_target", "apollo_rank", "apollo_update_interval", "apollo_scale", "apollo_proj",
+             "apollo_proj_type", "apollo_scale_type", "apollo_layerwise"),
+))
+BADAM = OPTIMIZERS.register(Optimizer(
+    name="badam", flag="use_badam", help="one block at a time", build=badam_optimizer, check=_badam_check,
+    options=("badam_mode", "badam_update_ratio", "badam_mask_mode", "badam_start_block", "badam_switch_mode",
+             "badam_switch_interval", "badam_verbose"),
+))
+ADAM_MINI = OPTIMIZERS.register(Optimizer(
+    name="adam_mini", flag="use_adam_mini", help="one second moment per block", build=adam_mini_optimizer,
+    check=_adam_mini_check, with_fsdp=True,
+))
+MUON = OPTIMIZERS.register(Optimizer(
+    name="muon", flag="use_muon", help="orthogonalised momentum for matrices", build=muon_optimizer,
+    check=_muon_check, with_fsdp=True,
+))

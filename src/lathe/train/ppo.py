@@ -4,7 +4,7 @@ TRL no longer ships a PPO trainer (since 0.2x), so the loop is written here on l
 pieces: the rollout generates with the run's template and stop words, rewards are the score
 minus a KL penalty to the reference (LoRA: the base with the adapter off), advantages come
 from GAE over a value head on the policy, and the update is the clipped PPO objective for
-`ppo_epochs` passes (`losses.py` holds every formula). The KL coefficient adapts towards
+`ppo_epochs` passes (`losses/ppo.py` holds every formula). The KL coefficient adapts towards
 `ppo_target`.
 
 Batch sizes: each rollout has per_device_train_batch_size x gradient_accumulation_steps x
@@ -23,13 +23,17 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..data.collate import left_pad, positions_from_mask
+from ..data.processors import SUPERVISED
 from ..data.processors.supervised import first_learned
 from ..data.templates.base import Template
-from ..infer.generate import generation_kwargs, stop_token_ids
+from ..errors import LatheError
+from ..model.generation import generation_kwargs, stop_token_ids
 from ..model.value_head import HEAD_FILE, hidden_size, make_value_head
-from .base import is_main_process, log_streamed_report, setup_run
+from ..process import is_main_process
+from ..registry import METHODS, REWARD_MODELS, STAGES
+from .base import log_streamed_report, setup_run
 from .callbacks import LOG_FILE, append_log_record, fmt_seconds
-from .losses import (
+from .losses.ppo import (
     AdaptiveKLController,
     gae_advantages,
     kl_penalty_rewards,
@@ -40,10 +44,10 @@ from .losses import (
 )
 from .reference import build_reference, reference_of
 from .rewards import build_reward, right_padded
+from .stage import Stage, StageResult
 
 if TYPE_CHECKING:
     from ..config import RunConfig
-    from . import StageResult
 
 logger = logging.getLogger(__name__)
 
@@ -222,8 +226,7 @@ class PPORunner:
         save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, f"{out}/{HEAD_FILE}")
 
 
-def run_ppo(cfg: "RunConfig") -> "StageResult":
-    from . import StageResult
+def run_ppo(cfg: "RunConfig") -> StageResult:
     from .plot import plot_loss
 
     run = setup_run(cfg)
@@ -235,7 +238,29 @@ def run_ppo(cfg: "RunConfig") -> "StageResult":
     metrics = runner.train()
     if is_main_process():
         runner.save()
+        after_save = METHODS[cfg.finetuning.finetuning_type].after_save
+        if after_save is not None:
+            after_save(run.model, cfg)  # e.g. PiSSA's conversion of the saved adapter
         if cfg.finetuning.plot_loss:
             plot_loss(cfg.training.output_dir, keys=("loss", "reward"))
     log_streamed_report(run.data)
     return StageResult(metrics, run.model, run.tokenizer, extras={"ref_model": ref, "value_head": runner.head})
+
+
+def _check(cfg: "RunConfig") -> None:
+    f, src = cfg.finetuning, cfg.source
+    if not f.reward_model:
+        raise LatheError(f"{src}: `stage: ppo` needs `reward_model` (a folder from `stage: rm`, or an API URL).")
+    if cfg.training.resume_from_checkpoint:
+        raise LatheError(f"{src}: `stage: ppo` does not resume from checkpoints yet; start it again.")
+    if cfg.data.streaming:
+        raise LatheError(f"{src}: `stage: ppo` samples prompts at random and cannot stream them.")
+    reward = REWARD_MODELS[f.reward_model_type]
+    if reward.check is not None:
+        reward.check(cfg)
+
+
+PPO = STAGES.register(Stage(
+    name="ppo", help="RLHF: a reward model scores the policy's answers", run=run_ppo, processor=SUPERVISED,
+    trainer=False, check=_check,
+))

@@ -4,21 +4,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..data.loader import packing_enabled
-from ..data.packing import FlatteningCollator
+from ..data.packing import FlatteningCollator, packing_enabled
+from ..data.processors import PRETRAIN
+from ..registry import STAGES
 from .base import build_and_train, setup_run
+from .stage import Stage, StageResult
+from .trainers import LatheTrainer
 
 if TYPE_CHECKING:
     from ..config import RunConfig
-    from . import StageResult
 
 
-def run_pt(cfg: "RunConfig") -> "StageResult":
-    from transformers import DataCollatorForSeq2Seq, Trainer
-
-    from . import StageResult
+def run_pt(cfg: "RunConfig") -> StageResult:
+    from transformers import DataCollatorForSeq2Seq
 
     run = setup_run(cfg)
     collator = FlatteningCollator() if packing_enabled(cfg) else DataCollatorForSeq2Seq(run.tokenizer, label_pad_token_id=-100)
-    trainer, metrics = build_and_train(cfg, run, Trainer, collator)  # eval adds eval_perplexity = exp(eval_loss)
+    trainer, metrics = build_and_train(cfg, run, LatheTrainer, collator, eval_perplexity=True)
     return StageResult(metrics, trainer.model, run.tokenizer)
+
+
+PT = STAGES.register(Stage(
+    name="pt", help="pre-training on plain text", run=run_pt, processor=PRETRAIN, packs_by_default=True,
+    perplexity=True,
+))

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..config.validate import ADAPTER_TYPES
 from ..errors import LatheError
+from ..registry import METHODS
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -42,10 +42,11 @@ def check_same_tokenizer(path: str, tokenizer) -> None:
         )
 
 
-def build_reference(cfg: "RunConfig", model, tokenizer):
-    """The frozen reference model, or None when the stage needs none or a peft adapter (LoRA, OFT) serves as its own."""
+def build_reference(cfg: "RunConfig", model, tokenizer, needed: bool = True):
+    """The frozen reference model, or None when the run needs none (`needed` false: the loss
+    compares with no reference) or a peft adapter (LoRA, OFT) serves as its own."""
     f = cfg.finetuning
-    if f.stage == "dpo" and f.pref_loss in ("orpo", "simpo"):
+    if not needed:
         return None
     if f.ref_model:
         from transformers import AutoModelForCausalLM
@@ -56,7 +57,7 @@ def build_reference(cfg: "RunConfig", model, tokenizer):
         ref = AutoModelForCausalLM.from_pretrained(f.ref_model, dtype=resolve_dtype(cfg))
         if ref.get_input_embeddings().weight.shape[0] < len(tokenizer):
             ref.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    elif f.finetuning_type in ADAPTER_TYPES:
+    elif METHODS[f.finetuning_type].adapter:
         logger.info("reference model: the base model with the %s adapter switched off (no second copy)",
                     f.finetuning_type)
         return None
@@ -81,20 +82,20 @@ def reference_of(model, ref):
 
 @torch.no_grad()
 def reference_logps(model, ref, batch: dict[str, torch.Tensor]):
-    from .losses import sequence_logps
+    from .losses.logps import sequence_logps
 
     with reference_of(model, ref) as module:
         logits = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return sequence_logps(logits, batch["labels"])
 
 
-def run_with_reference(cfg: "RunConfig", trainer_cls, collator_cls):
+def run_with_reference(cfg: "RunConfig", trainer_cls, collator_cls, needs_reference: bool = True):
     """A preference stage (dpo, kto): the run, its reference model, its Trainer; the StageResult."""
-    from . import StageResult
     from .base import build_and_train, setup_run
+    from .stage import StageResult
 
     run = setup_run(cfg)
-    ref = build_reference(cfg, run.model, run.tokenizer)
+    ref = build_reference(cfg, run.model, run.tokenizer, needs_reference)
     trainer, metrics = build_and_train(
         cfg, run, trainer_cls, collator_cls(run.tokenizer.pad_token_id), finetuning=cfg.finetuning, ref_model=ref
     )

@@ -1,25 +1,31 @@
-"""Where PPO's scores come from (`reward_model_type`), registered by name.
+"""Where PPO's scores come from (`reward_model_type`): one registered `RewardModel` per kind.
 
-- `lora`: a reward adapter (from `stage: rm` with LoRA) loaded onto the policy's own base
-  and switched in only while scoring: one base model serves policy, reference and reward;
-- `full`: a separate reward model folder from `stage: rm`;
-- `api`: an HTTP endpoint: POST {"model", "messages": [full texts], "prompts", "responses"}
-  -> {"scores": [float, ...]} (the shape LLaMA-Factory's API mode sends, plus the split texts).
+- a reward adapter (from `stage: rm` with LoRA) loaded onto the policy's own base and switched
+  in only while scoring: one base model serves policy, reference and reward (`AdapterReward`);
+- a separate reward model folder from `stage: rm` (`ModelReward`);
+- an HTTP endpoint: POST {"model", "messages": [full texts], "prompts", "responses"}
+  -> {"scores": [float, ...]} (the shape LLaMA-Factory's API mode sends, plus the split texts; `ApiReward`).
 """
 
 from __future__ import annotations
 
 import json
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from safetensors.torch import load_file
 
 from ..errors import LatheError
+from ..model.adapters.lora import LORA
+from ..registry import REWARD_MODELS, Choice
 from ..model.value_head import HEAD_FILE, hidden_size, load_reward_model, make_value_head
 from .reference import check_same_tokenizer
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 REWARD_ADAPTER = "reward"
 
@@ -103,10 +109,40 @@ class ApiReward:
         return torch.tensor([float(s) for s in scores])
 
 
+@dataclass(frozen=True, kw_only=True)
+class RewardModel(Choice):
+    """A `reward_model_type`: `build(reward_model, policy, tokenizer)` makes the scorer PPO calls per batch."""
+
+    build: Callable[..., Callable[..., torch.Tensor]] = field(compare=False)
+
+
 def build_reward(cfg, policy, tokenizer) -> Callable[..., torch.Tensor]:
     f = cfg.finetuning
-    if f.reward_model_type == "api":
-        return ApiReward(f.reward_model)
-    if f.reward_model_type == "lora":
-        return AdapterReward(policy, f.reward_model, tokenizer)
-    return ModelReward(f.reward_model, tokenizer)
+    return REWARD_MODELS[f.reward_model_type].build(f.reward_model, policy, tokenizer)
+
+
+def _needs_lora_policy(cfg: "RunConfig") -> None:
+    if cfg.finetuning.finetuning_type != LORA.name:
+        raise LatheError(
+            f"{cfg.source}: `reward_model_type: {cfg.finetuning.reward_model_type}` swaps a reward adapter onto the "
+            f"policy's LoRA model; use `finetuning_type: {LORA.name}` or another `reward_model_type`."
+        )
+
+
+def _needs_url(cfg: "RunConfig") -> None:
+    f = cfg.finetuning
+    if f.reward_model and not f.reward_model.startswith(("http://", "https://")):
+        raise LatheError(f"{cfg.source}: `reward_model_type: {f.reward_model_type}` needs `reward_model` to be an "
+                         f"http(s) URL.")
+
+
+REWARD_MODELS.register(RewardModel(
+    name="lora", help="a reward adapter swapped onto the policy's own base", check=_needs_lora_policy,
+    build=lambda path, policy, tokenizer: AdapterReward(policy, path, tokenizer),
+))
+REWARD_MODELS.register(RewardModel(
+    name="full", help="a separate reward model", build=lambda path, policy, tokenizer: ModelReward(path, tokenizer),
+))
+REWARD_MODELS.register(RewardModel(
+    name="api", help="HTTP scores", check=_needs_url, build=lambda url, policy, tokenizer: ApiReward(url),
+))

@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..data.collate import PairwiseCollator
+from ..data.processors import PAIRWISE
 from ..model.value_head import ValueHeadModel
+from ..registry import STAGES
 from .base import build_and_train, setup_run
-from .losses import pairwise_accuracy, pairwise_reward_loss
-from .metrics import MeanLossTrainer
+from .losses.reward import pairwise_accuracy, pairwise_reward_loss
+from .stage import Stage, StageResult
+from .trainers import MeanLossTrainer
 
 if TYPE_CHECKING:
     from ..config import RunConfig
-    from . import StageResult
 
 
 class RewardTrainer(MeanLossTrainer):
@@ -42,11 +44,12 @@ class RewardTrainer(MeanLossTrainer):
         (model or self.model).load_weights(Path(resume_from_checkpoint))
 
 
-def run_rm(cfg: "RunConfig") -> "StageResult":
-    from . import StageResult
-
+def run_rm(cfg: "RunConfig") -> StageResult:
     run = setup_run(cfg)
     trainer, metrics = build_and_train(
         cfg, run, RewardTrainer, PairwiseCollator(run.tokenizer.pad_token_id), model=ValueHeadModel(run.model)
     )
     return StageResult(metrics, trainer.model, run.tokenizer)
+
+
+RM = STAGES.register(Stage(name="rm", help="reward modelling on pairs", run=run_rm, processor=PAIRWISE))

@@ -6,29 +6,31 @@ with BLEU/ROUGE (`predict_with_generate`), or only their loss.
 
 from __future__ import annotations
 
-import inspect
-import sys
 from typing import TYPE_CHECKING
 
-from ..data.loader import packing_enabled
-from ..data.packing import FlatteningCollator
-from ..model.adapters.common import base_model
+from ..data.packing import FlatteningCollator, packing_enabled
+from ..data.processors import SUPERVISED
+from ..model.capabilities import separates_flattened_samples
+from ..registry import STAGES
 from .base import build_and_train, setup_run
 from .learned_logits import LearnedLogitsMixin
+from .stage import Stage, StageResult
+from .trainers import LatheTrainer
 
 if TYPE_CHECKING:
     from ..config import RunConfig
-    from . import StageResult
 
 
-def run_sft(cfg: "RunConfig") -> "StageResult":
-    from transformers import DataCollatorForSeq2Seq, Trainer
+class SFTTrainer(LearnedLogitsMixin, LatheTrainer):
+    """SFT's Trainer: the output layer runs only where a token is learned (learned_logits.py)."""
 
-    from . import StageResult
+
+def run_sft(cfg: "RunConfig") -> StageResult:
+    from transformers import DataCollatorForSeq2Seq
 
     t = cfg.training
     if t.do_predict and t.predict_with_generate:
-        from ..evaluate.similarity import check_available
+        from .metrics import check_available
 
         check_available()  # before hours of training, not after
     run = setup_run(cfg)
@@ -42,39 +44,25 @@ def run_sft(cfg: "RunConfig") -> "StageResult":
         collator = DataCollatorForSeq2Seq(run.tokenizer, label_pad_token_id=-100, pad_to_multiple_of=None)
     extra = {}
     if cfg.finetuning.compute_accuracy:
-        from ..evaluate.accuracy import argmax_logits, token_accuracy
+        from .metrics import argmax_logits, token_accuracy
 
         extra = {"compute_metrics": token_accuracy, "preprocess_logits_for_metrics": argmax_logits}
-    trainer_cls = type("SFTTrainer", (LearnedLogitsMixin, Trainer), {})
-    trainer, metrics = build_and_train(cfg, run, trainer_cls, collator, **extra)
+    trainer, metrics = build_and_train(cfg, run, SFTTrainer, collator, **extra)
     if t.do_predict:
         metrics.update(_predict(trainer, run, cfg))
     return StageResult(metrics, trainer.model, run.tokenizer)
 
 
 def padding_free(cfg: "RunConfig", model) -> bool:
-    """Flatten batches: as the config says, or (unset) wherever the model keeps flattened samples apart.
-
-    A flattened batch is one row whose position ids restart at each sample; transformers' mask
-    builder (`create_causal_mask`) turns that into a block-diagonal mask. A model whose code
-    does not use it (old or remote-code architectures) would let samples attend to each other,
-    so there the default stays padded batches.
-    """
+    """Flatten batches: as the config says, or (unset) wherever the model keeps flattened samples apart."""
     if "padding_free" in cfg.explicit:
         return cfg.data.padding_free
-    if cfg.model.shift_attn:
-        return False
-    base = base_model(model)
-    try:
-        source = inspect.getsource(sys.modules[type(base).__module__])
-    except (OSError, TypeError, KeyError):
-        return False
-    return "create_causal_mask" in source
+    return not cfg.model.shift_attn and separates_flattened_samples(model)
 
 
 def _predict(trainer, run, cfg: "RunConfig") -> dict:
     if cfg.training.predict_with_generate:
-        from ..evaluate.predict import predict
+        from .predict import predict
 
         metrics = predict(trainer.model, run.tokenizer, run.template, run.data.eval, cfg)
     else:
@@ -82,3 +70,10 @@ def _predict(trainer, run, cfg: "RunConfig") -> dict:
     trainer.log_metrics("predict", metrics)
     trainer.save_metrics("predict", metrics)
     return metrics
+
+
+SFT = STAGES.register(Stage(
+    name="sft", help="supervised fine-tuning on conversations", run=run_sft, processor=SUPERVISED, perplexity=True,
+    options=("train_on_prompt", "mask_history", "neat_packing", "padding_free", "compute_accuracy",
+             "predict_with_generate"),
+))

@@ -1,8 +1,9 @@
-"""Per-stage tokenization, registered by stage: canonical samples in, model inputs and labels out.
+"""Tokenization for each kind of stage: canonical samples in, model inputs and labels out.
 
 Each processor is a `datasets.map(batched=True)` function plus the keyword arguments it needs
 from the run; its output always has `_truncated` and `_drop` (the reason a sample has nothing
-to learn, or "") so the loader can count and report what it drops.
+to learn, or "") so the loader can count and report what it drops. A stage names its
+processor in its descriptor (`lathe.train.stage.Stage.processor`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .supervised import encode_supervised_batch
 if TYPE_CHECKING:
     from ...config import RunConfig
 
-# The columns of a canonical sample as the loader stores it (see lathe.data.schema).
+# The columns of a canonical sample as the loader stores it (see lathe.data.sample).
 SAMPLE_COLUMNS = ("messages", "system", "tools", "chosen", "rejected", "kto_tag")
 
 
@@ -54,7 +55,7 @@ def _template_kwargs(cfg: "RunConfig", tokenizer, template) -> dict[str, Any]:
 
 
 def _pretrain_kwargs(cfg: "RunConfig", tokenizer, template) -> dict[str, Any]:
-    from ..loader import packing_enabled
+    from ..packing import packing_enabled
 
     return {"tokenizer": tokenizer, "cutoff_len": cfg.data.cutoff_len, "packing": packing_enabled(cfg)}
 
@@ -63,14 +64,11 @@ def _pretrain_kwargs(cfg: "RunConfig", tokenizer, template) -> dict[str, Any]:
 class Processor:
     encode: Callable[..., dict[str, list]]
     kwargs: Callable[["RunConfig", Any, Any], dict[str, Any]]
-    parallel: bool = True  # False when rows depend on each other (pt packs across samples)
+    parallel: bool = True  # False when rows depend on each other (packing across samples)
+    packs: bool = False  # packs samples into blocks itself while tokenizing
 
 
-PROCESSORS: dict[str, Processor] = {
-    "pt": Processor(encode_pretrain_batch, _pretrain_kwargs, parallel=False),
-    "sft": Processor(encode_supervised_batch, _template_kwargs),
-    "rm": Processor(encode_pairwise_batch, _template_kwargs),
-    "dpo": Processor(encode_pairwise_batch, _template_kwargs),
-    "kto": Processor(encode_feedback_batch, _template_kwargs),
-    "ppo": Processor(encode_supervised_batch, _template_kwargs),  # the runner keeps the prompt part
-}
+PRETRAIN = Processor(encode_pretrain_batch, _pretrain_kwargs, parallel=False, packs=True)  # texts, packed into blocks
+SUPERVISED = Processor(encode_supervised_batch, _template_kwargs)  # conversations, answers learned
+PAIRWISE = Processor(encode_pairwise_batch, _template_kwargs)  # a prompt with a chosen and a rejected answer
+FEEDBACK = Processor(encode_feedback_batch, _template_kwargs)  # one answer labelled desirable or not

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .supervised import IGNORE_INDEX, build_supervised_example
+from ..sample import IGNORE_INDEX
+from .supervised import build_supervised_example
 
 
 def encode_feedback_batch(batch: dict[str, list], *, template, tokenizer, data_args) -> dict[str, list]:

@@ -7,7 +7,8 @@ and rejected keep the same prompt tokens.
 
 from __future__ import annotations
 
-from .supervised import IGNORE_INDEX, split_budget
+from ..sample import IGNORE_INDEX
+from .supervised import split_budget
 
 
 def _prompt_and_answer(template, tokenizer, messages, answer, system, tools) -> tuple[list[int], list[int]]:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..sample import IGNORE_INDEX
 from ..templates.tokenize import SpanTokens
 
-IGNORE_INDEX = -100
 
 
 def first_learned(labels: list[int]) -> int:

@@ -10,7 +10,7 @@ tool format (tools.py). See docs/templates.md.
 """
 
 from .base import Rendering, Template, check_messages
-from .registry import TEMPLATES_FILE, get_template, list_templates, resolve_template
+from .named import TEMPLATES_FILE, get_template, list_templates, resolve_template
 from .slots import Slots, SlotTemplate
 from .tokenizer_template import TokenizerTemplate
 from .tools import ToolCall, ToolFormat, get_tool_format, list_tool_formats, to_openai_messages

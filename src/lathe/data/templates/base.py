@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from lathe.data.schema import ANSWER_ROLES, PROMPT_ROLES
+from lathe.data.sample import ANSWER_ROLES, PROMPT_ROLES
 from lathe.errors import LatheError
 
 from .tokenize import SpanTokens, add_missing_special_tokens, ensure_eos_and_pad, tokenize_spans

@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Sequence
 
-from lathe.data.schema import FUNCTION, OBSERVATION
+from lathe.data.sample import FUNCTION, OBSERVATION
 from lathe.errors import LatheError
 
 from .base import THINK_CLOSE, THINK_OPEN, Rendering, Template

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import jinja2
 
-from lathe.data.schema import ASSISTANT, FUNCTION, OBSERVATION, USER
+from lathe.data.sample import ASSISTANT, FUNCTION, OBSERVATION, USER
 from lathe.errors import LatheError
 
 from .base import THINK_CLOSE, THINK_OPEN, Rendering, Template

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from lathe.data.formats import TOOL_RESPONSE_JOIN
-from lathe.data.schema import ASSISTANT, FUNCTION, OBSERVATION, USER
+from lathe.data.sample import ASSISTANT, FUNCTION, OBSERVATION, USER
 from lathe.errors import LatheError
 
 

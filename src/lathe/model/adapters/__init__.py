@@ -1,23 +1,20 @@
-"""Finetuning methods: each decides which parameters train, registered by its config name.
+"""Finetuning methods (`finetuning_type`): each decides which parameters train.
 
-A method is `apply(model, cfg, new_token_rows) -> model`; `new_token_rows` says the
-tokenizer grew, so the embedding and output rows must train too. Adding a method touches one
-file here and this registry.
+A method is one `Method` descriptor (method.py) in its own module, registered by name in
+`lathe.registry.METHODS`; importing this package registers the built-in ones. Adding a method
+touches one file here plus its import below.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 
-from ...errors import LatheError
+from ...registry import METHODS
 from ..precision import after_method, before_method
-from .freeze import apply_freeze
-from .full import apply_full
-from .lora import apply_lora
-from .oft import apply_oft
+from . import freeze, full, lora, oft  # noqa: F401  (each registers its method)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -26,25 +23,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ADAPTERS: dict[str, Callable[..., "PreTrainedModel"]] = {
-    "full": apply_full,
-    "freeze": apply_freeze,
-    "lora": apply_lora,
-    "oft": apply_oft,
-}
-
 
 def apply_method(model: "PreTrainedModel", cfg: "RunConfig", new_token_rows: bool = False):
     """Apply the configured finetuning method, set the precision of what trains, log the counts."""
-    name = cfg.finetuning.finetuning_type
-    if name not in ADAPTERS:
-        raise LatheError(f"finetuning_type `{name}` is not registered; known: {', '.join(ADAPTERS)}.")
+    method = METHODS[cfg.finetuning.finetuning_type]
     before_method(model, cfg)
-    model = ADAPTERS[name](model, cfg, new_token_rows)
+    model = method.apply(model, cfg, new_token_rows)
     after_method(model, cfg)
     trainable, total = count_parameters(model)
     logger.info(
-        "%s: %s trainable of %s parameters (%.4f%%)", name, f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1)
+        "%s: %s trainable of %s parameters (%.4f%%)", method.name, f"{trainable:,}", f"{total:,}",
+        100 * trainable / max(total, 1)
     )
     return model
 
@@ -55,4 +44,4 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-__all__ = ["ADAPTERS", "apply_method", "count_parameters"]
+__all__ = ["apply_method", "count_parameters"]

@@ -42,3 +42,18 @@ def split_names(value: str | None) -> list[str]:
 def layer_index(param_name: str, layers_prefix: str) -> int | None:
     m = re.match(re.escape(layers_prefix) + r"\.(\d+)\.", param_name)
     return int(m.group(1)) if m else None
+
+
+def resolve_targets(key: str, value: str | None, available: list[str], allow_all: bool = True) -> list[str]:
+    """The module names an option picks: a comma list of `available` names, or (`allow_all`) `all` of them.
+
+    A name the model does not have is an error naming the option and the choices, never a silent no-op.
+    """
+    wanted = split_names(value)
+    if allow_all and wanted == ["all"]:
+        return list(available)
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        raise LatheError(f"`{key}`: {', '.join(missing)} not found in this model; choose from: "
+                         f"{', '.join(available)}" + (" (or `all`)." if allow_all else "."))
+    return wanted

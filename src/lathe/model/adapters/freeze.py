@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 from ...errors import LatheError
-from .common import decoder_layers, embedding_module_names, layer_index, split_names
+from ...registry import METHODS
+from .common import decoder_layers, embedding_module_names, layer_index, resolve_targets, split_names
+from .method import Method
 
 
 def apply_freeze(model, cfg, new_token_rows: bool = False):
@@ -28,29 +30,35 @@ def apply_freeze(model, cfg, new_token_rows: bool = False):
     else:
         chosen = set(range(n - k, n)) if k > 0 else set(range(-k))
 
-    layer_modules = {name.split(".")[0] for name, _ in layers[0].named_children()}
-    modules = split_names(f.freeze_trainable_modules)
-    if modules != ["all"]:
-        missing = [m for m in modules if m not in layer_modules]
-        if missing:
-            raise LatheError(
-                f"`freeze_trainable_modules`: {', '.join(missing)} not found in a layer; "
-                f"its modules are: {', '.join(sorted(layer_modules))}."
-            )
+    # a layer's sub-modules, and the parameters it holds directly (so `all` leaves none out)
+    layer_modules = sorted({name.split(".")[0] for name, _ in layers[0].named_children()}
+                           | {name for name, _ in layers[0].named_parameters(recurse=False)})
+    modules = set(resolve_targets("freeze_trainable_modules", f.freeze_trainable_modules, layer_modules))
     extra = split_names(f.freeze_extra_modules)
     if new_token_rows:
         extra += [e for e in embedding_module_names(model) if e not in extra]
-    top_level = {name.split(".")[-1] for name, _ in model.named_modules()}
-    missing = [e for e in extra if e not in top_level]
-    if missing:
-        raise LatheError(f"`freeze_extra_modules`: no module named {', '.join(missing)} in the model.")
+    top_level = sorted({name.split(".")[-1] for name, _ in model.named_modules()} - {""})
+    extra = resolve_targets("freeze_extra_modules", ",".join(extra), top_level, allow_all=False)
 
     for name, p in model.named_parameters():
         idx = layer_index(name, prefix)
         if idx is not None:
             rest = name[len(prefix) + len(str(idx)) + 2 :]
-            train = idx in chosen and (modules == ["all"] or rest.split(".")[0] in modules)
+            train = idx in chosen and rest.split(".")[0] in modules
         else:
             train = any(f".{e}." in f".{name}" for e in extra)
         p.requires_grad_(train)
     return model
+
+
+def _check(cfg) -> None:
+    f = cfg.finetuning
+    if f.use_llama_pro and f.freeze_trainable_layers <= 0:
+        raise LatheError(f"{cfg.source}: `use_llama_pro` needs `freeze_trainable_layers` = the number of blocks added (> 0).")
+
+
+FREEZE = METHODS.register(Method(
+    name="freeze", help="some layers", apply=apply_freeze, check=_check,
+    planned_trainable=lambda shape, f: sum(shape.layer_params[-abs(f.freeze_trainable_layers):]),
+    options=("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules", "use_llama_pro"),
+))

@@ -8,7 +8,10 @@ from pathlib import Path
 import torch
 
 from ...errors import LatheError
-from .common import embedding_module_names, split_names
+from ...process import is_main_process
+from ...registry import METHODS
+from .common import embedding_module_names, resolve_targets, split_names
+from .method import Method
 
 logger = logging.getLogger(__name__)
 
@@ -66,25 +69,8 @@ def apply_lora(model, cfg, new_token_rows: bool = False):
         return load_adapters(model, adapters, trainable_last=True)
     if adapters:  # create_new_adapter: merge them all, then a fresh adapter on top
         model = load_adapters(model, adapters, trainable_last=False)
-    available = linear_module_names(model)
-    targets = split_names(f.lora_target)
-    if targets == ["all"]:
-        targets = available
-    else:
-        missing = [t for t in targets if t not in available]
-        if missing:
-            raise LatheError(
-                f"`lora_target`: {', '.join(missing)} is not a linear layer of this model; "
-                f"choose from: {', '.join(available)} (or `all`)."
-            )
-    to_save = split_names(f.additional_target)
-    if new_token_rows:
-        to_save += [e for e in embedding_module_names(model) if e not in to_save]
-    all_modules = {name.split(".")[-1] for name, _ in model.named_modules()}
-    missing = [m for m in to_save if m not in all_modules]
-    if missing:
-        raise LatheError(f"`additional_target`: no module named {', '.join(missing)} in the model.")
-
+    targets = resolve_targets("lora_target", f.lora_target, linear_module_names(model))
+    to_save = modules_to_save(model, f.additional_target, new_token_rows)
     if cfg.model.use_unsloth:
         from ..unsloth import add_lora
 
@@ -101,39 +87,44 @@ def apply_lora(model, cfg, new_token_rows: bool = False):
         init_lora_weights=_init(f),
     )
     model = get_peft_model(model, config)
-    if f.pissa_init and f.pissa_convert and cfg.training.do_train:
-        save_as_plain_lora(model, cfg.training.output_dir, cfg.training.process_index == 0)
+    if f.pissa_init and f.pissa_convert and cfg.training.do_train and is_main_process():
+        model.save_pretrained(str(Path(cfg.training.output_dir) / PISSA_INIT))  # what the final save converts against
     if f.loftq_init:
         init_loftq(model, cfg.model.model_name_or_path)
     return model
 
 
-def save_as_plain_lora(model, output_dir: str, main_process: bool) -> None:
-    """pissa_convert: the final adapter is saved as a plain LoRA adapter that fits the original base.
+def modules_to_save(model, additional_target: str | None, new_token_rows: bool) -> list[str]:
+    """Modules trained in full beside the adapter: `additional_target`, plus the embeddings when the vocabulary grew."""
+    names = split_names(additional_target)
+    if new_token_rows:
+        names += [e for e in embedding_module_names(model) if e not in names]
+    available = sorted({name.split(".")[-1] for name, _ in model.named_modules()} - {""})
+    return resolve_targets("additional_target", ",".join(names), available, allow_all=False)
+
+
+PISSA_INIT = "pissa_init"  # the adapter as PiSSA initialised it, kept in output_dir until the final save
+
+
+def convert_pissa(model, cfg) -> None:
+    """pissa_convert, a step of the final save: rewrite the saved adapter as plain LoRA that fits the original base.
 
     PiSSA moves the principal part of each weight from the base into the adapter, so its trained
     adapter only works on that modified base. peft can express trained-minus-initial as an
-    ordinary LoRA of twice the rank, given the adapter as it was before training: that is saved
-    now (`pissa_init`), and the final save to output_dir converts with it (checkpoints stay in
-    PiSSA form so training can resume from them). The instance's save_pretrained is wrapped,
-    which the Trainer calls for its final save; no class is touched.
+    ordinary LoRA of twice the rank, given the adapter as it was before training (saved by
+    `apply_lora` in output_dir/pissa_init). Checkpoints stay in PiSSA form so training can
+    resume from them; only the final adapter in output_dir is converted.
     """
     import shutil
 
-    init_dir = Path(output_dir) / "pissa_init"
-    if main_process:
-        model.save_pretrained(str(init_dir))
-    final = Path(output_dir).resolve()
-    save = model.save_pretrained
-
-    def save_converted(save_directory, *args, **kwargs):
-        if Path(save_directory).resolve() != final or not init_dir.exists():
-            return save(save_directory, *args, **kwargs)
-        save(save_directory, *args, path_initial_model_for_weight_conversion=str(init_dir), **kwargs)
-        shutil.rmtree(init_dir, ignore_errors=True)
-        logger.info("pissa_convert: saved %s as a plain LoRA adapter (rank x2) for the original base model", final)
-
-    model.save_pretrained = save_converted
+    f, out = cfg.finetuning, Path(cfg.training.output_dir)
+    init_dir = out / PISSA_INIT
+    if not (f.pissa_init and f.pissa_convert) or not init_dir.exists() or not is_main_process():
+        return
+    model.save_pretrained(str(out), selected_adapters=["default"],
+                          path_initial_model_for_weight_conversion=str(init_dir))
+    shutil.rmtree(init_dir, ignore_errors=True)
+    logger.info("pissa_convert: saved %s as a plain LoRA adapter (rank x2) for the original base model", out)
 
 
 def init_loftq(model, model_name: str) -> None:
@@ -160,3 +151,40 @@ def init_loftq(model, model_name: str) -> None:
         replace_lora_weights_loftq(model, model_path=path, callback=unscale)
     except (ValueError, FileNotFoundError) as e:
         raise LatheError(f"`loftq_init`: {e} (LoftQ reads the full-precision weights from the model's safetensors).") from None
+
+
+def _check(cfg) -> None:
+    """LoRA's initialisations, and what each needs or excludes."""
+    m, f, src = cfg.model, cfg.finetuning, cfg.source
+    if f.pissa_init and m.quantization_bit is not None:
+        raise LatheError(f"{src}: `pissa_init` needs full-precision base weights; it cannot go with `quantization_bit`.")
+    if f.loftq_init and (m.quantization_bit != 4 or m.quantization_method != "bnb"):
+        raise LatheError(f"{src}: `loftq_init` starts LoRA at the error of 4-bit quantization: it needs `quantization_bit: 4` "
+                         f"(quantization_method bnb).")
+    if f.loftq_init and (f.pissa_init or f.use_dora or m.adapter_name_or_path and not f.create_new_adapter):
+        raise LatheError(f"{src}: `loftq_init` initialises a new plain LoRA adapter; it cannot go with `pissa_init`, "
+                         f"`use_dora` or continuing an adapter.")
+    if f.pissa_convert and not f.pissa_init:
+        raise LatheError(f"{src}: `pissa_convert` converts a PiSSA adapter; it needs `pissa_init: true`.")
+    if f.use_dora and f.pissa_init:
+        raise LatheError(f"{src}: `use_dora` and `pissa_init` are two different LoRA initialisations; pick one.")
+    if f.create_new_adapter and not m.adapter_name_or_path:
+        raise LatheError(f"{src}: `create_new_adapter` needs `adapter_name_or_path` (the adapters to merge first).")
+    if m.use_unsloth and (f.use_dora or f.pissa_init or f.loftq_init or m.shift_attn or m.quantization_bit not in (None, 4)):
+        raise LatheError(f"{src}: `use_unsloth` runs plain LoRA / 4-bit QLoRA here; drop DoRA, PiSSA, LoftQ, shift_attn or "
+                         f"8-bit, or drop `use_unsloth`.")
+
+
+def planned_lora_params(shape, f) -> int:
+    """rank x (in + out) for every linear layer of the decoder layers (`lora_target: all`)."""
+    return sum(f.lora_rank * (i + o) for i, o in shape.linear_in_layers.values())
+
+
+LORA = METHODS.register(Method(
+    name="lora", help="low-rank adapters", apply=apply_lora, check=_check, adapter=True, quantized_base=True,
+    unsloth=True, after_save=convert_pissa, planned_trainable=planned_lora_params,
+    options=("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora", "loraplus_lr_ratio",
+             "loraplus_lr_embedding", "pissa_init", "pissa_iter", "create_new_adapter", "loftq_init", "pissa_convert",
+             "additional_target"),
+    trainer_defaults={"ddp_find_unused_parameters": False},  # frozen base weights get no gradient
+))

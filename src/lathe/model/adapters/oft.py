@@ -10,8 +10,10 @@ from adapter_config.json.
 from __future__ import annotations
 
 from ...errors import LatheError
-from .common import embedding_module_names, split_names
-from .lora import load_adapters, linear_module_names
+from ...registry import METHODS
+from .common import resolve_targets, split_names
+from .lora import linear_module_names, load_adapters, modules_to_save
+from .method import Method
 
 
 def apply_oft(model, cfg, new_token_rows: bool = False):
@@ -23,17 +25,8 @@ def apply_oft(model, cfg, new_token_rows: bool = False):
         return load_adapters(model, adapters, trainable_last=True)
     if adapters:
         model = load_adapters(model, adapters, trainable_last=False)
-    available = linear_module_names(model)
-    targets = split_names(f.oft_target)
-    if targets == ["all"]:
-        targets = available
-    missing = [t for t in targets if t not in available]
-    if missing:
-        raise LatheError(f"`oft_target`: {', '.join(missing)} is not a linear layer of this model; "
-                         f"choose from: {', '.join(available)} (or `all`).")
-    to_save = split_names(f.additional_target)
-    if new_token_rows:
-        to_save += [e for e in embedding_module_names(model) if e not in to_save]
+    targets = resolve_targets("oft_target", f.oft_target, linear_module_names(model))
+    to_save = modules_to_save(model, f.additional_target, new_token_rows)
     block = 0 if f.oft_rank else f.oft_block_size  # peft takes the number of blocks or their size, not both
     for name, module in model.named_modules():
         short = name.split(".")[-1]
@@ -45,3 +38,15 @@ def apply_oft(model, cfg, new_token_rows: bool = False):
         module_dropout=f.module_dropout, modules_to_save=to_save or None,
     )
     return get_peft_model(model, config)
+
+
+def _check(cfg) -> None:
+    f = cfg.finetuning
+    if not f.oft_rank and not f.oft_block_size:
+        raise LatheError(f"{cfg.source}: OFT needs `oft_rank` (blocks) or `oft_block_size` (rows per block) above 0.")
+
+
+OFT = METHODS.register(Method(
+    name="oft", help="orthogonal rotations", apply=apply_oft, check=_check, adapter=True, quantized_base=True,
+    options=("oft_rank", "oft_block_size", "oft_target", "module_dropout"),
+))

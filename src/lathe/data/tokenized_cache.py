@@ -4,7 +4,7 @@ The key covers everything that decides the token ids: the data files' bytes (or,
 large files, their size, time and first/last megabyte), the registry entries, the
 tokenizer, the template and its options, and the data options (cutoff, masking, packing,
 mixing, samples). Any change gives a new key, so a stale cache is never read. Entries are
-written atomically (`lathe.cache.build_once`), so a preprocessing run killed halfway leaves
+written atomically (`lathe.build_cache.build_once`), so a preprocessing run killed halfway leaves
 nothing that a later run could mistake for a result.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import __version__
-from ..cache import build_once, default_cache_root, is_complete, short_hash
+from ..build_cache import build_once, default_cache_root, is_complete, short_hash
 
 if TYPE_CHECKING:
     from ..config import RunConfig

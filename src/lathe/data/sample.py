@@ -37,3 +37,9 @@ class Sample(TypedDict, total=False):
     messages: list[Message]
     system: str
     tools: str
+
+
+# Tokenized, a sample becomes `input_ids` and `labels` (plus what its stage adds); a position
+# whose token is not learned (prompt, padding, masked history) has this label, which the
+# losses of transformers and lathe skip.
+IGNORE_INDEX = -100

@@ -10,8 +10,11 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING
 
-from .loader import DataReport, check_template_options, load_mixed_samples, run_template, tokenize_supervised
-from .processors.supervised import IGNORE_INDEX
+from .encode import tokenize_samples
+from .loader import check_template_options, run_template
+from .mixing import load_mixed_samples
+from .report import DataReport
+from .sample import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -52,7 +55,7 @@ def preview(cfg: "RunConfig", n: int = 3, style: str = "plain") -> str:
     tokenizer, template = _setup(cfg)
     report = DataReport()
     samples = load_mixed_samples(cfg.data.dataset, cfg, report)[:n]
-    data = tokenize_supervised(samples, cfg, tokenizer, template, report, keep_meta=True)
+    data = tokenize_samples(samples, cfg, tokenizer, template, report, keep_meta=True)
     lines = [f"template: {template.name}; learned tokens are shown {MARK[style][0]}like this{MARK[style][1]}", ""]
     for i, row in enumerate(data):
         learned = sum(1 for t in row["labels"] if t != IGNORE_INDEX)
@@ -72,7 +75,7 @@ def _percentile(values: list[int], q: float) -> int:
 def stats(cfg: "RunConfig") -> str:
     tokenizer, template = _setup(cfg)
     report = DataReport()
-    data = tokenize_supervised(load_mixed_samples(cfg.data.dataset, cfg, report), cfg, tokenizer, template,
+    data = tokenize_samples(load_mixed_samples(cfg.data.dataset, cfg, report), cfg, tokenizer, template,
                                report, keep_meta=True)
     lengths = [len(ids) for ids in data["input_ids"]]
     lines = [f"datasets: {cfg.data.dataset} (template {template.name}, cutoff_len {cfg.data.cutoff_len})"]

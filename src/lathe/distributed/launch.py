@@ -14,12 +14,9 @@ import os
 import socket
 import subprocess
 import sys
-from typing import TYPE_CHECKING
 
-from .errors import LatheError
-
-if TYPE_CHECKING:
-    from .config import RunConfig
+from ..errors import LatheError
+from ..process import inside_launcher
 
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
@@ -37,24 +34,16 @@ def device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def inside_launcher() -> bool:
-    return "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
-
-
-def should_launch(cfg: "RunConfig | None" = None) -> bool:
+def should_launch(engine: str = "ddp") -> bool:
     """True when `lathe train` should start torchrun instead of training in this process.
 
-    A run with `deepspeed:` (or the Trainer's `fsdp` key) launches even on one device: those
-    engines need a process group. `FORCE_TORCHRUN=0` forbids launching, so with them it is an error.
+    A run whose engine (`lathe.config.engines.requested_engine`) is DeepSpeed (`deepspeed:`) or
+    FSDP launches even on one device: those engines need a process group. `FORCE_TORCHRUN=0`
+    forbids launching, so with them it is an error.
     """
     if inside_launcher():
         return False
     force = os.environ.get("FORCE_TORCHRUN", "").lower()
-    engine = "ddp"
-    if cfg is not None:
-        from .distributed import requested_engine
-
-        engine = requested_engine(cfg)
     if engine != "ddp" and force in FALSE:
         raise LatheError(
             f"{engine} needs a distributed launch, but FORCE_TORCHRUN={os.environ['FORCE_TORCHRUN']} forbids it. "

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from lathe.errors import LatheError
-from lathe.launcher import torchrun_command
+from lathe.distributed.launch import torchrun_command
 from tests.conftest import DATA
 
 
@@ -92,7 +92,7 @@ def test_launcher_environment_checks(monkeypatch):
 
 
 def test_more_processes_than_gpus_is_refused_before_launch(monkeypatch):
-    import lathe.launcher as launcher
+    import lathe.distributed.launch as launcher
 
     monkeypatch.setattr(launcher, "device_count", lambda: 1)
     monkeypatch.setenv("NPROC_PER_NODE", "2")

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from lathe.data.registry import Columns, DatasetAttr, Tags, get_dataset_attrs, load_registry
+from lathe.data.dataset_info import Columns, DatasetAttr, Tags, get_dataset_attrs, load_registry
 from lathe.errors import LatheError
+from tests.conftest import SHARED
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED_DATA = SHARED / "data"
 needs_shared = pytest.mark.skipif(
     not (SHARED_DATA / "dataset_info.json").is_file(),
     reason=f"LLaMA-Factory demo data not found at {SHARED_DATA} (the repo's sibling ../shared)",

@@ -148,7 +148,7 @@ def test_relative_deepspeed_path_is_found_next_to_the_config(tmp_path, tiny_llam
     monkeypatch.chdir(ROOT)  # not where the JSON is
     cfg = load_config(cfg_path)
     assert cfg.training.deepspeed == str((tmp_path / "ds" / "z3.json").resolve())
-    from lathe.distributed import deepspeed_stage, requested_engine
+    from lathe.config.engines import deepspeed_stage, requested_engine
 
     assert deepspeed_stage(cfg) == 3 and requested_engine(cfg) == "deepspeed-zero3"
     # Reading a ZeRO-3 config outside a launched process leaves model loading alone (lathe plan, chat, tests).
@@ -182,16 +182,17 @@ def test_incompatible_options_are_refused_with_zero3(extra, message, tmp_path, t
 
 
 def test_deepspeed_without_a_launcher_is_refused(tmp_path, tiny_llama, monkeypatch):
+    from lathe.config.engines import requested_engine
     from lathe.distributed import check_launch
-    from lathe.launcher import should_launch
+    from lathe.distributed.launch import should_launch
 
     for name in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "FORCE_TORCHRUN"):
         monkeypatch.delenv(name, raising=False)
     cfg = load_config(None, [f"model_name_or_path={tiny_llama}", "dataset=lathe_identity", f"output_dir={tmp_path}",
                              f"deepspeed={Z2}"])
-    assert should_launch(cfg)  # `lathe train` starts torchrun itself
+    assert should_launch(requested_engine(cfg))  # `lathe train` starts torchrun itself
     with pytest.raises(LatheError, match="needs a distributed launch"):
         check_launch(cfg)  # a single process reached training without one
     monkeypatch.setenv("FORCE_TORCHRUN", "0")
     with pytest.raises(LatheError, match="FORCE_TORCHRUN=0"):
-        should_launch(cfg)
+        should_launch(requested_engine(cfg))

@@ -192,7 +192,7 @@ def test_data_stats(capsys, sft_config):
 def test_plan_splits_memory_as_the_configs_deepspeed_stage_says(capsys, sft_config):
     from lathe.cli import main
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     assert main(["plan", str(sft_config()), f"deepspeed={root}/examples/deepspeed/ds_z3_config.json",
                  "--devices", "2"]) == 0
     assert "2 devices (zero3)" in capsys.readouterr().out

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..data.collate import left_pad
-from ..data.processors.supervised import IGNORE_INDEX, first_learned
-from ..infer.generate import generation_kwargs, stop_token_ids
-from .similarity import similarity_scores
+from ..data.processors.supervised import first_learned
+from ..data.sample import IGNORE_INDEX
+from ..model.generation import generation_kwargs, stop_token_ids
+from .metrics import similarity_scores
 
 if TYPE_CHECKING:
     from ..config import RunConfig

@@ -1,30 +1,84 @@
-"""The typed option groups of one run.
+"""The typed option groups of one run, each option declared once with what makes it valid.
 
 Each option is declared once, here, with its type, default and one line of help; that help
-feeds `lathe train --help`, the docs and (later) the Board. Names are LLaMA-Factory's where
-both tools have the option, so its YAML configs run unchanged. Training options are the
-Hugging Face `Seq2SeqTrainingArguments` fields, taken by their own names (see `load.py`).
+feeds `lathe train --help`, the docs and the Board. Names are LLaMA-Factory's where both
+tools have the option, so its YAML configs run unchanged. Training options are the Hugging
+Face `Seq2SeqTrainingArguments` fields, taken by their own names (see `training.py`).
+
+An option's own constraints sit on its declaration: `choices` (a tuple, or a registry whose
+members are the choices: stages, methods, preference losses) and `rule` (what a valid value
+is, e.g. positive). Constraints between options of one group are the group's `check`;
+constraints across groups live in `validate.py`. Every group is frozen: a loaded config is
+read, never edited.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
+
+from ..errors import LatheError
+from ..registry import INFER_BACKENDS, METHODS, PREFERENCE_LOSSES, REWARD_MODELS, STAGES
 
 
-def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """Declare an option: its default, its help line and, for enumerations, the valid values."""
+@dataclass(frozen=True)
+class Rule:
+    """A constraint on one value: `test(value)` holds for valid values, `expected` says which those are."""
+
+    test: Callable[[Any], bool]
+    expected: str
+
+
+POSITIVE = Rule(lambda v: v > 0, "positive")
+NOT_NEGATIVE = Rule(lambda v: v >= 0, "0 or more")
+PROBABILITY = Rule(lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+
+
+def opt(default: Any, help: str, choices: tuple[str, ...] | Mapping | None = None, rule: Rule | None = None) -> Any:
+    """Declare an option: its default, its help line and what a valid value is (`choices`, `rule`)."""
     meta: dict[str, Any] = {"help": help}
     if choices is not None:
         meta["choices"] = choices
+    if rule is not None:
+        meta["rule"] = rule
     return field(default=default, metadata=meta)
 
 
-STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto")
-FINETUNING_TYPES = ("full", "freeze", "lora", "oft")
+def choices_of(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """The valid values of an option with choices (a registry's members are read now, so plugins count)."""
+    choices = f.metadata.get("choices")
+    return tuple(choices) if choices is not None else None
 
 
-@dataclass
+def help_of(f: dataclasses.Field) -> str:
+    """The option's help line; a registry's members, with their own help, are listed after it."""
+    text = f.metadata.get("help", "")
+    choices = f.metadata.get("choices")
+    if choices is not None and hasattr(choices, "describe"):
+        text = f"{text.rstrip('.')}: {choices.describe()}."
+    return text
+
+
+def check_value(key: str, value: Any, f: dataclasses.Field, source: str) -> None:
+    """Refuse a value outside the option's choices or rule, naming the key (None: not set, always valid)."""
+    if value is None:
+        return
+    choices = f.metadata.get("choices")
+    if isinstance(choices, tuple) and value not in choices:
+        from ..errors import did_you_mean
+
+        raise LatheError(f"`{key}: {value}` is not valid; choose one of {', '.join(choices)}." + did_you_mean(str(value), choices))
+    if choices is not None and not isinstance(choices, tuple):
+        choices[value]  # a registry: an unknown name fails with the close ones and the registered ones
+    rule = f.metadata.get("rule")
+    if rule is not None and not rule.test(value):
+        raise LatheError(f"{source}: `{key}` must be {rule.expected}, got {value!r}.")
+
+
+@dataclass(frozen=True)
 class ModelArguments:
     model_name_or_path: str | None = opt(None, "Local model folder or hub id (required).")
     adapter_name_or_path: str | None = opt(
@@ -72,10 +126,8 @@ class ModelArguments:
     )
     use_reentrant_gc: bool = opt(True, "Use the re-entrant variant of gradient checkpointing.")
     low_cpu_mem_usage: bool = opt(True, "Load weights without building a random-init copy first.")
-    infer_backend: str = opt(
-        "huggingface", "Inference engine of chat/api/webchat: huggingface (everywhere), vllm or sglang (CUDA, when installed).",
-        ("huggingface", "vllm", "sglang"),
-    )
+    infer_backend: str = opt("huggingface", "Inference engine of chat/api/webchat (vllm, sglang when installed).",
+                             INFER_BACKENDS)
     infer_dtype: str = opt(
         "auto", "Dtype of the weights for inference; auto = the training `dtype` rule.",
         ("auto", "float32", "bfloat16", "float16"),
@@ -92,16 +144,47 @@ class ModelArguments:
     sglang_config: dict | str | None = opt(None, "sglang: further engine arguments (a dict or its JSON).")
     sglang_lora_backend: str = opt("triton", "sglang: LoRA kernel backend.", ("triton", "flashinfer", "csgmv"))
 
+    def check(self, source: str) -> None:
+        """Constraints between the model options, and the hardware and packages some of them need."""
+        if self.quantization_bit is not None and (
+                self.quantization_bit not in (1, 2, 3, 4, 8) or self.quantization_bit < 4 and self.quantization_method != "hqq"):
+            raise LatheError(f"{source}: `quantization_bit` must be 4 or 8 (1, 2 and 3 with `quantization_method: hqq`), "
+                             f"got {self.quantization_bit}.")
+        if self.use_unsloth_gc and not self.use_unsloth:
+            raise LatheError(f"{source}: `use_unsloth_gc` is unsloth's offloaded gradient checkpointing; it needs `use_unsloth: true`.")
+        if self.use_unsloth:
+            import torch
 
-@dataclass
+            if not torch.cuda.is_available() or importlib.util.find_spec("unsloth") is None:
+                lacks = "a CUDA GPU" if not torch.cuda.is_available() else "the unsloth package (pip install unsloth)"
+                raise LatheError(f"{source}: `use_unsloth` needs a CUDA GPU and the unsloth package (its Triton kernels have "
+                                 f"no CPU backend); this machine lacks {lacks}. Remove `use_unsloth` to train with "
+                                 f"transformers + peft.")
+        if self.enable_liger_kernel:
+            import torch
+
+            if importlib.util.find_spec("liger_kernel") is None or not torch.cuda.is_available():
+                raise LatheError(
+                    f"{source}: `enable_liger_kernel` needs the liger-kernel package and a CUDA GPU "
+                    f"(Triton has no CPU backend); pip install liger-kernel on a GPU machine, or remove it."
+                )
+
+
+@dataclass(frozen=True)
 class DataArguments:
     dataset: str | None = opt(None, "Comma list of training datasets, by their names in dataset_info.json.")
     eval_dataset: str | None = opt(None, "Comma list of evaluation datasets, by their names in dataset_info.json.")
     dataset_dir: str = opt("data", "Folder holding dataset_info.json and the data files.")
     template: str | None = opt(None, "Chat template; omitted = the tokenizer's own chat template.")
-    cutoff_len: int = opt(2048, "Maximum tokens of one sample after tokenization (longer ones are truncated).")
-    max_samples: int | None = opt(None, "Keep at most this many samples of each dataset.")
-    val_size: float = opt(0.0, "Hold out this fraction (< 1) or count (>= 1) of the training data for evaluation.")
+    cutoff_len: int = opt(
+        2048, "Maximum tokens of one sample after tokenization (longer ones are truncated).",
+        rule=Rule(lambda v: v > 0, "a positive number of tokens"),
+    )
+    max_samples: int | None = opt(None, "Keep at most this many samples of each dataset.", rule=POSITIVE)
+    val_size: float = opt(
+        0.0, "Hold out this fraction (< 1) or count (>= 1) of the training data for evaluation.",
+        rule=Rule(lambda v: 0 <= v < 1 or float(v).is_integer(), "a fraction in [0, 1) or a whole count"),
+    )
     train_on_prompt: bool = opt(False, "Learn the prompt tokens too (not only the answers).")
     mask_history: bool = opt(False, "Learn only the last answer of a multi-turn conversation.")
     default_system: str | None = opt(None, "System prompt for samples that have none (overrides the template's).")
@@ -122,27 +205,52 @@ class DataArguments:
         None, "Folder of tokenized data: loaded when it exists, else written after preprocessing."
     )
     streaming: bool = opt(False, "Read and tokenize the data while training instead of up front (needs max_steps).")
-    buffer_size: int = opt(16384, "streaming: samples held in the shuffle buffer.")
+    buffer_size: int = opt(16384, "streaming: samples held in the shuffle buffer.", rule=POSITIVE)
     enable_thinking: bool = opt(True, "Reasoning templates (qwen3): think before answering; false = empty think block.")
     tool_format: str | None = opt(None, "Override the template's tool-call format (default, qwen, llama3, mistral, glm4).")
 
+    def dataset_names(self) -> list[str]:
+        return [n.strip() for n in (self.dataset or "").split(",") if n.strip()]
 
-@dataclass
+    def check(self, source: str) -> None:
+        """Constraints between the data options."""
+        if self.neat_packing and self.packing is False:
+            raise LatheError(f"{source}: `neat_packing: true` packs samples; it cannot go with `packing: false`.")
+        if self.mask_history and self.train_on_prompt:
+            raise LatheError(f"{source}: `mask_history` and `train_on_prompt` contradict each other; set one.")
+        if self.interleave_probs:
+            if not self.mix_strategy.startswith("interleave"):
+                raise LatheError(f"{source}: `interleave_probs` needs `mix_strategy: interleave_under` or `interleave_over`.")
+            try:
+                probs = [float(p) for p in self.interleave_probs.split(",")]
+            except ValueError:
+                raise LatheError(f"{source}: `interleave_probs` must be a comma list of numbers, got "
+                                 f"{self.interleave_probs!r}.") from None
+            if len(probs) != len(self.dataset_names()):
+                raise LatheError(f"{source}: `interleave_probs` needs one probability per dataset in `dataset`.")
+            if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+                raise LatheError(f"{source}: `interleave_probs` must be non-negative and sum to 1, got {self.interleave_probs}.")
+
+
+@dataclass(frozen=True)
 class FinetuningArguments:
-    stage: str = opt("sft", "Training stage: pt, sft, rm, ppo, dpo or kto.", STAGES)
-    finetuning_type: str = opt("lora", "What is trained: full, freeze (some layers), lora or oft.", FINETUNING_TYPES)
+    stage: str = opt("sft", "Training stage.", STAGES)
+    finetuning_type: str = opt("lora", "What is trained.", METHODS)
     plot_loss: bool = opt(False, "Write training_loss.png to output_dir at the end.")
-    freeze_trainable_layers: int = opt(2, "freeze: train the last N layers (negative N: the first N).")
+    freeze_trainable_layers: int = opt(
+        2, "freeze: train the last N layers (negative N: the first N).",
+        rule=Rule(lambda v: v != 0, "a layer count other than 0 (N > 0: last N layers, N < 0: first N)"),
+    )
     use_llama_pro: bool = opt(False, "freeze: train only the blocks `lathe expand` added (freeze_trainable_layers = their count).")
     freeze_trainable_modules: str = opt("all", "freeze: comma list of module names inside those layers to train, or all.")
     freeze_extra_modules: str | None = opt(None, "freeze: comma list of modules outside the layers to train too (e.g. embed_tokens).")
-    lora_rank: int = opt(8, "LoRA rank.")
-    lora_alpha: int | None = opt(None, "LoRA scale numerator; default 2 x lora_rank.")
-    lora_dropout: float = opt(0.0, "Dropout on the LoRA input.")
+    lora_rank: int = opt(8, "LoRA rank.", rule=Rule(lambda v: v > 0, "a positive integer"))
+    lora_alpha: int | None = opt(None, "LoRA scale numerator; default 2 x lora_rank.", rule=POSITIVE)
+    lora_dropout: float = opt(0.0, "Dropout on the LoRA input.", rule=PROBABILITY)
     lora_target: str = opt("all", "Comma list of module names that get LoRA, or all (every linear layer but the output head).")
     additional_target: str | None = opt(None, "Comma list of modules trained in full beside LoRA (peft modules_to_save).")
     use_rslora: bool = opt(False, "Rank-stabilised LoRA scaling (alpha / sqrt(rank)).")
-    loraplus_lr_ratio: float | None = opt(None, "LoRA+: the B matrices learn this many times faster than A.")
+    loraplus_lr_ratio: float | None = opt(None, "LoRA+: the B matrices learn this many times faster than A.", rule=POSITIVE)
     loraplus_lr_embedding: float = opt(1e-6, "LoRA+: learning rate of LoRA on embedding layers.")
     pissa_init: bool = opt(False, "PiSSA: start LoRA from the principal singular vectors of each weight.")
     pissa_iter: int = opt(16, "PiSSA: fast-SVD iterations (-1: exact SVD).")
@@ -151,45 +259,41 @@ class FinetuningArguments:
     create_new_adapter: bool = opt(False, "With adapter_name_or_path: merge them all and train a new adapter on top.")
     use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).")
     pure_bf16: bool = opt(False, "Train in bf16 without mixed precision: no fp32 master weights (half the memory, less exact).")
-    oft_rank: int = opt(0, "OFT: number of diagonal blocks of the rotation (0: set by oft_block_size).")
-    oft_block_size: int = opt(32, "OFT: rows per block of the rotation (used when oft_rank is 0).")
+    oft_rank: int = opt(0, "OFT: number of diagonal blocks of the rotation (0: set by oft_block_size).", rule=NOT_NEGATIVE)
+    oft_block_size: int = opt(32, "OFT: rows per block of the rotation (used when oft_rank is 0).", rule=NOT_NEGATIVE)
     oft_target: str = opt("all", "OFT: comma list of module names to rotate, or all (every linear layer but the output head).")
-    module_dropout: float = opt(0.0, "OFT: probability of dropping a whole block's rotation while training.")
-    pref_beta: float = opt(0.1, "dpo/kto: beta, the strength of the pull towards the reference model.")
+    module_dropout: float = opt(0.0, "OFT: probability of dropping a whole block's rotation while training.", rule=PROBABILITY)
+    pref_beta: float = opt(0.1, "dpo/kto: beta, the strength of the pull towards the reference model.", rule=POSITIVE)
     pref_ftx: float = opt(0.0, "dpo: weight of an added SFT loss on the chosen answers.")
-    pref_loss: str = opt(
-        "sigmoid", "dpo: loss: sigmoid (DPO), hinge, ipo, orpo or simpo (the last two use no reference model).",
-        ("sigmoid", "hinge", "ipo", "orpo", "simpo"),
+    pref_loss: str = opt("sigmoid", "dpo: the preference loss.", PREFERENCE_LOSSES)
+    dpo_label_smoothing: float = opt(
+        0.0, "dpo (sigmoid): probability that a preference label is flipped (cDPO), in [0, 0.5].",
+        rule=Rule(lambda v: 0.0 <= v <= 0.5, "in [0, 0.5]"),
     )
-    dpo_label_smoothing: float = opt(0.0, "dpo (sigmoid): probability that a preference label is flipped (cDPO), in [0, 0.5].")
     simpo_gamma: float = opt(0.5, "simpo: target reward margin.")
-    kto_chosen_weight: float = opt(1.0, "kto: weight of the desirable examples' loss.")
-    kto_rejected_weight: float = opt(1.0, "kto: weight of the undesirable examples' loss.")
+    kto_chosen_weight: float = opt(1.0, "kto: weight of the desirable examples' loss.", rule=NOT_NEGATIVE)
+    kto_rejected_weight: float = opt(1.0, "kto: weight of the undesirable examples' loss.", rule=NOT_NEGATIVE)
     ref_model: str | None = opt(
         None, "dpo/kto: reference model folder; default: the base model (LoRA: the adapter switched off)."
     )
     reward_model: str | None = opt(None, "ppo: the reward model: a folder from `stage: rm`, or a URL with reward_model_type api.")
-    reward_model_type: str = opt(
-        "lora",
-        "ppo: lora (a reward adapter swapped onto the policy's own base), full (a separate model), api (HTTP scores).",
-        ("lora", "full", "api"),
-    )
-    ppo_epochs: int = opt(4, "ppo: optimisation passes over each batch of rollouts.")
-    ppo_buffer_size: int = opt(1, "ppo: mini-batches of rollouts collected before each optimisation phase.")
+    reward_model_type: str = opt("lora", "ppo: where the scores come from.", REWARD_MODELS)
+    ppo_epochs: int = opt(4, "ppo: optimisation passes over each batch of rollouts.", rule=POSITIVE)
+    ppo_buffer_size: int = opt(1, "ppo: mini-batches of rollouts collected before each optimisation phase.", rule=POSITIVE)
     ppo_target: float = opt(6.0, "ppo: target KL to the reference of the adaptive KL controller.")
     ppo_score_norm: bool = opt(False, "ppo: normalise the reward scores of each batch to mean 0, std 1.")
     ppo_whiten_rewards: bool = opt(False, "ppo: whiten the per-token rewards before computing advantages.")
     compute_accuracy: bool = opt(False, "sft: report the token accuracy of the answers at evaluation.")
     use_galore: bool = opt(False, "GaLore: full-parameter training with low-rank projected optimizer states.")
     galore_target: str = opt("all", "GaLore: comma list of linear module names to project, or all.")
-    galore_rank: int = opt(16, "GaLore: rank of the projection.")
+    galore_rank: int = opt(16, "GaLore: rank of the projection.", rule=POSITIVE)
     galore_update_interval: int = opt(200, "GaLore: steps between projection updates (an SVD each).")
     galore_scale: float = opt(2.0, "GaLore: scale of the projected update.")
     galore_proj_type: str = opt("std", "GaLore: projection side.", ("std", "reverse_std", "right", "left", "full"))
     galore_layerwise: bool = opt(False, "GaLore: update layer by layer during backward (saves memory; no accumulation).")
     use_apollo: bool = opt(False, "APOLLO: full-parameter training with random-projected optimizer scaling.")
     apollo_target: str = opt("all", "APOLLO: comma list of linear module names, or all.")
-    apollo_rank: int = opt(16, "APOLLO: rank of the projection.")
+    apollo_rank: int = opt(16, "APOLLO: rank of the projection.", rule=POSITIVE)
     apollo_update_interval: int = opt(200, "APOLLO: steps between projection updates.")
     apollo_scale: float = opt(32.0, "APOLLO: scale of the update.")
     apollo_proj: str = opt("random", "APOLLO: projection kind.", ("svd", "random"))
@@ -198,7 +302,10 @@ class FinetuningArguments:
     apollo_layerwise: bool = opt(False, "APOLLO: update layer by layer during backward (no accumulation).")
     use_badam: bool = opt(False, "BAdam: full-parameter training one block of layers (or a share of each matrix) at a time.")
     badam_mode: str = opt("layer", "BAdam: layer (switch blocks of layers) or ratio (update a share of every matrix).", ("layer", "ratio"))
-    badam_update_ratio: float = opt(0.05, "BAdam ratio mode: share of each matrix's entries updated per step.")
+    badam_update_ratio: float = opt(
+        0.05, "BAdam ratio mode: share of each matrix's entries updated per step.",
+        rule=Rule(lambda v: 0 < v <= 1, "a share in (0, 1]"),
+    )
     badam_mask_mode: str = opt("adjacent", "BAdam ratio mode: which entries: adjacent (a block) or scatter (random).", ("adjacent", "scatter"))
     badam_start_block: int | None = opt(None, "BAdam: the first block to train (default: by switch mode).")
     badam_switch_mode: str = opt("ascending", "BAdam: block order.", ("ascending", "descending", "random", "fixed"))
@@ -210,7 +317,7 @@ class FinetuningArguments:
     include_effective_tokens_per_second: bool = opt(False, "Also report effective (non-padding) tokens per second in the final metrics.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GeneratingArguments:
     do_sample: bool = opt(True, "Sample instead of greedy decoding.")
     temperature: float = opt(0.95, "Sampling temperature.")
@@ -224,7 +331,7 @@ class GeneratingArguments:
     skip_special_tokens: bool = opt(True, "Drop special tokens from decoded output.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportArguments:
     export_dir: str | None = opt(None, "export: folder the merged model is written to.")
     export_size: float = opt(5, "export: largest shard file, in GB (fractions allowed).")
@@ -237,7 +344,7 @@ class ExportArguments:
     export_quantization_maxlen: int = opt(1024, "export: longest calibration sample, in tokens.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvaluationArguments:
     task: str | None = opt(None, "eval: benchmark and split as <task>_<split>, e.g. mmlu_test (a folder in task_dir).")
     task_dir: str = opt("evaluation", "eval: folder holding the benchmark folders.")
@@ -248,7 +355,7 @@ class EvaluationArguments:
 
 
 # Options that only lathe has, for the run as a whole (kept with the training group).
-@dataclass
+@dataclass(frozen=True)
 class RunArguments:
     overwrite_output_dir: bool = opt(
         False, "Start fresh in output_dir instead of resuming from its last checkpoint."

@@ -1,36 +1,29 @@
-"""Which engine distributes a run (DDP, DeepSpeed ZeRO-0..3, FSDP), and what each refuses up front.
+"""Which engine distributes a run (DDP, DeepSpeed ZeRO-0..3, FSDP), read from the config, and what each refuses.
 
 A run asks for DeepSpeed with `deepspeed: <json>` (LLaMA-Factory's key, the Trainer's field)
 and for FSDP with the Trainer's `fsdp`/`fsdp_config` keys or by being started with
 `accelerate launch --config_file <fsdp yaml>` (accelerate then sets ACCELERATE_USE_FSDP).
-Everything here runs at config time, in the process that launches the others, so a bad
-combination fails before any process is spawned or any weight is loaded.
+Everything here only reads (the config, the DeepSpeed JSON, the environment); it runs at load
+time, in the process that launches the others, so a bad combination fails before any process
+is spawned or any weight is loaded. What the engines need at the start of a run (a process
+group on a CPU, the extension cache) is `lathe.distributed.start`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LatheError, read_json_file
+from ..registry import OPTIMIZERS, STAGES
 
 if TYPE_CHECKING:
-    from ..config import RunConfig
+    from .load import RunConfig
 
 TRUE = {"1", "true", "yes", "on"}
-
-
-def extension_cache() -> Path:
-    """Where DeepSpeed's JIT-built CPU ops live (TORCH_EXTENSIONS_DIR), next to lathe's other caches.
-
-    The first DeepSpeed run on a CPU compiles its shared-memory communication op (~90 s);
-    a stable folder makes every later run, and every CI rerun that keeps the cache, reuse it.
-    """
-    from ..cache import default_cache_root
-
-    return default_cache_root() / "torch_extensions"
 
 
 def resolve_deepspeed(value: Any, source: str) -> str | dict:
@@ -42,7 +35,6 @@ def resolve_deepspeed(value: Any, source: str) -> str | dict:
     """
     if isinstance(value, dict):
         _check_deepspeed_dict(value, "the inline `deepspeed` mapping", source)
-        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extension_cache()))
         return value
     if not isinstance(value, str) or not value.strip():
         raise LatheError(f"{source}: `deepspeed` must be the path of a DeepSpeed JSON config, got {value!r}.")
@@ -61,7 +53,6 @@ def resolve_deepspeed(value: Any, source: str) -> str | dict:
         )
     data = read_json_file(found, "the `deepspeed` config")
     _check_deepspeed_dict(data, str(found), source)
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extension_cache()))
     return str(found.resolve())
 
 
@@ -71,8 +62,6 @@ def _check_deepspeed_dict(data: Any, where: str, source: str) -> None:
     stage = (data.get("zero_optimization") or {}).get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise LatheError(f"{source}: {where}: `zero_optimization.stage` must be 0, 1, 2 or 3, got {stage!r}.")
-    import importlib.util
-
     if importlib.util.find_spec("deepspeed") is None:
         raise LatheError(f"{source}: `deepspeed` needs the deepspeed package: pip install deepspeed (or lathe[deepspeed]).")
 
@@ -111,8 +100,8 @@ def requested_engine(cfg: "RunConfig") -> str:
 
 def has_accelerator() -> bool:
     """A device type accelerate runs FSDP on; on a plain CPU it silently falls back to DDP."""
-    import torch
     import accelerate.utils as au
+    import torch
 
     if torch.cuda.is_available():
         return True
@@ -138,14 +127,14 @@ def check(cfg: "RunConfig") -> None:
     engine = f"DeepSpeed ZeRO-{stage}" if stage is not None else ("FSDP" if fsdp else None)
     if engine is None:
         return
-    if f.stage == "ppo":
+    if not STAGES[f.stage].trainer:
         raise LatheError(
-            f"{src}: `stage: ppo` runs lathe's own PPO loop, not the Trainer, so {engine} would not shard it; "
-            f"train PPO with DDP (remove `deepspeed`/FSDP)."
+            f"{src}: `stage: {f.stage}` runs lathe's own {f.stage.upper()} loop, not the Trainer, so {engine} would not "
+            f"shard it; train it with DDP (remove `deepspeed`/FSDP)."
         )
-    chosen = [k for k in ("use_galore", "use_apollo", "use_badam") if getattr(f, k)]
-    if chosen:
-        raise LatheError(f"{src}: `{chosen[0]}` replaces the optimizer per parameter; it cannot go with {engine}.")
+    for optimizer in OPTIMIZERS.values():
+        if getattr(f, optimizer.flag) and (stage is not None or not optimizer.with_fsdp):
+            raise LatheError(f"{src}: `{optimizer.flag}` replaces the optimizer per parameter; it cannot go with {engine}.")
     sharded = stage == 3 or bool(fsdp)
     if not sharded:
         return
@@ -162,64 +151,3 @@ def check(cfg: "RunConfig") -> None:
             f"{src}: `predict_with_generate` is not supported under ZeRO-3 (every token would gather every layer); "
             f"predict afterwards in one process with the saved model."
         )
-
-
-def check_launch(cfg: "RunConfig") -> None:
-    """At training time: DeepSpeed and FSDP need one process per device, started by a launcher."""
-    from ..launcher import inside_launcher
-
-    engine = requested_engine(cfg)
-    if engine != "ddp" and not inside_launcher():
-        raise LatheError(
-            f"{cfg.source}: {engine} needs a distributed launch (torchrun), but this process was started alone. "
-            f"Run `lathe train <config>` (it starts torchrun itself), or use torchrun / accelerate launch."
-        )
-
-
-def cpu_deepspeed_state(training: dict[str, Any]) -> None:
-    """On a machine without GPUs, start the DeepSpeed process group on gloo before the Trainer's own setup.
-
-    Why: under `use_cpu` (which lathe sets on a CPU so bf16 is allowed) the Trainer skips
-    DeepSpeed altogether, and without it transformers hands DeepSpeed to accelerate with no
-    backend, which accelerate (knowing only device backends such as nccl) records as one process
-    while DeepSpeed runs with all of them; ZeRO then fails its batch-size check. Starting
-    accelerate's state here, DeepSpeed on gloo (its CPU accelerator does the rest), and telling
-    the Trainer to use that configured state (`accelerator_config.use_configured_state`) gives
-    every layer the true world size. Only in a launched process (LOCAL_RANK set); `ddp_timeout`
-    bounds every collective.
-    """
-    from datetime import timedelta
-
-    from accelerate.state import PartialState
-
-    from ..launcher import inside_launcher
-
-    if not inside_launcher():
-        return
-    extra = training.get("accelerator_config")
-    if extra is not None and not isinstance(extra, dict):
-        raise LatheError("`accelerator_config` must be a mapping when DeepSpeed runs on a CPU.")
-    timeout = timedelta(seconds=int(training.get("ddp_timeout") or 1800))
-    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # accelerate reads it to start DeepSpeed's comm layer
-    try:
-        PartialState(backend=training.get("ddp_backend") or "gloo", timeout=timeout)
-    finally:
-        del os.environ["ACCELERATE_USE_DEEPSPEED"]
-    training["accelerator_config"] = {**(extra or {}), "use_configured_state": True}
-
-
-def zero3_only_where_it_trains() -> None:
-    """Keep ZeRO-3's process-wide switch off in processes that do not train under a launcher.
-
-    Building training arguments with a ZeRO-3 config flips a global in transformers that makes
-    every later `from_pretrained`/`from_config` in the process partition weights through
-    DeepSpeed, which needs a process group. `lathe train`'s launching process, `lathe plan`,
-    chat/export/eval on a training config and in-process tests only read the config, so the
-    switch is turned back off there; the launched training processes keep it.
-    """
-    from ..launcher import inside_launcher
-
-    if not inside_launcher():
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()

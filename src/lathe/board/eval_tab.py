@@ -1,0 +1,111 @@
+"""The Evaluate & Predict tab: predict with generation (BLEU/ROUGE) and multiple-choice benchmarks.
+
+Its fields are generated from the schema groups evaluation and generating; each button runs a
+job (jobs.py): `lathe train` with do_predict, or `lathe eval`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..errors import LatheError
+from ..train.sft import SFT
+from .checks import check_config
+from .context import BoardContext, split_args
+from .form import FormField, group_fields, training_fields, values_to_raw
+from .jobs import by_name, named, wire_job
+from .locales import t
+
+PREDICT_FILE = "predict_results.json"
+
+
+def benchmark_tasks(task_dir: str) -> list[str]:
+    """<benchmark>_<split> names found under task_dir (folders with a mapping.json)."""
+    root = Path(task_dir or "evaluation").expanduser()
+    if not root.is_dir():
+        return []
+    out = []
+    for folder in sorted(p for p in root.iterdir() if (p / "mapping.json").is_file()):
+        out += [f"{folder.name}_{split.name}" for split in sorted(folder.iterdir()) if split.is_dir() and split.name != "dev"]
+    return out
+
+
+def build_eval_tab(ctx: BoardContext) -> None:
+    w, lang = ctx.w, ctx.w.lang
+    data = by_name(group_fields("data"))
+    gen = by_name(group_fields("generating"))
+    train = by_name(training_fields())
+    evaluation = group_fields("evaluation")
+
+    # ---- predict on a dataset, BLEU / ROUGE
+    dataset_dir = ctx.w.components["dataset_dir"]
+    from .train_tab import dataset_names
+
+    predict_fields = [data["eval_dataset"], data["cutoff_len"], data["max_samples"], train["per_device_eval_batch_size"],
+                      gen["max_new_tokens"], gen["top_p"], gen["temperature"]]
+    with gr.Row():
+        comps = [w.field(predict_fields[0], choices=dataset_names("data"), prefix="predict-", scale=2)]
+        comps += [w.field(f, prefix="predict-") for f in predict_fields[1:4]]
+    with gr.Row():
+        comps += [w.field(f, prefix="predict-") for f in predict_fields[4:]]
+        out_dir = w.field(train["output_dir"], prefix="predict-", value=f"saves/predict-{time.strftime('%Y%m%d-%H%M%S')}")
+    predict_btn = w.ui(gr.Button(t("predict", lang), variant="primary", elem_id="predict-start"), "predict", "value")
+    dataset_dir.change(lambda d: gr.update(choices=dataset_names(d)), dataset_dir, comps[0])
+
+    n_top = len(ctx.top)
+
+    def make_predict(*args):
+        top_values, values, (folder, out) = split_args(args, n_top, len(predict_fields), 2)
+        raw = predict_config(ctx.top_raw(top_values), predict_fields, values, folder, out)
+        return "predict", raw, out, ()
+
+    wire_job(ctx, predict_btn, [*ctx.top_components, *comps, dataset_dir, out_dir], make_predict, PREDICT_FILE, "predict")
+
+    # ---- multiple-choice benchmark
+    fields = by_name(evaluation)
+    with gr.Row():
+        task_dir = w.field(fields["task_dir"], prefix="eval-")
+        task = w.field(fields["task"], choices=benchmark_tasks(fields["task_dir"].default), prefix="eval-")
+        rest = [w.field(fields[n], prefix="eval-") for n in ("n_shot", "lang", "batch_size")]
+        save_dir = w.field(fields["save_dir"], prefix="eval-", value=f"saves/eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    eval_btn = w.ui(gr.Button(t("choice_eval", lang), variant="primary", elem_id="eval-start"), "choice_eval", "value")
+    task_dir.change(lambda d: gr.update(choices=benchmark_tasks(d)), task_dir, task)
+    eval_fields = [fields[n] for n in ("task_dir", "task", "n_shot", "lang", "batch_size", "save_dir")]
+
+    def make_eval(*args):
+        top_values, values = split_args(args, n_top, len(eval_fields))
+        raw = eval_config(ctx.top_raw(top_values), eval_fields, values)
+        return "eval", raw, raw["save_dir"], ()
+
+    wire_job(ctx, eval_btn, [*ctx.top_components, task_dir, task, *rest, save_dir], make_eval, "results.json", "eval")
+
+
+def predict_config(top: dict[str, Any], fields: list[FormField], values: list[Any], dataset_dir: str,
+                   output_dir: str) -> dict[str, Any]:
+    """`lathe train` with do_predict + predict_with_generate: BLEU/ROUGE in predict_results.json."""
+    raw = dict(top)
+    raw.update(values_to_raw(fields, named(fields, values)))
+    raw.update({"stage": SFT.name, "do_train": False, "do_predict": True, "predict_with_generate": True,
+                "dataset_dir": dataset_dir, "output_dir": output_dir})
+    if not raw.get("eval_dataset"):
+        raise LatheError("`eval_dataset` is required: pick the dataset to predict on.")
+    check_config(raw, purpose="train")
+    return raw
+
+
+def eval_config(top: dict[str, Any], fields: list[FormField], values: list[Any]) -> dict[str, Any]:
+    """`lathe eval`: a multiple-choice benchmark; results.json in a new save_dir."""
+    raw = dict(top)
+    raw.update(values_to_raw(fields, named(fields, values), always=("task",)))
+    if not raw.get("task"):
+        raise LatheError("`task` is required: pick a benchmark (a folder of task_dir).")
+    if not raw.get("save_dir"):
+        raise LatheError("`save_dir` is required: the new folder for results.json.")
+    if Path(raw["save_dir"]).expanduser().exists():
+        raise LatheError(f"`save_dir`: {raw['save_dir']} exists already; choose a new folder.")
+    check_config(raw, purpose="infer")
+    return raw

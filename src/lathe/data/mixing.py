@@ -1,0 +1,51 @@
+"""Read each named dataset, convert its rows to canonical samples and combine them by `mix_strategy`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .dataset_info import get_dataset_attrs
+from .formats import convert_rows
+from .processors import sample_row
+from .readers import iter_rows, read_rows, select_rows
+from .report import DataReport
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+
+def load_mixed_samples(names: str, cfg: "RunConfig", report: DataReport, attrs=None) -> list[dict[str, Any]]:
+    """Read and convert each named dataset, then combine them by `mix_strategy`: canonical samples
+    with every stored column (`sample_row`), in training order."""
+    d = cfg.data
+    parts = []
+    for attr in attrs or get_dataset_attrs(names, d.dataset_dir):
+        rows = read_rows(attr, d.dataset_dir, seed=cfg.training.seed)
+        if d.max_samples is not None:
+            rows = select_rows(rows, range(min(d.max_samples, len(rows))))
+        result = convert_rows(attr, iter_rows(rows))
+        report.rows[attr.name] = len(rows)
+        report.kept[attr.name] = len(result.samples)
+        if result.skipped:
+            report.skipped[attr.name] = result.report()
+        parts.append([sample_row(s) for s in result.samples])
+    if len(parts) == 1 or d.mix_strategy == "concat":
+        return [sample for part in parts for sample in part]
+    # Interleaving depends only on the parts' lengths, so datasets interleaves (part, row) pairs.
+    from datasets import Dataset
+
+    order = mix([Dataset.from_dict({"part": [k] * len(part), "row": list(range(len(part)))})
+                 for k, part in enumerate(parts)], cfg)
+    return [parts[k][i] for k, i in zip(order["part"], order["row"])]
+
+
+def mix(parts: list, cfg: "RunConfig"):
+    """Combine datasets (in-memory or streamed) by `mix_strategy` and `interleave_probs`."""
+    from datasets import concatenate_datasets, interleave_datasets
+
+    d = cfg.data
+    if len(parts) == 1 or d.mix_strategy == "concat":
+        return concatenate_datasets(parts)
+    probs = [float(p) for p in d.interleave_probs.split(",")] if d.interleave_probs else None
+    stopping = "first_exhausted" if d.mix_strategy == "interleave_under" else "all_exhausted"
+    return interleave_datasets(parts, probabilities=probs, seed=cfg.training.seed, stopping_strategy=stopping)

@@ -1,0 +1,59 @@
+"""The Trainer classes of the stages: one base that every stage's trainer derives from.
+
+`LatheTrainer` is the Hugging Face Trainer with lathe's checkpoints (written whole or not at
+all, checkpoints.py); `MeanLossTrainer` adds the per-batch metrics a custom loss stores
+(rewards, accuracies), averaged into the Trainer's log lines.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from .checkpoints import AtomicCheckpoints
+
+
+class LatheTrainer(AtomicCheckpoints, Trainer):
+    """The Trainer as every lathe stage runs it: the Hugging Face loop, atomic checkpoints."""
+
+
+class StoredMetricsMixin:
+    """Mix into a `transformers.Trainer`: `self.store_metrics(...)` in compute_loss, means appear in logs."""
+
+    def _stored(self) -> dict[str, dict[str, list[float]]]:
+        if not hasattr(self, "_metric_store"):
+            self._metric_store = {"train": defaultdict(list), "eval": defaultdict(list)}
+        return self._metric_store
+
+    def store_metrics(self, **values: torch.Tensor | float) -> None:
+        split = "train" if self.model.training else "eval"
+        for name, value in values.items():
+            value = value.float().mean().item() if isinstance(value, torch.Tensor) else float(value)
+            self._stored()[split][name].append(value)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if split == "eval" else ""
+        stored = self._stored()[split]
+        for name, values in stored.items():
+            if values:
+                logs[prefix + name] = round(sum(values) / len(values), 6)
+        stored.clear()
+        super().log(logs, *args, **kwargs)
+
+
+class MeanLossTrainer(StoredMetricsMixin, LatheTrainer):
+    """Base of the stages whose `compute_loss` returns a mean over samples or pairs (rm, dpo, kto).
+
+    Such a loss is not a sum over tokens, so the Trainer must divide it by the gradient
+    accumulation steps itself (`model_accepts_loss_kwargs = False`). `finetuning` is the
+    run's finetuning options; `ref_model` the frozen reference (None: none, or LoRA's base).
+    """
+
+    def __init__(self, *args, finetuning=None, ref_model=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.finetuning = finetuning
+        self.ref_model = ref_model
+        self.model_accepts_loss_kwargs = False
