@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: env dev demo test test-slow test-all test-e2e test-fuzz browser clean
+.PHONY: env dev demo test test-slow test-all test-browser test-fuzz browser clean
 
 # The environment is (re)installed when the dependency list or the set-up script changes.
 $(VENV)/.installed: pyproject.toml scripts/setup_env.sh
@@ -36,9 +36,9 @@ browser:
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; }
 
-## make test-e2e: only the Board's browser test (headless Chromium driven by Playwright)
-test-e2e: dev browser
-	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+## make test-browser: only the Board's browser test (headless Chromium driven by Playwright)
+test-browser: dev browser
+	$(PY) -m pytest -m browser $(PYTEST_ARGS)
 
 ## make test-fuzz: the property tests (hostile configs and data) at 10,000 generated cases each
 test-fuzz: dev

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,18 @@ def _module():
     return module
 
 
-def test_shell_script_parses():
-    subprocess.run(["bash", "-n", str(ROOT / "scripts" / "gpu_check.sh")], check=True)
+def test_shell_script_runs_the_checks_with_options_they_take():
+    """The script is bash (syntax checked) that calls gpu_check.py with options its parser accepts, then the
+    distributed checks, which exist; a GPU machine then gets no argument error after minutes of set-up."""
+    script = ROOT / "scripts" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    calls = [shlex.split(line) for line in script.read_text().splitlines() if "scripts/gpu_check.py" in line]
+    assert calls, "gpu_check.sh no longer runs scripts/gpu_check.py"
+    for words in calls:
+        options = words[words.index("scripts/gpu_check.py") + 1:]
+        options = [w for w in options if w not in ('"$@"', "$@", "||") and not w.startswith("status=")]
+        _module().build_parser().parse_args(options)  # SystemExit (fails the test) on an unknown option
+    assert "gpu_check_distributed.sh" in script.read_text() and (ROOT / "scripts" / "gpu_check_distributed.sh").is_file()
 
 
 def test_one_method_measures_on_a_tiny_model(tmp_path):
