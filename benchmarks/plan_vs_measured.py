@@ -36,8 +36,10 @@ def main() -> None:
     ns = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from lathe.config import load_config
-    from lathe.efficiency.bench import METHODS, parse_methods, run_method
-    from lathe.efficiency.plan import meta_model, model_shape, plan_totals
+    from lathe.efficiency.bench import parse_methods, run_method
+    from lathe.efficiency.plan import meta_model, plan_totals
+    from lathe.efficiency.variants import VARIANTS
+    from lathe.model.memory import model_shape
     from lathe.testing.demo_tokenizer import build_demo_tokenizer
     from lathe.testing.tiny import build_tiny_model
 
@@ -53,8 +55,8 @@ def main() -> None:
     for name in parse_methods(ns.methods):
         start = time.perf_counter()
         measured = run_method(name, str(config), [], ns.steps, work, perplexity=False)
-        cfg = load_config(str(config), [f"{k}={v}" for k, v in METHODS[name].overrides.items()])
-        plan = plan_totals(cfg, [METHODS[name].plan])[METHODS[name].plan]
+        cfg = load_config(str(config), [f"{k}={v}" for k, v in VARIANTS[name].overrides.items()])
+        plan = plan_totals(cfg, [name])[name]
         row = {"method": name, "plan": plan, "seconds": round(time.perf_counter() - start, 1),
                "load": os.getloadavg()[0], **measured}
         if "peak_memory" in measured:

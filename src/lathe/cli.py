@@ -48,10 +48,8 @@ def cmd_train(args: list[str]) -> int:
 
         print(train_help())
         return 0
-    from .config import load_config
-
     path, overrides = _split_config_args(args)
-    cfg = load_config(path, overrides)  # checked here, before any process is spawned
+    cfg = _config(path, overrides)  # checked here, before any process is spawned
     from .config.engines import requested_engine
     from .distributed.launch import launch, should_launch
 
@@ -67,6 +65,16 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
+def _config(path, overrides, purpose: str = "train"):
+    """The command's config (checked before any work), with its hub token handed to huggingface_hub."""
+    from .config import load_config
+    from .hub import use_token
+
+    cfg = load_config(path, overrides, purpose=purpose)
+    use_token(cfg.hub_token)
+    return cfg
+
+
 def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
     return (args[0], args[1:]) if args and "=" not in args[0] else (None, args)
 
@@ -79,12 +87,11 @@ def cmd_data(args: list[str]) -> int:
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     parser.add_argument("overrides", nargs="*", help="key=value options")
     ns = parser.parse_args(args)
-    from .config import load_config
     from .data import preview
 
     if ns.n < 1:
         parser.error(f"-n must be at least 1 (got {ns.n})")
-    cfg = load_config(ns.config, ns.overrides)
+    cfg = _config(ns.config, ns.overrides)
     if ns.action == "preview":
         color = ns.color == "always" or (ns.color == "auto" and sys.stdout.isatty())
         print(preview.preview(cfg, ns.n, "color" if color else "plain"))
@@ -100,21 +107,19 @@ def cmd_chat(args: list[str]) -> int:
     parser.add_argument("--tools", help="JSON file with a list of tool definitions the model may call")
     parser.add_argument("overrides", nargs="*", help="key=value options")
     ns = parser.parse_args(args)
-    from .config import load_config
     from .infer.chat_cli import read_tools, run_chat
 
     path, overrides = _split_config_args(([ns.config] if ns.config else []) + ns.overrides)
     read_tools(ns.tools)  # a bad tools file fails before the model loads
-    run_chat(load_config(path, overrides, purpose="infer"), system=ns.system, tools_file=ns.tools)
+    run_chat(_config(path, overrides, purpose="infer"), system=ns.system, tools_file=ns.tools)
     return 0
 
 
 def cmd_api(args: list[str]) -> int:
-    from .config import load_config
     from .infer.api import run_api
 
     path, overrides = _split_config_args(args)
-    run_api(load_config(path, overrides, purpose="infer"))
+    run_api(_config(path, overrides, purpose="infer"))
     return 0
 
 
@@ -138,10 +143,8 @@ def cmd_webui(args: list[str]) -> int:
 
 
 def cmd_webchat(args: list[str]) -> int:
-    from .config import load_config
-
     path, overrides = _split_config_args(args)
-    cfg = load_config(path, overrides, purpose="infer")
+    cfg = _config(path, overrides, purpose="infer")
     _need_gradio("webchat")
     from .board.app import run_webchat
 
@@ -150,21 +153,18 @@ def cmd_webchat(args: list[str]) -> int:
 
 
 def cmd_export(args: list[str]) -> int:
-    from .config import load_config
     from .export.merge import run_export
 
     path, overrides = _split_config_args(args)
-    out = run_export(load_config(path, overrides, purpose="infer"))
+    out = run_export(_config(path, overrides, purpose="infer"))
     print(f"[lathe] exported to {out}")
     return 0
 
 
 def cmd_eval(args: list[str]) -> int:
-    from .config import load_config
-
     ppl = "--ppl" in args
     path, overrides = _split_config_args([a for a in args if a != "--ppl"])
-    cfg = load_config(path, overrides, purpose="infer")
+    cfg = _config(path, overrides, purpose="infer")
     if ppl:
         from .evaluate.perplexity import run_perplexity
 
@@ -198,10 +198,9 @@ def cmd_plan(args: list[str]) -> int:
                         help="how weights/optimizer are split across --devices (default: the config's deepspeed/fsdp)")
     parser.add_argument("overrides", nargs="*")
     ns = parser.parse_args(args)
-    from .config import load_config
     from .efficiency.plan import parse_memory, plan
 
-    cfg = load_config(ns.config, ns.overrides)
+    cfg = _config(ns.config, ns.overrides)
     memory = parse_memory(ns.device_memory) if ns.device_memory else None
     shard = ns.shard
     if shard == "none":  # the config's own engine: `deepspeed` ZeRO-2/3 or `fsdp`

@@ -47,3 +47,13 @@ def hub_reachable() -> bool:
     thread.start()
     thread.join(NETWORK_PROBE_TIMEOUT_S)
     return bool(reachable and reachable[0])
+
+
+def use_token(token: str | None) -> None:
+    """The config's `hub_token` for huggingface_hub, which reads HF_TOKEN: set when a command or run starts.
+
+    Never while loading a config (loading changes nothing outside it), and never in the Trainer's
+    arguments, which are pickled into every checkpoint.
+    """
+    if token:
+        os.environ["HF_TOKEN"] = token

@@ -14,6 +14,7 @@ first time it is read; a plugin (or a test) adds a member with `register` at any
 from __future__ import annotations
 
 import importlib
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Generic, Iterator, Mapping, TypeVar
 
@@ -50,11 +51,21 @@ class Registry(Mapping[str, T], Generic[T]):
         self._members = members  # the module whose import registers the built-in members
         self._items: dict[str, T] = {}
         self._loaded = False
+        self._importing = False
+        self._lock = threading.RLock()  # other threads wait for the import; this one may re-enter it
 
     def _load(self) -> None:
-        if not self._loaded:
-            self._loaded = True  # before the import: the members' module may read the registry
-            importlib.import_module(self._members)
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded or self._importing:  # done, or the members' own modules reading it mid-import
+                return
+            self._importing = True
+            try:
+                importlib.import_module(self._members)
+            finally:
+                self._importing = False
+            self._loaded = True  # only now: a broken import fails again on the next read, never half a registry
 
     def register(self, item: T) -> T:
         """Add `item` under its name (returned, so a module can write `X = REGISTRY.register(Desc(...))`)."""
@@ -99,7 +110,8 @@ def must(condition: bool, message: str) -> None:
 # The families whose names the config checks. Each is filled by the module named last.
 STAGES: Registry = Registry("stage", "stage", "lathe.train")
 METHODS: Registry = Registry("finetuning method", "finetuning_type", "lathe.model.adapters")
-PREFERENCE_LOSSES: Registry = Registry("preference loss", "pref_loss", "lathe.train.losses.preference")
+PREFERENCE_LOSSES: Registry = Registry("preference loss", "pref_loss", "lathe.train.losses.preference",
+                                       plural="preference losses")
 OPTIMIZERS: Registry = Registry("optimizer", "use_<optimizer>", "lathe.train.optim")
 REWARD_MODELS: Registry = Registry("reward model type", "reward_model_type", "lathe.train.rewards")
 INFER_BACKENDS: Registry = Registry("inference backend", "infer_backend", "lathe.infer.engine")

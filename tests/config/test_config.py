@@ -73,6 +73,7 @@ def test_unknown_hf_key_did_you_mean():
         ({"bf16": "maybe"}, "true or false"),
         ({"train_on_prompt": True, "mask_history": True}, "contradict"),
         ({"val_size": 1.5}, "val_size"),
+        ({"val_size": -1}, "val_size"),
     ],
 )
 def test_bad_values_and_combinations(extra, needle):

@@ -82,6 +82,17 @@ def test_the_loaded_config_is_read_only(sft_config):
         cfg.training.device  # devices belong to the run
 
 
+def test_the_loaded_config_pickles_as_it_is(sft_config):
+    """A worker process that receives the config (spawned data loaders) gets the same frozen copy."""
+    import pickle
+
+    cfg = load_config(sft_config(learning_rate=3e-4))
+    again = pickle.loads(pickle.dumps(cfg))
+    assert again == cfg and type(again.training) is type(cfg.training)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        again.training.learning_rate = 1.0
+
+
 def test_the_run_gets_its_own_editable_arguments(sft_config):
     from lathe.config.training import run_arguments
 

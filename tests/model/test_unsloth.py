@@ -21,3 +21,20 @@ def test_unsloth_refused_without_cuda_or_package(sft_config):
 def test_unsloth_gc_needs_unsloth(sft_config):
     with pytest.raises(LatheError, match="use_unsloth: true"):
         load_config(sft_config(use_unsloth_gc=True))
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ({"finetuning_type": "full"}, "finetuning_type: lora"),
+    ({"use_dora": True}, "drop DoRA"),
+    ({"quantization_bit": 8}, "8-bit"),
+])
+def test_unsloth_builds_plain_lora_only(sft_config, monkeypatch, extra, needle):
+    """What unsloth cannot build is refused at load even where it could run (a CUDA GPU and the package, faked)."""
+    import importlib.machinery
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: importlib.machinery.ModuleSpec(name, None)
+                        if name == "unsloth" else real_find_spec(name, *a))
+    with pytest.raises(LatheError, match=needle):
+        load_config(sft_config(use_unsloth=True, **extra))

@@ -218,7 +218,7 @@ def _build_training(values: dict[str, Any], data: DataArguments, finetuning: Fin
             coerced.setdefault("ddp_backend", "gloo")
     for key, value in METHODS[finetuning.finetuning_type].trainer_defaults.items():
         coerced.setdefault(key, value)
-    return build_training_arguments(coerced, source)
+    return build_training_arguments(coerced, source, given=set(values))
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, purpose: str = "train") -> RunConfig:

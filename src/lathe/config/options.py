@@ -126,8 +126,7 @@ class ModelArguments:
     )
     use_reentrant_gc: bool = opt(True, "Use the re-entrant variant of gradient checkpointing.")
     low_cpu_mem_usage: bool = opt(True, "Load weights without building a random-init copy first.")
-    infer_backend: str = opt("huggingface", "Inference engine of chat/api/webchat (vllm, sglang when installed).",
-                             INFER_BACKENDS)
+    infer_backend: str = opt("huggingface", "Inference engine of chat/api/webchat.", INFER_BACKENDS)
     infer_dtype: str = opt(
         "auto", "Dtype of the weights for inference; auto = the training `dtype` rule.",
         ("auto", "float32", "bfloat16", "float16"),
@@ -183,7 +182,7 @@ class DataArguments:
     max_samples: int | None = opt(None, "Keep at most this many samples of each dataset.", rule=POSITIVE)
     val_size: float = opt(
         0.0, "Hold out this fraction (< 1) or count (>= 1) of the training data for evaluation.",
-        rule=Rule(lambda v: 0 <= v < 1 or float(v).is_integer(), "a fraction in [0, 1) or a whole count"),
+        rule=Rule(lambda v: 0 <= v < 1 or v >= 1 and float(v).is_integer(), "a fraction in [0, 1) or a whole count"),
     )
     train_on_prompt: bool = opt(False, "Learn the prompt tokens too (not only the answers).")
     mask_history: bool = opt(False, "Learn only the last answer of a multi-turn conversation.")

@@ -59,6 +59,10 @@ def _frozen_class() -> type:
                                      "(lathe.config.training.run_arguments) sets them up")
             return None  # __post_init__ touches `device` only to set devices up early
 
+        def __reduce__(self):
+            """Pickled as its fields and rebuilt the same way (a worker process gets the same frozen copy)."""
+            return _rebuild, ({name: getattr(self, name) for name in training_fields()},)
+
         @property
         def world_size(self) -> int:
             """The launcher's process count (DeepSpeed's config reads it to fill its "auto" batch sizes)."""
@@ -74,7 +78,11 @@ def _frozen_class() -> type:
     return FrozenTrainingArguments
 
 
-def build_training_arguments(values: dict[str, Any], source: str):
+def _rebuild(values: dict[str, Any]):
+    return build_training_arguments(values, "<pickled config>")
+
+
+def build_training_arguments(values: dict[str, Any], source: str, given: set[str] | None = None):
     """The frozen training arguments of `values` (already coerced), leaving the process as it was."""
     from transformers.integrations import deepspeed as hf_deepspeed
 
@@ -83,20 +91,28 @@ def build_training_arguments(values: dict[str, Any], source: str):
     try:
         return _frozen_class()(**values)
     except Exception as e:  # ValueError, TypeError, OSError (a path that isn't one)...: all the user's to fix
-        culprit = _culprit(values)
+        culprit = _culprit(values, given if given is not None else set(values))
         named = f"`{culprit}: {values[culprit]!r}`" if culprit else "training options"
         raise LatheError(f"{source}: {named} rejected by transformers: {e}") from None
     finally:
-        os.environ.clear()
-        os.environ.update(environ)
+        _restore(environ)
         hf_deepspeed._hf_deepspeed_config_weak_ref = switch
 
 
-def _culprit(values: dict[str, Any]) -> str | None:
-    """The option that transformers refuses, found by trying each alone (only on the error path)."""
+def _restore(environ: dict[str, str]) -> None:
+    """Undo what was set or removed in os.environ since `environ` was taken, and only that."""
+    for name in set(os.environ) - set(environ):
+        del os.environ[name]
+    for name, value in environ.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
+def _culprit(values: dict[str, Any], given: set[str]) -> str | None:
+    """The user's option (one of `given`) that transformers refuses, found by trying each alone (only on the error path)."""
     cls = _frozen_class()  # it sets up no devices, so trying values cannot start a process group
     base = {k: values[k] for k in ("output_dir", "use_cpu", "remove_unused_columns", "report_to") if k in values}
-    for key in values:
+    for key in (k for k in values if k in given):
         try:
             cls(**{**base, key: values[key]})
         except Exception:

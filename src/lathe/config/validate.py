@@ -104,6 +104,9 @@ def _check_across_groups(cfg: "RunConfig") -> None:
             f"{src}: `quantization_bit` needs {_methods_where('quantized_base')} (QLoRA): quantized weights cannot be "
             f"trained in full; this run uses `{f.finetuning_type}`."
         )
+    if m.use_unsloth and not method.unsloth:
+        raise LatheError(f"{src}: `use_unsloth` builds {_methods_where('unsloth')} (QLoRA 4-bit at most); this run "
+                         f"uses `{f.finetuning_type}`: drop `use_unsloth` or change finetuning_type.")
     if d.streaming:
         if t.max_steps is None or t.max_steps <= 0:
             raise LatheError(f"{src}: `streaming: true` needs `max_steps`: a stream has no known length to count epochs.")

@@ -40,7 +40,7 @@ def encode_in_process(samples: Sequence[dict[str, Any]], columns: Sequence[str],
             progress.update(len(rows))
     # permissive: a batch whose lists are all empty (every sample dropped) joins the others' type
     table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
-    # lathe caches the result under its own key (data/cache.py); hashing the table would cost as much as building it.
+    # lathe caches the result under its own key (data/tokenized_cache.py); hashing the table would cost as much as building it.
     return Dataset(table, fingerprint=generate_random_fingerprint())
 
 

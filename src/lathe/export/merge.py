@@ -104,6 +104,6 @@ def run_export(cfg: "RunConfig") -> Path:
         quantized.save_pretrained(out, max_shard_size=f"{e.export_size}GB")
         logger.info("Quantized the export to %d-bit GPTQ", e.export_quantization_bit)
     if e.export_hub_model_id:
-        model.push_to_hub(e.export_hub_model_id, token=cfg.model.hf_hub_token, max_shard_size=f"{e.export_size}GB")
-        tokenizer.push_to_hub(e.export_hub_model_id, token=cfg.model.hf_hub_token)
+        model.push_to_hub(e.export_hub_model_id, token=cfg.model.hf_hub_token or cfg.hub_token, max_shard_size=f"{e.export_size}GB")
+        tokenizer.push_to_hub(e.export_hub_model_id, token=cfg.model.hf_hub_token or cfg.hub_token)
     return out

@@ -16,12 +16,12 @@ def separates_flattened_samples(model: torch.nn.Module) -> bool:
     """Whether the model keeps the samples of a flattened row apart (padding-free batches, packing).
 
     A flattened batch is one row whose position ids restart at each sample; transformers' mask
-    builders (`masking_utils.create_causal_mask` and its sliding-window sibling) turn that into
-    a block-diagonal mask. A model whose code builds its mask otherwise (old or remote-code
-    architectures) would let samples attend to each other.
+    builder `masking_utils.create_causal_mask` turns that into a block-diagonal mask. A model
+    whose code builds its mask otherwise (old or remote-code architectures), or that mixes tokens
+    outside attention (recurrent and convolution blocks, which use only the sliding-window
+    builder), would let samples reach each other.
     """
     from transformers import masking_utils
 
     module = sys.modules.get(type(base_model(model)).__module__)
-    return any(getattr(module, name, None) is getattr(masking_utils, name, False)
-               for name in ("create_causal_mask", "create_sliding_window_causal_mask"))
+    return getattr(module, "create_causal_mask", None) is masking_utils.create_causal_mask

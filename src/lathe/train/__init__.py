@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..heap import frozen
+from ..hub import use_token
 from ..registry import STAGES
-from . import dpo, kto, ppo, pt, rm, sft  # noqa: F401  (each registers its stage)
+# Each registers its stage; the order here is the order `--help` and the Board list them.
+from . import pt, sft, rm, ppo, dpo, kto  # noqa: F401, I001
 from .stage import StageResult
 
 if TYPE_CHECKING:
@@ -19,12 +21,9 @@ if TYPE_CHECKING:
 
 def run_stage(cfg: "RunConfig") -> StageResult:
     """Run the configured stage after seeding everything the run touches."""
-    import os
-
     from transformers import set_seed
 
-    if cfg.hub_token:  # the run's hub pushes find it there; the config never carried it in its arguments
-        os.environ["HF_TOKEN"] = cfg.hub_token
+    use_token(cfg.hub_token)  # the run's hub pushes find it there; the Trainer's arguments never carry it
     set_seed(cfg.training.seed)  # before the model loads, so adapter init is reproducible too
     with frozen():  # the libraries are imported now; collections skip their objects (see heap.py)
         return STAGES[cfg.finetuning.stage].run(cfg)

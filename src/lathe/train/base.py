@@ -151,6 +151,10 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, eval
     from .checkpoints import check_writable, checkpoint_bytes
     from .optim import optimizer_setup
 
+    from .trainers import LatheTrainer
+
+    if not issubclass(trainer_cls, LatheTrainer):  # its checkpoints must be atomic, as every stage's are
+        raise TypeError(f"{trainer_cls.__name__} must derive from lathe.train.trainers.LatheTrainer")
     model = trainer_kwargs.pop("model", run.model)
     if cfg.training.do_train and is_main_process():
         saves = cfg.training.save_strategy != "no"  # a str enum: equal to its value

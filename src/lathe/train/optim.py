@@ -93,26 +93,27 @@ def _linear_targets(model: torch.nn.Module, key: str, names: str) -> list[str]:
     return resolve_targets(key, names, linear_module_names(model))  # every linear layer but the output head
 
 
-def galore_settings(model: torch.nn.Module, cfg: "RunConfig") -> dict[str, Any]:
-    """GaLore through the Trainer's own optimizer: its `optim` arguments."""
+def _projected_settings(model: torch.nn.Module, cfg: "RunConfig", name: str, optim_args: str) -> dict[str, Any]:
+    """The Trainer's `optim` arguments of GaLore or APOLLO (`name`): its optimizer, the layers it projects, its own arguments."""
     f = cfg.finetuning
     return {
-        "optim": "galore_adamw_layerwise" if f.galore_layerwise else "galore_adamw",
-        "optim_target_modules": _linear_targets(model, "galore_target", f.galore_target),
-        "optim_args": (f"rank={f.galore_rank},update_proj_gap={f.galore_update_interval},"
-                       f"scale={f.galore_scale},proj_type={f.galore_proj_type}"),
+        "optim": f"{name}_adamw_layerwise" if getattr(f, f"{name}_layerwise") else f"{name}_adamw",
+        "optim_target_modules": _linear_targets(model, f"{name}_target", getattr(f, f"{name}_target")),
+        "optim_args": optim_args,
     }
+
+
+def galore_settings(model: torch.nn.Module, cfg: "RunConfig") -> dict[str, Any]:
+    f = cfg.finetuning
+    return _projected_settings(model, cfg, "galore", f"rank={f.galore_rank},update_proj_gap={f.galore_update_interval},"
+                                                     f"scale={f.galore_scale},proj_type={f.galore_proj_type}")
 
 
 def apollo_settings(model: torch.nn.Module, cfg: "RunConfig") -> dict[str, Any]:
-    """APOLLO through the Trainer's own optimizer: its `optim` arguments."""
     f = cfg.finetuning
-    return {
-        "optim": "apollo_adamw_layerwise" if f.apollo_layerwise else "apollo_adamw",
-        "optim_target_modules": _linear_targets(model, "apollo_target", f.apollo_target),
-        "optim_args": (f"rank={f.apollo_rank},proj={f.apollo_proj},scale_type={f.apollo_scale_type},"
-                       f"update_proj_gap={f.apollo_update_interval},scale={f.apollo_scale},proj_type={f.apollo_proj_type}"),
-    }
+    return _projected_settings(model, cfg, "apollo", f"rank={f.apollo_rank},proj={f.apollo_proj},"
+                                                     f"scale_type={f.apollo_scale_type},update_proj_gap={f.apollo_update_interval},"
+                                                     f"scale={f.apollo_scale},proj_type={f.apollo_proj_type}")
 
 
 def low_rank_optimizer(model: torch.nn.Module, cfg: "RunConfig", args) -> torch.optim.Optimizer:

@@ -14,7 +14,8 @@ import torch
 
 from ...registry import METHODS
 from ..precision import after_method, before_method
-from . import freeze, full, lora, oft  # noqa: F401  (each registers its method)
+# Each registers its method; the order here is the order `--help` and the Board list them.
+from . import full, freeze, lora, oft  # noqa: F401, I001
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
