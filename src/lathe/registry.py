@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Generic, Iterator, Mapping, TypeVar
 
-from .errors import LatheError, lookup
+from .errors import lookup
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -79,7 +79,7 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def __getitem__(self, name: str) -> T:
         self._load()
-        return lookup(self._items, name, self.what, self.plural, hint=f"(`{self.key}`)")
+        return lookup(self._items, name, self.what, self.plural, hint=f"(the choices of `{self.key}`)")
 
     def __contains__(self, name: object) -> bool:
         self._load()
@@ -99,12 +99,6 @@ class Registry(Mapping[str, T], Generic[T]):
     def describe(self) -> str:
         """`a (help), b (help)`: the choices as `--help` and the Board show them."""
         return ", ".join(f"{name} ({self[name].help})" for name in self)
-
-
-def must(condition: bool, message: str) -> None:
-    """Raise `message` as a LatheError unless `condition` holds: the one-line form of a check."""
-    if not condition:
-        raise LatheError(message)
 
 
 # The families whose names the config checks. Each is filled by the module named last.
