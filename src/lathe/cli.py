@@ -82,16 +82,16 @@ def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
 def cmd_data(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lathe data", description="Inspect the data a config trains on.")
     parser.add_argument("action", choices=("preview", "stats"))
-    parser.add_argument("config", help="a training config (YAML or JSON)")
+    parser.add_argument("config", help="a training config (YAML or JSON); a predict config shows its eval_dataset")
     parser.add_argument("-n", type=int, default=3, help="samples to show (preview)")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     parser.add_argument("overrides", nargs="*", help="key=value options")
-    ns = parser.parse_args(args)
+    ns = parser.parse_intermixed_args(args)
     from .data import preview
 
     if ns.n < 1:
         parser.error(f"-n must be at least 1 (got {ns.n})")
-    cfg = _config(ns.config, ns.overrides)
+    cfg = _config(ns.config, ns.overrides, purpose="infer")  # nothing is trained: no output_dir needed
     if ns.action == "preview":
         color = ns.color == "always" or (ns.color == "auto" and sys.stdout.isatty())
         print(preview.preview(cfg, ns.n, "color" if color else "plain"))
@@ -106,7 +106,7 @@ def cmd_chat(args: list[str]) -> int:
     parser.add_argument("--system", help="system prompt (default: the config's default_system)")
     parser.add_argument("--tools", help="JSON file with a list of tool definitions the model may call")
     parser.add_argument("overrides", nargs="*", help="key=value options")
-    ns = parser.parse_args(args)
+    ns = parser.parse_intermixed_args(args)  # key=value overrides may come after the flags
     from .infer.chat_cli import read_tools, run_chat
 
     path, overrides = _split_config_args(([ns.config] if ns.config else []) + ns.overrides)
@@ -197,7 +197,7 @@ def cmd_plan(args: list[str]) -> int:
     parser.add_argument("--shard", choices=("none", "zero2", "zero3", "fsdp"), default="none",
                         help="how weights/optimizer are split across --devices (default: the config's deepspeed/fsdp)")
     parser.add_argument("overrides", nargs="*")
-    ns = parser.parse_args(args)
+    ns = parser.parse_intermixed_args(args)  # key=value overrides may come after the flags
     from .efficiency.plan import parse_memory, plan
 
     cfg = _config(ns.config, ns.overrides)
@@ -223,7 +223,7 @@ def cmd_bench(args: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=20, help="training steps per method")
     parser.add_argument("--output", help="folder for bench.md/.json/.png (default: output_dir/bench)")
     parser.add_argument("overrides", nargs="*")
-    ns = parser.parse_args(args)
+    ns = parser.parse_intermixed_args(args)  # key=value overrides may come after the flags
     out = run_bench(ns.config, ns.overrides, parse_methods(ns.methods), ns.steps, ns.output)
     print((out / "bench.md").read_text(encoding="utf-8"))
     print(f"[lathe] bench results in {out} (bench.md, bench.json, bench.png)")

@@ -51,18 +51,46 @@ def render_marked(tokenizer, input_ids: list[int], labels: list[int], style: str
     return "".join(out)
 
 
+def _names(cfg: "RunConfig") -> tuple[str, str]:
+    """(which datasets, their names): the training data, else the evaluation data (a predict config)."""
+    from ..errors import LatheError
+
+    if cfg.data.dataset:
+        return "datasets", cfg.data.dataset
+    if cfg.data.eval_dataset:
+        return "eval datasets", cfg.data.eval_dataset
+    raise LatheError(f"{cfg.source} names no `dataset` (nor `eval_dataset`): there is no data to show. "
+                     f"Is it an inference or merge config?")
+
+
+def sequences(row: dict) -> list[tuple[str, list[int], list[int]]]:
+    """The token sequences of a tokenized row, as (name, ids, labels): one for most stages, the chosen
+    and the rejected answer for pairwise ones (`chosen_input_ids`, ...)."""
+    out = []
+    for column in row:
+        if column.endswith("input_ids"):
+            prefix = column[: -len("input_ids")]
+            out.append((prefix.rstrip("_"), row[column], row[prefix + "labels"]))
+    return out
+
+
 def preview(cfg: "RunConfig", n: int = 3, style: str = "plain") -> str:
     tokenizer, template = _setup(cfg)
     report = DataReport()
-    samples = load_mixed_samples(cfg.data.dataset, cfg, report)[:n]
+    kind, names = _names(cfg)
+    samples = load_mixed_samples(names, cfg, report)[:n]
     data = tokenize_samples(samples, cfg, tokenizer, template, report, keep_meta=True)
-    lines = [f"template: {template.name}; learned tokens are shown {MARK[style][0]}like this{MARK[style][1]}", ""]
+    lines = [f"{kind}: {names}; stage {cfg.finetuning.stage}; template: {template.name}; learned tokens are shown "
+             f"{MARK[style][0]}like this{MARK[style][1]}", ""]
     for i, row in enumerate(data):
-        learned = sum(1 for t in row["labels"] if t != IGNORE_INDEX)
         truncated = ", truncated to cutoff_len" if row["_truncated"] else ""
-        lines.append(f"--- sample {i}: {len(row['input_ids'])} tokens, {learned} learned{truncated}")
-        lines.append(render_marked(tokenizer, row["input_ids"], row["labels"], style))
-        lines.append("")
+        tag = "" if row.get("kto_tag") is None else f", {'desirable' if row['kto_tag'] else 'undesirable'}"
+        for name, ids, labels in sequences(row):
+            learned = sum(1 for t in labels if t != IGNORE_INDEX)
+            part = f" {name}" if name else ""
+            lines.append(f"--- sample {i}{part}: {len(ids)} tokens, {learned} learned{tag}{truncated}")
+            lines.append(render_marked(tokenizer, ids, labels, style))
+            lines.append("")
     dropped = [f"dropped {k} sample(s): {r}" for r, k in report.dropped.items()]
     return "\n".join(lines + dropped)
 
@@ -75,22 +103,24 @@ def _percentile(values: list[int], q: float) -> int:
 def stats(cfg: "RunConfig") -> str:
     tokenizer, template = _setup(cfg)
     report = DataReport()
-    data = tokenize_samples(load_mixed_samples(cfg.data.dataset, cfg, report), cfg, tokenizer, template,
-                               report, keep_meta=True)
-    lengths = [len(ids) for ids in data["input_ids"]]
-    lines = [f"datasets: {cfg.data.dataset} (template {template.name}, cutoff_len {cfg.data.cutoff_len})"]
+    kind, names = _names(cfg)
+    data = tokenize_samples(load_mixed_samples(names, cfg, report), cfg, tokenizer, template, report, keep_meta=True)
+    rows = [sequences(row) for row in data]
+    lines = [f"{kind}: {names} (stage {cfg.finetuning.stage}, template {template.name}, cutoff_len {cfg.data.cutoff_len})"]
     lines += report.lines()
-    if lengths:
-        lines.append(
-            f"tokens per sample: min {min(lengths)}, median {statistics.median(lengths):g}, "
-            f"p95 {_percentile(lengths, 0.95)}, max {max(lengths)}"
-        )
-        lines.append(f"truncated by cutoff_len: {sum(data['_truncated'])} of {len(lengths)} samples")
-        bs = cfg.training.per_device_train_batch_size
-        chunks = [lengths[i : i + bs] for i in range(0, len(lengths), bs)]
-        computed = sum(len(c) * max(c) for c in chunks)
-        lines.append(
-            f"padding at batch size {bs}: {100 * (1 - sum(lengths) / computed):.0f}% of the tokens a padded batch "
-            f"computes (packing: true removes it)"
-        )
+    if not rows:
+        return "\n".join(lines)
+    for k, (name, _, _) in enumerate(rows[0]):
+        lengths = [len(row[k][1]) for row in rows]
+        what = f" ({name})" if name else ""
+        lines.append(f"tokens per sample{what}: min {min(lengths)}, median {statistics.median(lengths):g}, "
+                     f"p95 {_percentile(lengths, 0.95)}, max {max(lengths)}")
+    lines.append(f"truncated by cutoff_len: {sum(data['_truncated'])} of {len(rows)} samples")
+    bs = cfg.training.per_device_train_batch_size
+    # a batch holds every sequence of its samples (a pair: the chosen and the rejected answer), padded alike
+    batches = [[len(ids) for row in rows[i : i + bs] for _, ids, _ in row] for i in range(0, len(rows), bs)]
+    computed = sum(len(b) * max(b) for b in batches)
+    real = sum(sum(b) for b in batches)
+    lines.append(f"padding at batch size {bs}: {100 * (1 - real / computed):.0f}% of the tokens a padded batch "
+                 f"computes (packing: true removes it)")
     return "\n".join(lines)
