@@ -30,9 +30,9 @@ T = TypeVar("T", bound="Choice")
 class Choice:
     """What every registered member says about itself to the config.
 
-    `options` are the config keys that belong to this member alone: the validator refuses them
-    when the run picked another member of the family (each family says how, in
-    `config/validate.py`). `check` raises a LatheError for settings this member cannot run.
+    `options` are the config keys that belong to this member alone: the validator refuses them,
+    set away from their default, when the run picked another member of the family
+    (`config/validate.py`). `check` raises a LatheError for settings this member cannot run.
     """
 
     name: str

@@ -62,8 +62,8 @@ def test_unknown_hf_key_did_you_mean():
 @pytest.mark.parametrize(
     "extra, needle",
     [
-        ({"finetuning_type": "full", "lora_rank": 8}, "lora_rank"),
-        ({"finetuning_type": "lora", "freeze_trainable_layers": 2}, "freeze_trainable_layers"),
+        ({"finetuning_type": "full", "lora_rank": 16}, "lora_rank"),
+        ({"finetuning_type": "lora", "freeze_trainable_layers": 4}, "freeze_trainable_layers"),
         ({"finetuning_type": "full", "quantization_bit": 4}, "quantization_bit"),
         ({"stage": "sfft"}, "sft"),
         ({"finetuning_type": "qlora"}, "lora"),

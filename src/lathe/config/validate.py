@@ -38,23 +38,16 @@ def validate(cfg: "RunConfig") -> None:
 def _check_members(cfg: "RunConfig") -> None:
     """The chosen stage, method, preference loss and optimizer each check the run; the others' options are refused.
 
-    How a member's options are refused when the run picked another member differs by family,
-    as LLaMA-Factory's configs use them: a method's options are refused when given at all (they
-    configure something that would not exist), a stage's or loss's when set away from their
-    default; an optimizer's are inert while its `use_` flag is off.
+    An option that belongs to a member the run did not pick is refused when it is set away from
+    its default (it would configure something that does not run); at its default it is accepted,
+    as LLaMA Board writes every key into the configs it saves. An optimizer's options are inert
+    while its `use_` flag is off.
     """
     f = cfg.finetuning
     method = METHODS[f.finetuning_type]
-    for other in METHODS.values():
-        given = [k for k in other.options if k in cfg.explicit]
-        if other is not method and given:
-            raise LatheError(
-                f"{cfg.source}: {', '.join(f'`{k}`' for k in given)} only apply to `finetuning_type: {other.name}`, "
-                f"but this run uses `{method.name}`. Remove them or change finetuning_type."
-            )
-    for registry, chosen in ((STAGES, f.stage), (PREFERENCE_LOSSES, f.pref_loss)):
+    for registry, chosen in ((METHODS, f.finetuning_type), (STAGES, f.stage), (PREFERENCE_LOSSES, f.pref_loss)):
         for other in registry.values():
-            changed = [k for k in other.options if _value(cfg, k) not in (None, _default(k))]
+            changed = [k for k in other.options if _value(cfg, k) != _default(k)]
             if other.name != chosen and changed:
                 raise LatheError(
                     f"{cfg.source}: {', '.join(f'`{k}`' for k in changed)} only apply to `{registry.key}: {other.name}`, "
