@@ -38,24 +38,12 @@ def checkout(revision: str) -> Path:
 
 
 def one_run(version: str, mode: str, data: Path, model: Path, round_: int, env: dict) -> dict:
-    run_dir = cp.WORK / "runs" / f"versions-{mode}-{version}-{round_}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    config = cp.write_config("lathe", mode, data, model, run_dir)
-    wall, rss, rc = cp.timed([*cp.LATHE, "train", str(config)], run_dir / "log.txt", env)
-    record = {"version": version, "mode": mode, "round": round_, "wall_s": round(wall, 2), "max_rss": rss, "rc": rc}
-    results = run_dir / "out" / "train_results.json"
-    if rc or not results.exists():
-        record["error"] = (run_dir / "log.txt").read_text(errors="replace")[-1500:]
-        return record
-    metrics = json.loads(results.read_text())
-    record.update(train_runtime=metrics.get("train_runtime"), train_loss=metrics.get("train_loss"))
-    record["loss_per_token"], record["scored_tokens"] = cp.score(config, run_dir / "out", env)
-    return record
+    """compare_peer's lathe run with this version's environment (its run folder is reused by the other version)."""
+    return {"version": version, **cp.one_run("lathe", mode, data, model, round_, env)}
 
 
 def summary(runs: list[dict], base: str) -> str:
-    lines = [f"| mode | version | runs | whole command s | loop s | peak RSS MiB | train loss | loss per learned token |",
+    lines = ["| mode | version | runs | whole command s | loop s | peak RSS MiB | train loss | loss per learned token |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for mode in dict.fromkeys(r["mode"] for r in runs):
         for version in (base, "working tree"):
