@@ -94,10 +94,10 @@ def test_the_loaded_config_pickles_as_it_is(sft_config):
 
 
 def test_the_run_gets_its_own_editable_arguments(sft_config):
-    from lathe.config.training import run_arguments
+    from lathe.config.training import editable_copy
 
     cfg = load_config(sft_config(learning_rate=3e-4))
-    args = run_arguments(cfg.training, optim="adamw_torch")
+    args = editable_copy(cfg.training, optim="adamw_torch")
     args.learning_rate = 1e-3  # the Trainer may adjust its own copy
     assert cfg.training.learning_rate == 3e-4 and args.optim == "adamw_torch"
     assert type(args).__name__ == "Seq2SeqTrainingArguments"

@@ -65,8 +65,8 @@ def test_loraplus_param_groups(sft_config, monkeypatch):
     real = optim.optimizer_setup
 
     def spy(model, cfg, args):
-        captured["opt"], changes = real(model, cfg, args)
-        return captured["opt"], changes
+        captured["opt"], args = real(model, cfg, args)
+        return captured["opt"], args
 
     monkeypatch.setattr(optim, "optimizer_setup", spy)
     run_stage(cfg)
@@ -124,15 +124,15 @@ def test_optimizer_refusals(sft_config, extra, needle):
 def test_low_rank_optimizers_get_adam_settings_and_weight_decay(sft_config, extra, kind):
     """transformers builds GaLore's optimizer with the learning rate alone; lathe adds what the config says."""
     pytest.importorskip(kind)
-    from lathe.config.training import run_arguments
+    from lathe.config.training import editable_copy
     from lathe.model.load import load_model
     from lathe.train.optim import optimizer_setup
 
     cfg = load_config(sft_config(finetuning_type="full", adam_beta2=0.95, adam_epsilon=1e-7, weight_decay=0.1, **extra))
     model = load_model(cfg, load_tokenizer(cfg.model))
-    optimizer, settings = optimizer_setup(model, cfg, run_arguments(cfg.training))
-    assert settings["optim"].startswith(kind.split("_")[0])  # the Trainer's settings are returned, the config untouched
-    assert cfg.training.optim != settings["optim"]
+    optimizer, args = optimizer_setup(model, cfg, editable_copy(cfg.training))
+    assert args.optim.value.startswith(kind.split("_")[0])  # the Trainer's settings are returned, the config untouched
+    assert cfg.training.optim != args.optim
     inner = getattr(optimizer, "optimizer_dict", None)
     groups = [g for o in inner.values() for g in o.param_groups] if inner else optimizer.param_groups
     names = {id(p): n for n, p in model.named_parameters()}

@@ -93,7 +93,8 @@ def all_option_names() -> set[str]:
     return names
 
 
-def _owner(key: str) -> str | None:
+def owner(key: str) -> str | None:
+    """The group that holds option `key` (a RunConfig attribute: model, data, ..., training), or None."""
     for name, cls in GROUPS.items():
         if key in cls.__dataclass_fields__:
             return name
@@ -144,9 +145,9 @@ def _route(raw: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
     for key, value in raw.items():
         if not isinstance(key, str):
             raise LatheError(f"{source}: option names are text, got {key!r}.")
-        owner = _owner(key)
-        if owner is not None:
-            routed[owner][key] = value
+        group = owner(key)
+        if group is not None:
+            routed[group][key] = value
         elif key in PENDING:
             _check_pending(key, value, source)
         else:

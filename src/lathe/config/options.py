@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import LatheError
+from ..errors import LatheError, did_you_mean
 from ..registry import INFER_BACKENDS, METHODS, PREFERENCE_LOSSES, REWARD_MODELS, STAGES
 
 
@@ -68,8 +68,6 @@ def check_value(key: str, value: Any, f: dataclasses.Field, source: str) -> None
         return
     choices = f.metadata.get("choices")
     if isinstance(choices, tuple) and value not in choices:
-        from ..errors import did_you_mean
-
         raise LatheError(f"`{key}: {value}` is not valid; choose one of {', '.join(choices)}." + did_you_mean(str(value), choices))
     if choices is not None and not isinstance(choices, tuple):
         choices[value]  # a registry: an unknown name fails with the close ones and the registered ones

@@ -6,7 +6,7 @@ Two things here keep loading a config free of side effects:
   environment variables (FSDP's, torch.compile's) and, with a DeepSpeed config, points a
   process-wide switch in transformers at it (ZeRO-3 then partitions every later
   `from_pretrained`). `build_training_arguments` builds it with both put back afterwards;
-  a run that trains makes its own copy at its start (`run_arguments`), where they belong.
+  a run that trains makes its own copy at its start (`editable_copy`), where they belong.
 - Building it also sets up devices (accelerate's process-wide state; under a launcher the
   torch.distributed process group). The config's copy skips that, and is frozen: assigning
   one of its fields raises, so `lathe_config.yaml` is what ran. The run's copy, the one the
@@ -56,12 +56,12 @@ def _frozen_class() -> type:
         def _setup_devices(self):
             if self.__dict__.get("_lathe_frozen"):
                 raise AttributeError("a loaded config's training arguments have no devices; the run's copy "
-                                     "(lathe.config.training.run_arguments) sets them up")
+                                     "(lathe.config.training.editable_copy) sets them up")
             return None  # __post_init__ touches `device` only to set devices up early
 
         def __reduce__(self):
             """Pickled as its fields and rebuilt the same way (a worker process gets the same frozen copy)."""
-            return _rebuild, ({name: getattr(self, name) for name in training_fields()},)
+            return _rebuild, (field_values(self),)
 
         @property
         def world_size(self) -> int:
@@ -120,14 +120,18 @@ def _culprit(values: dict[str, Any], given: set[str]) -> str | None:
     return None
 
 
-def run_arguments(training, **changes: Any):
-    """A plain (editable) copy of the config's training arguments for one run, with `changes`.
+def field_values(training) -> dict[str, Any]:
+    """The options of a training-arguments object, as its constructor takes them."""
+    return {name: getattr(training, name) for name in training_fields()}
+
+
+def editable_copy(training, **changes: Any):
+    """A plain (editable) copy of training arguments for one run, with `changes`.
 
     Built at the start of the run, so transformers' process-wide DeepSpeed switch points at
     this copy while the model loads and trains; the Trainer takes it and may adjust it.
     """
-    values = {name: getattr(training, name) for name in training_fields()}
-    return training_class()(**{**values, **changes})
+    return training_class()(**{**field_values(training), **changes})
 
 
 def on_cpu_only() -> bool:

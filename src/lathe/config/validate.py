@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import LatheError
 from ..registry import METHODS, OPTIMIZERS, PREFERENCE_LOSSES, STAGES
 from . import engines
+from .load import owner
 from .options import GROUPS
+from .training import training_fields
 
 if TYPE_CHECKING:
     from .load import RunConfig
@@ -67,20 +69,13 @@ def _check_members(cfg: "RunConfig") -> None:
 
 
 def _value(cfg: "RunConfig", key: str) -> Any:
-    for name in GROUPS:
-        group = getattr(cfg, name)
-        if key in group.__dataclass_fields__:
-            return getattr(group, key)
-    return getattr(cfg.training, key)
+    return getattr(getattr(cfg, owner(key)), key)
 
 
 def _default(key: str) -> Any:
-    for cls in GROUPS.values():
-        if key in cls.__dataclass_fields__:
-            return cls.__dataclass_fields__[key].default
-    from .training import training_fields
-
-    return training_fields()[key].default
+    group = owner(key)
+    fields = training_fields() if group == "training" else GROUPS[group].__dataclass_fields__
+    return fields[key].default
 
 
 def _check_across_groups(cfg: "RunConfig") -> None:

@@ -90,7 +90,7 @@ def estimate(shape: Shape, name: str | Variant, *, batch: int, seq: int, dtype_b
         # nf4: half a byte per weight plus an fp32 absmax per block of 64; int8: one byte
         # (its per-row scales are negligible). Embeddings and the head stay unquantized.
         per_weight = 0.5 + 4 / 64 if v.quantization_bit == 4 else 1.0
-        weights += int(sum(i * o for i, o in shape.linear_in_layers.values()) * (per_weight - dtype_bytes))
+        weights += int(shape.linear_params * (per_weight - dtype_bytes))
     if v.optimizer:
         optimizer = OPTIMIZERS[v.optimizer].planned_state(shape, f)
     gradients = trainable * 4

@@ -41,6 +41,11 @@ class Shape:
     heads: int
     vocab: int
 
+    @property
+    def linear_params(self) -> int:
+        """Weights of the decoder layers' linear layers (what quantization and GaLore's projection act on)."""
+        return sum(i * o for i, o in self.linear_in_layers.values())
+
 
 def model_shape(model: torch.nn.Module) -> Shape:
     from .adapters.common import decoder_layers, embedding_module_names

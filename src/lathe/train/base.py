@@ -97,7 +97,7 @@ class RunSetup:
 
 def run_arguments(cfg: "RunConfig"):
     """The Trainer arguments of this run: the config's, plus what the engine and the data decide now."""
-    from ..config.training import run_arguments as copy_arguments
+    from ..config.training import editable_copy
     from ..data.packing import packing_enabled
     from ..distributed import start_engine
 
@@ -107,7 +107,7 @@ def run_arguments(cfg: "RunConfig"):
         # token is exact there (the non-padding count would miss eos tokens that double as pad).
         packed = packing_enabled(cfg) or cfg.data.padding_free
         changes["include_num_input_tokens_seen"] = "all" if packed else "non_padding"
-    return copy_arguments(cfg.training, **changes)
+    return editable_copy(cfg.training, **changes)
 
 
 def setup_run(cfg: "RunConfig") -> RunSetup:
@@ -145,12 +145,10 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, eval
     `eval_perplexity` adds exp(eval_loss) to the evaluation metrics.
     """
     from ..config.engines import requested_engine
-    from ..config.training import run_arguments as copy_arguments
     from ..distributed import ShardingCallback
     from .callbacks import JsonlLogCallback
     from .checkpoints import check_writable, checkpoint_bytes
     from .optim import optimizer_setup
-
     from .trainers import LatheTrainer
 
     if not issubclass(trainer_cls, LatheTrainer):  # its checkpoints must be atomic, as every stage's are
@@ -160,8 +158,7 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, eval
         saves = cfg.training.save_strategy != "no"  # a str enum: equal to its value
         check_writable(Path(cfg.training.output_dir),
                        checkpoint_bytes(model, cfg.training.save_only_model) if saves else None)
-    optimizer, changes = optimizer_setup(model, cfg, run.args)
-    args = copy_arguments(run.args, **changes) if changes else run.args
+    optimizer, args = optimizer_setup(model, cfg, run.args)
     if optimizer is not None:
         trainer_kwargs["optimizers"] = (optimizer, None)  # the Trainer still builds the lr scheduler
     trainer = trainer_cls(

@@ -30,11 +30,12 @@ class DPOTrainer(MeanLossTrainer):
         half = sums.shape[0] // 2
         avgs = sums / counts.clamp(min=1)
         policy = avgs if loss_type.average else sums
-        ref = [None] * sums.shape[0]
+        ref_chosen = ref_rejected = None
         if loss_type.reference:
             ref_sums, ref_counts = reference_logps(model, self.ref_model, inputs)
             ref = ref_sums / ref_counts.clamp(min=1) if loss_type.average else ref_sums
-        out = loss_type.compute(policy[:half], policy[half:], ref[:half], ref[half:], f)
+            ref_chosen, ref_rejected = ref[:half], ref[half:]
+        out = loss_type.compute(policy[:half], policy[half:], ref_chosen, ref_rejected, f)
         losses = out.losses
         sft_weight = loss_type.sft_weight(f)
         if sft_weight > 0:

@@ -63,27 +63,23 @@ class Optimizer(Choice):
     planned_state: Callable[..., int] | None = field(default=None, compare=False)  # bytes, for `lathe plan`
 
 
-def optimizer_setup(model: torch.nn.Module, cfg: "RunConfig", args) -> tuple[torch.optim.Optimizer | None, dict[str, Any]]:
-    """The optimizer of the configured method (None: the Trainer builds its own) and the Trainer arguments it needs.
-
-    The arguments are returned, not written into the config: the run makes its Trainer
-    arguments with them (`args` are the run's current ones).
-    """
+def optimizer_setup(model: torch.nn.Module, cfg: "RunConfig", args) -> tuple[torch.optim.Optimizer | None, Any]:
+    """The optimizer of the configured method (None: the Trainer builds its own), and the Trainer
+    arguments to train with: the run's `args`, or a copy with the settings the optimizer needs
+    (GaLore's `optim`, ...). The config is never edited."""
     f = cfg.finetuning
     for optimizer in OPTIMIZERS.values():
         if getattr(f, optimizer.flag):
-            changes = optimizer.settings(model, cfg) if optimizer.settings else {}
-            if changes:
-                from ..config.training import run_arguments
+            if optimizer.settings is not None:
+                from ..config.training import editable_copy
 
-                args = run_arguments(args, **changes)
-            return optimizer.build(model, cfg, args), changes
+                args = editable_copy(args, **optimizer.settings(model, cfg))
+            return optimizer.build(model, cfg, args), args
     if f.loraplus_lr_ratio:
-        t = args
-        groups = [g for g in loraplus_groups(model, t.learning_rate, f.loraplus_lr_ratio, f.loraplus_lr_embedding,
-                                             t.weight_decay) if g["params"]]
-        return torch.optim.AdamW(groups, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon), {}
-    return None, {}
+        groups = [g for g in loraplus_groups(model, args.learning_rate, f.loraplus_lr_ratio, f.loraplus_lr_embedding,
+                                             args.weight_decay) if g["params"]]
+        return torch.optim.AdamW(groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon), args
+    return None, args
 
 
 def _linear_targets(model: torch.nn.Module, key: str, names: str) -> list[str]:
@@ -285,9 +281,8 @@ def _muon_check(cfg: "RunConfig") -> None:
 
 def planned_galore_state(shape, f) -> int:
     """Two fp32 moments for the weights GaLore does not project, and its rank-r projected moments for the rest."""
-    linear = sum(i * o for i, o in shape.linear_in_layers.values())
     projected = sum(2 * f.galore_rank * max(i, o) for i, o in shape.linear_in_layers.values())
-    return (shape.total - linear) * 8 + projected * 4
+    return (shape.total - shape.linear_params) * 8 + projected * 4
 
 
 GALORE = OPTIMIZERS.register(Optimizer(

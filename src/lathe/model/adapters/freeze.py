@@ -34,7 +34,6 @@ def apply_freeze(model, cfg, new_token_rows: bool = False):
     layer_modules = sorted({name.split(".")[0] for layer in layers for name, _ in layer.named_children()}
                            | {name for layer in layers for name, _ in layer.named_parameters(recurse=False)})
     modules = set(resolve_targets("freeze_trainable_modules", f.freeze_trainable_modules, layer_modules))
-    everything = split_names(f.freeze_trainable_modules) == ["all"]
     extra = split_names(f.freeze_extra_modules)
     if new_token_rows:
         extra += [e for e in embedding_module_names(model) if e not in extra]
@@ -45,7 +44,7 @@ def apply_freeze(model, cfg, new_token_rows: bool = False):
         idx = layer_index(name, prefix)
         if idx is not None:
             rest = name[len(prefix) + len(str(idx)) + 2 :]
-            train = idx in chosen and (everything or rest.split(".")[0] in modules)
+            train = idx in chosen and rest.split(".")[0] in modules
         else:
             train = any(f".{e}." in f".{name}" for e in extra)
         p.requires_grad_(train)

@@ -55,9 +55,10 @@ class PreferenceLoss(Choice):
     sft_weight: Callable[["FinetuningArguments"], float] = field(default=_pref_ftx, compare=False)
 
 
-def _logratio_rewards(beta: float, chosen, rejected, ref_chosen, ref_rejected) -> tuple[torch.Tensor, torch.Tensor]:
-    """The implicit rewards `beta * (policy - ref)` of the chosen and rejected answers, detached."""
-    return beta * (chosen - ref_chosen).detach(), beta * (rejected - ref_rejected).detach()
+def _rewards(beta: float, chosen, rejected) -> tuple[torch.Tensor, torch.Tensor]:
+    """The implicit rewards `beta * x` of the chosen and rejected answers, detached (for logs): x is the
+    log-ratio to the reference, or the log-prob itself for a loss without one."""
+    return beta * chosen.detach(), beta * rejected.detach()
 
 
 def _margin(chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:
@@ -85,7 +86,7 @@ def sigmoid_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref
 
 def _sigmoid(chosen, rejected, ref_chosen, ref_rejected, args) -> PreferenceOutput:
     losses = sigmoid_loss(chosen, rejected, ref_chosen, ref_rejected, args.pref_beta, args.dpo_label_smoothing)
-    return PreferenceOutput(losses, *_logratio_rewards(args.pref_beta, chosen, rejected, ref_chosen, ref_rejected))
+    return PreferenceOutput(losses, *_rewards(args.pref_beta, chosen - ref_chosen, rejected - ref_rejected))
 
 
 PREFERENCE_LOSSES.register(PreferenceLoss(
@@ -105,7 +106,7 @@ def hinge_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_c
 
 def _hinge(chosen, rejected, ref_chosen, ref_rejected, args) -> PreferenceOutput:
     losses = hinge_loss(chosen, rejected, ref_chosen, ref_rejected, args.pref_beta)
-    return PreferenceOutput(losses, *_logratio_rewards(args.pref_beta, chosen, rejected, ref_chosen, ref_rejected))
+    return PreferenceOutput(losses, *_rewards(args.pref_beta, chosen - ref_chosen, rejected - ref_rejected))
 
 
 PREFERENCE_LOSSES.register(PreferenceLoss(name="hinge", help="RSO's hinge", compute=_hinge))
@@ -128,7 +129,7 @@ def ipo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 
 def _ipo(chosen, rejected, ref_chosen, ref_rejected, args) -> PreferenceOutput:
     losses = ipo_loss(chosen, rejected, ref_chosen, ref_rejected, args.pref_beta)
-    return PreferenceOutput(losses, *_logratio_rewards(args.pref_beta, chosen, rejected, ref_chosen, ref_rejected))
+    return PreferenceOutput(losses, *_rewards(args.pref_beta, chosen - ref_chosen, rejected - ref_rejected))
 
 
 PREFERENCE_LOSSES.register(PreferenceLoss(name="ipo", help="IPO, on per-token averages", compute=_ipo, average=True))
@@ -187,9 +188,7 @@ def orpo_loss(
 
 def _orpo(chosen, rejected, ref_chosen, ref_rejected, args) -> PreferenceOutput:
     losses, log_odds = orpo_loss(chosen, rejected, args.pref_beta)
-    nothing = torch.zeros_like(chosen)
-    return PreferenceOutput(losses, *_logratio_rewards(args.pref_beta, chosen, rejected, nothing, nothing),
-                            metrics={"log_odds_ratio": log_odds})
+    return PreferenceOutput(losses, *_rewards(args.pref_beta, chosen, rejected), metrics={"log_odds_ratio": log_odds})
 
 
 def _one(args: "FinetuningArguments") -> float:
@@ -224,8 +223,7 @@ def simpo_loss(
 
 def _simpo(chosen, rejected, ref_chosen, ref_rejected, args) -> PreferenceOutput:
     losses = simpo_loss(chosen, rejected, args.pref_beta, args.simpo_gamma)
-    nothing = torch.zeros_like(chosen)
-    return PreferenceOutput(losses, *_logratio_rewards(args.pref_beta, chosen, rejected, nothing, nothing))
+    return PreferenceOutput(losses, *_rewards(args.pref_beta, chosen, rejected))
 
 
 PREFERENCE_LOSSES.register(PreferenceLoss(
