@@ -96,10 +96,10 @@ def test_required_keys():
 
 def test_pending_option_refused_unless_default():
     assert cfg(use_kt=False).finetuning.finetuning_type == "lora"  # default: accepted
-    with pytest.raises(LatheError, match="does not run yet"):
+    with pytest.raises(LatheError, match="lathe does not run: "):
         cfg(use_kt=True)
-    with pytest.raises(LatheError, match="does not run yet"):
-        cfg(mixture_of_depths="convert", finetuning_type="full")
+    with pytest.raises(LatheError, match="lathe does not run: "):
+        cfg(image_max_pixels=1000)
 
 
 def test_warmup_ratio_maps_to_warmup_steps():

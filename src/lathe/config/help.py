@@ -29,8 +29,12 @@ def train_help() -> str:
         out.append(_line(name, default, f.metadata.get("help", "")))
     out.append("")
     out.append("LLaMA-Factory names mapped: " + ", ".join(f"{a} -> {b}" for a, b in ALIASES.items()))
-    out.append(
-        "Recognised LLaMA-Factory options not run yet (refused unless left at their default): "
-        + ", ".join(sorted(PENDING))
-    )
+    out.append("")
+    out.append("LLaMA-Factory options lathe refuses, by reason (accepted only at their default, which changes nothing):")
+    by_reason: dict[str, list[str]] = {}
+    for key, (_, why) in PENDING.items():
+        by_reason.setdefault(why, []).append(key)
+    for why, keys in by_reason.items():
+        out.append(f"  {why}:")
+        out.append(textwrap.indent(textwrap.fill(", ".join(sorted(keys)), 88), "      "))
     return "\n".join(out)

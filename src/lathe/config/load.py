@@ -3,7 +3,7 @@
 The file is flat, with LLaMA-Factory's key names; each key is routed to the group that owns
 it (model, data, finetuning, generating, export, evaluation, run) or to Hugging Face's
 `Seq2SeqTrainingArguments`. Everything is checked before any model is loaded: unknown keys
-(with "did you mean"), wrong types, bad choices, options lathe does not run yet, impossible
+(with "did you mean"), wrong types, bad choices, LLaMA-Factory options lathe does not run, impossible
 combinations (`validate.py`). Loading only reads: it sets no environment variable, global or
 process group, and the `RunConfig` it returns cannot be edited.
 """
@@ -41,7 +41,7 @@ ALIASES: dict[str, str] = {
     "gradient_checkpointing": "activation_checkpointing",
 }
 
-SECRET_KEYS = frozenset({"hf_hub_token", TOKEN_KEY, "ms_hub_token", "om_hub_token"})
+SECRET_KEYS = frozenset({"hf_hub_token", TOKEN_KEY, "ms_hub_token", "om_hub_token", "swanlab_api_key", "swanlab_lark_secret"})
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ def _check_pending(key: str, value: Any, source: str) -> None:
     if value == default or (value is None and default in (None, False)):
         return
     raise LatheError(
-        f"{source}: `{key}` is a LLaMA-Factory option that lathe does not run yet ({part}). "
+        f"{source}: `{key}` is a LLaMA-Factory option that lathe does not run: {part}. "
         f"Remove it or set it back to {default!r}; lathe refuses it rather than ignore it."
     )
 

@@ -98,14 +98,19 @@ class ModelArguments:
     )
     flash_attn: str = opt(
         "auto",
-        "Attention kernel: auto (best available), disabled (eager), sdpa, fa2 (flash-attn 2).",
-        ("auto", "disabled", "sdpa", "fa2"),
+        "Attention kernel: auto (best available), disabled (eager), sdpa, fa2 (flash-attn 2), fa3 (flash-attn 3, Hopper GPUs).",
+        ("auto", "disabled", "sdpa", "fa2", "fa3"),
     )
     quantization_bit: int | None = opt(None, "QLoRA: load the base weights in 4 or 8 bits (finetuning_type lora).")
     quantization_method: str = opt(
-        "bnb", "How to quantize on the fly: bnb (bitsandbytes), hqq, torchao or eetq (CUDA); gptq/awq/aqlm checkpoints load as saved.",
-        ("bnb", "hqq", "eetq", "torchao", "gptq", "awq", "aqlm")
+        "bnb", "How to quantize on the fly: bnb (bitsandbytes), hqq, torchao, quanto (optimum-quanto) or eetq (CUDA); "
+        "gptq/awq/aqlm/mxfp4/fp8 checkpoints load as saved.",
+        ("bnb", "hqq", "eetq", "torchao", "quanto", "gptq", "awq", "aqlm", "mxfp4", "fp8")
     )
+    quantization_device_map: str | None = opt(
+        None, "Quantized loading: `auto` spreads the weights over the GPUs and the CPU (inference and export only).", ("auto",)
+    )
+    offload_folder: str = opt("offload", "Where weights that fit on no device are offloaded to disk (device_map auto).")
     quantization_type: str = opt("nf4", "bnb 4-bit data type: nf4 or fp4.", ("nf4", "fp4"))
     double_quantization: bool = opt(True, "bnb 4-bit: quantize the quantization constants too (saves ~0.4 bit/param).")
     rope_scaling: str | None = opt(
@@ -124,6 +129,22 @@ class ModelArguments:
     )
     use_reentrant_gc: bool = opt(True, "Use the re-entrant variant of gradient checkpointing.")
     low_cpu_mem_usage: bool = opt(True, "Load weights without building a random-init copy first.")
+    adapter_folder: str | None = opt(None, "Folder whose sub-folders are adapters: each is merged into the model in name order, before adapter_name_or_path.")
+    new_special_tokens_config: str | None = opt(
+        None, "YAML file mapping each new special token to a description of it; the tokens are added to the tokenizer."
+    )
+    init_special_tokens: str = opt(
+        "noise_init", "How the embeddings of added tokens start: noise_init (mean + noise), desc_init (mean of their "
+        "description's tokens), desc_init_w_noise (that, plus noise).", ("noise_init", "desc_init", "desc_init_w_noise"),
+    )
+    mixture_of_depths: str | None = opt(
+        None, "Mixture-of-Depths: convert (turn the model into a MoD model before training) or load (a saved MoD model).",
+        ("convert", "load"),
+    )
+    moe_aux_loss_coef: float | None = opt(
+        None, "MoE models: weight of the router's load-balancing loss added to the training loss.", rule=NOT_NEGATIVE
+    )
+    print_param_status: bool = opt(False, "Log every parameter's name, shape, dtype, device and whether it trains.")
     infer_backend: str = opt("huggingface", "Inference engine of chat/api/webchat.", INFER_BACKENDS)
     infer_dtype: str = opt(
         "auto", "Dtype of the weights for inference; auto = the training `dtype` rule.",
@@ -191,8 +212,8 @@ class DataArguments:
     mix_strategy: str = opt(
         "concat",
         "How several datasets are combined: concat, interleave_under (stop at the shortest), "
-        "interleave_over (oversample until the longest is used up).",
-        ("concat", "interleave_under", "interleave_over"),
+        "interleave_over (oversample until the longest is used up), interleave_once (until every one is used up, none repeated).",
+        ("concat", "interleave_under", "interleave_over", "interleave_once"),
     )
     interleave_probs: str | None = opt(None, "Comma list of sampling probabilities for the interleave strategies.")
     packing: bool | None = opt(None, "Pack several samples into each cutoff_len row (no padding); default: on for pt, off otherwise.")
@@ -205,6 +226,13 @@ class DataArguments:
     buffer_size: int = opt(16384, "streaming: samples held in the shuffle buffer.", rule=POSITIVE)
     enable_thinking: bool = opt(True, "Reasoning templates (qwen3): think before answering; false = empty think block.")
     tool_format: str | None = opt(None, "Override the template's tool-call format (default, qwen, llama3, mistral, glm4).")
+    preserve_thinking: bool = opt(False, "Reasoning templates: keep the thinking of earlier assistant turns in the prompt (default: dropped).")
+    ignore_pad_token_for_loss: bool = opt(True, "Padding in the labels is ignored by the loss and by the predict metrics.")
+    eval_on_each_dataset: bool = opt(False, "Evaluate each eval_dataset on its own: one eval_<name>_loss per dataset.")
+    eval_num_beams: int | None = opt(None, "predict_with_generate: beam width of the generation (default: num_beams).", rule=POSITIVE)
+    data_shared_file_system: bool = opt(
+        False, "Several machines: the data cache is on a file system all of them share, so only the global main process tokenizes."
+    )
 
     def dataset_names(self) -> list[str]:
         return [n.strip() for n in (self.dataset or "").split(",") if n.strip()]
@@ -271,16 +299,33 @@ class FinetuningArguments:
     kto_chosen_weight: float = opt(1.0, "kto: weight of the desirable examples' loss.", rule=NOT_NEGATIVE)
     kto_rejected_weight: float = opt(1.0, "kto: weight of the undesirable examples' loss.", rule=NOT_NEGATIVE)
     ref_model: str | None = opt(
-        None, "dpo/kto: reference model folder; default: the base model (LoRA: the adapter switched off)."
+        None, "dpo/kto/ppo: reference model folder; default: the base model (LoRA: the adapter switched off)."
+    )
+    ref_model_adapters: str | None = opt(None, "dpo/kto/ppo: comma list of LoRA adapters merged into ref_model.")
+    ref_model_quantization_bit: int | None = opt(None, "dpo/kto/ppo: load ref_model in 4 or 8 bits (the run's quantization_method, bnb by default).")
+    pref_bco_weight: float = opt(0.0, "dpo: weight of an added BCO loss on the chosen answers (0: none).", rule=NOT_NEGATIVE)
+    ld_alpha: float | None = opt(
+        None, "dpo: LD-DPO: weight of the tokens past the shorter answer's length in the log-probabilities, in [0, 1].",
+        rule=Rule(lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     )
     reward_model: str | None = opt(None, "ppo: the reward model: a folder from `stage: rm`, or a URL with reward_model_type api.")
     reward_model_type: str = opt("lora", "ppo: where the scores come from.", REWARD_MODELS)
+    reward_model_adapters: str | None = opt(None, "ppo: comma list of LoRA adapters merged into a full reward_model.")
+    reward_model_quantization_bit: int | None = opt(None, "ppo: load a full reward_model in 4 or 8 bits (the run's quantization_method, bnb by default).")
     ppo_epochs: int = opt(4, "ppo: optimisation passes over each batch of rollouts.", rule=POSITIVE)
     ppo_buffer_size: int = opt(1, "ppo: mini-batches of rollouts collected before each optimisation phase.", rule=POSITIVE)
     ppo_target: float = opt(6.0, "ppo: target KL to the reference of the adaptive KL controller.")
     ppo_score_norm: bool = opt(False, "ppo: normalise the reward scores of each batch to mean 0, std 1.")
     ppo_whiten_rewards: bool = opt(False, "ppo: whiten the per-token rewards before computing advantages.")
     compute_accuracy: bool = opt(False, "sft: report the token accuracy of the answers at evaluation.")
+    use_dft_loss: bool = opt(False, "sft: Dynamic Fine-Tuning: each token's loss weighted by its (detached) probability.")
+    use_asft_loss: bool = opt(False, "sft: Anchored SFT: the DFT loss plus asft_alpha x KL to the reference model.")
+    asft_alpha: float = opt(0.1, "sft: weight of ASFT's KL term.", rule=NOT_NEGATIVE)
+    use_eaft_loss: bool = opt(False, "sft: Entropy-Aware FT: each token's loss weighted by the model's normalised entropy there.")
+    eaft_alpha: float = opt(1.0, "sft: exponent of EAFT's entropy weight.", rule=NOT_NEGATIVE)
+    early_stopping_steps: int | None = opt(
+        None, "Stop training when eval_loss has not improved for this many evaluations in a row.", rule=POSITIVE
+    )
     use_galore: bool = opt(False, "GaLore: full-parameter training with low-rank projected optimizer states.")
     galore_target: str = opt("all", "GaLore: comma list of linear module names to project, or all.")
     galore_rank: int = opt(16, "GaLore: rank of the projection.", rule=POSITIVE)
@@ -297,6 +342,10 @@ class FinetuningArguments:
     apollo_proj_type: str = opt("std", "APOLLO: projection side.", ("std", "right", "left"))
     apollo_scale_type: str = opt("channel", "APOLLO: scaling granularity.", ("channel", "tensor"))
     apollo_layerwise: bool = opt(False, "APOLLO: update layer by layer during backward (no accumulation).")
+    apollo_scale_front: bool = opt(
+        False, "APOLLO: multiply by sqrt(apollo_scale) before the norm-growth limiter instead of after (the limiter "
+        "compares ratios of norms, so only rounding differs).",
+    )
     use_badam: bool = opt(False, "BAdam: full-parameter training one block of layers (or a share of each matrix) at a time.")
     badam_mode: str = opt("layer", "BAdam: layer (switch blocks of layers) or ratio (update a share of every matrix).", ("layer", "ratio"))
     badam_update_ratio: float = opt(
@@ -305,13 +354,24 @@ class FinetuningArguments:
     )
     badam_mask_mode: str = opt("adjacent", "BAdam ratio mode: which entries: adjacent (a block) or scatter (random).", ("adjacent", "scatter"))
     badam_start_block: int | None = opt(None, "BAdam: the first block to train (default: by switch mode).")
-    badam_switch_mode: str = opt("ascending", "BAdam: block order.", ("ascending", "descending", "random", "fixed"))
+    badam_switch_mode: str | None = opt(
+        "ascending", "BAdam: block order (null: BAdam's own default, descending).", ("ascending", "descending", "random", "fixed")
+    )
     badam_switch_interval: int = opt(50, "BAdam: steps before switching to the next block.")
     badam_verbose: int = opt(0, "BAdam: 0 quiet, 1 block switches, 2 also trainable parameters.")
     use_adam_mini: bool = opt(False, "Adam-mini: one second moment per block (attention head, neuron): about half Adam's state.")
     use_muon: bool = opt(False, "Muon (torch.optim.Muon) for hidden 2-D weights, AdamW for embeddings, head and vectors.")
     disable_shuffling: bool = opt(False, "Read the training data in order instead of shuffled.")
     include_effective_tokens_per_second: bool = opt(False, "Also report effective (non-padding) tokens per second in the final metrics.")
+    use_swanlab: bool = opt(False, "Log the run to SwanLab (swanlab_mode local: offline, into swanlab_logdir).")
+    swanlab_project: str = opt("llamafactory", "SwanLab: project name.")
+    swanlab_workspace: str | None = opt(None, "SwanLab: workspace (team) of the project.")
+    swanlab_run_name: str | None = opt(None, "SwanLab: experiment name (default: run_name).")
+    swanlab_mode: str = opt("cloud", "SwanLab: cloud, local (offline files), offline or disabled.", ("cloud", "local", "offline", "disabled"))
+    swanlab_api_key: str | None = opt(None, "SwanLab: API key for cloud mode (never logged or saved).")
+    swanlab_logdir: str | None = opt(None, "SwanLab: folder of the local/offline logs (default: swanlog in the working folder).")
+    swanlab_lark_webhook_url: str | None = opt(None, "SwanLab: Lark (Feishu) webhook notified of the run.")
+    swanlab_lark_secret: str | None = opt(None, "SwanLab: secret of that Lark webhook (never logged or saved).")
 
 
 @dataclass(frozen=True)
@@ -357,6 +417,30 @@ class RunArguments:
     overwrite_output_dir: bool = opt(
         False, "Start fresh in output_dir instead of resuming from its last checkpoint."
     )
+    # Ray Train (run with USE_RAY=1): LLaMA-Factory's RayArguments.
+    ray_num_workers: int = opt(1, "USE_RAY=1: training processes Ray starts (one per GPU, or per CPU slot).", rule=POSITIVE)
+    resources_per_worker: dict | str | None = opt(
+        None, "USE_RAY=1: resources of each worker, e.g. {GPU: 1} (default: one GPU where there are GPUs, else one CPU)."
+    )
+    placement_strategy: str = opt("PACK", "USE_RAY=1: how workers are placed on the cluster's nodes.", ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"))
+    ray_storage_path: str | None = opt(None, "USE_RAY=1: where Ray Train keeps its run records (default: output_dir/ray).")
+    ray_storage_filesystem: str | None = opt(None, "USE_RAY=1: a pyarrow file system for ray_storage_path: s3 or gs (default: local).", ("s3", "gs", "gcs"))
+    ray_init_kwargs: dict | str | None = opt(
+        None, "USE_RAY=1: arguments of ray.init, e.g. {address: auto} to join a running cluster (default: start a local one)."
+    )
+    master_addr: str | None = opt(None, "USE_RAY=1: address of the rank-0 worker for torch.distributed (default: Ray's choice).")
+    master_port: int | None = opt(None, "USE_RAY=1: port of the rank-0 worker for torch.distributed (default: a free one).")
+    # The PyTorch profiler: LLaMA-Factory's ProfilerArguments.
+    enable_torch_profiler: bool = opt(False, "Profile training steps with torch.profiler; the trace opens in Perfetto or TensorBoard.")
+    profiler_output_dir: str | None = opt(None, "Profiler: folder of the traces (default: output_dir/profiler).")
+    profiler_wait_steps: int = opt(1, "Profiler: steps skipped before each profiling cycle.", rule=NOT_NEGATIVE)
+    profiler_warmup_steps: int = opt(1, "Profiler: steps traced but discarded (warm-up) before the recorded ones.", rule=NOT_NEGATIVE)
+    profiler_active_steps: int = opt(1, "Profiler: steps recorded per cycle.", rule=POSITIVE)
+    profiler_repeat: int = opt(1, "Profiler: cycles (0: until training ends).", rule=NOT_NEGATIVE)
+    profiler_record_shapes: bool = opt(True, "Profiler: record the input shapes of each operator.")
+    profiler_profile_memory: bool = opt(True, "Profiler: record tensor memory allocation and release.")
+    profiler_with_stack: bool = opt(True, "Profiler: record the Python stack of each operator.")
+    profile_modules: str | None = opt(None, "Profiler: comma list of module names (or name patterns) whose forward passes are labelled in the trace.")
 
 
 GROUPS: dict[str, type] = {
