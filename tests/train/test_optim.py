@@ -140,3 +140,28 @@ def test_low_rank_optimizers_get_adam_settings_and_weight_decay(sft_config, extr
     decay = {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
     assert decay["model.layers.0.self_attn.q_proj.weight"] == 0.1 and decay["model.norm.weight"] == 0.0
     assert any("rank" in g for g in groups)  # the projected matrices keep the method's own arguments
+
+
+@pytest.mark.parametrize("layerwise", [False, True])
+def test_apollo_scale_front_reaches_the_optimizer(sft_config, layerwise):
+    """transformers never passes `scale_front` to APOLLOAdamW; lathe sets it on every optimizer it builds."""
+    pytest.importorskip("apollo_torch")
+    from lathe.config.training import editable_copy
+    from lathe.model.load import load_model
+    from lathe.train.optim import optimizer_setup
+
+    for front in (False, True):
+        cfg = load_config(sft_config(finetuning_type="full", use_apollo=True, apollo_rank=4, apollo_scale_front=front,
+                                     apollo_layerwise=layerwise))
+        model = load_model(cfg, load_tokenizer(cfg.model))
+        optimizer, _ = optimizer_setup(model, cfg, editable_copy(cfg.training))
+        inner = list(optimizer.optimizer_dict.values()) if layerwise else [optimizer]
+        assert {o.scale_front for o in inner} == {front}
+
+
+@pytest.mark.parametrize("mode", ["ascending", None])
+def test_badam_switch_mode_null_is_badams_default(sft_config, monkeypatch, mode):
+    """`badam_switch_mode: null` (LLaMA-Factory's Board writes it) leaves the order to BAdam: descending."""
+    pytest.importorskip("badam")
+    _, opt = _optimizer_of_run(sft_config, monkeypatch, use_badam=True, badam_switch_mode=mode)
+    assert opt.switch_mode == ("ascending" if mode else "descending")

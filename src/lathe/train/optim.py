@@ -135,9 +135,12 @@ def low_rank_optimizer(model: torch.nn.Module, cfg: "RunConfig", args) -> torch.
         return {**group, **adam, "params": params, "weight_decay": t.weight_decay if id(params[0]) in decays else 0.0}
 
     groups = kwargs.pop("params")
+    # APOLLO reads `scale_front` from the optimizer, not from a group, and transformers never sets it.
+    scale_front = {"scale_front": True} if cfg.finetuning.use_apollo and cfg.finetuning.apollo_scale_front else {}
     if "optimizer_dict" in kwargs:  # layer-wise: one optimizer per parameter, already built
         for param, optimizer in kwargs["optimizer_dict"].items():
             optimizer.param_groups[:] = [with_decay(group, [param]) for group in optimizer.param_groups]
+            optimizer.__dict__.update(scale_front)
         return optimizer_cls(kwargs.pop("optimizer_dict"), **kwargs)
     split = []
     for group in groups:
@@ -145,7 +148,7 @@ def low_rank_optimizer(model: torch.nn.Module, cfg: "RunConfig", args) -> torch.
         for part in ([p for p in params if id(p) in decays], [p for p in params if id(p) not in decays]):
             if part:
                 split.append(with_decay(group, part))
-    return optimizer_cls(split, **kwargs)
+    return optimizer_cls(split, **kwargs, **scale_front)
 
 
 def badam_optimizer(model: torch.nn.Module, cfg: "RunConfig", args) -> torch.optim.Optimizer:
@@ -181,8 +184,9 @@ def badam_optimizer(model: torch.nn.Module, cfg: "RunConfig", args) -> torch.opt
         block_prefix_list=[[f"{prefix}.{i}."] for i in range(len(layers))],
         switch_block_every=f.badam_switch_interval,
         start_block=f.badam_start_block,
-        switch_mode=f.badam_switch_mode,
         verbose=f.badam_verbose,
+        # null: BAdam's own default order (descending), as LLaMA-Factory leaves it to BAdam
+        **({"switch_mode": f.badam_switch_mode} if f.badam_switch_mode is not None else {}),
     )
 
 
@@ -295,7 +299,7 @@ APOLLO = OPTIMIZERS.register(Optimizer(
     name="apollo", flag="use_apollo", help="random-projected Adam scaling", build=low_rank_optimizer,
     settings=apollo_settings, check=_layerwise_check("apollo"),
     options=("apollo_target", "apollo_rank", "apollo_update_interval", "apollo_scale", "apollo_proj",
-             "apollo_proj_type", "apollo_scale_type", "apollo_layerwise"),
+             "apollo_proj_type", "apollo_scale_type", "apollo_layerwise", "apollo_scale_front"),
 ))
 BADAM = OPTIMIZERS.register(Optimizer(
     name="badam", flag="use_badam", help="one block at a time", build=badam_optimizer, check=_badam_check,
