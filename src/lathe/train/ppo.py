@@ -2,7 +2,8 @@
 
 TRL no longer ships a PPO trainer (since 0.2x), so the loop is written here on lathe's own
 pieces: the rollout generates with the run's template and stop words, rewards are the score
-minus a KL penalty to the reference (LoRA: the base with the adapter off), advantages come
+minus a KL penalty to the reference (LoRA: the base with the adapter off; or `ref_model`, with
+its own adapters and quantization: `reference.py`), advantages come
 from GAE over a value head on the policy, and the update is the clipped PPO objective for
 `ppo_epochs` passes (`losses/ppo.py` holds every formula). The KL coefficient adapts towards
 `ppo_target`.
@@ -42,7 +43,7 @@ from .losses.ppo import (
     ppo_policy_loss,
     ppo_value_loss,
 )
-from .reference import build_reference, reference_of
+from .reference import build_reference, check_reference_options, reference_of
 from .rewards import build_reward, right_padded
 from .stage import Stage, StageResult
 
@@ -255,6 +256,7 @@ def _check(cfg: "RunConfig") -> None:
         raise LatheError(f"{src}: `stage: ppo` does not resume from checkpoints yet; start it again.")
     if cfg.data.streaming:
         raise LatheError(f"{src}: `stage: ppo` samples prompts at random and cannot stream them.")
+    check_reference_options(cfg)
     reward = REWARD_MODELS[f.reward_model_type]
     if reward.check is not None:
         reward.check(cfg)

@@ -2,7 +2,9 @@
 
 - a reward adapter (from `stage: rm` with LoRA) loaded onto the policy's own base and switched
   in only while scoring: one base model serves policy, reference and reward (`AdapterReward`);
-- a separate reward model folder from `stage: rm` (`ModelReward`);
+- a separate reward model folder from `stage: rm` (`ModelReward`), loaded like the run's model with
+  `reward_model_adapters` merged into it in order and `reward_model_quantization_bit` quantizing it
+  (frozen, eval); its value head comes from the last of those folders that holds one;
 - an HTTP endpoint: POST {"model", "messages": [full texts], "prompts", "responses"}
   -> {"scores": [float, ...]} (the shape LLaMA-Factory's API mode sends, plus the split texts; `ApiReward`).
 """
@@ -19,10 +21,11 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import LatheError
+from ..model.adapters.common import split_names
 from ..model.adapters.lora import LORA
+from ..model.value_head import HEAD_FILE, ValueHeadModel, hidden_size, make_value_head
 from ..registry import REWARD_MODELS, Choice
-from ..model.value_head import HEAD_FILE, hidden_size, load_reward_model, make_value_head
-from .reference import check_same_tokenizer
+from .reference import check_same_tokenizer, check_side_model, load_frozen_model
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -52,7 +55,7 @@ class AdapterReward:
                 f"`reward_model: {path}` is not a LoRA reward model from `stage: rm` "
                 f"(adapter_config.json and {HEAD_FILE} expected); use `reward_model_type: full` for a full one."
             )
-        check_same_tokenizer(path, tokenizer)
+        check_same_tokenizer(path, tokenizer, "reward_model")
         self.policy = policy
         policy.load_adapter(str(folder), adapter_name=REWARD_ADAPTER, is_trainable=False)
         policy.set_adapter("default")
@@ -75,12 +78,42 @@ class AdapterReward:
         return self.head(hidden[torch.arange(len(ids)), last].to(self.head.weight.dtype)).squeeze(-1)
 
 
-class ModelReward:
-    """Scores with a separate reward model folder (full weights, or an adapter on its base)."""
+def reward_layers(reward_model: str, adapters: list[str]) -> tuple[str, list[str]]:
+    """(base folder, adapters in merge order) of a full reward model.
 
-    def __init__(self, path: str, tokenizer) -> None:
-        check_same_tokenizer(path, tokenizer)
-        self.model = load_reward_model(path)
+    A LoRA output of `stage: rm` as `reward_model` stands for its base with it as the first adapter.
+    """
+    folder = Path(reward_model)
+    config = folder / "adapter_config.json"
+    if config.exists():
+        return json.loads(config.read_text())["base_model_name_or_path"], [str(folder), *adapters]
+    return str(folder), adapters
+
+
+def load_full_reward(cfg: "RunConfig", tokenizer) -> ValueHeadModel:
+    """The reward model `reward_model` names, with its adapters and quantization, frozen; and its value head."""
+    f = cfg.finetuning
+    check_same_tokenizer(f.reward_model, tokenizer, "reward_model")
+    base, adapters = reward_layers(f.reward_model, split_names(f.reward_model_adapters))
+    heads = [Path(p) / HEAD_FILE for p in (f.reward_model, *adapters) if (Path(p) / HEAD_FILE).exists()]
+    if not heads:  # LLaMA-Factory would score with a random head here
+        raise LatheError(
+            f"`reward_model: {f.reward_model}` is not a reward model: neither it nor `reward_model_adapters` holds "
+            f"{HEAD_FILE} (train one with `stage: rm`)."
+        )
+    backbone = load_frozen_model(cfg, base, adapters, f.reward_model_quantization_bit, tokenizer,
+                                 "reward_model_adapters")
+    model = ValueHeadModel(backbone)
+    model.v_head.load_state_dict(load_file(heads[-1]))
+    model.v_head.requires_grad_(False)
+    return model.eval()
+
+
+class ModelReward:
+    """Scores with a separate reward model (full weights, or an adapter on its base)."""
+
+    def __init__(self, cfg: "RunConfig", tokenizer) -> None:
+        self.model = load_full_reward(cfg, tokenizer)
 
     @torch.no_grad()
     def __call__(self, ids, attn, prompts, responses) -> torch.Tensor:
@@ -111,17 +144,31 @@ class ApiReward:
 
 @dataclass(frozen=True, kw_only=True)
 class RewardModel(Choice):
-    """A `reward_model_type`: `build(reward_model, policy, tokenizer)` makes the scorer PPO calls per batch."""
+    """A `reward_model_type`: `build(cfg, policy, tokenizer)` makes the scorer PPO calls per batch."""
 
     build: Callable[..., Callable[..., torch.Tensor]] = field(compare=False)
 
 
 def build_reward(cfg, policy, tokenizer) -> Callable[..., torch.Tensor]:
+    return REWARD_MODELS[cfg.finetuning.reward_model_type].build(cfg, policy, tokenizer)
+
+
+def _own_weights_only(cfg: "RunConfig") -> None:
+    """reward_model_adapters / _quantization_bit shape a separate reward model: refused for lora and api.
+
+    LLaMA-Factory ignores them there; lathe refuses an option that would have no effect.
+    """
     f = cfg.finetuning
-    return REWARD_MODELS[f.reward_model_type].build(f.reward_model, policy, tokenizer)
+    for key in ("reward_model_adapters", "reward_model_quantization_bit"):
+        if getattr(f, key) is not None:
+            raise LatheError(
+                f"{cfg.source}: `{key}` applies to a separate reward model (`reward_model_type: full`), not to "
+                f"`reward_model_type: {f.reward_model_type}`; remove `{key}` or use `reward_model_type: full`."
+            )
 
 
 def _needs_lora_policy(cfg: "RunConfig") -> None:
+    _own_weights_only(cfg)
     if cfg.finetuning.finetuning_type != LORA.name:
         raise LatheError(
             f"{cfg.source}: `reward_model_type: {cfg.finetuning.reward_model_type}` swaps a reward adapter onto the "
@@ -130,19 +177,27 @@ def _needs_lora_policy(cfg: "RunConfig") -> None:
 
 
 def _needs_url(cfg: "RunConfig") -> None:
+    _own_weights_only(cfg)
     f = cfg.finetuning
     if f.reward_model and not f.reward_model.startswith(("http://", "https://")):
         raise LatheError(f"{cfg.source}: `reward_model_type: {f.reward_model_type}` needs `reward_model` to be an "
                          f"http(s) URL.")
 
 
+def _full_options(cfg: "RunConfig") -> None:
+    f = cfg.finetuning
+    check_side_model(cfg.source, "reward_model", f.reward_model_adapters, f.reward_model_quantization_bit)
+
+
 REWARD_MODELS.register(RewardModel(
     name="lora", help="a reward adapter swapped onto the policy's own base", check=_needs_lora_policy,
-    build=lambda path, policy, tokenizer: AdapterReward(policy, path, tokenizer),
+    build=lambda cfg, policy, tokenizer: AdapterReward(policy, cfg.finetuning.reward_model, tokenizer),
 ))
 REWARD_MODELS.register(RewardModel(
-    name="full", help="a separate reward model", build=lambda path, policy, tokenizer: ModelReward(path, tokenizer),
+    name="full", help="a separate reward model (+ reward_model_adapters, reward_model_quantization_bit)",
+    check=_full_options, build=lambda cfg, policy, tokenizer: ModelReward(cfg, tokenizer),
 ))
 REWARD_MODELS.register(RewardModel(
-    name="api", help="HTTP scores", check=_needs_url, build=lambda url, policy, tokenizer: ApiReward(url),
+    name="api", help="HTTP scores", check=_needs_url,
+    build=lambda cfg, policy, tokenizer: ApiReward(cfg.finetuning.reward_model),
 ))
