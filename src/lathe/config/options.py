@@ -245,7 +245,8 @@ class DataArguments:
             raise LatheError(f"{source}: `mask_history` and `train_on_prompt` contradict each other; set one.")
         if self.interleave_probs:
             if not self.mix_strategy.startswith("interleave"):
-                raise LatheError(f"{source}: `interleave_probs` needs `mix_strategy: interleave_under` or `interleave_over`.")
+                raise LatheError(f"{source}: `interleave_probs` needs `mix_strategy: interleave_under`, `interleave_over` "
+                                 f"or `interleave_once`.")
             try:
                 probs = [float(p) for p in self.interleave_probs.split(",")]
             except ValueError:

@@ -111,12 +111,34 @@ def _check_across_groups(cfg: "RunConfig") -> None:
         raise LatheError(f"{src}: `do_predict` needs `eval_dataset` (or `val_size` > 0) to predict on.")
     if (t.do_eval or t.eval_strategy != "no") and not (d.eval_dataset or d.val_size > 0):
         raise LatheError(f"{src}: evaluation needs `eval_dataset` or `val_size` > 0.")
+    if d.eval_on_each_dataset:
+        _check_eval_on_each_dataset(cfg)
+    if d.eval_num_beams is not None and not (t.do_predict and t.predict_with_generate):
+        raise LatheError(f"{src}: `eval_num_beams` is the beam width of `predict_with_generate`; set `do_predict: true` "
+                         f"and `predict_with_generate: true`, or drop it.")
     if t.learning_rate < 0:
         raise LatheError(f"{src}: `learning_rate` must not be negative, got {t.learning_rate}.")
     if t.per_device_train_batch_size <= 0 or t.gradient_accumulation_steps <= 0:
         raise LatheError(f"{src}: batch size and gradient_accumulation_steps must be positive.")
     if t.bf16 and t.fp16:
         raise LatheError(f"{src}: set at most one of `bf16` and `fp16`.")
+
+
+def _check_eval_on_each_dataset(cfg: "RunConfig") -> None:
+    """One evaluation per named eval dataset needs those names and a Trainer's evaluation loop."""
+    d, src, key = cfg.data, cfg.source, "`eval_on_each_dataset: true`"
+    if d.val_size > 0:
+        raise LatheError(f"{src}: {key} evaluates each dataset of `eval_dataset` on its own; `val_size` holds out one "
+                         f"set from the training data. Name the eval datasets in `eval_dataset` (and drop `val_size`), "
+                         f"or drop `eval_on_each_dataset`.")
+    if not d.eval_dataset:
+        raise LatheError(f"{src}: {key} evaluates each dataset of `eval_dataset` on its own, and none is named. "
+                         f"Set `eval_dataset`, or drop `eval_on_each_dataset`.")
+    if not STAGES[cfg.finetuning.stage].trainer:
+        raise LatheError(f"{src}: {key}: `stage: {cfg.finetuning.stage}` runs no evaluation loop. Drop `eval_on_each_dataset`.")
+    if cfg.training.do_predict:
+        raise LatheError(f"{src}: {key} cannot go with `do_predict`, which predicts on one set. Predict in a run of its "
+                         f"own (one `eval_dataset`), or drop `eval_on_each_dataset`.")
 
 
 def check_raw_combinations(raw: dict, source: str) -> None:

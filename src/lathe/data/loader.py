@@ -20,7 +20,7 @@ from ..registry import STAGES
 from . import tokenized_cache as cache
 from .dataset_info import get_dataset_attrs
 from .encode import tokenize_samples, workers
-from .mixing import load_mixed_samples
+from .mixing import eval_names, load_mixed_samples
 from .packing import pack_dataset, packing_enabled
 from .report import DataReport
 from .streaming import stream_datasets
@@ -35,20 +35,24 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DatasetBundle:
+    """`eval` is one dataset, or with `eval_on_each_dataset` a dict eval dataset name -> dataset
+    (the Hugging Face Trainer evaluates each on its own and logs `eval_<name>_loss`)."""
+
     train: "Dataset | None"
-    eval: "Dataset | None"
+    eval: "Dataset | dict[str, Dataset] | None"
     report: DataReport
     streaming: bool = False
 
 
 def run_template(cfg: "RunConfig", tokenizer):
-    """The run's template with the data options that shape it (default_system, enable_thinking, tool_format)."""
+    """The run's template with the data options that shape it (default_system, enable_thinking, tool_format,
+    preserve_thinking)."""
     from .templates import resolve_template
 
     d = cfg.data
     return resolve_template(
         d.template, tokenizer, default_system=d.default_system, enable_thinking=d.enable_thinking,
-        tool_format=d.tool_format,
+        tool_format=d.tool_format, preserve_thinking=d.preserve_thinking,
     )
 
 
@@ -83,6 +87,18 @@ def prepare(names: str, cfg: "RunConfig", tokenizer, template) -> tuple["Dataset
     return dataset, DataReport.from_dict(report)
 
 
+def prepare_eval(cfg: "RunConfig", tokenizer, template):
+    """The eval datasets: all of `eval_dataset` mixed into one, or one per name with `eval_on_each_dataset`."""
+    d = cfg.data
+    names = eval_names(cfg)
+    out = {}
+    for name in names:
+        out[name], eval_report = prepare(name, cfg, tokenizer, template)
+        for line in eval_report.lines():
+            logger.info("eval data%s: %s", f" {name}" if d.eval_on_each_dataset else "", line)
+    return out if d.eval_on_each_dataset else out[d.eval_dataset]
+
+
 def get_dataset(cfg: "RunConfig", tokenizer, template) -> DatasetBundle:
     """The run's train (and eval) datasets, tokenized for its stage, and the data report (logged)."""
     d = cfg.data
@@ -102,9 +118,7 @@ def get_dataset(cfg: "RunConfig", tokenizer, template) -> DatasetBundle:
             cache.save_tokenized(stored, train, report)
             logger.info("data: tokenized data saved to tokenized_path %s", stored)
     if d.eval_dataset:
-        evaluation, eval_report = prepare(d.eval_dataset, cfg, tokenizer, template)
-        for line in eval_report.lines():
-            logger.info("eval data: %s", line)
+        evaluation = prepare_eval(cfg, tokenizer, template)
     elif train is not None and d.val_size > 0:
         size = int(d.val_size) if d.val_size >= 1 else d.val_size
         if (isinstance(size, int) and size >= len(train)) or len(train) < 2:
@@ -113,7 +127,8 @@ def get_dataset(cfg: "RunConfig", tokenizer, template) -> DatasetBundle:
         train, evaluation = split["train"], split["test"]
     for line in report.lines():
         logger.info("data: %s", line)
-    for name, data in (("training", train), ("evaluation", evaluation)):
+    parts = evaluation.items() if isinstance(evaluation, dict) else [("", evaluation)]
+    for name, data in (("training", train), *((f"evaluation {n}".strip(), e) for n, e in parts)):
         if data is not None and len(data) == 0:
             reasons = "; ".join(report.lines()) or "no rows"
             raise LatheError(f"No {name} sample has anything to learn ({reasons}). Check the dataset and cutoff_len.")

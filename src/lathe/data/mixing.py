@@ -14,6 +14,14 @@ if TYPE_CHECKING:
     from ..config import RunConfig
 
 
+def eval_names(cfg: "RunConfig") -> list[str]:
+    """How `eval_dataset` is read: each name on its own (`eval_on_each_dataset`), or all names mixed as one."""
+    d = cfg.data
+    if not d.eval_on_each_dataset:
+        return [d.eval_dataset]
+    return list(dict.fromkeys(n.strip() for n in d.eval_dataset.split(",") if n.strip()))
+
+
 def load_mixed_samples(names: str, cfg: "RunConfig", report: DataReport, attrs=None) -> list[dict[str, Any]]:
     """Read and convert each named dataset, then combine them by `mix_strategy`: canonical samples
     with every stored column (`sample_row`), in training order."""
@@ -39,6 +47,16 @@ def load_mixed_samples(names: str, cfg: "RunConfig", report: DataReport, attrs=N
     return [parts[k][i] for k, i in zip(order["part"], order["row"])]
 
 
+# mix_strategy -> the stopping strategy of `datasets.interleave_datasets` (as LLaMA-Factory maps them):
+# stop when the first dataset runs out; oversample until every one ran out (the shorter ones repeat);
+# go on until every one ran out, a dataset that ran out being skipped, so each sample appears once.
+STOPPING = {
+    "interleave_under": "first_exhausted",
+    "interleave_over": "all_exhausted",
+    "interleave_once": "all_exhausted_without_replacement",
+}
+
+
 def mix(parts: list, cfg: "RunConfig"):
     """Combine datasets (in-memory or streamed) by `mix_strategy` and `interleave_probs`."""
     from datasets import concatenate_datasets, interleave_datasets
@@ -47,5 +65,5 @@ def mix(parts: list, cfg: "RunConfig"):
     if len(parts) == 1 or d.mix_strategy == "concat":
         return concatenate_datasets(parts)
     probs = [float(p) for p in d.interleave_probs.split(",")] if d.interleave_probs else None
-    stopping = "first_exhausted" if d.mix_strategy == "interleave_under" else "all_exhausted"
-    return interleave_datasets(parts, probabilities=probs, seed=cfg.training.seed, stopping_strategy=stopping)
+    return interleave_datasets(parts, probabilities=probs, seed=cfg.training.seed,
+                               stopping_strategy=STOPPING[d.mix_strategy])

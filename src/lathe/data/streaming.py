@@ -9,7 +9,7 @@ from ..errors import LatheError
 from ..registry import STAGES
 from .dataset_info import get_dataset_attrs
 from .formats import ConversionResult, RowError, get_format
-from .mixing import mix
+from .mixing import eval_names, mix
 from .processors import SAMPLE_COLUMNS, sample_features, sample_row
 from .readers import read_rows
 from .report import DataReport, count_tokens
@@ -105,7 +105,9 @@ def stream_datasets(cfg: "RunConfig", tokenizer, template):
     train = stream_samples(d.dataset, cfg, tokenizer, template, report) if d.dataset else None
     evaluation = None
     if d.eval_dataset:
-        evaluation = stream_samples(d.eval_dataset, cfg, tokenizer, template, DataReport())
+        evaluation = {name: stream_samples(name, cfg, tokenizer, template, DataReport()) for name in eval_names(cfg)}
+        if not d.eval_on_each_dataset:
+            evaluation = evaluation[d.eval_dataset]
     elif train is not None and d.val_size >= 1:
         evaluation, train = train.take(int(d.val_size)), train.skip(int(d.val_size))
     logger.info("data: streaming %s; rows are read, checked and counted while training runs", d.dataset)

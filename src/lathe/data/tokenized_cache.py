@@ -75,6 +75,7 @@ def template_fingerprint(template) -> str:
 DATA_KEYS = (
     "cutoff_len", "max_samples", "train_on_prompt", "mask_history", "default_system", "mix_strategy",
     "interleave_probs", "packing", "neat_packing", "enable_thinking", "tool_format",
+    "preserve_thinking",
 )
 
 

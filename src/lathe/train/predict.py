@@ -1,9 +1,12 @@
 """`do_predict` with `predict_with_generate`: answer every held-out prompt, write and score them.
 
 Each sample's prompt is the part before its first learned token (the same rendering as in
-training); the reference is its learned answer. Generation follows the generating group
-(greedy with `do_sample: false`, so the file is deterministic) and stops at the template's
-stop words. Results: `generated_predictions.jsonl` (prompt, predict, label per line) and
+training); the reference is its learned answer, its IGNORE_INDEX positions left out (what
+LLaMA-Factory gets by writing pad over them and decoding without special tokens; the stored
+samples carry no padding, so `ignore_pad_token_for_loss`, which says what the collator pads
+labels with, leaves the text unchanged). Generation follows the generating group (greedy with
+`do_sample: false`, so the file is deterministic), with `eval_num_beams` in place of
+`num_beams` when set, and stops at the template's stop words. Results: `generated_predictions.jsonl` (prompt, predict, label per line) and
 `predict_results.json` with BLEU-4 and ROUGE-1/2/L.
 """
 
@@ -42,10 +45,18 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], stop_ids: list[in
     return [row[ids.shape[1]:].tolist() for row in out]
 
 
+def predict_generation_kwargs(cfg: "RunConfig") -> dict[str, Any]:
+    """`model.generate` arguments for predicting: the generating group, `eval_num_beams` overriding its beam width."""
+    kwargs = generation_kwargs(cfg.generating)
+    if cfg.data.eval_num_beams is not None:
+        kwargs["num_beams"] = cfg.data.eval_num_beams
+    kwargs["use_cache"] = True
+    return kwargs
+
+
 def predict(model, tokenizer, template, dataset, cfg: "RunConfig") -> dict[str, float]:
     model.eval()
-    kwargs = generation_kwargs(cfg.generating)
-    kwargs["use_cache"] = True
+    kwargs = predict_generation_kwargs(cfg)
     stop_ids = stop_token_ids(tokenizer, template)
     batch = cfg.training.per_device_eval_batch_size
     out_path = Path(cfg.training.output_dir) / PREDICTIONS_FILE

@@ -35,7 +35,9 @@ class StoredMetricsMixin:
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        prefix = "eval_" if split == "eval" else ""
+        # eval_<name>_loss with eval_on_each_dataset: the stored metrics take that dataset's prefix
+        prefix = next((k[:-len("loss")] for k in logs if k.startswith("eval_") and k.endswith("_loss")), "eval_") \
+            if split == "eval" else ""
         stored = self._stored()[split]
         for name, values in stored.items():
             if values:

@@ -17,7 +17,7 @@ def encode_feedback_batch(batch: dict[str, list], *, template, tokenizer, data_a
             out["_drop"][-1] = reason
             continue
         system = system or data_args.default_system or ""
-        pairs = template.encode(tokenizer, messages, system=system, tools=tools or "")
+        pairs = template.encode(tokenizer, messages, system=system, tools=tools or "", learn_history=False)
         enc = build_supervised_example(pairs, data_args.cutoff_len, mask_history=True)  # judge the last answer only
         learned = any(t != IGNORE_INDEX for t in enc.labels)
         out["input_ids"].append(enc.input_ids)

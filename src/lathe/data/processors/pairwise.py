@@ -12,7 +12,8 @@ from .supervised import split_budget
 
 
 def _prompt_and_answer(template, tokenizer, messages, answer, system, tools) -> tuple[list[int], list[int]]:
-    pairs = template.encode(tokenizer, list(messages) + list(answer), system=system, tools=tools)
+    # Earlier answers are context here, as in a prompt (reasoning templates drop their thoughts).
+    pairs = template.encode(tokenizer, list(messages) + list(answer), system=system, tools=tools, learn_history=False)
     prompt = [t for p, a in pairs[:-1] for t in p + a] + pairs[-1][0]
     return prompt, pairs[-1][1]
 

@@ -105,7 +105,7 @@ def encode_supervised_batch(batch: dict[str, list], *, template, tokenizer, data
     encoded = iter(template.encode_many(tokenizer, [
         (messages, system or data_args.default_system or "", tools or "")
         for (messages, system, tools, _), ok in zip(rows, learnable) if ok
-    ]))
+    ], learn_history=not data_args.mask_history))  # mask_history: earlier answers are context
     empty = np.zeros(0, dtype=np.int64)
     for (_, _, _, pair), ok in zip(rows, learnable):
         if not ok:  # plain text, ranking data, or a conversation cut before its answer

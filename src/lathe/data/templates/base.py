@@ -80,6 +80,7 @@ class Template(ABC):
 
     name: str = ""
     tool_format: ToolFormat  # how tools, tool calls and results are written and parsed
+    preserve_thinking: bool = False  # reasoning templates: keep the thoughts of earlier answers wherever they are dropped
 
     @property
     @abstractmethod
@@ -105,37 +106,47 @@ class Template(ABC):
         """A Hugging Face jinja chat template that renders conversations as this template does."""
 
     @abstractmethod
-    def _render(self, tokenizer: Any, messages: Sequence[dict], system: str, tools: str) -> Rendering:
-        """Render a validated training conversation to text plus its learned spans."""
+    def _render(self, tokenizer: Any, messages: Sequence[dict], system: str, tools: str,
+                learn_history: bool = True) -> Rendering:
+        """Render a validated training conversation to text plus its learned spans (see `render`)."""
 
     @abstractmethod
     def _render_prompt(self, tokenizer: Any, messages: Sequence[dict], system: str, tools: str) -> str:
         """Render a validated conversation ending with a prompt turn, with the generation prompt."""
 
-    def render(self, tokenizer: Any, messages: Sequence[dict], system: str = "", tools: str = "") -> Rendering:
+    def render(self, tokenizer: Any, messages: Sequence[dict], system: str = "", tools: str = "",
+               *, learn_history: bool = True) -> Rendering:
         """The training text of a conversation (ending with an answer) and the learned character spans.
+
+        `learn_history=False` says the answers before the last are context, not trained (`mask_history`,
+        preference data): a reasoning template then writes them as the model sees them when it answers,
+        its thoughts dropped unless `preserve_thinking` (as a prompt for generation does).
 
         Only `tokenizer.bos_token` / `eos_token` are read by registered templates, so any object with
         those attributes will do for checking text; `TokenizerTemplate` needs the real tokenizer.
         """
         check_messages(messages, for_prompt=False)
-        return self._render(tokenizer, messages, system or "", tools or "")
+        return self._render(tokenizer, messages, system or "", tools or "", learn_history)
 
     def render_prompt(self, tokenizer: Any, messages: Sequence[dict], system: str = "", tools: str = "") -> str:
         """The text of a prompt for generation: the conversation, then the assistant header."""
         check_messages(messages, for_prompt=True)
         return self._render_prompt(tokenizer, messages, system or "", tools or "")
 
-    def encode(self, tokenizer: Any, messages: Sequence[dict], system: str = "", tools: str = "") -> Pairs:
+    def encode(self, tokenizer: Any, messages: Sequence[dict], system: str = "", tools: str = "",
+               *, learn_history: bool = True) -> Pairs:
         """Return one `(prompt_ids, answer_ids)` per prompt/answer pair; answer ids are the learned ones.
 
         Concatenated, the ids are exactly `tokenizer(rendering.text, add_special_tokens=False).input_ids`.
+        `learn_history` as in `render`.
         """
-        return self.encode_many(tokenizer, [(messages, system, tools)])[0].pairs()
+        return self.encode_many(tokenizer, [(messages, system, tools)], learn_history=learn_history)[0].pairs()
 
-    def encode_many(self, tokenizer: Any, conversations: Sequence[tuple[Sequence[dict], str, str]]) -> list[SpanTokens]:
+    def encode_many(self, tokenizer: Any, conversations: Sequence[tuple[Sequence[dict], str, str]],
+                    *, learn_history: bool = True) -> list[SpanTokens]:
         """`encode` for a batch of `(messages, system, tools)`, with one tokenizer call for all of them."""
-        renderings = [self.render(tokenizer, messages, system, tools) for messages, system, tools in conversations]
+        renderings = [self.render(tokenizer, messages, system, tools, learn_history=learn_history)
+                      for messages, system, tools in conversations]
         return tokenize_spans(tokenizer, [r.text for r in renderings], [r.answer_spans for r in renderings])
 
     def encode_prompt(self, tokenizer: Any, messages: Sequence[dict], system: str = "", tools: str = "") -> list[int]:

@@ -4,8 +4,10 @@
 conversations for any server (vLLM, TGI, `transformers`, lathe with `template` omitted) exactly as
 lathe rendered them for training: the system prompt (or the template's default), every turn,
 tools, tool calls (`tool_calls` of assistant messages), tool results (`tool` messages, consecutive
-ones forming one observation), the thinking options (`enable_thinking` may be passed to
-`apply_chat_template`), and the eos an efficient_eos template writes after the final answer.
+ones forming one observation), the thinking options (`enable_thinking` and, for templates that
+drop earlier thoughts, `preserve_thinking` may be passed to `apply_chat_template`; a `context`
+template drops them in a prompt for generation, `add_generation_prompt`), and the eos an
+efficient_eos template writes after the final answer.
 
 Two properties of lathe's slots show in the result:
 - the assistant header is part of the `user` slot, so it is written after every user turn, with
@@ -70,6 +72,9 @@ def slot_template_to_jinja(template: SlotTemplate) -> str:
     if thinking:
         default = "true" if template.enable_thinking else "false"
         lines.append(f"{{%- set thinking = enable_thinking if enable_thinking is defined else {default} %}}")
+    if s.thoughts_in_history != "keep":
+        default = "true" if template.preserve_thinking else "false"
+        lines.append(f"{{%- set preserve = preserve_thinking if preserve_thinking is defined else {default} %}}")
     lines += [
         f"{{%- set system = {jinja_str(s.default_system)} %}}",
         "{%- set loop_messages = messages %}",
@@ -135,11 +140,15 @@ def slot_template_to_jinja(template: SlotTemplate) -> str:
         "{%- else %}",
         "{%- set content = message.content %}",
     ]
-    if s.thoughts_in_history == "drop":
+    if s.thoughts_in_history != "keep":  # as slots.without_thought
         close = jinja_str(THINK_CLOSE)
+        when = "not preserve and not loop.last"
+        dropped = f"content.split({close})[-1]"
+        if s.thoughts_in_history == "context":
+            when += " and add_generation_prompt is defined and add_generation_prompt"
+            dropped += ".lstrip('\\n')"
         lines.append(
-            f"{{%- if not loop.last and {close} in content %}}{{%- set content = content.split({close})[-1] %}}"
-            "{%- endif %}"
+            f"{{%- if {when} and {close} in content %}}{{%- set content = {dropped} %}}{{%- endif %}}"
         )
     if thinking:
         lines.append(

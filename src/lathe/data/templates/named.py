@@ -87,26 +87,30 @@ def resolve_template(
     default_system: str | None = None,
     enable_thinking: bool = True,
     tool_format: str | None = None,
+    preserve_thinking: bool = False,
 ) -> Template:
     """The template a run uses: `name` when given, else the tokenizer's own chat template.
 
     Options from the data config: `default_system` replaces the template's default system prompt
     (None keeps it); `enable_thinking=False` makes thinking templates (qwen3) write their empty
     think block, as the model's own template does; `tool_format` overrides the template's tool
-    format by name (see `tools.list_tool_formats`). With the defaults a registered template is
-    returned as registered.
+    format by name (see `tools.list_tool_formats`); `preserve_thinking=True` keeps the thoughts of
+    earlier answers where a reasoning template drops them. With the defaults a registered template
+    is returned as registered.
 
     A tokenizer without a chat template falls back to `empty` (text in, answer + eos out) with a
     warning, since a base model has no format to match.
     """
     if tool_format:
         get_tool_format(tool_format)  # an unknown name fails here, whichever template is used
-    options = {"default_system": default_system, "enable_thinking": enable_thinking, "tool_format": tool_format}
+    options = {"default_system": default_system, "enable_thinking": enable_thinking, "tool_format": tool_format,
+               "preserve_thinking": preserve_thinking}
     if name:
         return _with_options(get_template(name), **options)
     if getattr(tokenizer, "chat_template", None):
         kwargs = {} if enable_thinking else {"enable_thinking": False}
-        return TokenizerTemplate(tokenizer, kwargs, default_system=default_system or "", tool_format=tool_format)
+        return TokenizerTemplate(tokenizer, kwargs, default_system=default_system or "", tool_format=tool_format,
+                                 preserve_thinking=preserve_thinking)
     logger.warning(
         "Tokenizer `%s` has no chat template and no `template` was given; using the `empty` template "
         "(prompt text, then answer + eos). Set `template` (one of: %s) to train a chat format.",
@@ -119,4 +123,7 @@ def resolve_template(
 def _with_options(template: SlotTemplate, **options: Any) -> SlotTemplate:
     if not options["enable_thinking"] and not template.slots.empty_thought:
         logger.info("Template `%s` has no thinking mode; enable_thinking=False changes nothing.", template.name)
+    if options["preserve_thinking"] and not template.reasoning:
+        logger.info("Template `%s` keeps the thoughts of earlier answers anyway; preserve_thinking changes nothing.",
+                    template.name)
     return template.with_options(**options)

@@ -23,11 +23,14 @@ slots only wrap them into turns. Two behaviours are per template:
   answer before it, and eos is written and learned after the final answer, so the model learns
   to stop (LLaMA-Factory instead labels the role-token position with eos, which a
   (prompt, answer) id split cannot express; learning the stop word itself keeps ids == labels).
-- **thinking**: `thoughts_in_history: drop` removes the `<think>...</think>` part of every answer
-  but the last (as DeepSeek-R1's template does); `keep` trains them as written. With
-  `enable_thinking=False`, templates that have an `empty_thought` write it (unlearned) before
-  every answer that has no thoughts and at the end of the generation prompt, as Qwen3's
-  template does with enable_thinking=False.
+- **thinking**: `thoughts_in_history` says what becomes of the `<think>...</think>` part of the
+  answers before the last. `drop` removes it everywhere (as DeepSeek-R1's template does); `context`
+  (Qwen3) trains it as written where those answers are learned, and removes it where they are only
+  context: the prompt for generation (as Qwen3's own template does), `mask_history`, preference
+  data (LLaMA-Factory's reasoning templates do the same); `keep` never removes it. A run's
+  `preserve_thinking` keeps it everywhere. With `enable_thinking=False`, templates that have an
+  `empty_thought` write it (unlearned) before every answer that has no thoughts and at the end
+  of the generation prompt, as Qwen3's template does with enable_thinking=False.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from .base import THINK_CLOSE, THINK_OPEN, Rendering, Template
 from .tools import BEFORE_FIRST_USER, IN_FIRST_USER, IN_SYSTEM, ToolFormat, get_tool_format
 
 PLACEHOLDER = re.compile(r"\{(content|system|bos_token|eos_token)\}")
-HISTORY_THOUGHTS = ("keep", "drop")
+HISTORY_THOUGHTS = ("keep", "context", "drop")
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class Slots:
     special_tokens: tuple[str, ...] = field(default=())  # tokens the text needs as single special tokens
     efficient_eos: bool = False  # answers have no end token: learn the next role token, eos after the last
     empty_thought: str = ""  # the empty think block written when enable_thinking is False
-    thoughts_in_history: str = "keep"  # keep | drop: the <think> part of answers before the last
+    thoughts_in_history: str = "keep"  # keep | context | drop: the <think> part of answers before the last
 
     # Which placeholders each slot may use; anything else in braces is literal text.
     ALLOWED = {
@@ -122,18 +125,28 @@ def has_thought(content: str) -> bool:
     return THINK_OPEN in content or THINK_CLOSE in content
 
 
+def without_thought(content: str, mode: str) -> str:
+    """An earlier answer with its thoughts dropped, written as the model's own template writes it:
+    the text after `</think>`, its leading newlines stripped for Qwen3 (`context`), as is for R1."""
+    content = content.split(THINK_CLOSE)[-1]
+    return content.lstrip("\n") if mode == "context" else content
+
+
 class SlotTemplate(Template):
     """A template rendered from `Slots`; see the module docstring for the layout.
 
     `tool_format` (a registered name) overrides the entry's; `enable_thinking=False` writes the
-    template's empty think block (see the module docstring). Use `with_options` for a variant.
+    template's empty think block; `preserve_thinking=True` keeps the thoughts of earlier answers
+    (see the module docstring). Use `with_options` for a variant.
     """
 
-    def __init__(self, slots: Slots, *, tool_format: str | None = None, enable_thinking: bool = True):
+    def __init__(self, slots: Slots, *, tool_format: str | None = None, enable_thinking: bool = True,
+                 preserve_thinking: bool = False):
         self.slots = slots
         self.name = slots.name
         self.tool_format: ToolFormat = get_tool_format(tool_format or slots.tool_format)
         self.enable_thinking = enable_thinking
+        self.preserve_thinking = preserve_thinking and slots.thoughts_in_history != "keep"
 
     def with_options(
         self,
@@ -141,18 +154,21 @@ class SlotTemplate(Template):
         default_system: str | None = None,
         enable_thinking: bool | None = None,
         tool_format: str | None = None,
+        preserve_thinking: bool | None = None,
     ) -> SlotTemplate:
         """This template with another default system prompt, thinking mode or tool format (self if unchanged)."""
         fmt = get_tool_format(tool_format).name if tool_format else self.tool_format.name
         thinking = self.enable_thinking if enable_thinking is None else bool(enable_thinking)
         if not self.slots.empty_thought:
             thinking = self.enable_thinking  # no thinking mode: the option changes nothing
+        preserve = self.preserve_thinking if preserve_thinking is None else bool(preserve_thinking)
+        preserve = preserve and self.slots.thoughts_in_history != "keep"  # nothing dropped: nothing to keep
         if (default_system is None or default_system == self.slots.default_system) and (
-            fmt == self.tool_format.name and thinking == self.enable_thinking
+            fmt == self.tool_format.name and thinking == self.enable_thinking and preserve == self.preserve_thinking
         ):
             return self
         slots = self.slots if default_system is None else replace(self.slots, default_system=default_system)
-        return SlotTemplate(slots, tool_format=fmt, enable_thinking=thinking)
+        return SlotTemplate(slots, tool_format=fmt, enable_thinking=thinking, preserve_thinking=preserve)
 
     @property
     def stop_words(self) -> list[str]:
@@ -161,6 +177,18 @@ class SlotTemplate(Template):
     @property
     def efficient_eos(self) -> bool:
         return self.slots.efficient_eos
+
+    @property
+    def reasoning(self) -> bool:
+        """True for a template that drops the thoughts of earlier answers somewhere (see the module docstring)."""
+        return self.slots.thoughts_in_history != "keep"
+
+    def drops_history_thoughts(self, learn_history: bool) -> bool:
+        """Whether the answers before the last lose their thoughts, when they are learned or only context."""
+        mode = self.slots.thoughts_in_history
+        if self.preserve_thinking or mode == "keep":
+            return False
+        return mode == "drop" or not learn_history
 
     @property
     def thinking_off(self) -> bool:
@@ -188,11 +216,14 @@ class SlotTemplate(Template):
         return slot_template_to_jinja(self)
 
     def _render_prompt(self, tokenizer: Any, messages: Sequence[dict], system: str, tools: str) -> str:
-        text = self._render(tokenizer, messages, system, tools).text  # the last user slot ends with the header
+        # Every answer of a prompt is context; the last user slot ends with the assistant header.
+        text = self._render(tokenizer, messages, system, tools, learn_history=False).text
         return text + self.slots.empty_thought if self.thinking_off else text
 
-    def _render(self, tokenizer: Any, messages: Sequence[dict], system: str, tools: str) -> Rendering:
+    def _render(self, tokenizer: Any, messages: Sequence[dict], system: str, tools: str,
+                learn_history: bool = True) -> Rendering:
         s, fmt = self.slots, self.tool_format
+        drop_thoughts = self.drops_history_thoughts(learn_history)
         specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
         tools_text = fmt.render_tools(tools) if tools else ""
         system_text = self._system_text(system, tools_text)
@@ -222,8 +253,8 @@ class SlotTemplate(Template):
                     content = fmt.render_calls(content)
                     slot = s.function if s.function is not None else s.assistant
                 else:
-                    if s.thoughts_in_history == "drop" and i < last and THINK_CLOSE in content:
-                        content = content.split(THINK_CLOSE)[-1]
+                    if drop_thoughts and i < last and THINK_CLOSE in content:
+                        content = without_thought(content, s.thoughts_in_history)
                     slot = s.assistant
                 if self.thinking_off and not has_thought(content):
                     parts.append(s.empty_thought)  # part of the prompt, as at inference

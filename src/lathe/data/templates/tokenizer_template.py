@@ -32,6 +32,8 @@ HF_ROLES = {USER: "user", ASSISTANT: "assistant", FUNCTION: "assistant", OBSERVA
 # How a jinja template writes tool calls, recognised by a marker in its source (first match wins).
 TOOL_FORMAT_MARKERS = (("<tool_call>", "qwen"), ("[TOOL_CALLS]", "mistral"), ("<|python_tag|>", "llama3"))
 _PROBE = [{"role": "user", "content": "lathe probe question"}, {"role": "assistant", "content": "lathe probe answer"}]
+# How chat templates name their switch for keeping the thoughts of earlier answers, and its value then.
+THINKING_SWITCHES = (("preserve_thinking", True), ("clear_thinking", False))
 
 
 class TokenizerTemplate(Template):
@@ -41,6 +43,9 @@ class TokenizerTemplate(Template):
     for Llama 3, `{"enable_thinking": False}` for Qwen3). `default_system` is used for samples
     without a system prompt. `tool_format` names the format generated tool calls are parsed
     with; by default it is recognised from the template's source (`default` when unknown).
+    `preserve_thinking=True` turns on the template's own switch for keeping the thoughts of
+    earlier answers (`preserve_thinking`, or GLM's `clear_thinking: false`); a template that drops
+    them with no such switch is refused (`keep_history_thoughts`).
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class TokenizerTemplate(Template):
         *,
         default_system: str = "",
         tool_format: str | None = None,
+        preserve_thinking: bool = False,
     ):
         if not getattr(tokenizer, "chat_template", None):
             raise LatheError(
@@ -62,6 +68,9 @@ class TokenizerTemplate(Template):
         guessed = next((fmt for marker, fmt in TOOL_FORMAT_MARKERS if marker in str(self.chat_template)), "default")
         self.tool_format = get_tool_format(tool_format or guessed)
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.preserve_thinking = preserve_thinking
+        if preserve_thinking:
+            self.chat_template_kwargs.update(self.keep_history_thoughts(tokenizer))
         self._stop_words = self._probe_stop_words(tokenizer)
         self._warned_no_end_token = False
         self._renders_tools: bool | None = None
@@ -76,7 +85,36 @@ class TokenizerTemplate(Template):
     def apply_to_tokenizer(self, tokenizer: Any) -> None:
         """Nothing to do: the tokenizer already carries the template this one renders with."""
 
-    def _render(self, tokenizer: Any, messages: Sequence[dict], system: str, tools: str) -> Rendering:
+    def keep_history_thoughts(self, tokenizer: Any) -> dict[str, Any]:
+        """The `apply_chat_template` arguments that keep the thoughts of earlier answers.
+
+        Templates spell the switch their own way; one that drops those thoughts (Qwen3's, R1's) with
+        no switch cannot do what `preserve_thinking` asks, so it is refused rather than ignored.
+        """
+        source = str(self.chat_template)
+        for switch, value in THINKING_SWITCHES:
+            if switch in source:
+                return {switch: value}
+        thought = "lathe probe thought"
+        probe = [_PROBE[0], {"role": "assistant", "content": f"<think>\n{thought}\n</think>\n\n{_PROBE[1]['content']}"},
+                 {"role": "user", "content": "lathe probe follow-up"}]
+        try:
+            kept = thought in tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True,
+                                                             **self.chat_template_kwargs)
+        except jinja2.TemplateError:
+            kept = False
+        if not kept:
+            raise LatheError(
+                f"`preserve_thinking: true`: the chat template of tokenizer `{_name(tokenizer)}` drops the thoughts "
+                "of earlier answers and has no switch to keep them. Set `template` to a registered reasoning "
+                "template (e.g. `qwen3`, `deepseekr1`), which keeps them with preserve_thinking, or drop "
+                "`preserve_thinking`."
+            )
+        return {}  # the template keeps them already
+
+    def _render(self, tokenizer: Any, messages: Sequence[dict], system: str, tools: str,
+                learn_history: bool = True) -> Rendering:
+        # The publisher's template decides how earlier answers look; learn_history changes nothing here.
         text = self._apply(tokenizer, messages, system, tools, add_generation_prompt=False)
         spans = self._find_answers(tokenizer, text, messages)
         # Nothing after the last answer's end-of-turn token is learned; cut it (see SlotTemplate).
