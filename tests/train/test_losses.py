@@ -160,7 +160,7 @@ def test_dpo_ipo_by_hand_and_minimum_at_half_inverse_beta():
 
 def test_unknown_loss_type_and_smoothing_out_of_range_are_refused():
     x = t(0.0)
-    with pytest.raises(LatheError, match="hinge, ipo, orpo, sigmoid, simpo"):
+    with pytest.raises(LatheError, match="hinge, ipo, kto_pair, orpo, sigmoid, simpo"):
         dpo_loss(x, x, x, x, beta=0.1, loss_type="robust")
     with pytest.raises(ValueError, match="label_smoothing"):
         sigmoid_loss(x, x, x, x, beta=0.1, label_smoothing=0.7)
@@ -177,7 +177,7 @@ def test_each_preference_loss_says_what_it_needs():
     """Which losses compare with a reference and which average per token: declared on the loss, nowhere else."""
     needs = {name: (loss.reference, loss.average) for name, loss in PREFERENCE_LOSSES.items()}
     assert needs == {"sigmoid": (True, False), "hinge": (True, False), "ipo": (True, True),
-                     "orpo": (False, True), "simpo": (False, True)}
+                     "orpo": (False, True), "simpo": (False, True), "kto_pair": (True, False)}
 
 
 # ----------------------------------------------------------------------------- ORPO / SimPO

@@ -129,17 +129,13 @@ class ModelArguments:
     )
     use_reentrant_gc: bool = opt(True, "Use the re-entrant variant of gradient checkpointing.")
     low_cpu_mem_usage: bool = opt(True, "Load weights without building a random-init copy first.")
-    adapter_folder: str | None = opt(None, "Folder whose sub-folders are adapters: each is merged into the model in name order, before adapter_name_or_path.")
+    adapter_folder: str | None = opt(None, "Sub-folder inside each adapter_name_or_path that holds the adapter files (peft's subfolder).")
     new_special_tokens_config: str | None = opt(
         None, "YAML file mapping each new special token to a description of it; the tokens are added to the tokenizer."
     )
     init_special_tokens: str = opt(
         "noise_init", "How the embeddings of added tokens start: noise_init (mean + noise), desc_init (mean of their "
         "description's tokens), desc_init_w_noise (that, plus noise).", ("noise_init", "desc_init", "desc_init_w_noise"),
-    )
-    mixture_of_depths: str | None = opt(
-        None, "Mixture-of-Depths: convert (turn the model into a MoD model before training) or load (a saved MoD model).",
-        ("convert", "load"),
     )
     moe_aux_loss_coef: float | None = opt(
         None, "MoE models: weight of the router's load-balancing loss added to the training loss.", rule=NOT_NEGATIVE
@@ -304,7 +300,7 @@ class FinetuningArguments:
     )
     ref_model_adapters: str | None = opt(None, "dpo/kto/ppo: comma list of LoRA adapters merged into ref_model.")
     ref_model_quantization_bit: int | None = opt(None, "dpo/kto/ppo: load ref_model in 4 or 8 bits (the run's quantization_method, bnb by default).")
-    pref_bco_weight: float = opt(0.0, "dpo: weight of an added BCO loss on the chosen answers (0: none).", rule=NOT_NEGATIVE)
+    pref_bco_weight: float = opt(0.0, "dpo: weight of the BCO term, mixed in as (loss + w x bco) / (1 + w); needs a loss with a reference model (0: none).", rule=NOT_NEGATIVE)
     ld_alpha: float | None = opt(
         None, "dpo: LD-DPO: weight of the tokens past the shorter answer's length in the log-probabilities, in [0, 1].",
         rule=Rule(lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
@@ -320,9 +316,9 @@ class FinetuningArguments:
     ppo_whiten_rewards: bool = opt(False, "ppo: whiten the per-token rewards before computing advantages.")
     compute_accuracy: bool = opt(False, "sft: report the token accuracy of the answers at evaluation.")
     use_dft_loss: bool = opt(False, "sft: Dynamic Fine-Tuning: each token's loss weighted by its (detached) probability.")
-    use_asft_loss: bool = opt(False, "sft: Anchored SFT: the DFT loss plus asft_alpha x KL to the reference model.")
+    use_asft_loss: bool = opt(False, "sft: Anchored SFT: the DFT loss plus asft_alpha x KL(reference || policy) per token.")
     asft_alpha: float = opt(0.1, "sft: weight of ASFT's KL term.", rule=NOT_NEGATIVE)
-    use_eaft_loss: bool = opt(False, "sft: Entropy-Aware FT: each token's loss weighted by the model's normalised entropy there.")
+    use_eaft_loss: bool = opt(False, "sft: Entropy-Aware FT: each token's loss weighted by (H/3)^eaft_alpha, H the entropy over its 20 likeliest tokens.")
     eaft_alpha: float = opt(1.0, "sft: exponent of EAFT's entropy weight.", rule=NOT_NEGATIVE)
     early_stopping_steps: int | None = opt(
         None, "Stop training when eval_loss has not improved for this many evaluations in a row.", rule=POSITIVE

@@ -17,7 +17,7 @@ from ..data.processors import FEEDBACK
 from ..registry import STAGES
 from .losses.logps import sequence_logps
 from .losses.preference import kto_loss
-from .reference import reference_logps, run_with_reference
+from .reference import check_reference_options, reference_logps, run_with_reference
 from .stage import Stage, StageResult
 from .trainers import MeanLossTrainer
 
@@ -62,4 +62,5 @@ def run_kto(cfg: "RunConfig") -> StageResult:
 
 KTO = STAGES.register(Stage(
     name="kto", help="answers labelled desirable or not", run=run_kto, processor=FEEDBACK,
+    check=check_reference_options,
 ))

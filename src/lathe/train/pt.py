@@ -26,5 +26,5 @@ def run_pt(cfg: "RunConfig") -> StageResult:
 
 PT = STAGES.register(Stage(
     name="pt", help="pre-training on plain text", run=run_pt, processor=PRETRAIN, packs_by_default=True,
-    perplexity=True,
+    perplexity=True, model_loss=True,
 ))

@@ -30,11 +30,12 @@ class Stage(Choice):
     - `packs_by_default`: `packing` unset means on (pre-training, where samples seeing each
       other is harmless);
     - `trainer`: it runs on the Hugging Face Trainer, so DeepSpeed and FSDP can shard it;
-    - `perplexity`: its samples are texts with learned tokens, which `lathe eval --ppl` scores.
+    - `perplexity`: its samples are texts with learned tokens, which `lathe eval --ppl` scores;
+    - `model_loss`: it trains on the loss the model returns, so what the model adds to it (an
+      MoE router's load-balancing loss) is trained too.
 
     `options` are the keys that apply to this stage alone and make no sense elsewhere: refused under
-    another stage when set away from their default. (The keys of dpo, kto and ppo are not listed:
-    LLaMA-Factory's configs and Board carry them under every stage, and lathe accepts that.)
+    another stage when set away from their default, as LLaMA Board writes every key at its default.
     """
 
     run: Callable[["RunConfig"], StageResult] = field(compare=False)
@@ -42,3 +43,4 @@ class Stage(Choice):
     packs_by_default: bool = False
     trainer: bool = True
     perplexity: bool = False
+    model_loss: bool = False

@@ -2,11 +2,12 @@
 
 Every function here takes tensors and numbers and returns tensors: no model, no Trainer,
 no config. That keeps each formula in one place, next to its paper, and lets the tests check
-it against numbers worked out by hand. The stage modules (dpo.py, kto.py, rm.py, ppo.py) run
-the forward passes and call these.
+it against numbers worked out by hand. The stage modules (sft.py, dpo.py, kto.py, rm.py, ppo.py)
+run the forward passes and call these.
 
 - `logps.py`: the log-probability of the learned tokens of each sequence (every stage that scores answers);
-- `preference.py`: DPO's `pref_loss` family (each loss a registered descriptor) and KTO;
+- `sft.py`: SFT's reweighted token losses (DFT, ASFT, EAFT), one `SFTLoss` per `use_<name>_loss` flag;
+- `preference.py`: DPO's `pref_loss` family (each loss a registered descriptor), BCO's add-on term and KTO;
 - `reward.py`: the reward model's pairwise loss;
 - `ppo.py`: PPO's advantages, clipped losses and KL controllers.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 def sequence_logps(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, ld_alpha: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of the label tokens' log-probabilities per sequence, and how many were scored.
 
@@ -17,6 +17,10 @@ def sequence_logps(
         num_tokens[b] = |{t : y_{b,t+1} != ignore}|
 
     A per-token average (IPO, SimPO, ORPO) is `sum_logps / num_tokens.clamp(min=1)`.
+
+    `ld_alpha` (LD-DPO; the batch is pairs, chosen rows then rejected rows): the sum weighs the
+    tokens past the shorter answer's length by `ld_alpha` (`ld_weights`); `num_tokens` stays the
+    full count.
 
     Memory: `log_softmax(logits)` would allocate a second `[B, T, V]` tensor (often the
     biggest one in the step, and in float32 when logits are bf16). Instead, log p(y) is taken
@@ -46,6 +50,28 @@ def sequence_logps(
         picked = row_logits.gather(-1, row_labels.unsqueeze(-1)).squeeze(-1)
         rows.append(picked - torch.logsumexp(row_logits, dim=-1))
     token_logps = torch.stack(rows) if rows else logits.new_zeros(labels.shape, dtype=torch.float32)
-    sum_logps = (token_logps * scored).sum(-1)
+    weights = scored.float() if ld_alpha is None else ld_weights(scored, ld_alpha)
+    sum_logps = (token_logps * weights).sum(-1)
     return sum_logps, scored.sum(-1)
+
+
+def ld_weights(scored: torch.Tensor, alpha: float) -> torch.Tensor:
+    """LD-DPO's token weights (Liu et al. 2024, arXiv:2409.06411), for a batch of pairs.
+
+    `scored` is `[2B, T]`, the learned-token mask of the chosen rows then the rejected rows.
+    For pair i, with l_i the smaller of its two answers' token counts, each answer's first l_i
+    learned tokens weigh 1 and the rest (the verbose tail of the longer answer) weigh `alpha`;
+    unlearned positions weigh 0. So `alpha = 1` is plain DPO and `alpha = 0` compares the
+    answers over equal lengths only. As LLaMA-Factory's `get_batch_logps(ld_alpha=...)`,
+    which counts the shared length from the first learned position (the same tokens for an
+    answer that is one run of tokens, as pairwise samples are).
+    """
+    if scored.shape[0] % 2:
+        raise ValueError(f"ld_weights expects chosen rows then rejected rows, got {scored.shape[0]} rows.")
+    counts = scored.sum(-1)
+    half = counts.shape[0] // 2
+    shared = torch.minimum(counts[:half], counts[half:]).repeat(2)
+    rank = scored.long().cumsum(-1)  # 1 for a row's first learned token, 2 for its second, ...
+    inside = rank <= shared.unsqueeze(-1)
+    return torch.where(inside, 1.0, float(alpha)).float() * scored
 

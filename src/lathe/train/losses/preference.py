@@ -7,7 +7,9 @@ loss on the chosen answer goes with it, which options are its own, and the pure 
 that computes it. Adding a loss is one descriptor (here, or in any module that registers
 it: docs/architecture.md has a worked example).
 
-KTO (unpaired good / bad answers) is its own stage; its loss is the last function here.
+BCO (`pref_bco_weight`) is not a `pref_loss` but a term mixed into one (`bco_loss`, with
+its running reward baseline `RunningMean`). KTO (unpaired good / bad answers) is its own
+stage; its loss is the last function here (`kto_pair` is KTO's formula on DPO's pairs).
 """
 
 from __future__ import annotations
@@ -133,6 +135,91 @@ def _ipo(chosen, rejected, ref_chosen, ref_rejected, args) -> PreferenceOutput:
 
 
 PREFERENCE_LOSSES.register(PreferenceLoss(name="ipo", help="IPO, on per-token averages", compute=_ipo, average=True))
+
+
+# --------------------------------------------------------------------------- kto_pair
+
+
+def kto_pair_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                  ref_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+    """KTO on pairs, as TRL's DPOTrainer had it (`loss_type="kto_pair"`, HALOs eq. 7; TRL removed it in
+    0.9 in favour of its KTOTrainer, which is lathe's `stage: kto`).
+
+    With r_c, r_r the chosen / rejected log-ratios to the reference (summed log-probs), each
+    side's reference point is the batch-mean log-ratio of the *other* side, floored at 0:
+
+        z_c = max(0, mean(r_c)),  z_r = max(0, mean(r_r))
+        chosen:    1 - sigmoid(beta * (r_c - z_r))
+        rejected:  1 - sigmoid(beta * (z_c - r_r))
+
+    TRL concatenates the two halves and averages all 2B terms; here pair i's loss is the mean
+    of its two terms, which has the same batch mean. As in TRL, z_c and z_r are not detached
+    (they carry gradient through the batch means).
+    """
+    chosen_ratio, rejected_ratio = policy_chosen - ref_chosen, policy_rejected - ref_rejected
+    chosen_kl = chosen_ratio.mean().clamp(min=0)
+    rejected_kl = rejected_ratio.mean().clamp(min=0)
+    chosen_losses = 1 - torch.sigmoid(beta * (chosen_ratio - rejected_kl))
+    rejected_losses = 1 - torch.sigmoid(beta * (chosen_kl - rejected_ratio))
+    return (chosen_losses + rejected_losses) / 2
+
+
+def _kto_pair(chosen, rejected, ref_chosen, ref_rejected, args) -> PreferenceOutput:
+    losses = kto_pair_loss(chosen, rejected, ref_chosen, ref_rejected, args.pref_beta)
+    return PreferenceOutput(losses, *_rewards(args.pref_beta, chosen - ref_chosen, rejected - ref_rejected))
+
+
+PREFERENCE_LOSSES.register(PreferenceLoss(name="kto_pair", help="KTO on pairs (TRL's kto_pair)", compute=_kto_pair))
+
+
+# --------------------------------------------------------------------------- BCO, added to a loss (pref_bco_weight)
+
+
+def bco_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float, baseline: torch.Tensor | float) -> torch.Tensor:
+    """BCO (Jung et al. 2024, arXiv:2404.04656): each answer classified as good or bad by its reward.
+
+    With rewards beta * r (r the log-ratio to the reference) and delta a running mean of the
+    rewards (`RunningMean`, no gradient):
+
+        losses = -log sigmoid(beta * r_c - delta) - log sigmoid(-(beta * r_r - delta))
+
+    The DPO stage mixes it in as LLaMA-Factory does (`pref_bco_weight` w):
+    `(loss + w * bco) / (1 + w)`.
+    """
+    delta = torch.as_tensor(baseline, dtype=policy_chosen.dtype, device=policy_chosen.device).detach()
+    chosen_rewards = beta * (policy_chosen - ref_chosen)
+    rejected_rewards = beta * (policy_rejected - ref_rejected)
+    return -F.logsigmoid(chosen_rewards - delta) - F.logsigmoid(-(rejected_rewards - delta))
+
+
+def mix_bco(losses: torch.Tensor, bco: torch.Tensor, weight: float) -> torch.Tensor:
+    """LLaMA-Factory's re-weighting of the preference loss and the BCO term: `(losses + w * bco) / (1 + w)`."""
+    return (losses + weight * bco) / (1 + weight)
+
+
+class RunningMean:
+    """BCO's reward baseline: the running mean of every value seen so far.
+
+    TRL's `RunningMoments` (count starting at 1e-24, so the first update sets the mean) reduced
+    to the mean, the only moment BCO reads. LLaMA-Factory feeds it one value per step and
+    process, the batch-mean reward; the caller gathers those across processes first.
+    """
+
+    def __init__(self) -> None:
+        self.mean = 0.0
+        self.count = 1e-24
+
+    @torch.no_grad()
+    def update(self, values: torch.Tensor) -> float:
+        """Fold `values` in; returns the new mean."""
+        values = values.detach().float().reshape(-1)
+        n = values.numel()
+        if n:
+            total = self.count + n
+            self.mean += (values.mean().item() - self.mean) * n / total
+            self.count = total
+        return self.mean
 
 
 # --------------------------------------------------------------------------- orpo and simpo: no reference model
