@@ -26,6 +26,9 @@ PENDING: dict[str, tuple[Any, str]] = {
                crop_to_patches=False, video_max_pixels=65536, video_min_pixels=256, video_fps=2.0, video_maxlen=128,
                use_audio_in_video=False, audio_sampling_rate=16000, media_dir=None, freeze_vision_tower=True,
                freeze_multi_modal_projector=True, freeze_language_model=False),
+    # LLaMA-Factory converts or loads with the mixture-of-depth package; see docs/methods.md.
+    **_feature("Mixture-of-Depths: its library, mixture-of-depth 1.2.0 (the last release), is written for transformers 4 "
+               "and fails on transformers 5 (its import and its decoder-layer calls)", mixture_of_depths=None),
     **_feature("re-downloading hub datasets is not supported yet (lathe reuses the datasets cache)", download_mode="reuse_dataset_if_exists"),
     **_feature("KTransformers backend: an inference engine for CPU/GPU hybrid MoE models, not a target of lathe",
                use_kt=False, kt_config=None, kt_cpu_activation=None, kt_weight_path=None, kt_non_expert_weight_path=None,

@@ -111,6 +111,8 @@ def _check_across_groups(cfg: "RunConfig") -> None:
         raise LatheError(f"{src}: `do_predict` needs `eval_dataset` (or `val_size` > 0) to predict on.")
     if (t.do_eval or t.eval_strategy != "no") and not (d.eval_dataset or d.val_size > 0):
         raise LatheError(f"{src}: evaluation needs `eval_dataset` or `val_size` > 0.")
+    if m.moe_aux_loss_coef is not None:
+        _check_router_loss(cfg)
     if d.eval_on_each_dataset:
         _check_eval_on_each_dataset(cfg)
     if d.eval_num_beams is not None and not (t.do_predict and t.predict_with_generate):
@@ -122,6 +124,19 @@ def _check_across_groups(cfg: "RunConfig") -> None:
         raise LatheError(f"{src}: batch size and gradient_accumulation_steps must be positive.")
     if t.bf16 and t.fp16:
         raise LatheError(f"{src}: set at most one of `bf16` and `fp16`.")
+
+
+def _check_router_loss(cfg: "RunConfig") -> None:
+    """An MoE router's loss is added to the loss the model returns; a loss computed from the logits drops it."""
+    src, stage = cfg.source, cfg.finetuning.stage
+    if not STAGES[stage].model_loss:
+        with_it = " or ".join(name for name, each in STAGES.items() if each.model_loss)
+        raise LatheError(f"{src}: `moe_aux_loss_coef` adds the router loss to the model's own loss, which `stage: {stage}` "
+                         f"does not train on (it computes its loss from the logits); use it with stage {with_it}, or remove it.")
+    own = [key for key in ("use_dft_loss", "use_asft_loss", "use_eaft_loss") if getattr(cfg.finetuning, key)]
+    if own:
+        raise LatheError(f"{src}: `moe_aux_loss_coef` adds the router loss to the model's own loss, and `{own[0]}` "
+                         f"replaces that loss with its own from the logits; use one of them.")
 
 
 def _check_eval_on_each_dataset(cfg: "RunConfig") -> None:

@@ -69,7 +69,7 @@ def load_inference_model(cfg: "RunConfig", before_merge=None):
 
     `before_merge(model)` may inspect the base model first (export refuses quantized ones).
     """
-    from ..model.adapters.lora import load_adapters
+    from ..model.adapters.lora import adapter_location, load_adapters
     from ..model.load import load_model
 
     tokenizer, template = load_inference_tokenizer(cfg)
@@ -78,7 +78,7 @@ def load_inference_model(cfg: "RunConfig", before_merge=None):
     if before_merge is not None and adapters:
         before_merge(model)
     if adapters:
-        model = load_adapters(model, adapters, trainable_last=False)
+        model = load_adapters(model, adapters, trainable_last=False, **adapter_location(cfg.model))
     model.config.use_cache = cfg.model.use_kv_cache
     return tokenizer, template, model.eval()
 

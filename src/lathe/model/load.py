@@ -18,7 +18,9 @@ import torch
 
 from ..errors import LatheError
 from ..hub import hub_reachable, offline_requested
-from .quantize import check_prequantized, quantization_config, quantize_loaded
+from . import special_tokens
+from .moe import configure_moe
+from .quantize import check_prequantized, prequantized_config, quantization_config, quantize_loaded
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -94,16 +96,15 @@ def load_tokenizer(m: "ModelArguments") -> "PreTrainedTokenizerBase":
 
 
 def add_config_tokens(tokenizer: "PreTrainedTokenizerBase", m: "ModelArguments") -> list[str]:
-    """Add the `add_tokens` / `add_special_tokens` of the config; returns the tokens new to the vocab."""
+    """Add the `add_tokens` / `add_special_tokens` (or `new_special_tokens_config`) tokens; returns those new to the vocab."""
     added: list[str] = []
     if m.add_tokens:
         new = [t.strip() for t in m.add_tokens.split(",") if t.strip()]
         if tokenizer.add_tokens(new):
             added += new
-    if m.add_special_tokens:
-        new = [t.strip() for t in m.add_special_tokens.split(",") if t.strip()]
-        if tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False):
-            added += new
+    new = special_tokens.special_tokens(m)
+    if new and tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False):
+        added += new
     return added
 
 
@@ -130,6 +131,22 @@ def resolve_attention(flash_attn: str) -> str | None:
         return "eager"
     if flash_attn == "sdpa":
         return "sdpa"
+    if flash_attn == "fa3":
+        from transformers.utils import is_flash_attn_3_available
+
+        if not is_flash_attn_3_available():
+            lacks = [what for what, ok in (
+                ("the flash-attn 3 package (flash_attn_interface, built from flash-attention's hopper/ folder)",
+                 importlib.util.find_spec("flash_attn_interface") is not None),
+                ("a Hopper GPU (H100/H800, compute capability 9.0)",
+                 torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0)),
+            ) if not ok]
+            raise LatheError(
+                f"`flash_attn: fa3` (FlashAttention 3) needs the flash-attn 3 package and a Hopper GPU; this machine "
+                f"lacks {' and '.join(lacks) or 'a flash-attn 3 build transformers accepts'}. Use `flash_attn: fa2` "
+                f"or `sdpa`."
+            )
+        return "flash_attention_3"
     has_fa2 = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
     if flash_attn == "fa2":
         if not has_fa2:
@@ -159,11 +176,17 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
     m = cfg.model
     config = load_model_config(m)
     apply_rope_scaling(config, m.rope_scaling, cfg.data.cutoff_len)
+    configure_moe(config, cfg)
     prequantized = check_prequantized(config, cfg)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(cfg), "low_cpu_mem_usage": m.low_cpu_mem_usage}
     quant = quantization_config(cfg, kwargs["dtype"])
     if quant is not None:
         kwargs["quantization_config"] = quant
+    dequantize = prequantized_config(prequantized, kwargs["dtype"])
+    if dequantize is not None:  # mxfp4 / fp8: plain tensors from here on
+        kwargs["quantization_config"] = dequantize
+        prequantized = None
+    kwargs.update(device_map_kwargs(cfg))
     attn = resolve_attention(m.flash_attn)
     if m.shift_attn and cfg.training.do_train:
         from .patches import shift_attn
@@ -182,6 +205,7 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
 
         model = load_unsloth(cfg, kwargs["dtype"])
         resize_embeddings(model, tokenizer)
+        special_tokens.initialize_rows(model, tokenizer, m, special_tokens.new_token_ids(tokenizer, m))
         return model
     if m.train_from_scratch:
         kwargs.pop("low_cpu_mem_usage")
@@ -199,9 +223,10 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
                 f"checkpoint to safetensors with a tool you trust, or use a safetensors checkpoint. ({e.__class__.__name__})"
             ) from None
     resize_embeddings(model, tokenizer)
+    special_tokens.initialize_rows(model, tokenizer, m, special_tokens.new_token_ids(tokenizer, m))
     if quant is not None:
         release_checkpoint_mapping(model)
-    quantized = quantize_loaded(model, cfg, kwargs["dtype"]) or quant is not None or prequantized
+    quantized = quantize_loaded(model, cfg, kwargs["dtype"]) or quant is not None or prequantized is not None
     if quantized and cfg.training.do_train:
         from peft import prepare_model_for_kbit_training
 
@@ -209,6 +234,32 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
         # checkpointing; the checkpointing itself is switched on by the stage as usual.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
+
+
+def device_map_kwargs(cfg: "RunConfig") -> dict[str, Any]:
+    """`quantization_device_map: auto`: accelerate spreads the weights over the GPUs, the CPU and `offload_folder`.
+
+    For inference and export only, as in LLaMA-Factory: a model split over devices cannot be
+    handed to the Trainer. `offload_folder` is where the layers that fit nowhere go; without
+    a device map nothing is offloaded, so setting it alone is refused rather than ignored.
+    """
+    m = cfg.model
+    if m.quantization_device_map is None:
+        if m.offload_folder != "offload":
+            raise LatheError(
+                f"`offload_folder: {m.offload_folder}` holds the weights a device map puts on disk; it needs "
+                f"`quantization_device_map: auto` (inference and export). Remove it, or set that too."
+            )
+        return {}
+    if cfg.training.do_train:
+        raise LatheError(
+            "`quantization_device_map: auto` spreads a model over devices for inference and export; training "
+            "cannot use it. Remove it from the training config (keep it in the chat / export config)."
+        )
+    if cfg.model.quantization_bit == 8 and cfg.model.quantization_method == "bnb":
+        raise LatheError("`quantization_device_map: auto` with bitsandbytes needs `quantization_bit: 4` "
+                         "(8-bit weights cannot be split over devices).")
+    return {"device_map": "auto", "offload_folder": m.offload_folder}
 
 
 def release_checkpoint_mapping(model: torch.nn.Module) -> int:

@@ -10,9 +10,15 @@ wraps it), or is refused with what to do.
   int4 (stored unpacked in int8 bytes by torchao 0.18, so it saves no memory over 8-bit).
 - hqq: 1, 2, 3, 4 or 8 bits, no calibration data, CPU and GPU.
 - eetq: 8-bit, CUDA kernels only.
+- quanto: optimum-quanto's int4 / int8 weights (QLinear, which peft wraps), CPU and GPU.
 
 Checkpoints that are already quantized (GPTQ, AWQ, AQLM, bnb, ...) need no option: their
-config.json carries a `quantization_config` that transformers reads, given the package.
+config.json carries a `quantization_config` that transformers reads, given the package. Two
+formats are loaded dequantized, as LLaMA-Factory does (`PREQUANTIZED`): MXFP4 (gpt-oss) and
+fine-grained FP8 (DeepSeek-V3, Qwen3-FP8, ...). Their kernels need recent GPUs (MXFP4: compute
+capability 7.5 and Triton; FP8: 8.9, Ada/Hopper), training cannot step low-bit weights, and
+transformers can turn both back into ordinary bf16/fp32 tensors on any device. Naming one of
+these formats in `quantization_method` asserts that the checkpoint is in it.
 """
 
 from __future__ import annotations
@@ -33,8 +39,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _installed(package: str) -> bool:
+    """find_spec on a dotted name imports its parent, which raises when the parent is missing."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def _need(package: str, method: str, pip: str | None = None) -> None:
-    if importlib.util.find_spec(package) is None:
+    if not _installed(package):
         raise LatheError(f"`quantization_method: {method}` needs the {package} package: pip install {pip or package}.")
 
 
@@ -88,6 +102,16 @@ def _eetq(cfg: "RunConfig", compute_dtype: torch.dtype):
     return EetqConfig("int8")
 
 
+def _quanto(cfg: "RunConfig", compute_dtype: torch.dtype):
+    """optimum-quanto through transformers: every linear layer but the head becomes a QLinear."""
+    from transformers import QuantoConfig
+
+    bits = cfg.model.quantization_bit
+    _need("optimum.quanto", "quanto", "optimum-quanto")
+    _bits("quanto", bits, (4, 8))
+    return QuantoConfig(weights=f"int{bits}")
+
+
 def _hqq(model: torch.nn.Module, cfg: "RunConfig", compute_dtype: torch.dtype) -> None:
     """Swap every linear layer but the output head for hqq's HQQLinear (group size 64)."""
     _need("hqq", "hqq")
@@ -120,6 +144,34 @@ QUANTIZERS: dict[str, Backend] = {
     "torchao": Backend(config=_torchao),
     "eetq": Backend(config=_eetq),
     "hqq": Backend(after_load=_hqq),
+    "quanto": Backend(config=_quanto),
+}
+
+
+@dataclass(frozen=True)
+class Prequantized:
+    """A checkpoint format lathe loads dequantized: `config()` is the transformers config that does it."""
+
+    config: Callable[[], Any]
+    hardware: str  # what its own kernels need, for the log
+
+
+def _mxfp4():
+    from transformers import Mxfp4Config
+
+    return Mxfp4Config(dequantize=True)
+
+
+def _fp8():
+    from transformers import FineGrainedFP8Config
+
+    return FineGrainedFP8Config(dequantize=True)
+
+
+# quant_method of the checkpoint's config.json -> how it loads.
+PREQUANTIZED: dict[str, Prequantized] = {
+    "mxfp4": Prequantized(_mxfp4, "a GPU of compute capability 7.5+ with Triton 3.4+"),
+    "fp8": Prequantized(_fp8, "a GPU of compute capability 8.9+ (Ada, Hopper)"),
 }
 
 
@@ -147,23 +199,41 @@ def quantize_loaded(model: torch.nn.Module, cfg: "RunConfig", compute_dtype: tor
     return True
 
 
-def check_prequantized(config, cfg: "RunConfig") -> str | None:
-    """The quant method of a checkpoint saved quantized (GPTQ, AWQ, bnb, ...), after checking the run fits it.
-
-    transformers reads the checkpoint's own `quantization_config`; lathe adds nothing on top:
-    quantizing again is refused, and so is training its low-bit weights directly.
-    """
+def checkpoint_quant_method(config) -> str | None:
+    """The `quant_method` of the checkpoint's own quantization_config (None: saved unquantized)."""
     quant = getattr(config, "quantization_config", None)
     if quant is None:
         return None
     method = quant.get("quant_method", "?") if isinstance(quant, dict) else getattr(quant, "quant_method", "?")
-    method = getattr(method, "value", method)
+    return str(getattr(method, "value", method))
+
+
+def check_prequantized(config, cfg: "RunConfig") -> str | None:
+    """The quant method of a checkpoint saved quantized (GPTQ, AWQ, bnb, ...), after checking the run fits it.
+
+    transformers reads the checkpoint's own `quantization_config`; lathe adds nothing on top:
+    quantizing again is refused, and so is training its low-bit weights directly. A
+    `quantization_method` that names a checkpoint format (gptq, awq, aqlm, mxfp4, fp8) must
+    match the checkpoint's.
+    """
     m, f = cfg.model, cfg.finetuning
+    method = checkpoint_quant_method(config)
+    if m.quantization_bit is None and m.quantization_method not in QUANTIZERS and m.quantization_method != method:
+        found = f"it is saved as {method}" if method else "its config.json has no quantization_config (it is not quantized)"
+        raise LatheError(
+            f"`quantization_method: {m.quantization_method}` loads checkpoints saved in that format, but "
+            f"{m.model_name_or_path} is not one: {found}. Remove `quantization_method`, or point "
+            f"`model_name_or_path` at a {m.quantization_method} checkpoint."
+        )
+    if method is None:
+        return None
     if m.quantization_bit is not None:
         raise LatheError(
             f"{m.model_name_or_path} is already quantized ({method}, from its config.json); remove "
             f"`quantization_bit`: it cannot be quantized a second time."
         )
+    if method in PREQUANTIZED:  # loads as ordinary tensors: any method trains it
+        return method
     if cfg.training.do_train and not METHODS[f.finetuning_type].quantized_base:
         fits = ", ".join(name for name, each in METHODS.items() if each.quantized_base)
         raise LatheError(
@@ -171,4 +241,14 @@ def check_prequantized(config, cfg: "RunConfig") -> str | None:
             f"use `finetuning_type` {fits}, or train the unquantized model."
         )
     logger.info("%s is pre-quantized (%s): transformers loads it with its own quantization config", m.model_name_or_path, method)
-    return str(method)
+    return method
+
+
+def prequantized_config(method: str | None, dtype: torch.dtype):
+    """The config that loads a `PREQUANTIZED` checkpoint dequantized to `dtype` (None for other checkpoints)."""
+    if method not in PREQUANTIZED:
+        return None
+    fmt = PREQUANTIZED[method]
+    logger.info("%s checkpoint: dequantized to %s while loading (its kernels need %s and cannot train)",
+                method, str(dtype).removeprefix("torch."), fmt.hardware)
+    return fmt.config()

@@ -54,6 +54,12 @@ ARCHS: dict[str, Arch] = {
     "gemma": Arch("GemmaConfig", {"tie_word_embeddings": True}),
     "gemma2": Arch("Gemma2Config", {"tie_word_embeddings": True}),
     "phi3": Arch("Phi3Config", {"original_max_position_embeddings": MAX_POSITIONS}),
+    # Mixture-of-experts families (router, load-balancing loss): 4 small experts, 2 per token.
+    "mixtral": Arch("MixtralConfig", {"sliding_window": None, "num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen2_moe": Arch("Qwen2MoeConfig", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
+                                         "shared_expert_intermediate_size": 64}),
+    "qwen3_moe": Arch("Qwen3MoeConfig", {"num_local_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64}),
+    "gpt_oss": Arch("GptOssConfig", {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 16}),
 }
 
 

@@ -28,21 +28,29 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
     return sorted(names - skip)
 
 
-def load_adapters(model, paths: list[str], trainable_last: bool):
+def load_adapters(model, paths: list[str], trainable_last: bool, subfolder: str | None = None,
+                  offload_folder: str | None = None):
     """Merge the adapters in order into `model`; the last stays a trainable adapter when asked.
 
     Merging (rather than stacking adapters) keeps one set of LoRA weights in training and
-    makes inference as fast as the base model.
+    makes inference as fast as the base model. `subfolder` (`adapter_folder`) is where, inside
+    each of `paths`, the adapter files are, as peft's `subfolder` (LLaMA-Factory's meaning);
+    `offload_folder` is where peft offloads adapter weights of a model spread by a device map.
     """
     from peft import PeftModel
 
     for i, path in enumerate(paths):
         folder = Path(path)
-        if not (folder / "adapter_config.json").exists():
-            raise LatheError(f"`adapter_name_or_path`: {folder} is not a LoRA adapter folder (no adapter_config.json).")
+        files = folder / subfolder if subfolder else folder
+        if not (files / "adapter_config.json").exists():
+            where = f"{folder} (adapter_folder {subfolder})" if subfolder else str(folder)
+            raise LatheError(f"`adapter_name_or_path`: {where} is not a LoRA adapter folder (no adapter_config.json in {files}).")
         last = i == len(paths) - 1
+        extra = {"subfolder": subfolder} if subfolder else {}
+        if offload_folder:
+            extra["offload_folder"] = offload_folder
         try:
-            model = PeftModel.from_pretrained(model, str(folder), is_trainable=last and trainable_last)
+            model = PeftModel.from_pretrained(model, str(folder), is_trainable=last and trainable_last, **extra)
         except (RuntimeError, ValueError) as e:  # a shape mismatch: the adapter was trained on another model
             raise LatheError(
                 f"`adapter_name_or_path`: {folder} does not fit this model ({str(e).splitlines()[0][:300]}). "
@@ -51,6 +59,12 @@ def load_adapters(model, paths: list[str], trainable_last: bool):
         if not (last and trainable_last):
             model = model.merge_and_unload()
     return model
+
+
+def adapter_location(m) -> dict[str, str | None]:
+    """`load_adapters` keywords from the model options: the adapter sub-folder and, with a device map, the offload folder."""
+    return {"subfolder": m.adapter_folder,
+            "offload_folder": m.offload_folder if m.quantization_device_map is not None else None}
 
 
 def _init(f) -> bool | str:
@@ -65,10 +79,11 @@ def apply_lora(model, cfg, new_token_rows: bool = False):
 
     f = cfg.finetuning
     adapters = split_names(cfg.model.adapter_name_or_path)
+    where = adapter_location(cfg.model)
     if adapters and not f.create_new_adapter:  # continue training the last adapter; the earlier ones are merged in
-        return load_adapters(model, adapters, trainable_last=True)
+        return load_adapters(model, adapters, trainable_last=True, **where)
     if adapters:  # create_new_adapter: merge them all, then a fresh adapter on top
-        model = load_adapters(model, adapters, trainable_last=False)
+        model = load_adapters(model, adapters, trainable_last=False, **where)
     targets = resolve_targets("lora_target", f.lora_target, linear_module_names(model))
     to_save = modules_to_save(model, f.additional_target, new_token_rows)
     if cfg.model.use_unsloth:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ...errors import LatheError
 from ...registry import METHODS
 from .common import resolve_targets, split_names
-from .lora import linear_module_names, load_adapters, modules_to_save
+from .lora import adapter_location, linear_module_names, load_adapters, modules_to_save
 from .method import Method
 
 
@@ -22,9 +22,9 @@ def apply_oft(model, cfg, new_token_rows: bool = False):
     f = cfg.finetuning
     adapters = split_names(cfg.model.adapter_name_or_path)
     if adapters and not f.create_new_adapter:
-        return load_adapters(model, adapters, trainable_last=True)
+        return load_adapters(model, adapters, trainable_last=True, **adapter_location(cfg.model))
     if adapters:
-        model = load_adapters(model, adapters, trainable_last=False)
+        model = load_adapters(model, adapters, trainable_last=False, **adapter_location(cfg.model))
     targets = resolve_targets("oft_target", f.oft_target, linear_module_names(model))
     to_save = modules_to_save(model, f.additional_target, new_token_rows)
     block = 0 if f.oft_rank else f.oft_block_size  # peft takes the number of blocks or their size, not both
