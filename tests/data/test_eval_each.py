@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from lathe.config import load_config
@@ -48,11 +51,15 @@ def test_sft_run_logs_a_loss_per_eval_dataset(sft_config):
     from lathe.train import run_stage
 
     cfg = load_config(sft_config(eval_dataset=EVALS, eval_on_each_dataset=True, do_eval=True, max_samples=8,
-                                 max_steps=2, per_device_eval_batch_size=4))
+                                 max_steps=2, per_device_eval_batch_size=4, eval_strategy="steps", eval_steps=1))
     metrics = run_stage(cfg).metrics
     losses = {k: v for k, v in metrics.items() if k.startswith("eval_") and k.endswith("_loss")}
     assert set(losses) == {"eval_lathe_identity_loss", "eval_lathe_numbers_loss"}
     assert losses["eval_lathe_identity_loss"] != losses["eval_lathe_numbers_loss"]
+    # the evaluations during training reach trainer_log.jsonl (the Board's curves), one record per dataset and step
+    records = [json.loads(line) for line in (Path(cfg.training.output_dir) / "trainer_log.jsonl").read_text().splitlines()]
+    logged = {(r["current_steps"], k) for r in records for k in r if k.startswith("eval_") and k.endswith("_loss")}
+    assert {(1, "eval_lathe_identity_loss"), (1, "eval_lathe_numbers_loss"), (2, "eval_lathe_numbers_loss")} <= logged
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -41,7 +41,8 @@ ALIASES: dict[str, str] = {
     "gradient_checkpointing": "activation_checkpointing",
 }
 
-SECRET_KEYS = frozenset({"hf_hub_token", TOKEN_KEY, "ms_hub_token", "om_hub_token", "swanlab_api_key", "swanlab_lark_secret"})
+SECRET_KEYS = frozenset({"hf_hub_token", TOKEN_KEY, "ms_hub_token", "om_hub_token", "swanlab_api_key", "swanlab_lark_secret",
+                         "swanlab_lark_webhook_url"})  # the webhook URL carries its token
 
 
 @dataclass(frozen=True)

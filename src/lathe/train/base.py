@@ -107,7 +107,40 @@ def run_arguments(cfg: "RunConfig"):
         # token is exact there (the non-padding count would miss eos tokens that double as pad).
         packed = packing_enabled(cfg) or cfg.data.padding_free
         changes["include_num_input_tokens_seen"] = "all" if packed else "non_padding"
+    if cfg.finetuning.early_stopping_steps is not None and cfg.training.metric_for_best_model is None:
+        changes["metric_for_best_model"] = "eval_loss"  # what early stopping watches (lower is better)
+    report_to = list(cfg.training.report_to or [])
+    if cfg.finetuning.use_swanlab and "swanlab" in report_to:
+        # use_swanlab adds SwanLab's own callback, set from the swanlab_* options; transformers' would log twice
+        changes["report_to"] = [name for name in report_to if name != "swanlab"] or ["none"]
     return editable_copy(cfg.training, **changes)
+
+
+def check_run_callbacks(cfg: "RunConfig") -> None:
+    """Options carried out by Trainer callbacks: refused before any work when they cannot act."""
+    from ..registry import STAGES
+    from .callbacks import check_early_stopping
+    from .profiler import check_profiler
+    from .tracking import check_tracking
+
+    if not STAGES[cfg.finetuning.stage].trainer:
+        for group, key in (("finetuning", "early_stopping_steps"), ("finetuning", "use_swanlab"),
+                           ("run", "enable_torch_profiler")):
+            if getattr(getattr(cfg, group), key) not in (None, False):
+                raise LatheError(f"{cfg.source}: `{key}` works through the Hugging Face Trainer's callbacks; "
+                                 f"`stage: {cfg.finetuning.stage}` runs its own loop: remove `{key}`.")
+    check_early_stopping(cfg)
+    check_profiler(cfg)
+    check_tracking(cfg)
+
+
+def log_param_status(model) -> None:
+    """`print_param_status`: every parameter's name, shape, dtype, device and whether it trains (main process)."""
+    if not is_main_process():
+        return
+    for name, param in model.named_parameters():
+        logger.info("param %s: shape %s, dtype %s, device %s, trainable %s",
+                    name, tuple(param.shape), str(param.dtype).removeprefix("torch."), param.device, param.requires_grad)
 
 
 def setup_run(cfg: "RunConfig") -> RunSetup:
@@ -121,18 +154,23 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     from ..model.load import add_config_tokens, enable_gradient_checkpointing, load_model, load_tokenizer
     from ..model.memory import gradient_checkpointing_wanted
 
+    check_run_callbacks(cfg)
     args = run_arguments(cfg)
     resume = prepare_output_dir(cfg)
     tokenizer = load_tokenizer(cfg.model)
     template = run_template(cfg, tokenizer)
     added = template.fix_tokenizer(tokenizer) + add_config_tokens(tokenizer, cfg.model)
-    with args.main_process_first(desc="preprocessing"):  # others then read the cache
+    # Others then read the cache: with a file system all machines share, only the global main
+    # process writes it (local=False); otherwise each machine's own main process does.
+    with args.main_process_first(desc="preprocessing", local=not cfg.data.data_shared_file_system):
         data = get_dataset(cfg, tokenizer, template)
     save_run_config(cfg)
     model = load_model(cfg, tokenizer)
     if cfg.training.do_train and gradient_checkpointing_wanted(cfg, model):
         enable_gradient_checkpointing(model, cfg.model.use_reentrant_gc)
     model = apply_method(model, cfg, new_token_rows=bool(added) or cfg.model.resize_vocab)
+    if cfg.model.print_param_status:
+        log_param_status(model)
     return RunSetup(args, resume, tokenizer, template, data, model)
 
 
@@ -146,9 +184,11 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, eval
     """
     from ..config.engines import requested_engine
     from ..distributed import ShardingCallback
-    from .callbacks import JsonlLogCallback
+    from .callbacks import JsonlLogCallback, early_stopping_callbacks
     from .checkpoints import check_writable, checkpoint_bytes
     from .optim import optimizer_setup
+    from .profiler import profiler_callbacks
+    from .tracking import add_config_reporter, swanlab_callbacks
     from .trainers import LatheTrainer
 
     if not issubclass(trainer_cls, LatheTrainer):  # its checkpoints must be atomic, as every stage's are
@@ -168,9 +208,11 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, eval
         eval_dataset=run.data.eval,
         data_collator=collator,
         processing_class=run.tokenizer,
-        callbacks=[JsonlLogCallback(), ShardingCallback(requested_engine(cfg))],
+        callbacks=[JsonlLogCallback(), ShardingCallback(requested_engine(cfg)), *early_stopping_callbacks(cfg),
+                   *profiler_callbacks(cfg, model), *swanlab_callbacks(cfg)],
         **trainer_kwargs,
     )
+    add_config_reporter(trainer, cfg)  # after the trackers' callbacks, which start their runs first
     metrics = train_and_save(trainer, cfg, run.resume, eval_perplexity)
     log_streamed_report(run.data)
     return trainer, metrics
@@ -196,6 +238,7 @@ def train_and_save(trainer: "Trainer", cfg: "RunConfig", resume: str | None, eva
     metrics: dict[str, Any] = {}
     t = cfg.training
     if t.do_train:
+        from .callbacks import LatheEarlyStoppingCallback
         from .checkpoints import disk_full_error, is_disk_full
 
         try:
@@ -206,6 +249,9 @@ def train_and_save(trainer: "Trainer", cfg: "RunConfig", resume: str | None, eva
                 raise disk_full_error(Path(t.output_dir)) from e
             raise
         train_metrics = dict(result.metrics)
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, LatheEarlyStoppingCallback):
+                train_metrics.update(callback.stop_summary())
         tokens = trainer.state.num_input_tokens_seen or 0
         if cfg.finetuning.include_effective_tokens_per_second and train_metrics.get("train_runtime"):
             train_metrics["effective_tokens_per_sec"] = round(tokens / train_metrics["train_runtime"], 2)
@@ -218,8 +264,9 @@ def train_and_save(trainer: "Trainer", cfg: "RunConfig", resume: str | None, eva
                 logger.info("Wrote %s", path)
     if t.do_eval:
         eval_metrics = trainer.evaluate(metric_key_prefix="eval")
-        if eval_perplexity and "eval_loss" in eval_metrics:
-            eval_metrics["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 700.0))
+        if eval_perplexity:  # eval_loss, or eval_<name>_loss per dataset with eval_on_each_dataset
+            for key in [k for k in eval_metrics if k.startswith("eval_") and k.endswith("_loss")]:
+                eval_metrics[key[:-len("loss")] + "perplexity"] = math.exp(min(eval_metrics[key], 700.0))
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)

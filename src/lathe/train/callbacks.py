@@ -1,12 +1,17 @@
-"""Training callbacks: the machine-readable log that the CLI, the Board and plots read."""
+"""Training callbacks: the machine-readable log that the CLI, the Board and plots read; early stopping that says why."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import EarlyStoppingCallback, TrainerCallback
+
+from ..errors import LatheError
+
+logger = logging.getLogger(__name__)
 
 LOG_FILE = "trainer_log.jsonl"
 
@@ -53,7 +58,8 @@ class JsonlLogCallback(TrainerCallback):
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or not ({"loss", "eval_loss"} & set(logs)):
+        evaluated = any(k.startswith("eval_") and k.endswith("_loss") for k in logs or {})  # eval_<name>_loss too
+        if not state.is_world_process_zero or not logs or not ("loss" in logs or evaluated):
             return  # the end-of-training summary is in train_results.json instead
         elapsed = time.time() - self.start
         done = state.global_step - self.start_step
@@ -76,3 +82,73 @@ class JsonlLogCallback(TrainerCallback):
         record.update({k: v for k, v in logs.items() if k not in ("loss", "eval_loss", "learning_rate", "epoch")
                        and isinstance(v, (int, float))})
         append_log_record(args.output_dir, {k: v for k, v in record.items() if v is not None})
+
+
+def check_early_stopping(cfg) -> None:
+    """`early_stopping_steps` counts evaluations during training: without them it could never act."""
+    f, t = cfg.finetuning, cfg.training
+    if f.early_stopping_steps is None:
+        return
+    if t.eval_strategy == "no":  # a str enum: equal to its value
+        raise LatheError(
+            f"{cfg.source}: `early_stopping_steps` stops on evaluations made during training, and this run makes "
+            f"none: set `eval_strategy: steps` (with `eval_steps`) or `epoch`, with `eval_dataset` or `val_size`."
+        )
+    if cfg.data.eval_on_each_dataset and t.metric_for_best_model is None:
+        raise LatheError(
+            f"{cfg.source}: with `eval_on_each_dataset: true` there is no overall eval_loss for `early_stopping_steps` "
+            f"to watch: set `metric_for_best_model: eval_<dataset>_loss` to name the one it follows."
+        )
+
+
+class LatheEarlyStoppingCallback(EarlyStoppingCallback):
+    """transformers' early stopping, which also says why it stopped.
+
+    It watches `metric_for_best_model` (lathe sets eval_loss when the config names none):
+    after `early_stopping_patience` evaluations in a row without improvement it ends training,
+    logs the step, the count and the best value, and records them in its state
+    (trainer_state.json, under stateful_callbacks) and, through `stop_summary`, in the final metrics.
+    """
+
+    def __init__(self, early_stopping_patience: int = 1, early_stopping_threshold: float | None = 0.0,
+                 best_value: float | None = None, best_step: int | None = None, stopped_at: int | None = None):
+        super().__init__(early_stopping_patience, early_stopping_threshold)
+        self.best_value = best_value
+        self.best_step = best_step
+        self.stopped_at = stopped_at
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        super().on_evaluate(args, state, control, metrics, **kwargs)
+        name = args.metric_for_best_model
+        name = name if name.startswith("eval_") else f"eval_{name}"
+        value = metrics.get(name)
+        if value is None:
+            return
+        if self.early_stopping_patience_counter == 0:  # improved (or first): the parent reset its count
+            self.best_value, self.best_step = float(value), state.global_step
+        if control.should_training_stop and self.stopped_at is None \
+                and self.early_stopping_patience_counter >= self.early_stopping_patience:
+            self.stopped_at = state.global_step
+            if state.is_world_process_zero:
+                logger.info("Stopped early at step %d: %s has not improved for %d evaluations (best %.6g at step %s)",
+                            self.stopped_at, name, self.early_stopping_patience_counter, self.best_value, self.best_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        state.stateful_callbacks[type(self).__name__] = self.state()  # the final trainer_state.json says it too
+
+    def stop_summary(self) -> dict:
+        """The final metrics' record of an early stop (empty when training ran to its end)."""
+        if self.stopped_at is None:
+            return {}
+        return {"early_stopped_at_step": self.stopped_at, "early_stopping_best_step": self.best_step,
+                "early_stopping_best_metric": self.best_value}
+
+    def state(self) -> dict:
+        out = super().state()
+        out["attributes"].update(best_value=self.best_value, best_step=self.best_step, stopped_at=self.stopped_at)
+        return out
+
+
+def early_stopping_callbacks(cfg) -> list[TrainerCallback]:
+    steps = cfg.finetuning.early_stopping_steps
+    return [LatheEarlyStoppingCallback(early_stopping_patience=steps)] if steps is not None else []
