@@ -196,3 +196,22 @@ def test_deepspeed_without_a_launcher_is_refused(tmp_path, tiny_llama, monkeypat
     monkeypatch.setenv("FORCE_TORCHRUN", "0")
     with pytest.raises(LatheError, match="FORCE_TORCHRUN=0"):
         should_launch(requested_engine(cfg))
+
+
+@pytest.mark.parametrize("template, grows", [("chatml", False), ("llama3", True)])
+def test_zero3_in_bf16_resizes_only_when_tokens_were_added(base_config, tmp_path, template, grows):
+    """Under ZeRO-3 the local embedding table is empty: lathe reads its rows from DeepSpeed's shape,
+    and a real resize keeps the weights' dtype (transformers builds it in the placeholder's fp32,
+    which DeepSpeed refuses next to bf16 weights)."""
+    config = base_config(finetuning_type="full", deepspeed=str(Z3), bf16=True, template=template, max_steps=1)
+    proc = lathe_train(config, processes=1, force=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert ("Resized the embeddings" in proc.stderr) == grows
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
+        rows = f.get_slice("model.embed_tokens.weight").get_shape()[0]
+        assert f.get_slice("model.embed_tokens.weight").get_dtype() == "BF16"
+    from transformers import AutoTokenizer
+
+    assert rows == len(AutoTokenizer.from_pretrained(tmp_path / "out"))

@@ -312,12 +312,25 @@ def resize_embeddings(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerB
     New rows start at the mean of the old ones (a neutral start that keeps the first losses
     sane), so a template's added special token never indexes past the embedding table.
     """
-    current = model.get_input_embeddings().weight.shape[0]
+    weight = model.get_input_embeddings().weight
+    current = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 partitioned: the local shape is empty
     if len(tokenizer) <= current:
         return False
+    partition_dtype = getattr(weight, "ds_tensor", weight).dtype
     model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=None, mean_resizing=True)
+    _keep_partition_dtype(model, partition_dtype)
     logger.info("Resized the embeddings from %d to %d rows for the added tokens.", current, len(tokenizer))
     return True
+
+
+def _keep_partition_dtype(model: "PreTrainedModel", dtype) -> None:
+    """ZeRO-3: transformers builds the resized tables, unpartitioned, in the dtype of the partitioned
+    placeholder (fp32), not of the weights, and DeepSpeed then refuses a model of mixed dtypes; cast them back."""
+    for embeddings in (model.get_input_embeddings(), model.get_output_embeddings()):
+        weight = getattr(embeddings, "weight", None)
+        data = getattr(weight, "ds_tensor", weight)
+        if data is not None and data.dtype != dtype:
+            data.data = data.data.to(dtype)
 
 
 def enable_gradient_checkpointing(model: "PreTrainedModel", use_reentrant: bool) -> None:

@@ -65,6 +65,10 @@ def after_method(model: torch.nn.Module, cfg) -> None:
                 p.data = p.data.to(torch.bfloat16)
         logger.info("pure_bf16: weights, gradients and optimizer states in bf16 (no fp32 master copy)")
         return
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        return  # ZeRO-3 keeps the fp32 master copy itself, and its partitions must share one dtype
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()  # optimizer updates in half precision lose small steps
