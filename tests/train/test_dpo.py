@@ -73,6 +73,25 @@ def test_full_finetuning_keeps_a_frozen_reference(sft_config, pairwise_dir):
     assert changed  # the policy moved away from the frozen reference
 
 
+@pytest.mark.parametrize("stage, dataset", [("dpo", "lathe_pairs"), ("kto", "lathe_feedback")])
+def test_a_separate_reference_is_placed_where_the_policy_runs(sft_config, monkeypatch, stage, dataset):
+    """The Trainer moves only the policy to the device; the reference copy must follow it (on a GPU
+    it would otherwise stay on the CPU). Here on the CPU: the accelerator is asked to place it."""
+    from accelerate import Accelerator
+
+    placed, real = [], Accelerator.prepare_model
+
+    def spy(self, model, *args, evaluation_mode=False, **kwargs):
+        if evaluation_mode:
+            placed.append(model)
+        return real(self, model, *args, evaluation_mode=evaluation_mode, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "prepare_model", spy)
+    cfg = load_config(sft_config(stage=stage, dataset=dataset, max_steps=1, finetuning_type="full"))
+    result = run_stage(cfg)
+    assert placed and placed[0] is result.extras["ref_model"]
+
+
 def test_dpo_on_shared_demo_data(sft_config):
     data_dir = shared_path("data")
     cfg = load_config(sft_config(stage="dpo", dataset="dpo_en_demo", dataset_dir=str(data_dir), max_samples=8,

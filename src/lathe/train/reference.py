@@ -153,6 +153,22 @@ def build_reference(cfg: "RunConfig", model, tokenizer, needed: bool = True):
     return ref
 
 
+def place_reference(accelerator, ref):
+    """A separate reference model (dpo, kto, ASFT), put where the policy runs (as TRL and LLaMA-Factory place theirs):
+    sharded for inference under DeepSpeed / FSDP, else on the device; quantized weights are placed already."""
+    if getattr(ref, "is_loaded_in_8bit", False) or getattr(ref, "is_loaded_in_4bit", False):
+        return ref
+    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+        from trl.models.utils import prepare_deepspeed
+
+        return prepare_deepspeed(ref, accelerator)
+    if getattr(accelerator.state, "fsdp_plugin", None) is not None:
+        from trl.models.utils import prepare_fsdp
+
+        return prepare_fsdp(ref, accelerator)
+    return accelerator.prepare_model(ref, evaluation_mode=True)
+
+
 @contextlib.contextmanager
 def reference_of(model, ref):
     """Yield the module that computes reference log-probs: `ref`, or `model` with its adapter off."""

@@ -23,6 +23,7 @@ from ..registry import STAGES
 from .base import build_and_train, setup_run
 from .learned_logits import LearnedLogitsMixin, model_inputs, next_token_targets
 from .losses.sft import SFT_LOSSES, SFTLoss, chosen_sft_losses
+from .reference import place_reference
 from .stage import Stage, StageResult
 from .trainers import LatheTrainer, StoredMetricsMixin
 
@@ -131,22 +132,6 @@ def label_pad_id(cfg: "RunConfig", tokenizer) -> int:
     """What pads the labels: ignored by the loss (-100), or, as LLaMA-Factory with
     `ignore_pad_token_for_loss: false`, the pad token itself, which is then learned."""
     return IGNORE_INDEX if cfg.data.ignore_pad_token_for_loss else tokenizer.pad_token_id
-
-
-def place_reference(accelerator, ref):
-    """ASFT's separate reference model, put where the policy runs (as TRL and LLaMA-Factory place theirs):
-    sharded for inference under DeepSpeed / FSDP, else on the device; quantized weights are placed already."""
-    if getattr(ref, "is_loaded_in_8bit", False) or getattr(ref, "is_loaded_in_4bit", False):
-        return ref
-    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
-        from trl.models.utils import prepare_deepspeed
-
-        return prepare_deepspeed(ref, accelerator)
-    if getattr(accelerator.state, "fsdp_plugin", None) is not None:
-        from trl.models.utils import prepare_fsdp
-
-        return prepare_fsdp(ref, accelerator)
-    return accelerator.prepare_model(ref, evaluation_mode=True)
 
 
 def _predict(trainer, run, cfg: "RunConfig") -> dict:

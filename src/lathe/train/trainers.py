@@ -13,6 +13,7 @@ import torch
 from transformers import Trainer
 
 from .checkpoints import AtomicCheckpoints
+from .reference import place_reference
 
 
 class LatheTrainer(AtomicCheckpoints, Trainer):
@@ -57,5 +58,6 @@ class MeanLossTrainer(StoredMetricsMixin, LatheTrainer):
     def __init__(self, *args, finetuning=None, ref_model=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.finetuning = finetuning
-        self.ref_model = ref_model
+        # A separate reference goes where the policy runs (the Trainer moves only the policy)
+        self.ref_model = place_reference(self.accelerator, ref_model) if ref_model is not None else None
         self.model_accepts_loss_kwargs = False
