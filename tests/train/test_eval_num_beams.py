@@ -10,12 +10,17 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lathe.config import load_config
-from lathe.errors import LatheError
 from lathe.data.loader import get_dataset
 from lathe.data.sample import IGNORE_INDEX
 from lathe.data.templates import resolve_template
+from lathe.errors import LatheError
 from lathe.model.load import load_tokenizer
-from lathe.train.predict import PREDICTIONS_FILE, predict, predict_generation_kwargs, split_prompt_answer
+from lathe.train.predict import (
+    PREDICTIONS_FILE,
+    predict,
+    predict_generation_kwargs,
+    split_prompt_answer,
+)
 
 
 @pytest.fixture(autouse=True)

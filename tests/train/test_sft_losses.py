@@ -15,9 +15,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq
 from lathe.config import load_config
 from lathe.errors import LatheError
 from lathe.train import run_stage
-from lathe.train.learned_logits import learned_positions, model_inputs, next_token_targets
-from lathe.train.losses.sft import asft_loss, dft_loss, eaft_loss, top_k_entropy
 from lathe.train import sft as sft_module
+from lathe.train.learned_logits import (
+    learned_positions,
+    model_inputs,
+    next_token_targets,
+)
+from lathe.train.losses.sft import asft_loss, dft_loss, eaft_loss, top_k_entropy
 from lathe.train.sft import label_pad_id, padding_free
 
 LN2, LN3 = math.log(2), math.log(3)

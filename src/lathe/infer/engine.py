@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 
 from ..errors import LatheError
-from ..registry import INFER_BACKENDS, Choice
 from ..model.adapters.common import split_names
 from ..model.generation import generation_kwargs, stop_token_ids
+from ..registry import INFER_BACKENDS, Choice
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -274,7 +274,11 @@ class HuggingFaceEngine(BaseEngine):
         Closing the generator early (a client that went away) stops the generation too, so
         the next request does not wait for an answer nobody reads.
         """
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import (
+            StoppingCriteria,
+            StoppingCriteriaList,
+            TextIteratorStreamer,
+        )
 
         ids = self.encode(messages, system, tools)
         self._check_length(len(ids))

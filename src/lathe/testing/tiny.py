@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lathe.errors import LatheError, did_you_mean, lookup
 from lathe.build_cache import build_once, default_cache_root, hash_files, short_hash
+from lathe.errors import LatheError, did_you_mean, lookup
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -15,7 +15,6 @@ from ..sample import IGNORE_INDEX
 from ..templates.tokenize import SpanTokens
 
 
-
 def first_learned(labels: list[int]) -> int:
     """Index of the first learned token: where the prompt of an encoded sample ends."""
     return next((i for i, t in enumerate(labels) if t != IGNORE_INDEX), len(labels))

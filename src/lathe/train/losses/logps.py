@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+
 def sequence_logps(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, ld_alpha: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
