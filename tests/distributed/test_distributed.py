@@ -98,3 +98,13 @@ def test_more_processes_than_gpus_is_refused_before_launch(monkeypatch):
     monkeypatch.setenv("NPROC_PER_NODE", "2")
     with pytest.raises(LatheError, match="NPROC_PER_NODE=2 but only 1 GPU"):
         torchrun_command(["x.yaml"])
+
+
+def test_a_worker_refusing_its_config_ends_in_its_message_not_the_launchers_traceback(ddp_config, tmp_path):
+    """The data is read in the workers: a missing dataset is their LatheError, which torchrun used to
+    follow with a ChildFailedError traceback of its own."""
+    proc = train(ddp_config, "dataset=no_such_set", f"output_dir={tmp_path / 'out'}", processes=2)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "lathe train: error: Dataset 'no_such_set' is not in" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("[lathe] worker process rank ")

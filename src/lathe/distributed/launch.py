@@ -77,7 +77,8 @@ def torchrun_command(train_args: list[str]) -> list[str]:
         raise LatheError(f"NODE_RANK={node_rank} must be below NNODES={nnodes}.")
     addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
     port = _int_env("MASTER_PORT", 0) or _free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    # torch.distributed.run itself, with a worker's failure reported in one line (torchrun.py)
+    cmd = [sys.executable, "-m", "lathe.distributed.torchrun", "--nproc_per_node", str(nproc)]
     if os.environ.get("RDZV_ID"):
         low, high = _int_env("MIN_NNODES", nnodes), _int_env("MAX_NNODES", nnodes)
         cmd += ["--nnodes", f"{low}:{high}", "--rdzv_id", os.environ["RDZV_ID"], "--rdzv_backend", "c10d",
@@ -90,5 +91,5 @@ def torchrun_command(train_args: list[str]) -> list[str]:
 
 def launch(train_args: list[str]) -> int:
     cmd = torchrun_command(train_args)
-    print("[lathe] launching: " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
+    print("[lathe] launching: torch.distributed.run " + " ".join(cmd[3:]), file=sys.stderr, flush=True)
     return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}).returncode
