@@ -51,17 +51,24 @@ def cmd_train(args: list[str]) -> int:
     path, overrides = _split_config_args(args)
     cfg = _config(path, overrides)  # checked here, before any process is spawned
     from .config.engines import requested_engine
+    from .distributed import ray
     from .distributed.launch import launch, should_launch
 
+    if ray.ray_requested(cfg):  # USE_RAY=1: Ray Train starts the workers, each runs train_here
+        return ray.launch(cfg, train_here)
     if should_launch(requested_engine(cfg)):
         return launch(args)
-    from .train import run_stage
+    return train_here(cfg)
 
+
+def train_here(cfg) -> int:
+    """Train in this process: alone, or as one rank that torchrun or Ray started."""
     from .process import is_main_process
+    from .train import run_stage
 
     metrics = run_stage(cfg).metrics
     if "train_loss" in metrics and is_main_process():  # one line per run, not per rank
-        print(f"[lathe] done: train_loss {metrics['train_loss']:.4f}; results in {cfg.training.output_dir}")
+        print(f"[lathe] done: train_loss {metrics['train_loss']:.4f}; results in {cfg.training.output_dir}", flush=True)
     return 0
 
 

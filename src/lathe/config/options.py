@@ -420,7 +420,7 @@ class RunArguments:
         None, "USE_RAY=1: resources of each worker, e.g. {GPU: 1} (default: one GPU where there are GPUs, else one CPU)."
     )
     placement_strategy: str = opt("PACK", "USE_RAY=1: how workers are placed on the cluster's nodes.", ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"))
-    ray_storage_path: str | None = opt(None, "USE_RAY=1: where Ray Train keeps its run records (default: output_dir/ray).")
+    ray_storage_path: str | None = opt(None, "USE_RAY=1: where Ray Train keeps its run records (default: Ray's own, ~/ray_results).")
     ray_storage_filesystem: str | None = opt(None, "USE_RAY=1: a pyarrow file system for ray_storage_path: s3 or gs (default: local).", ("s3", "gs", "gcs"))
     ray_init_kwargs: dict | str | None = opt(
         None, "USE_RAY=1: arguments of ray.init, e.g. {address: auto} to join a running cluster (default: start a local one)."

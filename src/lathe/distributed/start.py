@@ -17,6 +17,7 @@ from ..config.engines import requested_engine
 from ..config.training import on_cpu_only
 from ..errors import LatheError
 from ..process import inside_launcher
+from .ray import check_options as check_ray_options
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -32,7 +33,9 @@ def extension_cache() -> Path:
 
 
 def check_launch(cfg: "RunConfig") -> None:
-    """At training time: DeepSpeed and FSDP need one process per device, started by a launcher."""
+    """At training time: DeepSpeed and FSDP need one process per device, started by a launcher;
+    Ray's options need USE_RAY=1 (also for runs started in-process, not through `lathe train`)."""
+    check_ray_options(cfg)
     engine = requested_engine(cfg)
     if engine != "ddp" and not inside_launcher():
         raise LatheError(
