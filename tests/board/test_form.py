@@ -27,6 +27,13 @@ COMPANIONS = {
     "quantization_bit": {"quantization_bit": 4},
     "export_quantization_bit": {"export_quantization_bit": 4},
     "rope_scaling": {"rope_scaling": "linear"},
+    "eval_on_each_dataset": {"eval_dataset": "lathe_identity"},
+    "eval_num_beams": {"do_predict": True, "predict_with_generate": True, "eval_dataset": "lathe_identity"},
+    "ref_model": {"stage": "dpo"},
+    "pref_bco_weight": {"stage": "dpo"},
+    "ld_alpha": {"stage": "dpo"},
+    "asft_alpha": {"use_asft_loss": True},
+    "eaft_alpha": {"use_eaft_loss": True},
 }
 METHODS = ({}, {"finetuning_type": "freeze"}, {"finetuning_type": "full"}, {"finetuning_type": "oft"})
 
