@@ -312,7 +312,7 @@ class FinetuningArguments:
     ppo_epochs: int = opt(4, "ppo: optimisation passes over each batch of rollouts.", rule=POSITIVE)
     ppo_buffer_size: int = opt(1, "ppo: mini-batches of rollouts collected before each optimisation phase.", rule=POSITIVE)
     ppo_target: float = opt(6.0, "ppo: target KL to the reference of the adaptive KL controller.")
-    ppo_score_norm: bool = opt(False, "ppo: normalise the reward scores of each batch to mean 0, std 1.")
+    ppo_score_norm: bool = opt(False, "ppo: normalise the reward scores with the running mean and std of all scores so far (TRL's score norm).")
     ppo_whiten_rewards: bool = opt(False, "ppo: whiten the per-token rewards before computing advantages.")
     compute_accuracy: bool = opt(False, "sft: report the token accuracy of the answers at evaluation.")
     use_dft_loss: bool = opt(False, "sft: Dynamic Fine-Tuning: each token's loss weighted by its (detached) probability.")

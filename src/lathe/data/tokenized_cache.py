@@ -72,10 +72,12 @@ def template_fingerprint(template) -> str:
     return Hasher.hash(template)
 
 
+# preprocessing_batch_size is here since packing while tokenizing (pt) packs within each batch:
+# the batch size decides where the short blocks fall.
 DATA_KEYS = (
     "cutoff_len", "max_samples", "train_on_prompt", "mask_history", "default_system", "mix_strategy",
     "interleave_probs", "packing", "neat_packing", "enable_thinking", "tool_format",
-    "preserve_thinking",
+    "preserve_thinking", "preprocessing_batch_size",
 )
 
 

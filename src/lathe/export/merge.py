@@ -7,6 +7,7 @@ trained. Merging into a quantized base is refused: the low-bit weights cannot ho
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 from pathlib import Path
@@ -58,15 +59,45 @@ def check_hub_push() -> None:
                          "drop `export_hub_model_id` and upload export_dir later with `hf upload`.")
 
 
+def calibration_samples(cfg: "RunConfig", tokenizer) -> list[dict[str, list[list[int]]]]:
+    """The first `export_quantization_nsamples` non-empty lines of the dataset file, tokenized and cut
+    to `export_quantization_maxlen` tokens.
+
+    Handed to GPTQ already tokenized (optimum then skips its own tokenization): given plain
+    strings it would tokenize each whole line, whatever `model_seqlen` says, so the length
+    limit would not hold. Lists, not tensors, since the config is saved as JSON.
+    """
+    e = cfg.export
+    lines = [x for x in Path(e.export_quantization_dataset).read_text(encoding="utf-8").splitlines() if x.strip()]
+    samples = []
+    for line in lines[: e.export_quantization_nsamples]:
+        ids = tokenizer(line, add_special_tokens=True)["input_ids"][: e.export_quantization_maxlen]
+        samples.append({"input_ids": [ids], "attention_mask": [[1] * len(ids)]})
+    if len(samples) < e.export_quantization_nsamples:
+        logger.warning("export_quantization_nsamples is %d, but %s has %d non-empty lines: GPTQ calibrates on %d.",
+                       e.export_quantization_nsamples, e.export_quantization_dataset, len(lines), len(samples))
+    return samples
+
+
 def gptq_config(cfg: "RunConfig", tokenizer):
-    """GPTQ through transformers/optimum, calibrated on the first nsamples lines of the dataset file."""
+    """GPTQ through transformers/optimum, calibrated on `calibration_samples`."""
     from transformers import GPTQConfig
 
     e = cfg.export
-    lines = [x for x in Path(e.export_quantization_dataset).read_text(encoding="utf-8").splitlines() if x.strip()]
-    samples = [x[: e.export_quantization_maxlen * 8] for x in lines[: e.export_quantization_nsamples]]
-    return GPTQConfig(bits=e.export_quantization_bit, dataset=samples, tokenizer=tokenizer,
+    return GPTQConfig(bits=e.export_quantization_bit, dataset=calibration_samples(cfg, tokenizer), tokenizer=tokenizer,
                       model_seqlen=e.export_quantization_maxlen)
+
+
+def merge_placement(cfg: "RunConfig") -> "RunConfig":
+    """`export_device`: where the model is loaded and the adapters merged, as in LLaMA-Factory.
+
+    `cpu` (the default) loads on the CPU, as a plain `from_pretrained` does; `auto` loads with
+    accelerate's device map (the GPUs first, then the CPU and `offload_folder`), which merges
+    faster when the model fits a GPU. An explicit `quantization_device_map` is left as set.
+    """
+    if cfg.export.export_device != "auto" or cfg.model.quantization_device_map is not None:
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, quantization_device_map="auto"))
 
 
 def run_export(cfg: "RunConfig") -> Path:
@@ -87,9 +118,9 @@ def run_export(cfg: "RunConfig") -> Path:
         check_gptq(cfg)  # before the slow part
     if e.export_hub_model_id:
         check_hub_push()
-    tokenizer, template, model = load_inference_model(cfg, before_merge=check_not_quantized)
+    tokenizer, template, model = load_inference_model(merge_placement(cfg), before_merge=check_not_quantized)
     if e.export_device == "cpu":
-        model = model.to("cpu")
+        model = model.to("cpu")  # a no-op unless something placed it elsewhere (unsloth, quantization_device_map)
     out.mkdir(parents=True, exist_ok=True)
     model.config.use_cache = True
     model.save_pretrained(out, max_shard_size=f"{e.export_size}GB")

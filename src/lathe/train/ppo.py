@@ -36,6 +36,7 @@ from .base import log_streamed_report, setup_run
 from .callbacks import LOG_FILE, append_log_record, fmt_seconds
 from .losses.ppo import (
     AdaptiveKLController,
+    RunningMoments,
     gae_advantages,
     kl_penalty_rewards,
     masked_mean,
@@ -111,6 +112,7 @@ class PPORunner:
             num_training_steps=updates,
         )
         self.kl_ctl = AdaptiveKLController(INIT_KL, cfg.finetuning.ppo_target, horizon=10_000)
+        self.score_moments = RunningMoments()
         self.stop_ids = stop_token_ids(self.tokenizer, self.template)
         self.generator = torch.Generator().manual_seed(t.seed)
         gen = cfg.generating
@@ -140,8 +142,9 @@ class PPORunner:
         scored_ids, scored_attn = right_padded(output, full_attn, self.tokenizer.pad_token_id)
         scores = self.reward(scored_ids, scored_attn, texts_p, texts_r).float().cpu()
         raw_scores = scores.clone()
-        if self.cfg.finetuning.ppo_score_norm and len(scores) > 1:
-            scores = (scores - scores.mean()) / (scores.std() + 1e-8)
+        if self.cfg.finetuning.ppo_score_norm:  # with the statistics of every batch so far, as TRL
+            self.score_moments.update(scores)
+            scores = self.score_moments.normalize(scores)
         rewards = kl_penalty_rewards(scores, logprobs, ref_logprobs, mask, self.kl_ctl.value)
         if self.cfg.finetuning.ppo_whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)

@@ -95,7 +95,7 @@ def _wandb(config: dict, callbacks: list) -> None:
 def _trackio(config: dict, callbacks: list) -> None:
     import trackio
 
-    trackio.config.update(config, allow_val_change=True)
+    trackio.config.update(config)  # its wandb-like config takes no allow_val_change (it would store it as a key)
 
 
 def _mlflow(config: dict, callbacks: list) -> None:

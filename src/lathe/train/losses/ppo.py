@@ -207,3 +207,43 @@ class AdaptiveKLController:
     def update(self, current_kl: float, n_steps: int) -> None:
         error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
+
+
+class RunningMoments:
+    """Mean and unbiased standard deviation of every score seen so far, merged one batch at a time.
+
+    `ppo_score_norm` normalises each batch's reward scores with these running statistics, as
+    LLaMA-Factory does through TRL's PPO (`use_score_scaling` + `use_score_norm`): a batch
+    that happens to be all good answers keeps its high scores instead of being centred on 0.
+    Batches merge by the parallel-variance rule (Chan et al. 1979), for a batch of n values
+    with mean m and population variance v:
+
+        delta = m - mean,  total = count + n
+        mean  += delta * n / total
+        var    = (var * count + v * n + delta^2 * count * n / total) / total      (population)
+        std    = sqrt(var * total / (total - 1))                                  (unbiased)
+    """
+
+    def __init__(self) -> None:
+        self.mean, self.var, self.count = 0.0, 0.0, 0
+
+    @property
+    def std(self) -> float:
+        return (self.var * self.count / (self.count - 1)) ** 0.5 if self.count > 1 else 0.0
+
+    def update(self, xs: torch.Tensor) -> None:
+        n = xs.numel()
+        if n == 0:
+            return
+        batch_mean, batch_var = xs.double().mean().item(), xs.double().var(unbiased=False).item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.mean += delta * n / total
+        self.count = total
+
+    def normalize(self, xs: torch.Tensor) -> torch.Tensor:
+        """`xs` to the running mean 0 / std 1; unchanged until two scores have been seen."""
+        if self.count < 2:
+            return xs
+        return (xs - self.mean) / (self.std + 1e-8)
