@@ -109,6 +109,8 @@ def test_memory_efficient_full_optimizers(sft_config, extra, kind, monkeypatch):
     ({"use_muon": True, "use_adam_mini": True, "finetuning_type": "full"}, "use one"),
     ({"use_muon": True}, "lora"),
     ({"use_badam": True, "finetuning_type": "full", "badam_mode": "ratio"}, "max_grad_norm"),
+    ({"use_badam": True, "finetuning_type": "full", "badam_mode": "ratio", "max_grad_norm": 0,
+      "badam_switch_mode": "descending"}, "badam_switch_mode"),
     ({"use_galore": True, "galore_layerwise": True, "finetuning_type": "full", "gradient_accumulation_steps": 2}, "gradient_accumulation_steps"),
 ])
 def test_optimizer_refusals(sft_config, extra, needle):

@@ -164,6 +164,14 @@ class ModelArguments:
                 self.quantization_bit not in (1, 2, 3, 4, 8) or self.quantization_bit < 4 and self.quantization_method != "hqq"):
             raise LatheError(f"{source}: `quantization_bit` must be 4 or 8 (1, 2 and 3 with `quantization_method: hqq`), "
                              f"got {self.quantization_bit}.")
+        # transformers 5 dropped these switches without a word (use_fast: the class is picked from the
+        # files; low_cpu_mem_usage: always on); passing them on would parse the option and ignore it
+        if not self.use_fast_tokenizer:
+            raise LatheError(f"{source}: `use_fast_tokenizer: false`: transformers 5 ignores a request for the slow "
+                             f"(Python) tokenizer and loads the fast (Rust) one wherever the model has it; remove it.")
+        if not self.low_cpu_mem_usage:
+            raise LatheError(f"{source}: `low_cpu_mem_usage: false`: transformers 5 always loads the weights without "
+                             f"building a random-init copy first and has no other way; remove it.")
         if self.use_unsloth_gc and not self.use_unsloth:
             raise LatheError(f"{source}: `use_unsloth_gc` is unsloth's offloaded gradient checkpointing; it needs `use_unsloth: true`.")
         if self.use_unsloth:

@@ -92,6 +92,13 @@ def _check_across_groups(cfg: "RunConfig") -> None:
             f"{src}: `quantization_bit` needs {_methods_where('quantized_base')} (QLoRA): quantized weights cannot be "
             f"trained in full; this run uses `{f.finetuning_type}`."
         )
+    bnb_4bit = m.quantization_method == "bnb" and 4 in (m.quantization_bit, f.ref_model_quantization_bit,
+                                                          f.reward_model_quantization_bit)
+    bnb_only = [k for k, default in (("quantization_type", "nf4"), ("double_quantization", True)) if getattr(m, k) != default]
+    if bnb_only and not bnb_4bit:
+        raise LatheError(f"{src}: `{bnb_only[0]}` shapes bitsandbytes' 4-bit weights, and this run loads none "
+                         f"(`quantization_method: bnb` with `quantization_bit: 4`, or a reference / reward model in 4 bits); "
+                         f"remove it.")
     if m.use_unsloth and not method.unsloth:
         raise LatheError(f"{src}: `use_unsloth` builds {_methods_where('unsloth')} (QLoRA 4-bit at most); this run "
                          f"uses `{f.finetuning_type}`: drop `use_unsloth` or change finetuning_type.")

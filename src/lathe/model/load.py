@@ -85,7 +85,6 @@ def load_tokenizer(m: "ModelArguments") -> "PreTrainedTokenizerBase":
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             m.model_name_or_path,
-            use_fast=m.use_fast_tokenizer,
             split_special_tokens=m.split_special_tokens,
             padding_side="right",
             **_hub_kwargs(m),
@@ -178,7 +177,7 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
     apply_rope_scaling(config, m.rope_scaling, cfg.data.cutoff_len)
     configure_moe(config, cfg)
     prequantized = check_prequantized(config, cfg)
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(cfg), "low_cpu_mem_usage": m.low_cpu_mem_usage}
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(cfg)}
     quant = quantization_config(cfg, kwargs["dtype"])
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -208,7 +207,6 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
         special_tokens.initialize_rows(model, tokenizer, m, special_tokens.new_token_ids(tokenizer, m))
         return model
     if m.train_from_scratch:
-        kwargs.pop("low_cpu_mem_usage")
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code, **kwargs)
         logger.info("train_from_scratch: random weights from the config of %s", m.model_name_or_path)
     else:

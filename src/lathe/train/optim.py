@@ -156,12 +156,11 @@ def badam_optimizer(model: torch.nn.Module, cfg: "RunConfig", args) -> torch.opt
     from badam import BlockOptimizer
 
     from ..model.adapters.common import decoder_layers
+    from ..model.patches import apply
 
     f, t = cfg.finetuning, args
     if f.badam_mode == "ratio":
         from badam import BlockOptimizerRatio
-
-        from ..model.patches import apply
 
         apply("sparse_grad_norm")
 
@@ -171,13 +170,18 @@ def badam_optimizer(model: torch.nn.Module, cfg: "RunConfig", args) -> torch.opt
             param_groups=[{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": t.weight_decay}],
             named_parameters_list=list(model.named_parameters()), update_ratio=f.badam_update_ratio,
             switch_every=f.badam_switch_interval, mask_mode=f.badam_mask_mode, lr=t.learning_rate,
-            betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, verbose=f.badam_verbose, include_embedding=False,
+            betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, include_embedding=False,
         )
+
     prefix, layers = decoder_layers(model)
+    if f.badam_start_block is not None and not 0 <= f.badam_start_block < len(layers):
+        raise LatheError(f"`badam_start_block: {f.badam_start_block}`: BAdam's blocks are this model's {len(layers)} "
+                         f"layers, numbered 0 to {len(layers) - 1}.")
     base = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
         eps=t.adam_epsilon, weight_decay=t.weight_decay,
     )
+    apply("badam_verbose")  # 0: quiet, 1: each switch's block, 2: also the parameters it trains
     return BlockOptimizer(
         base_optimizer=base,
         named_parameters_list=list(model.named_parameters()),
@@ -267,9 +271,15 @@ def _layerwise_check(name: str):
 
 
 def _badam_check(cfg: "RunConfig") -> None:
-    if cfg.finetuning.badam_mode == "ratio" and cfg.training.max_grad_norm:
+    f = cfg.finetuning
+    if f.badam_mode == "ratio" and cfg.training.max_grad_norm:
         raise LatheError(f"{cfg.source}: BAdam ratio mode keeps sparse gradients, which cannot be norm-clipped: "
                          f"set `max_grad_norm: 0`.")
+    layer_only = [key for key, unset in (("badam_start_block", None), ("badam_verbose", 0), ("badam_switch_mode", "ascending"))
+                  if getattr(f, key) not in (unset, None)]
+    if f.badam_mode == "ratio" and layer_only:
+        raise LatheError(f"{cfg.source}: `{layer_only[0]}` is about BAdam's blocks of layers (`badam_mode: layer`); ratio "
+                         f"mode trains a share of every matrix and has no blocks: remove it or use `badam_mode: layer`.")
 
 
 def _adam_mini_check(cfg: "RunConfig") -> None:

@@ -57,3 +57,16 @@ def resolve_targets(key: str, value: str | None, available: list[str], allow_all
         raise LatheError(f"`{key}`: {', '.join(missing)} not found in this model; choose from: "
                          f"{', '.join(available)}" + (" (or `all`)." if allow_all else "."))
     return wanted
+
+
+def check_no_additional_target(cfg, instead: str | None = None) -> None:
+    """`additional_target` is peft's `modules_to_save`, trained in full beside an adapter (lora, oft).
+
+    It is shared by the adapter methods, so it cannot be one method's own option; the methods
+    without an adapter refuse it here rather than ignore it (`instead`: their own option for it).
+    """
+    f = cfg.finetuning
+    if f.additional_target:
+        raise LatheError(f"{cfg.source}: `additional_target` trains modules beside a LoRA or OFT adapter; "
+                         f"`finetuning_type: {f.finetuning_type}` has none. Remove it"
+                         + (f", or name the modules in `{instead}`." if instead else "."))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from ...errors import LatheError
 from ...registry import METHODS
-from .common import decoder_layers, embedding_module_names, layer_index, resolve_targets, split_names
+from .common import (check_no_additional_target, decoder_layers, embedding_module_names, layer_index, resolve_targets,
+                     split_names)
 from .method import Method
 
 
@@ -53,6 +54,7 @@ def apply_freeze(model, cfg, new_token_rows: bool = False):
 
 def _check(cfg) -> None:
     f = cfg.finetuning
+    check_no_additional_target(cfg, instead="freeze_extra_modules")
     if f.use_llama_pro and f.freeze_trainable_layers <= 0:
         raise LatheError(f"{cfg.source}: `use_llama_pro` needs `freeze_trainable_layers` = the number of blocks added (> 0).")
 

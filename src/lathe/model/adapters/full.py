@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...registry import METHODS
+from .common import check_no_additional_target
 from .method import Method
 
 
@@ -13,5 +14,6 @@ def apply_full(model, cfg, new_token_rows: bool = False):
 
 
 FULL = METHODS.register(Method(
-    name="full", help="every parameter", apply=apply_full, planned_trainable=lambda shape, f: shape.total,
+    name="full", help="every parameter", apply=apply_full, check=check_no_additional_target,
+    planned_trainable=lambda shape, f: shape.total,
 ))

@@ -28,6 +28,16 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
     return sorted(names - skip)
 
 
+def lora_targets(model: torch.nn.Module, value: str) -> list[str]:
+    """The modules `lora_target` names: `all` is every linear layer but the output head; a list may also
+    name the embeddings or the head (peft gives an embedding `lora_embedding_A/B`, which LoRA+ trains at
+    `loraplus_lr_embedding`), as LLaMA-Factory passes the names to peft as they are."""
+    linears = linear_module_names(model)
+    if split_names(value) == ["all"]:
+        return linears
+    return resolve_targets("lora_target", value, linears + embedding_module_names(model))
+
+
 def load_adapters(model, paths: list[str], trainable_last: bool, subfolder: str | None = None,
                   offload_folder: str | None = None):
     """Merge the adapters in order into `model`; the last stays a trainable adapter when asked.
@@ -84,7 +94,7 @@ def apply_lora(model, cfg, new_token_rows: bool = False):
         return load_adapters(model, adapters, trainable_last=True, **where)
     if adapters:  # create_new_adapter: merge them all, then a fresh adapter on top
         model = load_adapters(model, adapters, trainable_last=False, **where)
-    targets = resolve_targets("lora_target", f.lora_target, linear_module_names(model))
+    targets = lora_targets(model, f.lora_target)
     to_save = modules_to_save(model, f.additional_target, new_token_rows)
     if cfg.model.use_unsloth:
         from ..unsloth import add_lora
@@ -199,7 +209,7 @@ LORA = METHODS.register(Method(
     name="lora", help="low-rank adapters", apply=apply_lora, check=_check, adapter=True, quantized_base=True,
     unsloth=True, after_save=convert_pissa, planned_trainable=planned_lora_params,
     options=("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora", "loraplus_lr_ratio",
-             "loraplus_lr_embedding", "pissa_init", "pissa_iter", "create_new_adapter", "loftq_init", "pissa_convert",
-             "additional_target"),
+             "loraplus_lr_embedding", "pissa_init", "pissa_iter", "create_new_adapter", "loftq_init", "pissa_convert"),
+    # `additional_target` is shared with OFT: full and freeze refuse it in their checks
     trainer_defaults={"ddp_find_unused_parameters": False},  # frozen base weights get no gradient
 ))

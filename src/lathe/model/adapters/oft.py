@@ -22,7 +22,7 @@ def apply_oft(model, cfg, new_token_rows: bool = False):
     f = cfg.finetuning
     adapters = split_names(cfg.model.adapter_name_or_path)
     if adapters and not f.create_new_adapter:
-        return load_adapters(model, adapters, trainable_last=True, **adapter_location(cfg.model))
+        return with_module_dropout(load_adapters(model, adapters, trainable_last=True, **adapter_location(cfg.model)))
     if adapters:
         model = load_adapters(model, adapters, trainable_last=False, **adapter_location(cfg.model))
     targets = resolve_targets("oft_target", f.oft_target, linear_module_names(model))
@@ -37,7 +37,19 @@ def apply_oft(model, cfg, new_token_rows: bool = False):
         task_type="CAUSAL_LM", r=f.oft_rank, oft_block_size=block, target_modules=targets,
         module_dropout=f.module_dropout, modules_to_save=to_save or None,
     )
-    return get_peft_model(model, config)
+    return with_module_dropout(get_peft_model(model, config))
+
+
+def with_module_dropout(model):
+    """The model with its OFT layers' `module_dropout` in force: peft builds that dropout and never applies it."""
+    from peft.tuners.oft.layer import MultiplicativeDropoutLayer
+
+    from ..patches import apply
+    from ..patches.oft_module_dropout import link
+
+    if any(isinstance(m, MultiplicativeDropoutLayer) for m in model.modules()) and apply("oft_module_dropout"):
+        link(model)
+    return model
 
 
 def _check(cfg) -> None:

@@ -1,9 +1,10 @@
 """Fixes to third-party code, in one place: each keyed by library and version range, applied at one logged point.
 
-A patch is needed only where a library we rely on fails on a setup it could serve (here: CPU
-machines). Each entry names the library, the versions known to need it and why; `apply(name)`
-installs it once and logs that it did, and does nothing (logging why) outside those versions,
-so an upgrade that fixes the library retires the patch instead of silently fighting it.
+A patch is needed only where a library we rely on fails on a setup it could serve (CPU
+machines) or drops a setting it accepts (OFT's module_dropout, BAdam's verbose). Each entry
+names the library, the versions known to need it and why; `apply(name)` installs it once and
+logs that it did, and does nothing (logging why) outside those versions, so an upgrade that
+fixes the library retires the patch instead of silently fighting it.
 
 Registrations through a library's own extension points (shift_attn's attention function) are
 not patches and live beside them as plain modules.
@@ -46,6 +47,16 @@ PATCHES["sparse_grad_norm"] = Patch(
     "transformers", ">=5.0,<5.99",
     "the Trainer takes the norm of every step's gradients for its log; torch cannot take it of sparse ones",
     lambda: __import__(f"{__name__}.sparse_grad_norm", fromlist=["install"]).install(),
+)
+PATCHES["oft_module_dropout"] = Patch(
+    "peft", ">=0.21,<0.23",
+    "OFT builds each layer's `module_dropout` layer but its forward never applies it",
+    lambda: __import__(f"{__name__}.oft_module_dropout", fromlist=["install"]).install(),
+)
+PATCHES["badam_verbose"] = Patch(
+    "badam", ">=1.4,<1.5",
+    "BAdam's BlockOptimizer switches blocks at verbosity 1 whatever `verbose` it was given",
+    lambda: __import__(f"{__name__}.badam_verbose", fromlist=["install"]).install(),
 )
 _applied: set[str] = set()
 
