@@ -9,23 +9,14 @@ import pytest
 
 from lathe.config import load_config
 from lathe.data.loader import get_dataset
-from lathe.data.templates import resolve_template
 from lathe.errors import LatheError
-from lathe.model.load import load_tokenizer
+from tests.data.test_loader import private_cache, setup  # noqa: F401 (private_cache: an autouse fixture)
 
 EVALS = "lathe_identity,lathe_numbers"
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-
-
 def bundle(cfg):
-    tokenizer = load_tokenizer(cfg.model)
-    template = resolve_template(cfg.data.template, tokenizer)
-    template.fix_tokenizer(tokenizer)
-    return get_dataset(cfg, tokenizer, template)
+    return get_dataset(cfg, *setup(cfg))
 
 
 def test_loader_returns_one_eval_set_per_name(sft_config):

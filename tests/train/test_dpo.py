@@ -26,8 +26,13 @@ PAIRS = [
 
 @pytest.fixture
 def pairwise_dir(tmp_path) -> Path:
+    return write_pairs(tmp_path, PAIRS)
+
+
+def write_pairs(tmp_path: Path, pairs: list[tuple[str, str, str]]) -> Path:
+    """A dataset folder with `pairs` (prompt, chosen, rejected) registered as the ranking dataset `pairs`."""
     rows = [{"conversations": [{"from": "human", "value": q}],
-             "chosen": {"from": "gpt", "value": c}, "rejected": {"from": "gpt", "value": r}} for q, c, r in PAIRS]
+             "chosen": {"from": "gpt", "value": c}, "rejected": {"from": "gpt", "value": r}} for q, c, r in pairs]
     folder = tmp_path / "pairs"
     folder.mkdir()
     (folder / "pairs.json").write_text(json.dumps(rows))

@@ -15,6 +15,7 @@ from lathe.errors import LatheError
 from lathe.train import run_stage
 from lathe.train.losses.logps import ld_weights, sequence_logps
 from lathe.train.losses.preference import RunningMean, bco_loss, kto_pair_loss, mix_bco
+from tests.train.test_dpo import write_pairs
 
 
 def sigmoid(x: float) -> float:
@@ -88,15 +89,7 @@ PAIRS = [
 
 @pytest.fixture
 def pairs_dir(tmp_path) -> Path:
-    rows = [{"conversations": [{"from": "human", "value": q}],
-             "chosen": {"from": "gpt", "value": c}, "rejected": {"from": "gpt", "value": r}} for q, c, r in PAIRS]
-    folder = tmp_path / "pairs"
-    folder.mkdir()
-    (folder / "pairs.json").write_text(json.dumps(rows))
-    (folder / "dataset_info.json").write_text(json.dumps({"pairs": {
-        "file_name": "pairs.json", "formatting": "sharegpt", "ranking": True,
-        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}}}))
-    return folder
+    return write_pairs(tmp_path, PAIRS)
 
 
 def dpo_lines(sft_config, pairs_dir, name, **overrides) -> list[dict]:
