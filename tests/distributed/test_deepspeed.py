@@ -198,12 +198,13 @@ def test_deepspeed_without_a_launcher_is_refused(tmp_path, tiny_llama, monkeypat
         should_launch(requested_engine(cfg))
 
 
-@pytest.mark.parametrize("template, grows", [("chatml", False), ("llama3", True)])
-def test_zero3_in_bf16_resizes_only_when_tokens_were_added(base_config, tmp_path, template, grows):
+@pytest.mark.parametrize("template, extra, grows", [("chatml", {}, False), ("llama3", {}, True),
+                                                    ("chatml", {"add_special_tokens": "<tool_x>"}, True)])
+def test_zero3_in_bf16_resizes_only_when_tokens_were_added(base_config, tmp_path, template, extra, grows):
     """Under ZeRO-3 the local embedding table is empty: lathe reads its rows from DeepSpeed's shape,
     and a real resize keeps the weights' dtype (transformers builds it in the placeholder's fp32,
-    which DeepSpeed refuses next to bf16 weights)."""
-    config = base_config(finetuning_type="full", deepspeed=str(Z3), bf16=True, template=template, max_steps=1)
+    which DeepSpeed refuses next to bf16 weights); the config's new tokens get their rows set."""
+    config = base_config(finetuning_type="full", deepspeed=str(Z3), bf16=True, template=template, max_steps=1, **extra)
     proc = lathe_train(config, processes=1, force=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert ("Resized the embeddings" in proc.stderr) == grows

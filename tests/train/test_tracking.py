@@ -71,6 +71,9 @@ def test_tracked_config_drops_secrets(sft_config):
     config = tracked_config(cfg)
     assert SECRET not in str(config) and "hook/abc" not in str(config)
     assert config["swanlab_project"] == "llamafactory" and config["template"] == "chatml"
+    # options whose names merely contain "token" are no secrets: the dashboard's config must repeat the run
+    for kept in ("max_new_tokens", "add_tokens", "tokenized_path", "ignore_pad_token_for_loss"):
+        assert kept in config
 
 
 def test_missing_swanlab_is_named(sft_config, monkeypatch):

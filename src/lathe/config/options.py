@@ -172,6 +172,20 @@ class ModelArguments:
         if not self.low_cpu_mem_usage:
             raise LatheError(f"{source}: `low_cpu_mem_usage: false`: transformers 5 always loads the weights without "
                              f"building a random-init copy first and has no other way; remove it.")
+        if self.new_special_tokens_config is not None and self.add_special_tokens:
+            raise LatheError(f"{source}: `new_special_tokens_config` lists the special tokens to add (with their "
+                             f"descriptions), and `add_special_tokens` lists them too; LLaMA-Factory would drop "
+                             f"`add_special_tokens`. Put every special token in the YAML file and remove `add_special_tokens`.")
+        if self.init_special_tokens.startswith("desc_init") and self.new_special_tokens_config is None:
+            raise LatheError(f"{source}: `init_special_tokens: {self.init_special_tokens}` starts each new token at its "
+                             f"description, which comes from `new_special_tokens_config` (YAML `token: description`); "
+                             f"set it, or use `init_special_tokens: noise_init`.")
+        if self.offload_folder != "offload" and self.quantization_device_map is None:
+            raise LatheError(f"{source}: `offload_folder: {self.offload_folder}` holds the weights a device map puts on "
+                             f"disk; it needs `quantization_device_map: auto` (inference and export). Remove it, or set that too.")
+        if self.quantization_device_map is not None and self.quantization_bit == 8 and self.quantization_method == "bnb":
+            raise LatheError(f"{source}: `quantization_device_map: auto` with bitsandbytes needs `quantization_bit: 4` "
+                             f"(8-bit weights cannot be split over devices).")
         if self.use_unsloth_gc and not self.use_unsloth:
             raise LatheError(f"{source}: `use_unsloth_gc` is unsloth's offloaded gradient checkpointing; it needs `use_unsloth: true`.")
         if self.use_unsloth:

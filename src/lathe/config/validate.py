@@ -99,6 +99,9 @@ def _check_across_groups(cfg: "RunConfig") -> None:
         raise LatheError(f"{src}: `{bnb_only[0]}` shapes bitsandbytes' 4-bit weights, and this run loads none "
                          f"(`quantization_method: bnb` with `quantization_bit: 4`, or a reference / reward model in 4 bits); "
                          f"remove it.")
+    if m.quantization_device_map is not None and t.do_train:
+        raise LatheError(f"{src}: `quantization_device_map: auto` spreads a model over devices for inference and export; "
+                         f"training cannot use it. Remove it from the training config (keep it in the chat / export config).")
     if m.use_unsloth and not method.unsloth:
         raise LatheError(f"{src}: `use_unsloth` builds {_methods_where('unsloth')} (QLoRA 4-bit at most); this run "
                          f"uses `{f.finetuning_type}`: drop `use_unsloth` or change finetuning_type.")
@@ -134,16 +137,13 @@ def _check_across_groups(cfg: "RunConfig") -> None:
 
 
 def _check_router_loss(cfg: "RunConfig") -> None:
-    """An MoE router's loss is added to the loss the model returns; a loss computed from the logits drops it."""
+    """An MoE router's loss is added to the loss the model returns; a stage computing its loss from the
+    logits would drop it (sft's own token losses say so in sft's check)."""
     src, stage = cfg.source, cfg.finetuning.stage
     if not STAGES[stage].model_loss:
         with_it = " or ".join(name for name, each in STAGES.items() if each.model_loss)
         raise LatheError(f"{src}: `moe_aux_loss_coef` adds the router loss to the model's own loss, which `stage: {stage}` "
                          f"does not train on (it computes its loss from the logits); use it with stage {with_it}, or remove it.")
-    own = [key for key in ("use_dft_loss", "use_asft_loss", "use_eaft_loss") if getattr(cfg.finetuning, key)]
-    if own:
-        raise LatheError(f"{src}: `moe_aux_loss_coef` adds the router loss to the model's own loss, and `{own[0]}` "
-                         f"replaces that loss with its own from the logits; use one of them.")
 
 
 def _check_eval_on_each_dataset(cfg: "RunConfig") -> None:

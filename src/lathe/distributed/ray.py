@@ -236,11 +236,12 @@ def train_worker(payload: dict[str, Any]) -> None:
     """Each Ray worker: the torchrun environment from Ray's context, then lathe's own training function."""
     import pickle
 
+    import ray
     import ray.train
 
     from ..logs import setup_logging
 
-    cfg, train, cwd = pickle.loads(payload["run"])
+    cfg, train, cwd = pickle.loads(ray.get(payload["run"]))
     ctx = ray.train.get_context()
     os.environ.update(
         USE_RAY="1", RANK=str(ctx.get_world_rank()), WORLD_SIZE=str(ctx.get_world_size()),
@@ -295,7 +296,9 @@ def launch(cfg: "RunConfig", train: Callable[["RunConfig"], Any]) -> int:
         trainer = TorchTrainer(
             train_worker,
             # Pickled here and opened only in the workers: Ray's controller need not import lathe's trainer stack.
-            train_loop_config={"run": pickle.dumps((cfg, train, os.getcwd()))},
+            # Handed over through the object store: the config holds the hub token, and Ray may record a
+            # trainer's train_loop_config with the run; it records only this reference.
+            train_loop_config={"run": ray.put(pickle.dumps((cfg, train, os.getcwd())))},
             torch_config=torch_config(cfg),
             scaling_config=ScalingConfig(num_workers=cfg.run.ray_num_workers, use_gpu=resources.get("GPU", 0) > 0,
                                          resources_per_worker=resources, placement_strategy=cfg.run.placement_strategy),

@@ -14,6 +14,8 @@ rows of the description tokens, so a tied model and an untied one get the same s
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import math
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import LatheError
+from ..process import is_main_process
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -39,7 +42,6 @@ def _split(value: str | None) -> list[str]:
 
 def token_descriptions(m: "ModelArguments") -> dict[str, str] | None:
     """The `new_special_tokens_config` file as {token: description}, checked; None when not set."""
-    check(m)
     if m.new_special_tokens_config is None:
         return None
     import yaml
@@ -59,22 +61,6 @@ def token_descriptions(m: "ModelArguments") -> dict[str, str] | None:
         raise LatheError(f"`new_special_tokens_config`: {path}: every key must be a token and every value its "
                          f"description text; not so for {bad[:5]}.")
     return {k.strip(): v for k, v in data.items()}
-
-
-def check(m: "ModelArguments") -> None:
-    """Option combinations that would leave one of them without effect."""
-    if m.new_special_tokens_config is not None and m.add_special_tokens:
-        raise LatheError(
-            "`new_special_tokens_config` lists the special tokens to add (with their descriptions), and "
-            "`add_special_tokens` lists them too; LLaMA-Factory would drop `add_special_tokens`. Put every "
-            "special token in the YAML file and remove `add_special_tokens`."
-        )
-    if m.init_special_tokens in DESCRIPTION_INITS and m.new_special_tokens_config is None:
-        raise LatheError(
-            f"`init_special_tokens: {m.init_special_tokens}` starts each new token at its description, which "
-            f"comes from `new_special_tokens_config` (YAML `token: description`); set it, or use "
-            f"`init_special_tokens: noise_init`."
-        )
 
 
 def special_tokens(m: "ModelArguments") -> list[str]:
@@ -114,10 +100,24 @@ def initialize_rows(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBas
     head = model.get_output_embeddings()
     if head is not None and head.weight is not matrices[0]:
         matrices.append(head.weight)
-    with torch.no_grad():
-        for weight in matrices:
-            _initialize(weight, ids, tokenizer, descriptions, noise=m.init_special_tokens != "desc_init")
+    with _whole(matrices), torch.no_grad():
+        if not _partitioned(matrices) or is_main_process():  # ZeRO-3: rank 0 writes, the others receive its rows
+            for weight in matrices:
+                _initialize(weight, ids, tokenizer, descriptions, noise=m.init_special_tokens != "desc_init")
     logger.info("init_special_tokens %s: %d new token rows set", m.init_special_tokens, len(ids))
+
+
+def _partitioned(matrices: list[torch.Tensor]) -> bool:
+    return any(hasattr(w, "ds_tensor") for w in matrices)
+
+
+def _whole(matrices: list[torch.Tensor]):
+    """ZeRO-3 holds each rank's slice only: gather the tables whole for the writes, and share rank 0's."""
+    if not _partitioned(matrices):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([w for w in matrices if hasattr(w, "ds_tensor")], modifier_rank=0)
 
 
 def _initialize(weight: torch.Tensor, ids: list[int], tokenizer, descriptions: dict[str, str] | None,

@@ -193,8 +193,7 @@ def run_with_reference(cfg: "RunConfig", trainer_cls, collator_cls, needs_refere
     from .base import build_and_train, setup_run
     from .stage import StageResult
 
-    check_reference_options(cfg)  # before the data and weights load
-    run = setup_run(cfg)
+    run = setup_run(cfg)  # (the ref_model_* options were checked with the config: the stage's check)
     ref = build_reference(cfg, run.model, run.tokenizer, needs_reference)
     trainer, metrics = build_and_train(
         cfg, run, trainer_cls, collator_cls(run.tokenizer.pad_token_id), finetuning=cfg.finetuning, ref_model=ref

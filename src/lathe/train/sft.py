@@ -23,7 +23,7 @@ from ..registry import STAGES
 from .base import build_and_train, setup_run
 from .learned_logits import LearnedLogitsMixin, model_inputs, next_token_targets
 from .losses.sft import SFT_LOSSES, SFTLoss, chosen_sft_losses
-from .reference import place_reference
+from .reference import check_reference_options, place_reference
 from .stage import Stage, StageResult
 from .trainers import LatheTrainer, StoredMetricsMixin
 
@@ -80,10 +80,6 @@ def run_sft(cfg: "RunConfig") -> StageResult:
 
         check_available()  # before hours of training, not after
     sft_loss = next(iter(chosen_sft_losses(cfg.finetuning)), None)
-    if sft_loss is not None and sft_loss.reference:
-        from .reference import check_reference_options
-
-        check_reference_options(cfg)  # before the data and weights load
     run = setup_run(cfg)
     if packing_enabled(cfg):
         collator = FlatteningCollator()  # packed rows: one flat row per batch, no padding
@@ -150,7 +146,11 @@ def check_sft(cfg: "RunConfig") -> None:
     """The token losses: one at a time, their options only with them, no label smoothing (it would be
     dropped: the loss is computed from the logits here). Learned padding needs padded batches."""
     f, d, src = cfg.finetuning, cfg.data, cfg.source
+    check_reference_options(cfg)  # ASFT's reference: the ref_model_* options only with ref_model
     chosen = chosen_sft_losses(f)
+    if chosen and cfg.model.moe_aux_loss_coef is not None:
+        raise LatheError(f"{src}: `moe_aux_loss_coef` adds the router loss to the model's own loss, and "
+                         f"`{chosen[0].flag}` replaces that loss with its own from the logits; use one of them.")
     if len(chosen) > 1:
         raise LatheError(f"{src}: {', '.join(f'`{loss.flag}`' for loss in chosen)} each replace the SFT loss; "
                          f"set one of them.")

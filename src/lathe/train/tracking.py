@@ -18,13 +18,15 @@ import yaml
 from transformers import TrainerCallback
 
 from ..errors import LatheError
+from ..process import is_main_process
 
 if TYPE_CHECKING:
     from ..config import RunConfig
 
 logger = logging.getLogger(__name__)
 
-SECRET_MARKS = ("token", "api_key", "secret", "password", "webhook_url")  # a Lark webhook URL carries its token
+_LARK_HOOKS: set[str] = set()  # the Lark webhooks registered with swanlab in this process
+
 
 
 def check_tracking(cfg: "RunConfig") -> None:
@@ -35,8 +37,8 @@ def check_tracking(cfg: "RunConfig") -> None:
 
 
 def tracked_config(cfg: "RunConfig") -> dict[str, Any]:
-    """The resolved config as trackers get it: lathe_config.yaml's dict, without any secret."""
-    return {k: v for k, v in cfg.to_dict().items() if not any(mark in k for mark in SECRET_MARKS)}
+    """The resolved config as trackers get it: lathe_config.yaml's dict, which holds no secret (SECRET_KEYS)."""
+    return cfg.to_dict()
 
 
 def swanlab_mode(mode: str) -> str:
@@ -62,12 +64,15 @@ def swanlab_callbacks(cfg: "RunConfig") -> list[TrainerCallback]:
     from swanlab.integration.transformers import SwanLabCallback
 
     mode = swanlab_mode(f.swanlab_mode)
-    if f.swanlab_api_key is not None and mode == "cloud":
-        swanlab.login(api_key=f.swanlab_api_key)  # the key goes to swanlab alone, never to a log or the config
-    if f.swanlab_lark_webhook_url is not None:
-        from swanlab.plugin.notification import LarkCallback
+    if is_main_process():  # SwanLab's run lives on the main process; login and plugins are process-wide
+        if f.swanlab_api_key is not None and mode == "cloud":
+            swanlab.login(api_key=f.swanlab_api_key)  # the key goes to swanlab alone, never to a log or the config
+        if f.swanlab_lark_webhook_url is not None and f.swanlab_lark_webhook_url not in _LARK_HOOKS:
+            from swanlab.plugin.notification import LarkCallback
 
-        swanlab.register_callbacks([LarkCallback(webhook_url=f.swanlab_lark_webhook_url, secret=f.swanlab_lark_secret)])
+            # swanlab.register_callbacks keeps what it is given for every later run of the process: once per hook
+            swanlab.register_callbacks([LarkCallback(webhook_url=f.swanlab_lark_webhook_url, secret=f.swanlab_lark_secret)])
+            _LARK_HOOKS.add(f.swanlab_lark_webhook_url)
     kwargs = {"project": f.swanlab_project, "workspace": f.swanlab_workspace, "mode": mode, "tags": ["lathe"],
               "experiment_name": f.swanlab_run_name or cfg.training.run_name}
     if f.swanlab_logdir is not None:

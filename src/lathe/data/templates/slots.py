@@ -27,7 +27,9 @@ slots only wrap them into turns. Two behaviours are per template:
   answers before the last. `drop` removes it everywhere (as DeepSeek-R1's template does); `context`
   (Qwen3) trains it as written where those answers are learned, and removes it where they are only
   context: the prompt for generation (as Qwen3's own template does), `mask_history`, preference
-  data (LLaMA-Factory's reasoning templates do the same); `keep` never removes it. A run's
+  data (LLaMA-Factory's reasoning templates do the same, except under mask_history, where they
+  keep it; lathe shows the unlearned history as the model sees it when served); `keep` never
+  removes it. A run's
   `preserve_thinking` keeps it everywhere. With `enable_thinking=False`, templates that have an
   `empty_thought` write it (unlearned) before every answer that has no thoughts and at the end
   of the generation prompt, as Qwen3's template does with enable_thinking=False.
