@@ -19,9 +19,16 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from transformers import AutoTokenizer
 
 from lathe.data.formats import TOOL_RESPONSE_JOIN
-from lathe.data.templates import Slots, TokenizerTemplate, get_template, list_templates, resolve_template
+from lathe.data.templates import (
+    Slots,
+    TokenizerTemplate,
+    get_template,
+    list_templates,
+    resolve_template,
+)
 from lathe.errors import LatheError
 from tests.conftest import SHARED
+from tests.data.test_templates_vendor import VENDOR_CHECKED
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKENIZERS = SHARED / "tokenizers"
@@ -143,7 +150,8 @@ def flat(pairs) -> list[int]:
 
 def test_catalog_covers_the_model_families():
     names = list_templates()
-    pinned = set(EXPECTED) | {n for others in SAME_TEXT.values() for n in others} | {"llama3", "mistral"}  # + parity tests
+    pinned = (set(EXPECTED) | {n for others in SAME_TEXT.values() for n in others} | {"llama3", "mistral"}
+              | VENDOR_CHECKED)  # + parity tests
     assert set(names) <= pinned, f"no exact-text check for {sorted(set(names) - pinned)}"
     assert len(names) >= 40
     assert set(REQUIRED) <= set(names)
@@ -151,7 +159,7 @@ def test_catalog_covers_the_model_families():
         tpl = get_template(name)
         assert tpl.slots.description, f"{name} has no description"
         assert tpl.efficient_eos == (name in EFFICIENT)
-    assert {name for name in names if get_template(name).slots.empty_thought} == {"qwen3"}
+    assert {name for name in names if get_template(name).slots.empty_thought} == {"qwen3", "qwen3_5", "gemma4"}
     assert get_template("deepseekr1").slots.thoughts_in_history == "drop"
 
 
