@@ -59,8 +59,9 @@ MULTI = ("dataset", "eval_dataset")
 
 # Groups whose fields make up the Train tab; generating/export/evaluation have their own tabs.
 TRAIN_GROUPS = ("model", "data", "finetuning", "run")
-# Options lathe accepts but the Board never shows: secrets (read from HF_TOKEN instead).
-HIDDEN = frozenset(SECRET_KEYS)
+# Options lathe accepts but the Board never shows: secrets (read from HF_TOKEN instead), and the
+# LLaMA-Factory switches transformers 5 dropped (their only other value is refused).
+HIDDEN = frozenset(SECRET_KEYS) | {"use_fast_tokenizer", "low_cpu_mem_usage"}
 
 
 @dataclass(frozen=True)
