@@ -35,6 +35,8 @@ commands:
                                  train each method N steps in its own process: peak memory, tokens/s, perplexity
   data preview CONFIG [-n N]     show N samples as the model sees them, learned tokens marked
   data stats CONFIG              rows kept/skipped, token lengths, truncation, learned share
+  models [QUERY]                 the model catalog: names, families, sizes, default templates and hub ids;
+                                 QUERY (any case) keeps the names, ids or families that contain it
   env                            versions of python and the libraries, and the devices
   version                        the lathe version
 
@@ -244,6 +246,22 @@ def cmd_env(args: list[str]) -> int:
     return 0
 
 
+def cmd_models(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lathe models", description="List and search the model catalog.",
+                                     epilog="TEMPLATE*: lathe has no template of that name yet; (mm): multimodal.")
+    parser.add_argument("query", nargs="?", help="part of a name, hub id or family, any case (e.g. qwen3)")
+    ns = parser.parse_args(args)
+    from .model.catalog import format_table, search
+
+    found = search(ns.query)
+    if not found:
+        print(f"lathe: no model in the catalog matches `{ns.query}`; `lathe models` lists all of them.",
+              file=sys.stderr)
+        return 1
+    print(format_table(found))
+    return 0
+
+
 def cmd_version(args: list[str]) -> int:
     print(f"lathe {__version__}")
     return 0
@@ -251,7 +269,7 @@ def cmd_version(args: list[str]) -> int:
 
 COMMANDS = {
     "train": cmd_train, "chat": cmd_chat, "api": cmd_api, "export": cmd_export, "webui": cmd_webui, "webchat": cmd_webchat, "eval": cmd_eval, "expand": cmd_expand, "plan": cmd_plan, "bench": cmd_bench, "data": cmd_data,
-    "env": cmd_env, "version": cmd_version,
+    "env": cmd_env, "version": cmd_version, "models": cmd_models,
 }
 
 

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 
 from ..errors import LatheError  # noqa: E402
-from .catalog import lookup, model_names  # noqa: E402
+from ..model.catalog import lookup, model_names  # noqa: E402
 from .chat import ChatSession, build_chat_panel  # noqa: E402
 from .checks import check_config  # noqa: E402
 from .context import BoardContext  # noqa: E402
@@ -57,8 +57,8 @@ def create_board(workdir: str | Path = "lathe_board", lang: str = DEFAULT_LANG) 
                                     label=t("lang", lang), elem_id="lang", scale=1)
             w.ui(lang_pick, "lang")
             catalog = w.ui(gr.Dropdown(choices=["", *model_names()], value="", label=t("catalog", lang),
-                                       info=t("catalog_info", lang), allow_custom_value=True, elem_id="catalog",
-                                       scale=2), "catalog", "info")
+                                       info=t("catalog_info", lang), allow_custom_value=True, filterable=True,
+                                       elem_id="catalog", scale=2), "catalog", "info")
             model = w.field(top_by_name["model_name_or_path"], scale=3)
             w.field(top_by_name["adapter_name_or_path"], scale=3)
         with gr.Row():
@@ -81,11 +81,15 @@ def create_board(workdir: str | Path = "lathe_board", lang: str = DEFAULT_LANG) 
             with w.ui(gr.Tab(t("tab_export", lang), elem_id="tab-export"), "tab_export"):
                 build_export_tab(ctx)
 
+        registered = set(_template_names())
+
         def pick(name):
+            """The model's hub id and default template; a template lathe lacks yet (or none) leaves it empty,
+            so the run uses the tokenizer's own chat template."""
             entry = lookup(name or "")
             if entry is None:
                 return gr.skip(), gr.skip()
-            return entry.path, entry.template
+            return entry.path, entry.template if entry.template in registered else ""
 
         catalog.change(pick, catalog, [model, template])
         lang_pick.change(lambda code: w.relabel(code), lang_pick, w.relabel_targets())

@@ -46,14 +46,40 @@ class DatasetBundle:
 
 def run_template(cfg: "RunConfig", tokenizer):
     """The run's template with the data options that shape it (default_system, enable_thinking, tool_format,
-    preserve_thinking)."""
+    preserve_thinking). No `template` and a tokenizer without a chat template: the catalog's default for the
+    model id, when it has one lathe knows."""
     from .templates import resolve_template
 
     d = cfg.data
+    name = d.template or catalog_template(cfg.model.model_name_or_path, tokenizer)
     return resolve_template(
-        d.template, tokenizer, default_system=d.default_system, enable_thinking=d.enable_thinking,
+        name, tokenizer, default_system=d.default_system, enable_thinking=d.enable_thinking,
         tool_format=d.tool_format, preserve_thinking=d.preserve_thinking,
     )
+
+
+def catalog_template(model_id: str | None, tokenizer) -> str | None:
+    """The model catalog's default template for `model_id` when the tokenizer brings no chat template.
+
+    A tokenizer with its own chat template keeps it (it is the format the model is served with); a model id
+    the catalog lacks (a local folder included), or a template lathe has not registered yet, gives None, and
+    `resolve_template` falls back as before.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        return None
+    from ..model.catalog import for_model_id
+    from .templates import list_templates
+
+    entry = for_model_id(model_id)
+    if entry is None or not entry.template:
+        return None
+    if entry.template not in list_templates():
+        logger.warning("template: the catalog's default for `%s` is `%s`, which lathe has no template for yet; "
+                       "set `template` to choose one.", model_id, entry.template)
+        return None
+    logger.info("template: `%s`, the catalog's default for `%s` (%s; its tokenizer has no chat template). "
+                "Set `template` to choose another.", entry.template, model_id, entry.name)
+    return entry.template
 
 
 def check_template_options(cfg: "RunConfig", template) -> None:
