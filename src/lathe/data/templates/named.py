@@ -24,7 +24,10 @@ from .tools import get_tool_format
 
 logger = logging.getLogger(__name__)
 
-TEMPLATES_FILE = Path(__file__).with_name("templates.yaml")
+TEMPLATES_FILE = Path(__file__).with_name("templates.yaml")  # checked against the vendors' own templates
+# Written from the vendor's published format (or LLaMA-Factory's definition) where no vendor
+# template file was at hand to check against: docs/templates.md marks them unverified.
+PUBLISHED_FILE = Path(__file__).with_name("templates_published.yaml")
 _SLOT_KEYS = {f.name for f in fields(Slots)} - {"name"}
 
 
@@ -55,17 +58,24 @@ def _resolve_entry(name: str, entries: dict[str, dict[str, Any]], path: Path, se
 
 @functools.cache
 def _registry() -> dict[str, SlotTemplate]:
-    entries = _load_entries(TEMPLATES_FILE)
+    entries, source = {}, {}
+    for path in (TEMPLATES_FILE, PUBLISHED_FILE):
+        if not path.exists():
+            continue
+        for name, entry in _load_entries(path).items():
+            if name in entries:
+                raise LatheError(f"{path}: template `{name}` is defined in {source[name]} already.")
+            entries[name], source[name] = entry, path
     registry = {}
     for name in entries:
-        slots = _resolve_entry(name, entries, TEMPLATES_FILE)
+        slots = _resolve_entry(name, entries, source[name])
         for key in ("stop_words", "special_tokens"):
             if key in slots:
                 slots[key] = tuple(slots[key])
         try:
             registry[name] = SlotTemplate(Slots(name=name, **slots))
         except LatheError as err:
-            raise LatheError(f"{TEMPLATES_FILE}: template `{name}`: {err}") from err
+            raise LatheError(f"{source[name]}: template `{name}`: {err}") from err
     return registry
 
 
