@@ -82,6 +82,24 @@ def catalog_template(model_id: str | None, tokenizer) -> str | None:
     return entry.template
 
 
+def warn_template_mismatch(cfg: "RunConfig", template, added: list[str]) -> None:
+    """The template needed special tokens the model's tokenizer lacks: a format from another family.
+
+    The run still works (the tokens are added and their rows learned), but the model has never
+    seen them, so a wrong `template` costs quality quietly; say so, with the catalog's choice.
+    """
+    if not added or cfg.model.train_from_scratch:
+        return
+    from ..model.catalog import for_model_id
+
+    entry = for_model_id(cfg.model.model_name_or_path)
+    hint = (f" The catalog's template for {entry.name} is `{entry.template}`." if entry is not None and entry.template
+            and entry.template != template.name else "")
+    logger.warning("template `%s` needs %s, which the tokenizer of %s lacks: added as new, untrained tokens. "
+                   "Is this the model's own format?%s", template.name, ", ".join(added[:5]) +
+                   (f" and {len(added) - 5} more" if len(added) > 5 else ""), cfg.model.model_name_or_path, hint)
+
+
 def check_template_options(cfg: "RunConfig", template) -> None:
     if cfg.data.train_on_prompt and getattr(template, "efficient_eos", False):
         raise LatheError(

@@ -149,7 +149,7 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     The data is read and tokenized before the weights load, so a data problem costs seconds.
     The run's Trainer arguments are made first: with ZeRO-3 they make the model load partitioned.
     """
-    from ..data.loader import get_dataset, run_template
+    from ..data.loader import get_dataset, run_template, warn_template_mismatch
     from ..model.adapters import apply_method
     from ..model.load import add_config_tokens, enable_gradient_checkpointing, load_model, load_tokenizer
     from ..model.memory import gradient_checkpointing_wanted
@@ -159,7 +159,9 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     resume = prepare_output_dir(cfg)
     tokenizer = load_tokenizer(cfg.model)
     template = run_template(cfg, tokenizer)
-    added = template.fix_tokenizer(tokenizer) + add_config_tokens(tokenizer, cfg.model)
+    from_template = template.fix_tokenizer(tokenizer)
+    warn_template_mismatch(cfg, template, from_template)
+    added = from_template + add_config_tokens(tokenizer, cfg.model)
     # Others then read the cache: with a file system all machines share, only the global main
     # process writes it (local=False); otherwise each machine's own main process does.
     with args.main_process_first(desc="preprocessing", local=not cfg.data.data_shared_file_system):
