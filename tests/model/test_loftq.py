@@ -50,7 +50,12 @@ def test_patch_registry_logs_and_keys_by_version(caplog):
     with caplog.at_level("INFO", logger="lathe.model.patches"):
         patches._applied.discard("loftq_cpu")
         applied = patches.apply("loftq_cpu")
-    if torch.cuda.is_available():
+    import importlib.metadata
+
+    from packaging.specifiers import SpecifierSet
+
+    needed = importlib.metadata.version("peft") in SpecifierSet(patches.PATCHES["loftq_cpu"].versions)
+    if torch.cuda.is_available() or not needed:  # peft 0.22 computes LoftQ on the CPU itself
         assert not applied
     else:
         assert applied and "patch loftq_cpu applied to peft" in caplog.text
