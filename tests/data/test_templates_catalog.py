@@ -28,6 +28,12 @@ from lathe.data.templates import (
 )
 from lathe.errors import LatheError
 from tests.conftest import SHARED
+from tests.data.test_templates_glm import GLM_CHECKED
+from tests.data.test_templates_published import (
+    PUBLISHED_CHECKED,
+    PUBLISHED_EFFICIENT,
+    PUBLISHED_THINKING,
+)
 from tests.data.test_templates_vendor import VENDOR_CHECKED
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +137,7 @@ DEFAULT_SYSTEMS = {
     "vicuna": "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
               "detailed, and polite answers to the user's questions.",
 }
-EFFICIENT = {"glm4", "chatglm3", "baichuan2", "fewshot"}
+EFFICIENT = {"glm4", "chatglm3", "baichuan2", "fewshot", "glm4_moe", "glm4_7"}
 
 
 def load(folder: str):
@@ -151,15 +157,16 @@ def flat(pairs) -> list[int]:
 def test_catalog_covers_the_model_families():
     names = list_templates()
     pinned = (set(EXPECTED) | {n for others in SAME_TEXT.values() for n in others} | {"llama3", "mistral"}
-              | VENDOR_CHECKED)  # + parity tests
+              | VENDOR_CHECKED | GLM_CHECKED | PUBLISHED_CHECKED)  # + parity tests
     assert set(names) <= pinned, f"no exact-text check for {sorted(set(names) - pinned)}"
     assert len(names) >= 40
     assert set(REQUIRED) <= set(names)
     for name in names:
         tpl = get_template(name)
         assert tpl.slots.description, f"{name} has no description"
-        assert tpl.efficient_eos == (name in EFFICIENT)
-    assert {name for name in names if get_template(name).slots.empty_thought} == {"qwen3", "qwen3_5", "gemma4"}
+        assert tpl.efficient_eos == (name in EFFICIENT | PUBLISHED_EFFICIENT)
+    assert {name for name in names if get_template(name).slots.empty_thought} == (
+        {"qwen3", "qwen3_5", "gemma4", "glm4_moe", "glm4_7", "bailing_v2"} | PUBLISHED_THINKING)
     assert get_template("deepseekr1").slots.thoughts_in_history == "drop"
 
 

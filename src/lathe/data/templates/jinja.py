@@ -6,7 +6,8 @@ lathe rendered them for training: the system prompt (or the template's default),
 tools, tool calls (`tool_calls` of assistant messages), tool results (`tool` messages, consecutive
 ones forming one observation), the thinking options (`enable_thinking` and, for templates that
 drop earlier thoughts, `preserve_thinking` may be passed to `apply_chat_template`; a `context`
-template drops them in a prompt for generation, `add_generation_prompt`), and the eos an
+template drops them in a prompt for generation, `add_generation_prompt`), the empty think block
+a template writes before answers without thoughts (`bare_answer_prefix`), and the eos an
 efficient_eos template writes after the final answer.
 
 Two properties of lathe's slots show in the result:
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from .base import THINK_CLOSE, THINK_OPEN
 from .slots import PLACEHOLDER
-from .tools import BEFORE_FIRST_USER, IN_FIRST_USER, IN_SYSTEM, jinja_str
+from .tools import BEFORE_FIRST_USER, IN_FIRST_USER, jinja_str
 
 if TYPE_CHECKING:
     from .slots import SlotTemplate
@@ -59,6 +60,18 @@ def _expr(slot: str, **rename: str) -> str:
     return " ~ ".join(parts) if parts else "''"
 
 
+def _before_bare_answer(empty_thought: str, bare_answer_prefix: str) -> list[str]:
+    """Jinja writing what precedes an answer without thoughts (as SlotTemplate._render): the empty
+    think block when thinking is off, else the template's bare-answer prefix."""
+    write_empty = "{{- " + jinja_str(empty_thought) + " }}"
+    write_bare = "{{- " + jinja_str(bare_answer_prefix) + " }}"
+    if empty_thought and bare_answer_prefix:
+        return ["{%- if thinking %}" + write_bare + "{%- else %}" + write_empty + "{%- endif %}"]
+    if empty_thought:
+        return ["{%- if not thinking %}" + write_empty + "{%- endif %}"]
+    return [write_bare] if bare_answer_prefix else []
+
+
 def slot_template_to_jinja(template: SlotTemplate) -> str:
     """The jinja chat template of a registered template (see the module docstring)."""
     s, fmt = template.slots, template.tool_format
@@ -87,8 +100,8 @@ def slot_template_to_jinja(template: SlotTemplate) -> str:
         fmt.jinja_tools().rstrip("\n"),
         "{%- endset %}",
     ]
-    if fmt.placement == IN_SYSTEM:
-        lines.append("{%- set system = (system ~ '\\n\\n' ~ tools_text) if system else tools_text %}")
+    if fmt.jinja_system_with_tools():
+        lines.append(fmt.jinja_system_with_tools().rstrip("\n"))
     if fmt.system_note:
         lines.append(f"{{%- set system = {jinja_str(fmt.system_note)} ~ system %}}")
     lines.append("{%- endif %}")
@@ -133,8 +146,7 @@ def slot_template_to_jinja(template: SlotTemplate) -> str:
         fmt.jinja_calls().rstrip("\n"),
         "{%- endset %}",
     ]
-    if thinking:
-        lines.append("{%- if not thinking %}{{- " + empty + " }}{%- endif %}")
+    lines += _before_bare_answer(s.empty_thought, s.bare_answer_prefix)
     lines += [
         _emit(s.function if s.function is not None else s.assistant),
         "{%- else %}",
@@ -150,11 +162,13 @@ def slot_template_to_jinja(template: SlotTemplate) -> str:
         lines.append(
             f"{{%- if {when} and {close} in content %}}{{%- set content = {dropped} %}}{{%- endif %}}"
         )
-    if thinking:
-        lines.append(
-            f"{{%- if not thinking and {jinja_str(THINK_OPEN)} not in content and {jinja_str(THINK_CLOSE)} "
-            "not in content %}{{- " + empty + " }}{%- endif %}"
-        )
+    bare = _before_bare_answer(s.empty_thought, s.bare_answer_prefix)
+    if bare:
+        lines += [
+            f"{{%- if {jinja_str(THINK_OPEN)} not in content and {jinja_str(THINK_CLOSE)} not in content %}}",
+            *bare,
+            "{%- endif %}",
+        ]
     lines += [_emit(s.assistant), "{%- endif %}"]
     if s.efficient_eos:
         lines.append("{%- if loop.last %}{{- eos }}{%- endif %}")

@@ -16,7 +16,7 @@ braces inside a message are never taken for placeholders. The text after the las
 learned or influences what is (attention is causal).
 
 Tools, tool calls and tool results are spelled by the template's tool format (`tools.py`); the
-slots only wrap them into turns. Two behaviours are per template:
+slots only wrap them into turns. These behaviours are per template:
 
 - **efficient_eos**: answers end with no end-of-turn token; the next turn's role token (a stop
   word such as `<|user|>`) says the answer is over. That role token is learned as the end of the
@@ -33,6 +33,12 @@ slots only wrap them into turns. Two behaviours are per template:
   `preserve_thinking` keeps it everywhere. With `enable_thinking=False`, templates that have an
   `empty_thought` write it (unlearned) before every answer that has no thoughts and at the end
   of the generation prompt, as Qwen3's template does with enable_thinking=False.
+- **bare answers**: some models (GLM-4.5/4.6/4.7, Ling) open every answer that has no thoughts
+  with an empty think block they generate themselves (`<think></think>`). `bare_answer_prefix`
+  is that block: written and learned in front of each answer (or tool call) that has no
+  `<think>`/`</think>` (its thoughts dropped included), so the model learns to write it. With
+  `enable_thinking=False` the template's `empty_thought` takes its place, unlearned, as above:
+  the block is then part of the prompt, not of the answer.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from lathe.data.sample import FUNCTION, OBSERVATION
 from lathe.errors import LatheError
 
 from .base import THINK_CLOSE, THINK_OPEN, Rendering, Template
-from .tools import BEFORE_FIRST_USER, IN_FIRST_USER, IN_SYSTEM, ToolFormat, get_tool_format
+from .tools import BEFORE_FIRST_USER, IN_FIRST_USER, ToolFormat, get_tool_format
 
 PLACEHOLDER = re.compile(r"\{(content|system|bos_token|eos_token)\}")
 HISTORY_THOUGHTS = ("keep", "context", "drop")
@@ -71,12 +77,15 @@ class Slots:
     special_tokens: tuple[str, ...] = field(default=())  # tokens the text needs as single special tokens
     efficient_eos: bool = False  # answers have no end token: learn the next role token, eos after the last
     empty_thought: str = ""  # the empty think block written when enable_thinking is False
+    bare_answer_prefix: str = ""  # learned before an answer without thoughts (the model's empty think block)
     thoughts_in_history: str = "keep"  # keep | context | drop: the <think> part of answers before the last
 
     # Which placeholders each slot may use; anything else in braces is literal text.
     ALLOWED = {
         "prefix": {"bos_token", "eos_token"},
         "system_in_user": {"system", "content", "bos_token", "eos_token"},
+        "bare_answer_prefix": set(),  # written as is
+        "empty_thought": set(),
     }
     NOT_TEXT = ("name", "description", "tool_format", "thoughts_in_history")
 
@@ -206,10 +215,8 @@ class SlotTemplate(Template):
 
     def _system_text(self, system: str, tools_text: str) -> str:
         text = system or self.slots.default_system
-        if tools_text:
-            if self.tool_format.placement == IN_SYSTEM:
-                text = f"{text}\n\n{tools_text}" if text else tools_text
-            text = self.tool_format.system_note + text
+        if tools_text:  # the format says where its tools go (after, before or beside the system text)
+            text = self.tool_format.system_note + self.tool_format.system_with_tools(text, tools_text)
         return text
 
     def to_jinja(self) -> str:
@@ -258,10 +265,13 @@ class SlotTemplate(Template):
                     if drop_thoughts and i < last and THINK_CLOSE in content:
                         content = without_thought(content, s.thoughts_in_history)
                     slot = s.assistant
-                if self.thinking_off and not has_thought(content):
-                    parts.append(s.empty_thought)  # part of the prompt, as at inference
-                    length += len(s.empty_thought)
                 piece = fill(slot, content=content, **specials)
+                if not has_thought(content):
+                    if self.thinking_off:
+                        parts.append(s.empty_thought)  # part of the prompt, as at inference
+                        length += len(s.empty_thought)
+                    else:
+                        piece = s.bare_answer_prefix + piece  # learned: the model writes it
                 if s.efficient_eos and i == last:
                     piece += specials["eos_token"]
                 spans.append((length, length + len(piece)))

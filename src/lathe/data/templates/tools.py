@@ -17,7 +17,8 @@ it. The `jinja_*` methods give the same text as jinja, for the chat template a t
 carries (see `jinja.py`); a test checks that both render alike.
 
 Why hand-written: the spellings live in the models' jinja templates (Hermes `<tool_call>` tags for
-Qwen, bare JSON for Llama 3, `[TOOL_CALLS]` for Mistral, `name\\narguments` for GLM-4), and no
+Qwen, bare JSON for Llama 3, `[TOOL_CALLS]` for Mistral, `name\\narguments` for GLM-4, one XML
+element per argument for Qwen3.5, GLM-4.5, MiniMax-M2 and Seed-OSS in `tools_xml.py`), and no
 maintained library turns them into both training text and a parser.
 """
 
@@ -25,12 +26,21 @@ from __future__ import annotations
 
 import json
 import re
-from abc import ABC, abstractmethod
 from typing import Any, Sequence
 
 from lathe.data.formats import TOOL_RESPONSE_JOIN
 from lathe.errors import LatheError, lookup
 
+from .tool_format import (  # noqa: F401 (re-exported: slots.py and jinja.py read them here)
+    BEFORE_FIRST_USER,
+    BEFORE_SYSTEM,
+    IN_FIRST_USER,
+    IN_SYSTEM,
+    JINJA_CALL_VARS,
+    JINJA_TOOL_VARS,
+    ToolFormat,
+    jinja_str,
+)
 from .tool_calls import (  # noqa: F401 (re-exported: the data side of tool calling)
     ToolCall,
     calls_from_data,
@@ -43,81 +53,7 @@ from .tool_calls import (  # noqa: F401 (re-exported: the data side of tool call
     to_openai_messages,
     wrap_function,
 )
-
-def jinja_str(text: str) -> str:
-    """A jinja string literal (json's escapes are ones jinja's lexer decodes)."""
-    return json.dumps(text, ensure_ascii=False)
-
-
-# Where the text of `render_tools` goes.
-IN_SYSTEM = "system"  # after the system prompt, separated by a blank line
-IN_FIRST_USER = "user"  # at the start of the first user message (Llama 3.1 "custom tools")
-BEFORE_FIRST_USER = "before_user"  # in front of the first user turn's markup (Mistral's [AVAILABLE_TOOLS])
-
-
-# Jinja that sets `fn` (the function of `call`) and `args` (its arguments as JSON text) in a call loop.
-JINJA_CALL_VARS = (
-    "{%- set fn = call.function if call.function is defined else call %}\n"
-    "{%- set args = fn.arguments if fn.arguments is defined else fn.parameters %}\n"
-    "{%- if args is not string %}{%- set args = args | tojson %}{%- endif %}\n"
-)
-# Jinja that sets `fn` to the function schema of `tool`, and `wrapped` to its OpenAI form.
-JINJA_TOOL_VARS = (
-    "{%- set fn = tool.function if tool.function is defined else tool %}\n"
-    "{%- set wrapped = tool if tool.type is defined and tool.type == 'function' "
-    "else {'type': 'function', 'function': tool} %}\n"
-)
-
-
-# --- the formats ------------------------------------------------------------------------------------
-
-
-class ToolFormat(ABC):
-    """How one model family writes tools, calls and results; see the module docstring."""
-
-    name: str = ""
-    placement: str = IN_SYSTEM  # where render_tools' text goes
-    system_note: str = ""  # put at the start of the system prompt when a sample has tools
-
-    @abstractmethod
-    def render_tools(self, tools_json: str) -> str:
-        """The text describing the tools (placed per `placement`)."""
-
-    @abstractmethod
-    def format_calls(self, calls: Sequence[ToolCall]) -> str:
-        """The text of an assistant turn making `calls`."""
-
-    @abstractmethod
-    def parse_data(self, text: str) -> list[ToolCall] | None:
-        """The calls in generated text, or None when it holds none."""
-
-    def render_calls(self, calls_json: str) -> str:
-        """The text of a function turn whose content is `calls_json`."""
-        return self.format_calls(load_calls(calls_json))
-
-    def render_results(self, results: str, calls_json: str = "") -> str:
-        """The text of an observation turn; `calls_json` is the function turn it answers ("" if none)."""
-        return results
-
-    def parse(self, text: str) -> list[ToolCall] | None:
-        """Structured calls from generated text; None when it is a plain answer."""
-        return self.parse_data(text.strip())
-
-    # Jinja: the same text from `tools`, `message.tool_calls` and the collected results.
-    @abstractmethod
-    def jinja_tools(self) -> str:
-        """Jinja writing the tools text from `tools`."""
-
-    @abstractmethod
-    def jinja_calls(self) -> str:
-        """Jinja writing the calls of `message.tool_calls`."""
-
-    def jinja_results(self) -> str:
-        """Jinja writing an observation from `results` (a list of strings) and `result_ids`."""
-        return "{{- results | join(" + jinja_str(TOOL_RESPONSE_JOIN) + ") }}\n"
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r})"
+from .tools_xml import XML_TOOL_FORMATS
 
 
 class DefaultTools(ToolFormat):
@@ -425,6 +361,7 @@ TOOL_FORMATS: dict[str, ToolFormat] = {
         MistralTools("mistral", " "),
         MistralTools("mistral_tekken", ""),
         GLM4Tools(),
+        *XML_TOOL_FORMATS,  # qwen3_5, glm4_moe, minimax2, seed_oss
     )
 }
 
