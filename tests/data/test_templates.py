@@ -561,3 +561,8 @@ def test_fix_tokenizer_on_a_matching_tokenizer_adds_nothing():
     assert get_template("llama3").fix_tokenizer(llama3) == []
     assert llama3.pad_token == "<|eot_id|>"
     assert isinstance(get_template("llama3"), SlotTemplate)
+
+
+def test_a_multimodal_template_is_refused_as_multimodal_not_unknown():
+    with pytest.raises(LatheError, match="`qwen3_vl` is a multimodal one"):
+        get_template("qwen3_vl")

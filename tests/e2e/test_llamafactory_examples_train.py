@@ -29,7 +29,7 @@ DATA = SHARED / "data"
 LOCAL_DATA = {"pt": "c4_demo", "sft": "alpaca_en_demo", "rm": "dpo_en_demo", "dpo": "dpo_en_demo",
               "kto": "kto_en_demo", "ppo": "alpaca_en_demo"}
 # What a refusal may name: an option lathe refuses, or a template lathe does not have yet (issue 16).
-REFUSALS = ("lathe does not run: ", "Unknown template", "cannot run with this lathe")
+REFUSALS = ("lathe does not run: ", "is a multimodal one", "Unknown template", "cannot run with this lathe")
 
 
 def _training_configs() -> list[Path]:
