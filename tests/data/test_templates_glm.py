@@ -17,19 +17,20 @@ from transformers import AutoTokenizer
 
 from lathe.data.templates import Slots, SlotTemplate, get_template
 from lathe.errors import LatheError
-from tests.data.test_templates_vendor import TOKENIZERS, answers, lathe_prompt, lathe_text, render_vendor
+from tests.data.test_templates_vendor import (
+    CHAT,
+    SYSTEM,
+    TOKENIZERS,
+    answers,
+    lathe_prompt,
+    lathe_text,
+    render_vendor,
+)
 
 # The registered templates whose text this file checks against a vendor's template.
 GLM_CHECKED = {"glm4_moe", "glm4_7", "bailing_v2"}
 GLM46, GLM47, LING = "glm-4.6-TEMPLATE-ONLY", "glm-4.7-flash-TEMPLATE-ONLY", "ling-3.0-flash-TEMPLATE-ONLY"
 FOLDERS = {"glm4_moe": GLM46, "glm4_7": GLM47, "bailing_v2": LING}
-SYSTEM = "You are a terse pirate."
-CHAT = [
-    {"role": "user", "content": "Hi there"},
-    {"role": "assistant", "content": "Hello! How can I help?"},
-    {"role": "user", "content": "Write {content} literally."},
-    {"role": "assistant", "content": "Sure: {content}."},
-]
 
 
 def thinking(name: str) -> list[dict]:

@@ -110,3 +110,18 @@ class ToolFormat(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+class ToolResponseResults:
+    """Mix into a ToolFormat: results in `<tool_response>` pairs, Qwen's spelling (Qwen2/3 Hermes calls,
+    Qwen3.5 and GLM-4.5's XML calls). Joined results become "...</tool_response>\\n<tool_response>...":
+    one pair per result."""
+
+    def render_results(self, results: str, calls_json: str = "") -> str:
+        return f"<tool_response>\n{results}\n</tool_response>"
+
+    def jinja_results(self) -> str:
+        return (
+            "{{- '<tool_response>\\n' ~ (results | join(" + jinja_str(TOOL_RESPONSE_JOIN) + ")) "
+            "~ '\\n</tool_response>' }}\n"
+        )

@@ -28,9 +28,20 @@ import json
 import re
 from typing import Any, Sequence
 
-from lathe.data.formats import TOOL_RESPONSE_JOIN
 from lathe.errors import LatheError, lookup
 
+from .tool_calls import (  # noqa: F401 (re-exported: the data side of tool calling)
+    ToolCall,
+    call_id,
+    calls_from_data,
+    function_of,
+    json_or_none,
+    load_calls,
+    load_tools,
+    split_results,
+    to_openai_messages,
+    wrap_function,
+)
 from .tool_format import (  # noqa: F401 (re-exported: slots.py and jinja.py read them here)
     BEFORE_FIRST_USER,
     BEFORE_SYSTEM,
@@ -39,19 +50,8 @@ from .tool_format import (  # noqa: F401 (re-exported: slots.py and jinja.py rea
     JINJA_CALL_VARS,
     JINJA_TOOL_VARS,
     ToolFormat,
+    ToolResponseResults,
     jinja_str,
-)
-from .tool_calls import (  # noqa: F401 (re-exported: the data side of tool calling)
-    ToolCall,
-    calls_from_data,
-    call_id,
-    function_of,
-    json_or_none,
-    load_calls,
-    load_tools,
-    split_results,
-    to_openai_messages,
-    wrap_function,
 )
 from .tools_xml import XML_TOOL_FORMATS
 
@@ -97,7 +97,7 @@ class DefaultTools(ToolFormat):
         )
 
 
-class QwenTools(ToolFormat):
+class QwenTools(ToolResponseResults, ToolFormat):
     """Hermes-style, as Qwen2.5/Qwen3 templates write it: `<tools>` in the system prompt, `<tool_call>` tags."""
 
     name = "qwen"
@@ -118,10 +118,6 @@ class QwenTools(ToolFormat):
 
     def format_calls(self, calls: Sequence[ToolCall]) -> str:
         return "\n".join(f'<tool_call>\n{{"name": "{c.name}", "arguments": {c.arguments}}}\n</tool_call>' for c in calls)
-
-    def render_results(self, results: str, calls_json: str = "") -> str:
-        # Joined results become "...</tool_response>\n<tool_response>...": one pair per result, as Qwen writes them.
-        return f"<tool_response>\n{results}\n</tool_response>"
 
     def parse_data(self, text: str) -> list[ToolCall] | None:
         bodies = self.CALL.findall(text)
@@ -147,11 +143,6 @@ class QwenTools(ToolFormat):
             "{%- endfor %}\n"
         )
 
-    def jinja_results(self) -> str:
-        return (
-            "{{- '<tool_response>\\n' ~ (results | join(" + jinja_str(TOOL_RESPONSE_JOIN) + ")) "
-            "~ '\\n</tool_response>' }}\n"
-        )
 
 
 class Llama3Tools(ToolFormat):

@@ -20,12 +20,17 @@ import json
 import re
 from typing import Any, Iterable, Sequence
 
-from lathe.data.formats import TOOL_RESPONSE_JOIN
 from lathe.errors import LatheError
 
 from .tool_calls import ToolCall, function_of, load_tools, split_results, wrap_function
-from .tool_format import BEFORE_SYSTEM, IN_SYSTEM, JINJA_TOOL_VARS, ToolFormat, jinja_str
-
+from .tool_format import (
+    BEFORE_SYSTEM,
+    IN_SYSTEM,
+    JINJA_TOOL_VARS,
+    ToolFormat,
+    ToolResponseResults,
+    jinja_str,
+)
 
 # --- argument values --------------------------------------------------------------------------------
 
@@ -76,17 +81,8 @@ JINJA_CALL_LOOP = (
 JINJA_VALUE = "(value if value is string else value | tojson)"
 
 
-class XmlResults(ToolFormat):
+class XmlResults(ToolResponseResults, ToolFormat):
     """Results in `<tool_response>` pairs (the Qwen spelling), which Qwen3.5 and GLM-4.5/4.6 share."""
-
-    def render_results(self, results: str, calls_json: str = "") -> str:
-        return f"<tool_response>\n{results}\n</tool_response>"
-
-    def jinja_results(self) -> str:
-        return (
-            "{{- '<tool_response>\\n' ~ (results | join(" + jinja_str(TOOL_RESPONSE_JOIN) + ")) "
-            "~ '\\n</tool_response>' }}\n"
-        )
 
 
 # --- Qwen3.5 (Qwen3-Coder's spelling) ----------------------------------------------------------------
