@@ -12,7 +12,7 @@ from typing import Sequence
 
 from lathe.data.formats import TOOL_RESPONSE_JOIN
 
-from .tool_calls import ToolCall, load_calls
+from .tool_calls import ToolCall, load_calls, load_tools, wrap_function
 
 
 def jinja_str(text: str) -> str:
@@ -124,4 +124,23 @@ class ToolResponseResults:
         return (
             "{{- '<tool_response>\\n' ~ (results | join(" + jinja_str(TOOL_RESPONSE_JOIN) + ")) "
             "~ '\\n</tool_response>' }}\n"
+        )
+
+
+class JsonToolList:
+    """Mix into a ToolFormat: the tools as one JSON object per line between `HEADER` and `FOOTER`
+    (Qwen's `<tools>` block, kept by Qwen3.5)."""
+
+    HEADER: str
+    FOOTER: str
+
+    def render_tools(self, tools_json: str) -> str:
+        body = "".join("\n" + json.dumps(wrap_function(t), ensure_ascii=False) for t in load_tools(tools_json))
+        return self.HEADER + body + self.FOOTER
+
+    def jinja_tools(self) -> str:
+        return (
+            "{{- " + jinja_str(self.HEADER) + " }}\n"
+            "{%- for tool in tools %}\n" + JINJA_TOOL_VARS + "{{- '\\n' ~ (wrapped | tojson) }}\n{%- endfor %}\n"
+            "{{- " + jinja_str(self.FOOTER) + " }}\n"
         )

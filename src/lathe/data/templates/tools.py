@@ -49,6 +49,7 @@ from .tool_format import (  # noqa: F401 (re-exported: slots.py and jinja.py rea
     IN_SYSTEM,
     JINJA_CALL_VARS,
     JINJA_TOOL_VARS,
+    JsonToolList,
     ToolFormat,
     ToolResponseResults,
     jinja_str,
@@ -97,7 +98,7 @@ class DefaultTools(ToolFormat):
         )
 
 
-class QwenTools(ToolResponseResults, ToolFormat):
+class QwenTools(JsonToolList, ToolResponseResults, ToolFormat):
     """Hermes-style, as Qwen2.5/Qwen3 templates write it: `<tools>` in the system prompt, `<tool_call>` tags."""
 
     name = "qwen"
@@ -112,10 +113,6 @@ class QwenTools(ToolResponseResults, ToolFormat):
     )
     CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
-    def render_tools(self, tools_json: str) -> str:
-        body = "".join("\n" + json.dumps(wrap_function(t), ensure_ascii=False) for t in load_tools(tools_json))
-        return self.HEADER + body + self.FOOTER
-
     def format_calls(self, calls: Sequence[ToolCall]) -> str:
         return "\n".join(f'<tool_call>\n{{"name": "{c.name}", "arguments": {c.arguments}}}\n</tool_call>' for c in calls)
 
@@ -127,13 +124,6 @@ class QwenTools(ToolResponseResults, ToolFormat):
         if any(c is None or len(c) != 1 for c in calls):
             return None
         return [c[0] for c in calls]  # type: ignore[index]
-
-    def jinja_tools(self) -> str:
-        return (
-            "{{- " + jinja_str(self.HEADER) + " }}\n"
-            "{%- for tool in tools %}\n" + JINJA_TOOL_VARS + "{{- '\\n' ~ (wrapped | tojson) }}\n{%- endfor %}\n"
-            "{{- " + jinja_str(self.FOOTER) + " }}\n"
-        )
 
     def jinja_calls(self) -> str:
         return (

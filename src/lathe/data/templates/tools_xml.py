@@ -27,6 +27,7 @@ from .tool_format import (
     BEFORE_SYSTEM,
     IN_SYSTEM,
     JINJA_TOOL_VARS,
+    JsonToolList,
     ToolFormat,
     ToolResponseResults,
     jinja_str,
@@ -88,7 +89,7 @@ class XmlResults(ToolResponseResults, ToolFormat):
 # --- Qwen3.5 (Qwen3-Coder's spelling) ----------------------------------------------------------------
 
 
-class Qwen35Tools(XmlResults):
+class Qwen35Tools(JsonToolList, XmlResults):
     """Qwen3.5 / Qwen3-Coder: tools before the system text, `<function=NAME>` calls with `<parameter=KEY>` values."""
 
     name = "qwen3_5"
@@ -111,10 +112,6 @@ class Qwen35Tools(XmlResults):
     CALL = re.compile(r"<tool_call>\s*<function=([^\s<>]+)>(.*?)</function>\s*</tool_call>", re.DOTALL)
     PARAM = re.compile(r"<parameter=([^\s<>]+)>(.*?)</parameter>", re.DOTALL)
 
-    def render_tools(self, tools_json: str) -> str:
-        body = "".join("\n" + json.dumps(wrap_function(t), ensure_ascii=False) for t in load_tools(tools_json))
-        return self.HEADER + body + self.FOOTER
-
     def format_calls(self, calls: Sequence[ToolCall]) -> str:
         return "\n".join(
             f"<tool_call>\n<function={c.name}>\n"
@@ -133,13 +130,6 @@ class Qwen35Tools(XmlResults):
         blocks = [make_call(name, ((k, self._value(v)) for k, v in self.PARAM.findall(body)))
                   for name, body in self.CALL.findall(text)]
         return parsed_calls(blocks, text.count("<tool_call>"))
-
-    def jinja_tools(self) -> str:
-        return (
-            "{{- " + jinja_str(self.HEADER) + " }}\n"
-            "{%- for tool in tools %}\n" + JINJA_TOOL_VARS + "{{- '\\n' ~ (wrapped | tojson) }}\n{%- endfor %}\n"
-            "{{- " + jinja_str(self.FOOTER) + " }}\n"
-        )
 
     def jinja_calls(self) -> str:
         return (
