@@ -85,6 +85,8 @@ class ModelArguments:
     cache_dir: str | None = opt(None, "Where hub downloads are cached.")
     model_revision: str = opt("main", "Hub revision (branch, tag or commit) of the model.")
     hf_hub_token: str | None = opt(None, "Hub token for gated or private models (never logged or saved).")
+    ms_hub_token: str | None = opt(None, "ModelScope token (USE_MODELSCOPE_HUB=1) for private models (never logged or saved).")
+    om_hub_token: str | None = opt(None, "Modelers token (USE_OPENMIND_HUB=1) for private models (never logged or saved).")
     trust_remote_code: bool = opt(False, "Run the model repository's own Python code (off unless you trust it).")
     use_fast_tokenizer: bool = opt(True, "Use the fast (Rust) tokenizer.")
     split_special_tokens: bool = opt(False, "Tokenize special-token text as plain text.")

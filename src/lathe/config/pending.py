@@ -21,7 +21,6 @@ def _feature(why: str, **defaults: Any) -> dict[str, tuple[Any, str]]:
 
 # name -> (LLaMA-Factory's default, the feature and why lathe does not run it yet)
 PENDING: dict[str, tuple[Any, str]] = {
-    **_feature("the ModelScope and Modelers hubs are not supported yet (Hugging Face hub ids and local folders are)", ms_hub_token=None, om_hub_token=None),
     **_feature("multimodal inputs (images, video, audio) are not supported yet: lathe trains text models", image_max_pixels=589824, image_min_pixels=1024, image_do_pan_and_scan=False,
                crop_to_patches=False, video_max_pixels=65536, video_min_pixels=256, video_fps=2.0, video_maxlen=128,
                use_audio_in_video=False, audio_sampling_rate=16000, media_dir=None, freeze_vision_tower=True,

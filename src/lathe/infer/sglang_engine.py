@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .engine import BaseEngine, Response, check_servable, extra_engine_args, load_inference_tokenizer, single_adapter
+from ..hub import model_snapshot
+from .engine import (
+    BaseEngine,
+    Response,
+    check_servable,
+    extra_engine_args,
+    load_inference_tokenizer,
+    single_adapter,
+)
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -25,7 +33,7 @@ class SglangEngine(BaseEngine):
         self.adapter = single_adapter(cfg, "sglang")
         m = cfg.model
         args: dict[str, Any] = {
-            "model_path": m.model_name_or_path,
+            "model_path": model_snapshot(m),  # a ModelScope / Modelers id: its downloaded folder
             "trust_remote_code": m.trust_remote_code,
             "context_length": m.sglang_maxlen,
             "mem_fraction_static": m.sglang_mem_fraction,

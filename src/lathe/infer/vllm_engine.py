@@ -12,7 +12,15 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .engine import BaseEngine, Response, check_servable, extra_engine_args, load_inference_tokenizer, single_adapter
+from ..hub import model_snapshot
+from .engine import (
+    BaseEngine,
+    Response,
+    check_servable,
+    extra_engine_args,
+    load_inference_tokenizer,
+    single_adapter,
+)
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -29,7 +37,7 @@ class VllmEngine(BaseEngine):
         self.adapter = single_adapter(cfg, "vllm")
         m = cfg.model
         args: dict[str, Any] = {
-            "model": m.model_name_or_path,
+            "model": model_snapshot(m),  # a ModelScope / Modelers id: its downloaded folder
             "trust_remote_code": m.trust_remote_code,
             "max_model_len": m.vllm_maxlen,
             "gpu_memory_utilization": m.vllm_gpu_util,

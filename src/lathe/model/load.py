@@ -11,13 +11,14 @@ import importlib.util
 import logging
 import math
 import pickle
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import LatheError
-from ..hub import hub_reachable, offline_requested
+from ..hub import hub_reachable, model_snapshot, offline_requested
 from . import special_tokens
 from .moe import configure_moe
 from .quantize import check_prequantized, prequantized_config, quantization_config, quantize_loaded
@@ -52,6 +53,12 @@ def _hub_kwargs(m: "ModelArguments") -> dict[str, Any]:
     return kwargs
 
 
+def _from_snapshot(m: "ModelArguments") -> "ModelArguments":
+    """The arguments with a ModelScope / Modelers id (USE_*_HUB set) replaced by its downloaded folder."""
+    path = model_snapshot(m)
+    return m if path == m.model_name_or_path else replace(m, model_name_or_path=path)
+
+
 def check_model_path(m: "ModelArguments") -> None:
     """Fail early and clearly on a local model folder that is not there."""
     name = m.model_name_or_path or ""
@@ -81,6 +88,7 @@ def _loading_error(what: str, name: str, err: Exception) -> LatheError:
 def load_tokenizer(m: "ModelArguments") -> "PreTrainedTokenizerBase":
     from transformers import AutoTokenizer
 
+    m = _from_snapshot(m)
     check_model_path(m)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -161,6 +169,7 @@ def load_model_config(m: "ModelArguments"):
     """The model's config (config.json) alone: local folder checked, hub read offline-aware."""
     from transformers import AutoConfig
 
+    m = _from_snapshot(m)
     check_model_path(m)
     try:
         return AutoConfig.from_pretrained(m.model_name_or_path, **_hub_kwargs(m))
@@ -172,7 +181,9 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
     """The causal LM with weights in the resolved dtype and the vocabulary matching the tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    m = cfg.model
+    m = _from_snapshot(cfg.model)
+    if m is not cfg.model:  # unsloth and the rest below read the downloaded folder
+        cfg = replace(cfg, model=m)
     config = load_model_config(m)
     apply_rope_scaling(config, m.rope_scaling, cfg.data.cutoff_len)
     configure_moe(config, cfg)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ...errors import LatheError
+from ...hub import model_snapshot
 from ...process import is_main_process
 from ...registry import METHODS
 from .common import embedding_module_names, resolve_targets, split_names
@@ -115,7 +116,7 @@ def apply_lora(model, cfg, new_token_rows: bool = False):
     if f.pissa_init and f.pissa_convert and cfg.training.do_train and is_main_process():
         model.save_pretrained(str(Path(cfg.training.output_dir) / PISSA_INIT))  # what the final save converts against
     if f.loftq_init:
-        init_loftq(model, cfg.model.model_name_or_path)
+        init_loftq(model, model_snapshot(cfg.model))  # the checkpoint files, wherever the hub put them
     return model
 
 
