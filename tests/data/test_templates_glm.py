@@ -15,7 +15,7 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from transformers import AutoTokenizer
 
-from lathe.data.templates import Slots, SlotTemplate, get_template
+from lathe.data.templates import Slots, SlotTemplate, ToolCall, get_template
 from lathe.errors import LatheError
 from tests.data.test_templates_vendor import (
     CHAT,
@@ -75,6 +75,29 @@ def test_ling_text_and_its_thinking_system_line():
     assert lathe_text("bailing_v2", CHAT, SYSTEM).startswith(f"<role>SYSTEM</role>{SYSTEM}<|role_end|>")
     # The vendor's generation prompt opens the think block; lathe leaves it to the model (learned).
     assert lathe_prompt("bailing_v2", CHAT[:3]) + "<think>" == render_vendor(LING, CHAT[:3], add_generation_prompt=True)
+
+
+# --- tool conversations: the templates' own XML tool formats ------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["glm4_moe", "glm4_7"])
+@pytest.mark.parametrize("system", ["", SYSTEM])
+def test_glm_tool_conversation_matches_the_vendor(name, system):
+    """Tools in their own system block, XML calls after the empty think block (learned up to the
+    <|observation|> that ends them), each result in <tool_response> tags written once."""
+    from tests.data.test_tools_xml import TOOLS, VENDOR_TOOLS
+    from tests.data.test_templates_vendor import AGENT
+
+    tpl = get_template(name)
+    assert tpl.tool_format.name == name
+    rendering = tpl.render(SimpleNamespace(bos_token="", eos_token=""), AGENT, system=system, tools=TOOLS)
+    assert rendering.text == render_vendor(FOLDERS[name], AGENT, system, tools=VENDOR_TOOLS)
+    call = rendering.text[slice(*rendering.answer_spans[0])]
+    prefix = {"glm4_moe": "\n<think></think>\n<tool_call>add\n<arg_key>a</arg_key>\n<arg_value>3</arg_value>",
+              "glm4_7": "</think><tool_call>add<arg_key>a</arg_key><arg_value>3</arg_value>"}[name]
+    assert call.startswith(prefix) and call.endswith("</tool_call><|observation|>")
+    assert rendering.text.count("<tool_response>") == 2 and tpl.tool_format.parse(call) == [
+        ToolCall("add", '{"a": 3, "b": 4}'), ToolCall("now", "{}")]
 
 
 # --- thoughts -------------------------------------------------------------------------------------------

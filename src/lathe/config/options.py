@@ -245,7 +245,7 @@ class DataArguments:
     streaming: bool = opt(False, "Read and tokenize the data while training instead of up front (needs max_steps).")
     buffer_size: int = opt(16384, "streaming: samples held in the shuffle buffer.", rule=POSITIVE)
     enable_thinking: bool = opt(True, "Reasoning templates (qwen3): think before answering; false = empty think block.")
-    tool_format: str | None = opt(None, "Override the template's tool-call format (default, qwen, llama3, mistral, glm4).")
+    tool_format: str | None = opt(None, "Override the template's tool-call format: default, qwen, llama3, mistral, mistral_tekken, glm4, or the XML ones qwen3_5, glm4_moe, glm4_7, minimax2, seed_oss.")
     preserve_thinking: bool = opt(False, "Reasoning templates: keep the thinking of earlier assistant turns in the prompt (default: dropped).")
     ignore_pad_token_for_loss: bool = opt(True, "Padding in the labels is ignored by the loss and by the predict metrics.")
     eval_on_each_dataset: bool = opt(False, "Evaluate each eval_dataset on its own: one eval_<name>_loss per dataset.")

@@ -342,7 +342,7 @@ TOOL_FORMATS: dict[str, ToolFormat] = {
         MistralTools("mistral", " "),
         MistralTools("mistral_tekken", ""),
         GLM4Tools(),
-        *XML_TOOL_FORMATS,  # qwen3_5, glm4_moe, minimax2, seed_oss
+        *XML_TOOL_FORMATS,  # qwen3_5, glm4_moe, glm4_7, minimax2, seed_oss
     )
 }
 

@@ -1,4 +1,4 @@
-"""Tool formats whose calls are XML tags with one element per argument (Qwen3.5, GLM-4.5/4.6, MiniMax-M2, Seed-OSS).
+"""Tool formats whose calls are XML tags with one element per argument (Qwen3.5, GLM-4.5/4.6/4.7, MiniMax-M2, Seed-OSS).
 
 The newer families stopped writing a call as one JSON object: each argument is its own tagged
 element, a string value written bare (no quotes, no escapes, newlines kept), any other value as
@@ -205,11 +205,61 @@ class Glm4MoeTools(XmlResults):
         )
 
 
+class Glm47Tools(Glm4MoeTools):
+    """GLM-4.7: GLM-4.5's format without the newlines between a call's pieces and around each result.
+
+    Its template also writes the tools block as `<|system|>\n# Tools...` but the sample's system
+    prompt as `<|system|>TEXT`, so the newline belongs to the tools text here.
+    """
+
+    name = "glm4_7"
+    system_join = "<|system|>"
+    HEADER = "\n" + Glm4MoeTools.HEADER
+    FOOTER = (
+        "</tools>\n\nFor each function call, output the function name and arguments within the following XML format:\n"
+        "<tool_call>{function-name}<arg_key>{arg-key-1}</arg_key><arg_value>{arg-value-1}</arg_value>"
+        "<arg_key>{arg-key-2}</arg_key><arg_value>{arg-value-2}</arg_value>...</tool_call>"
+    )
+
+    def format_calls(self, calls: Sequence[ToolCall]) -> str:
+        return "".join(
+            f"<tool_call>{c.name}"
+            + "".join(f"<arg_key>{k}</arg_key><arg_value>{value_text(v)}</arg_value>" for k, v in arguments_of(c).items())
+            + "</tool_call>"
+            for c in calls
+        )
+
+    def render_results(self, results: str, calls_json: str = "") -> str:
+        return "".join(f"<tool_response>{r}</tool_response>" for r in split_results(results))
+
+    def jinja_calls(self) -> str:
+        return (
+            JINJA_CALL_LOOP +
+            "{{- '<tool_call>' ~ fn.name }}\n"
+            "{%- for key, value in args.items() %}"
+            "{{- '<arg_key>' ~ key ~ '</arg_key><arg_value>' ~ " + JINJA_VALUE + " ~ '</arg_value>' }}"
+            "{%- endfor %}\n"
+            "{{- '</tool_call>' }}\n"
+            "{%- endfor %}\n"
+        )
+
+    def jinja_results(self) -> str:
+        return "{%- for result in results %}{{- '<tool_response>' ~ result ~ '</tool_response>' }}{%- endfor %}\n"
+
+
 # --- MiniMax-M2 -------------------------------------------------------------------------------------
 
 
 class MiniMax2Tools(ToolFormat):
-    """MiniMax-M2: `<tool>` schemas after the system text, one `<minimax:tool_call>` block of `<invoke>` calls."""
+    """MiniMax-M2: `<tool>` schemas after the system text, one `<minimax:tool_call>` block of `<invoke>` calls.
+
+    The vendor's template writes a newline before the block even when the turn has no text before
+    it. A lathe call turn holds only calls, so that newline would always follow the `]~b]ai\n`
+    header, and byte-level vocabularies merge the two into one `\n\n` token that straddles the
+    prompt/answer seam: the prompt a model sees at inference (ending `\n`) would never occur in
+    training. The learned call therefore starts at `<minimax:tool_call>` (a special token of
+    MiniMax's vocabulary); the parser reads either spelling.
+    """
 
     name = "minimax2"
     placement = IN_SYSTEM
@@ -222,7 +272,7 @@ class MiniMax2Tools(ToolFormat):
         '<minimax:tool_call>\n<invoke name="tool-name-1">\n<parameter name="param-key-1">param-value-1</parameter>\n'
         '<parameter name="param-key-2">param-value-2</parameter>\n...\n</invoke>\n</minimax:tool_call>'
     )
-    RESULT_JOIN = "</response>\n<response>"  # the observation slot writes the outer <response> tags
+    RESULT = "\n<response>{}</response>"  # each result; the observation slot writes only the tool turn around them
     BLOCK = re.compile(r"<minimax:tool_call>(.*?)</minimax:tool_call>", re.DOTALL)
     INVOKE = re.compile(r'<invoke name="([^"]+)">(.*?)</invoke>', re.DOTALL)
     PARAM = re.compile(r'<parameter name="([^"]+)">(.*?)</parameter>', re.DOTALL)
@@ -234,17 +284,16 @@ class MiniMax2Tools(ToolFormat):
         return self.HEADER + body + self.FOOTER
 
     def format_calls(self, calls: Sequence[ToolCall]) -> str:
-        # The template writes a newline before the block even when the turn has no text before it.
         invokes = "".join(
             f'<invoke name="{c.name}">\n'
             + "".join(f'<parameter name="{k}">{value_text(v)}</parameter>\n' for k, v in arguments_of(c).items())
             + "</invoke>\n"
             for c in calls
         )
-        return f"\n<minimax:tool_call>\n{invokes}</minimax:tool_call>"
+        return f"<minimax:tool_call>\n{invokes}</minimax:tool_call>"
 
     def render_results(self, results: str, calls_json: str = "") -> str:
-        return self.RESULT_JOIN.join(split_results(results))
+        return "".join(self.RESULT.format(r) for r in split_results(results))
 
     def parse_data(self, text: str) -> list[ToolCall] | None:
         blocks: list[Any] = []
@@ -265,7 +314,7 @@ class MiniMax2Tools(ToolFormat):
 
     def jinja_calls(self) -> str:
         return (
-            "{{- '\\n<minimax:tool_call>\\n' }}\n" + JINJA_CALL_LOOP +
+            "{{- '<minimax:tool_call>\\n' }}\n" + JINJA_CALL_LOOP +
             "{{- '<invoke name=\"' ~ fn.name ~ '\">\\n' }}\n"
             "{%- for key, value in args.items() %}"
             "{{- '<parameter name=\"' ~ key ~ '\">' ~ " + JINJA_VALUE + " ~ '</parameter>\\n' }}{%- endfor %}\n"
@@ -275,7 +324,7 @@ class MiniMax2Tools(ToolFormat):
         )
 
     def jinja_results(self) -> str:
-        return "{{- results | join(" + jinja_str(self.RESULT_JOIN) + ") }}\n"
+        return "{%- for result in results %}{{- '\\n<response>' ~ result ~ '</response>' }}{%- endfor %}\n"
 
 
 # --- Seed-OSS ---------------------------------------------------------------------------------------
@@ -402,4 +451,4 @@ class SeedOssTools(ToolFormat):
         return "{{- results | join(" + jinja_str(self.RESULT_JOIN) + ") }}\n"
 
 
-XML_TOOL_FORMATS: tuple[ToolFormat, ...] = (Qwen35Tools(), Glm4MoeTools(), MiniMax2Tools(), SeedOssTools())
+XML_TOOL_FORMATS: tuple[ToolFormat, ...] = (Qwen35Tools(), Glm4MoeTools(), Glm47Tools(), MiniMax2Tools(), SeedOssTools())
