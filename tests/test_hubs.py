@@ -120,3 +120,80 @@ def test_modelscope_cache_layout_loads_offline(monkeypatch, tmp_path, tiny_llama
     assert config.hidden_size == 64
     with pytest.raises(LatheError, match="cannot be reached.*someone/absent"):
         load_model_config(_cfg("someone/absent", cache_dir=str(tmp_path)).model)
+
+
+# ----------------------------------------------------------------------------- datasets: ms_hub_url / om_hub_url
+
+ROWS = [{"instruction": "2+2?", "input": "", "output": "4"}, {"instruction": "Capital of France?", "input": "", "output": "Paris"}]
+
+
+def _registry(tmp_path, entry: dict):
+    import json
+
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"mixed": entry}))
+    return tmp_path
+
+
+def _fake_msdataset(monkeypatch, calls: list[dict]):
+    """A `modelscope` module whose MsDataset.load records its arguments and returns ROWS as a datasets.Dataset."""
+    import datasets
+
+    class MsDataset:
+        @staticmethod
+        def load(dataset_name, **kwargs):
+            calls.append({"dataset_name": dataset_name, **kwargs})
+            return datasets.Dataset.from_list(ROWS)
+
+    fake = types.ModuleType("modelscope")
+    fake.MsDataset = MsDataset
+    monkeypatch.setitem(sys.modules, "modelscope", fake)
+
+
+def test_dataset_entry_reads_ms_hub_url_under_use_modelscope_hub(monkeypatch, tmp_path):
+    from lathe.data import readers
+    from lathe.data.dataset_info import get_dataset_attrs
+
+    calls: list[dict] = []
+    _fake_msdataset(monkeypatch, calls)
+    monkeypatch.setattr(readers, "hub_reachable", lambda url=None: True)
+    data_dir = _registry(tmp_path, {"hf_hub_url": "hf-org/data", "ms_hub_url": "ms-org/data", "subset": "zh"})
+
+    (attr,) = get_dataset_attrs("mixed", data_dir)
+    assert attr.load_from == "hf_hub"  # without the variable the Hugging Face URL wins, as in LLaMA-Factory
+    monkeypatch.setenv("USE_MODELSCOPE_HUB", "1")
+    (attr,) = get_dataset_attrs("mixed", data_dir)
+    assert attr.load_from == "ms_hub"
+
+    model_args = _cfg("someone/tiny-llama", ms_hub_token=TOKEN).model
+    rows = readers.read_rows(attr, data_dir, token=readers.entry_token(attr, model_args))
+    assert list(readers.iter_rows(rows)) == ROWS
+    assert calls == [{"dataset_name": "ms-org/data", "subset_name": "zh", "data_dir": None, "split": "train",
+                      "use_streaming": False, "token": TOKEN}]
+
+
+def test_an_entry_with_only_a_modelscope_url_uses_it_without_the_variable(tmp_path):
+    from lathe.data.dataset_info import get_dataset_attrs
+
+    (attr,) = get_dataset_attrs("mixed", _registry(tmp_path, {"ms_hub_url": "ms-org/data"}))
+    assert (attr.load_from, attr.ms_hub_url) == ("ms_hub", "ms-org/data")
+    (other,) = get_dataset_attrs("mixed", _registry(tmp_path, {"om_hub_url": "om/d", "file_name": "x.json"}))
+    assert other.load_from == "om_hub"  # hub URLs come before file_name, as in LLaMA-Factory
+
+
+def test_modelscope_dataset_offline_fails_at_once_and_missing_client_names_the_extra(monkeypatch, tmp_path):
+    from lathe.data import readers
+    from lathe.data.dataset_info import get_dataset_attrs
+
+    calls: list[dict] = []
+    _fake_msdataset(monkeypatch, calls)
+    monkeypatch.setenv("USE_MODELSCOPE_HUB", "1")
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", "https://modelscope.example")
+    (attr,) = get_dataset_attrs("mixed", _registry(tmp_path, {"hf_hub_url": "hf-org/data", "ms_hub_url": "ms-org/data"}))
+    monkeypatch.setattr(readers, "hub_reachable", lambda url=None: url != "https://modelscope.example")
+    with pytest.raises(LatheError, match=r"ModelScope dataset 'ms-org/data'.*https://modelscope.example cannot be reached"):
+        readers.read_rows(attr, tmp_path)
+    assert calls == []  # the client, which would retry for minutes, is never called
+
+    monkeypatch.setitem(sys.modules, "modelscope", None)  # not installed
+    with pytest.raises(LatheError, match=r"reads datasets from ModelScope.*pip install 'lathe\[modelscope\]'"):
+        readers.read_rows(attr, tmp_path)

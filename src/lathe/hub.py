@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlparse
 
 from .errors import LatheError
@@ -77,6 +77,8 @@ class OtherHub:
 
     Its client package downloads a snapshot into the hub's own cache; transformers then loads
     that folder like any local model, so nothing past the download knows which hub it came from.
+    Datasets (a dataset_info.json entry's `url_key`) come through the client's dataset class
+    instead, which hands back rows (see lathe.data.readers).
     """
 
     name: str
@@ -88,6 +90,15 @@ class OtherHub:
     endpoint_envs: tuple[str, ...]  # where the client reads its endpoint, first set wins
     default_endpoint: str
     main_revision: str = "main"  # the default branch's name there ("main" in the config means it)
+    url_key: str = ""  # the dataset_info.json key naming a dataset on this hub
+    dataset_module: str = ""  # where the client's dataset class lives
+    dataset_class: str = ""
+    dataset_package: str = ""  # the pip name of the client that has it
+
+    @property
+    def load_from(self) -> str:
+        """The dataset entry's `load_from` for this hub ("ms_hub"), as LLaMA-Factory names it."""
+        return self.url_key.removesuffix("_url")
 
     def active(self) -> bool:
         return os.environ.get(self.env, "").lower() in {"1", "true", "yes", "on", "y"}
@@ -96,30 +107,46 @@ class OtherHub:
         return next((os.environ[var] for var in self.endpoint_envs if os.environ.get(var)), self.default_endpoint)
 
     def snapshot_download(self) -> Callable[..., str]:
-        try:
-            module = importlib.import_module(self.module)
-        except ImportError as e:
+        return self._client(self.module, "snapshot_download", self.package, f"{self.env}=1 loads models",
+                            f"unset {self.env} to use Hugging Face hub ids and local folders")
+
+    def dataset_loader(self) -> Any:
+        """The client's dataset class (MsDataset, OmDataset), for dataset_info.json entries on this hub."""
+        return self._client(self.dataset_module, self.dataset_class, self.dataset_package, "lathe reads datasets",
+                            "download the data and point the entry's 'file_name' at it")
+
+    def _client(self, module: str, attribute: str, package: str, what: str, instead: str) -> Any:
+        try:  # the clients import lazily: a missing dependency of theirs surfaces on attribute access
+            return getattr(importlib.import_module(module), attribute)
+        except (ImportError, RuntimeError) as e:
+            lines = [line for line in str(e).splitlines() if line.strip()]  # modelscope's last line names the cause
+            missing = getattr(e, "name", None) or (lines[-1] if lines else package)
             raise LatheError(
-                f"{self.env}=1 loads models from {self.name} through its client, which is not installed "
-                f"({e.name or self.package}): pip install 'lathe[{self.extra}]' (or pip install {self.package}), "
-                f"or unset {self.env} to use Hugging Face hub ids and local folders."
+                f"{what} from {self.name} through its client, which is not installed ({missing}): "
+                f"pip install 'lathe[{self.extra}]' (or pip install {package}), or {instead}."
             ) from None
-        return module.snapshot_download
 
 
 # LLaMA-Factory's order: with both variables set, ModelScope wins.
 OTHER_HUBS: tuple[OtherHub, ...] = (
     OtherHub("ModelScope", "USE_MODELSCOPE_HUB", "modelscope", "modelscope", "modelscope.hub.snapshot_download",
              "ms_hub_token", ("MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN"), "https://www.modelscope.cn",
-             main_revision="master"),
+             main_revision="master", url_key="ms_hub_url", dataset_module="modelscope", dataset_class="MsDataset",
+             dataset_package="modelscope"),
     OtherHub("Modelers (openMind)", "USE_OPENMIND_HUB", "openmind", "openmind_hub", "openmind_hub",
-             "om_hub_token", ("OPENMIND_HUB_ENDPOINT",), "https://modelers.cn"),
+             "om_hub_token", ("OPENMIND_HUB_ENDPOINT",), "https://modelers.cn",
+             url_key="om_hub_url", dataset_module="openmind", dataset_class="OmDataset", dataset_package="openmind"),
 )
 
 
 def other_hub() -> OtherHub | None:
     """The hub that USE_MODELSCOPE_HUB / USE_OPENMIND_HUB select now, if any."""
     return next((hub for hub in OTHER_HUBS if hub.active()), None)
+
+
+def hub_of(load_from: str) -> OtherHub | None:
+    """The other hub a dataset entry's `load_from` ("ms_hub", "om_hub") names; None for the rest."""
+    return next((hub for hub in OTHER_HUBS if hub.load_from == load_from), None)
 
 
 _SNAPSHOTS: dict[tuple[str, str, str, str | None], str] = {}  # one download per model and process

@@ -246,7 +246,7 @@ def test_hub_probe_gives_up_quickly_on_a_closed_port(monkeypatch):
     assert time.monotonic() - start < hub.NETWORK_PROBE_TIMEOUT_S + 1
 
 
-def test_hubs_lathe_cannot_read_say_what_to_do(tmp_path):
-    attr = DatasetAttr.from_entry("deepctrl", {"ms_hub_url": "deepctrl/deepctrl-sft-data"})
-    with pytest.raises(LatheError, match="ModelScope hub, which lathe cannot read yet.*'file_name'"):
+def test_sources_lathe_cannot_read_say_what_to_do(tmp_path):
+    attr = DatasetAttr.from_entry("bucket", {"cloud_file_name": "s3://b/x.json"})
+    with pytest.raises(LatheError, match="cloud storage .*which lathe cannot read yet.*'file_name'"):
         read_rows(attr, tmp_path)

@@ -8,8 +8,9 @@ key in the message, because a typo here otherwise surfaces as "no valid samples"
 
 Semantics match LLaMA-Factory's parser so its files mean the same thing here:
 - the source is the first of hf_hub_url, ms_hub_url, om_hub_url, script_url,
-  cloud_file_name, file_name that the entry has (lathe does not switch hubs by environment
-  variable, unlike USE_MODELSCOPE_HUB there);
+  cloud_file_name, file_name that the entry has, except that among the hub URLs the one of the
+  hub switched on now wins: ms_hub_url under USE_MODELSCOPE_HUB=1, om_hub_url under
+  USE_OPENMIND_HUB=1, and an entry with no hf_hub_url uses the other hub it names;
 - a `columns` block replaces the format's default columns: a column it does not name is
   unset (so `{"prompt": "text"}` means "text only, no response", as for pretraining data);
 - a `tags` block overrides the format's default tags one by one; a tag it does not name
@@ -24,6 +25,7 @@ from typing import Any, Mapping
 
 from lathe.data.formats import get_format
 from lathe.errors import LatheError, did_you_mean, read_json_file
+from lathe.hub import OTHER_HUBS, other_hub
 
 REGISTRY_FILE = "dataset_info.json"
 ONLINE = "ONLINE"  # a dataset_dir meaning "the names are Hugging Face Hub ids", as in LLaMA-Factory
@@ -92,7 +94,7 @@ class DatasetAttr:
         if not isinstance(entry, Mapping):
             raise LatheError(f"{where} must be a JSON object, got {type(entry).__name__}.")
         _check_keys(entry, _ENTRY_KEYS, where)
-        load_from = next((kind for key, kind in _SOURCES if entry.get(key) is not None), None)
+        load_from = _hub_source(entry) or next((kind for key, kind in _SOURCES if entry.get(key) is not None), None)
         if load_from is None:
             keys = ", ".join(key for key, _ in _SOURCES)
             raise LatheError(f"{where} says nowhere to load the data from; give one of: {keys}.")
@@ -120,6 +122,19 @@ _SOURCES = (
     ("cloud_file_name", "cloud_file"),
     ("file_name", "file"),
 )
+
+
+def _hub_source(entry: Mapping[str, Any]) -> str | None:
+    """The other hub whose URL the entry has, when that hub is switched on or no hf_hub_url is given.
+
+    Read when the registry is read, so USE_MODELSCOPE_HUB / USE_OPENMIND_HUB act as they do for
+    models; ModelScope is asked first, as in LLaMA-Factory.
+    """
+    has_hf = entry.get("hf_hub_url") is not None
+    return next((hub.load_from for hub in OTHER_HUBS
+                 if entry.get(hub.url_key) is not None and (hub.active() or not has_hf)), None)
+
+
 # key -> the JSON type its value must have
 _ENTRY_KEYS: dict[str, type] = {
     **{key: str for key, _ in _SOURCES},
@@ -204,14 +219,17 @@ def split_names(names: str | list[str]) -> list[str]:
 def get_dataset_attrs(names: str | list[str], dataset_dir: str | Path) -> list[DatasetAttr]:
     """The entries for `names` (a comma list or a list), in that order.
 
-    With dataset_dir "ONLINE" every name is a Hugging Face Hub id read as alpaca data, as in
-    LLaMA-Factory.
+    With dataset_dir "ONLINE" every name is a hub id read as alpaca data, as in LLaMA-Factory:
+    a ModelScope / Modelers id when USE_MODELSCOPE_HUB / USE_OPENMIND_HUB is on, else a Hugging
+    Face Hub id.
     """
     wanted = split_names(names)
     if not wanted:
         raise LatheError("No dataset names given: set `dataset` to one or more names from dataset_info.json.")
     if str(dataset_dir) == ONLINE:
-        return [DatasetAttr.from_entry(name, {"hf_hub_url": name}, source=ONLINE) for name in wanted]
+        hub = other_hub()
+        key = hub.url_key if hub else "hf_hub_url"
+        return [DatasetAttr.from_entry(name, {key: name}, source=ONLINE) for name in wanted]
     registry = load_registry(dataset_dir)
     missing = [name for name in wanted if name not in registry]
     if missing:

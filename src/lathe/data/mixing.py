@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from .dataset_info import get_dataset_attrs
 from .formats import convert_rows
 from .processors import sample_row
-from .readers import iter_rows, read_rows, select_rows
+from .readers import entry_token, iter_rows, read_rows, select_rows
 from .report import DataReport
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def load_mixed_samples(names: str, cfg: "RunConfig", report: DataReport, attrs=N
     d = cfg.data
     parts = []
     for attr in attrs or get_dataset_attrs(names, d.dataset_dir):
-        rows = read_rows(attr, d.dataset_dir, seed=cfg.training.seed)
+        rows = read_rows(attr, d.dataset_dir, seed=cfg.training.seed, token=entry_token(attr, cfg.model))
         if d.max_samples is not None:
             rows = select_rows(rows, range(min(d.max_samples, len(rows))))
         result = convert_rows(attr, iter_rows(rows))

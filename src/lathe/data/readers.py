@@ -23,36 +23,45 @@ import datasets
 
 from lathe.data.dataset_info import DatasetAttr
 from lathe.errors import LatheError
-from lathe.hub import endpoint, hub_reachable, offline_requested
+from lathe.hub import endpoint, hub_of, hub_reachable, offline_requested
 
 # file extension -> the `datasets` builder that reads it
 FILE_TYPES = {"arrow": "arrow", "csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet", "txt": "text"}
 
 Rows = "datasets.Dataset | list[dict[str, Any]]"  # what `read_rows` returns; iterate with `iter_rows`
-Loader = Callable[..., Rows]  # (attr, dataset_dir, cache_dir, streaming=False)
+Loader = Callable[..., Rows]  # (attr, dataset_dir, cache_dir, streaming=False, token=None)
 
 
 def read_rows(
     attr: DatasetAttr, dataset_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, seed: int = 0,
-    streaming: bool = False,
+    streaming: bool = False, token: str | None = None,
 ) -> Rows:
     """The rows of `attr`: a `datasets.Dataset`, or a list of row dicts for local JSON (see `_read_json`).
 
     Iterate them with `iter_rows` and take some with `select_rows`.
     `cache_dir` is where `datasets` keeps its Arrow cache (default: HF_DATASETS_CACHE).
     `streaming` returns a `datasets.IterableDataset` that reads rows as they are used.
+    `token` reaches the ModelScope / Modelers client only (see `entry_token`); Hugging Face
+    reads its token from HF_TOKEN.
     When the entry sets `num_samples`, that many rows are drawn with `seed`: every row once
     in random order while there are enough, then rows repeated at random to make up the rest.
     """
     loader = LOADERS.get(attr.load_from)
     if loader is None:
         raise LatheError(f"{_entry(attr)}: lathe cannot load from {attr.load_from!r}; known: {', '.join(LOADERS)}.")
-    rows = loader(attr, Path(dataset_dir), None if cache_dir is None else str(cache_dir), streaming=streaming)
+    rows = loader(attr, Path(dataset_dir), None if cache_dir is None else str(cache_dir), streaming=streaming,
+                  token=token)
     if attr.num_samples is not None and streaming:
         raise LatheError(f"{_entry(attr)}: `num_samples` draws rows at random and cannot be used with streaming.")
     if attr.num_samples is not None:
         rows = _sample(attr, rows, attr.num_samples, seed)
     return rows
+
+
+def entry_token(attr: DatasetAttr, model_args: Any) -> str | None:
+    """The token `read_rows` needs for `attr`: `ms_hub_token` / `om_hub_token` for those hubs' entries."""
+    hub = hub_of(attr.load_from)
+    return getattr(model_args, hub.token_key) if hub else None
 
 
 def iter_rows(rows: Iterable[Mapping[str, Any]], batch_size: int = 1000) -> Iterator[dict[str, Any]]:
@@ -118,7 +127,8 @@ def _extensions() -> str:
     return ", ".join(f".{ext}" for ext in FILE_TYPES)
 
 
-def _load_file(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, streaming: bool = False) -> Rows:
+def _load_file(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, streaming: bool = False,
+        token: str | None = None) -> Rows:
     kind, files = _data_files(attr, dataset_dir / (attr.file_name or ""))
     if kind == "json" and attr.split == "train" and not streaming:
         rows = _read_json(attr, files)
@@ -217,7 +227,8 @@ def _cause(error: BaseException) -> str:
 # ----------------------------------------------------------------------------- hubs
 
 
-def _load_hf_hub(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, streaming: bool = False) -> datasets.Dataset:
+def _load_hf_hub(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, streaming: bool = False,
+        token: str | None = None) -> datasets.Dataset:
     """A Hugging Face Hub dataset; fails in seconds, not after minutes of retries, when offline."""
     repo = attr.hf_hub_url or ""
     needs_network = f"{_entry(attr)} is the Hugging Face Hub dataset {repo!r} and needs the network"
@@ -243,7 +254,51 @@ def _load_hf_hub(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, st
             f"subset and split, or {local_copy}.") from error
 
 
-def _load_script(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, streaming: bool = False) -> datasets.Dataset:
+def _load_other_hub(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, streaming: bool = False,
+        token: str | None = None) -> Rows:
+    """A ModelScope / Modelers dataset through its client's dataset class, as LLaMA-Factory loads it.
+
+    The clients retry for minutes without a network and have no cache-only switch, so an
+    unreachable hub is reported after a few seconds' probe instead.
+    """
+    hub = hub_of(attr.load_from)
+    assert hub is not None  # LOADERS maps only these hubs' load_from here
+    repo = getattr(attr, hub.url_key) or ""
+    loader = hub.dataset_loader()
+    local_copy = "download it on a machine with network and point 'file_name' at the local copy"
+    if not hub_reachable(hub.endpoint()):
+        raise LatheError(
+            f"{_entry(attr)} is the {hub.name} dataset {repo!r} and needs the network, but {hub.endpoint()} "
+            f"cannot be reached. Connect this machine, or {local_copy}."
+        )
+    where = {"cache_dir": cache_dir} if cache_dir else {}  # the client's own cache otherwise
+    try:
+        rows = _HUB_CALLS[hub.load_from](loader, repo, attr, token=token, streaming=streaming, **where)
+    except Exception as error:  # the clients raise their own error types (HTTP, not found, bad subset)
+        raise LatheError(
+            f"{_entry(attr)}: could not load {repo!r} from {hub.name}: {_cause(error)}. Check the id, subset and "
+            f"split, `{hub.token_key}` for a private dataset, or {local_copy}.") from error
+    return rows.to_hf_dataset() if isinstance(rows, loader) else rows  # ModelScope wraps a datasets.Dataset
+
+
+def _modelscope_call(loader: Any, repo: str, attr: DatasetAttr, **kwargs: Any) -> Any:
+    version = {"version": attr.revision} if attr.revision else {}  # ModelScope's name for the revision
+    streaming = kwargs.pop("streaming")
+    return loader.load(dataset_name=repo, subset_name=attr.subset, data_dir=attr.folder, split=attr.split,
+                       use_streaming=streaming, **version, **kwargs)
+
+
+def _openmind_call(loader: Any, repo: str, attr: DatasetAttr, **kwargs: Any) -> Any:
+    revision = {"revision": attr.revision} if attr.revision else {}
+    return loader.load_dataset(path=repo, name=attr.subset, data_dir=attr.folder, split=attr.split, **revision, **kwargs)
+
+
+# load_from -> how that hub's dataset class is called (its argument names differ)
+_HUB_CALLS: dict[str, Callable[..., Any]] = {"ms_hub": _modelscope_call, "om_hub": _openmind_call}
+
+
+def _load_script(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, streaming: bool = False,
+        token: str | None = None) -> datasets.Dataset:
     """A local folder (script_url) read by `datasets.load_dataset`; loading scripts no longer run in datasets>=4."""
     path = dataset_dir / (attr.script_url or "")
     if not path.exists():
@@ -257,7 +312,8 @@ def _load_script(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, st
 
 
 def _unsupported(what: str) -> Loader:
-    def load(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, streaming: bool = False) -> datasets.Dataset:
+    def load(attr: DatasetAttr, dataset_dir: Path, cache_dir: str | None, streaming: bool = False,
+        token: str | None = None) -> datasets.Dataset:
         raise LatheError(
             f"{_entry(attr)} is on {what}, which lathe cannot read yet. Add an 'hf_hub_url' if the data is "
             "also on the Hugging Face Hub, or download it and point 'file_name' at the local copy."
@@ -270,7 +326,7 @@ LOADERS: dict[str, Loader] = {
     "file": _load_file,
     "hf_hub": _load_hf_hub,
     "script": _load_script,
-    "ms_hub": _unsupported("the ModelScope hub"),
-    "om_hub": _unsupported("the Modelers (openMind) hub"),
+    "ms_hub": _load_other_hub,
+    "om_hub": _load_other_hub,
     "cloud_file": _unsupported("cloud storage (cloud_file_name)"),
 }

@@ -11,7 +11,7 @@ from .dataset_info import get_dataset_attrs
 from .formats import ConversionResult, RowError, get_format
 from .mixing import eval_names, mix
 from .processors import SAMPLE_COLUMNS, sample_features, sample_row
-from .readers import read_rows
+from .readers import entry_token, read_rows
 from .report import DataReport, count_tokens
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def _stream_samples(attr, cfg: "RunConfig"):
     generator, which runs in the training process, can count it.
     """
     d = cfg.data
-    rows = read_rows(attr, d.dataset_dir, seed=cfg.training.seed, streaming=True)
+    rows = read_rows(attr, d.dataset_dir, seed=cfg.training.seed, streaming=True, token=entry_token(attr, cfg.model))
     if d.max_samples is not None:
         rows = rows.take(d.max_samples)
     convert = get_format(attr.formatting).convert
