@@ -60,6 +60,17 @@ def arguments_of(call: ToolCall) -> dict:
     return args
 
 
+def xml_calls(calls: Sequence[ToolCall], head: str, arg: str, tail: str, join: str) -> str:
+    """The calls in one XML spelling: `head` ({name}) and `tail` around each call, `arg` ({key}, {value})
+    for each argument, the calls joined by `join`. The formats differ only in these strings."""
+    return join.join(
+        head.format(name=c.name)
+        + "".join(arg.format(key=k, value=value_text(v)) for k, v in arguments_of(c).items())
+        + tail
+        for c in calls
+    )
+
+
 def make_call(name: str, pairs: Iterable[tuple[str, Any]]) -> ToolCall:
     """A ToolCall from a name and (key, parsed value) pairs, arguments as compact JSON text."""
     return ToolCall(name, json.dumps(dict(pairs), ensure_ascii=False))
@@ -113,12 +124,8 @@ class Qwen35Tools(JsonToolList, XmlResults):
     PARAM = re.compile(r"<parameter=([^\s<>]+)>(.*?)</parameter>", re.DOTALL)
 
     def format_calls(self, calls: Sequence[ToolCall]) -> str:
-        return "\n".join(
-            f"<tool_call>\n<function={c.name}>\n"
-            + "".join(f"<parameter={k}>\n{value_text(v)}\n</parameter>\n" for k, v in arguments_of(c).items())
-            + "</function>\n</tool_call>"
-            for c in calls
-        )
+        return xml_calls(calls, "<tool_call>\n<function={name}>\n", "<parameter={key}>\n{value}\n</parameter>\n",
+                         "</function>\n</tool_call>", "\n")
 
     @staticmethod
     def _value(text: str) -> Any:
@@ -169,12 +176,8 @@ class Glm4MoeTools(XmlResults):
         return self.HEADER + body + self.FOOTER
 
     def format_calls(self, calls: Sequence[ToolCall]) -> str:
-        return "\n".join(
-            f"<tool_call>{c.name}\n"
-            + "".join(f"<arg_key>{k}</arg_key>\n<arg_value>{value_text(v)}</arg_value>\n" for k, v in arguments_of(c).items())
-            + "</tool_call>"
-            for c in calls
-        )
+        return xml_calls(calls, "<tool_call>{name}\n", "<arg_key>{key}</arg_key>\n<arg_value>{value}</arg_value>\n",
+                         "</tool_call>", "\n")
 
     def parse_data(self, text: str) -> list[ToolCall] | None:
         blocks = []
@@ -222,12 +225,8 @@ class Glm47Tools(Glm4MoeTools):
     )
 
     def format_calls(self, calls: Sequence[ToolCall]) -> str:
-        return "".join(
-            f"<tool_call>{c.name}"
-            + "".join(f"<arg_key>{k}</arg_key><arg_value>{value_text(v)}</arg_value>" for k, v in arguments_of(c).items())
-            + "</tool_call>"
-            for c in calls
-        )
+        return xml_calls(calls, "<tool_call>{name}", "<arg_key>{key}</arg_key><arg_value>{value}</arg_value>",
+                         "</tool_call>", "")
 
     def render_results(self, results: str, calls_json: str = "") -> str:
         return "".join(f"<tool_response>{r}</tool_response>" for r in split_results(results))
@@ -284,12 +283,8 @@ class MiniMax2Tools(ToolFormat):
         return self.HEADER + body + self.FOOTER
 
     def format_calls(self, calls: Sequence[ToolCall]) -> str:
-        invokes = "".join(
-            f'<invoke name="{c.name}">\n'
-            + "".join(f'<parameter name="{k}">{value_text(v)}</parameter>\n' for k, v in arguments_of(c).items())
-            + "</invoke>\n"
-            for c in calls
-        )
+        invokes = xml_calls(calls, '<invoke name="{name}">\n', '<parameter name="{key}">{value}</parameter>\n',
+                            "</invoke>\n", "")
         return f"<minimax:tool_call>\n{invokes}</minimax:tool_call>"
 
     def render_results(self, results: str, calls_json: str = "") -> str:
@@ -395,12 +390,8 @@ class SeedOssTools(ToolFormat):
         return "{%- set system = (system if system else " + jinja_str(self.DEFAULT_SYSTEM) + ") ~ tools_text %}\n"
 
     def format_calls(self, calls: Sequence[ToolCall]) -> str:
-        return "\n".join(
-            f"<seed:tool_call>\n<function={c.name}>\n"
-            + "".join(f"<parameter={k}>{value_text(v)}</parameter>\n" for k, v in arguments_of(c).items())
-            + "</function>\n</seed:tool_call>"
-            for c in calls
-        )
+        return xml_calls(calls, "<seed:tool_call>\n<function={name}>\n", "<parameter={key}>{value}</parameter>\n",
+                         "</function>\n</seed:tool_call>", "\n")
 
     def render_results(self, results: str, calls_json: str = "") -> str:
         return self.RESULT_JOIN.join(split_results(results))
