@@ -10,7 +10,7 @@ import pytest
 
 from lathe.cli import main
 from lathe.data.templates import list_templates
-from lathe.model.catalog import CATALOG_FILE, for_model_id, load_catalog, lookup, parse_size, search
+from lathe.model.catalog import CATALOG_FILE, EXTRA_FILE, for_model_id, load_catalog, lookup, parse_size, search
 from tests.conftest import shared_path
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
@@ -32,7 +32,7 @@ def test_every_template_is_registered_or_marked_missing():
 
 
 def test_entries_are_well_formed():
-    text = CATALOG_FILE.read_text(encoding="utf-8")
+    text = CATALOG_FILE.read_text(encoding="utf-8") + EXTRA_FILE.read_text(encoding="utf-8")
     names = re.findall(r"^  (\S[^:]*): \{", text, flags=re.MULTILINE)
     assert len(names) == len(set(names)) == len(load_catalog())  # YAML would hide a repeated name
     for model in load_catalog().values():
@@ -41,6 +41,16 @@ def test_entries_are_well_formed():
         if model.size:
             assert model.params > 0, model
     assert sum(m.ms is not None for m in load_catalog().values()) >= 600
+
+
+def test_releases_beyond_llama_factorys_list_come_from_the_extra_file():
+    """Hand-written entries load after the generated ones; no model (by id) is in both files."""
+    extra = [m for m in load_catalog().values() if m.name in EXTRA_FILE.read_text(encoding="utf-8")]
+    assert len(extra) >= 30 and lookup("Kimi-K2-Thinking").hf == "moonshotai/Kimi-K2-Thinking"
+    assert for_model_id("inclusionAI/Ling-mini-2.0").template == "bailing_v2"
+    assert lookup("Qwen3-Coder-30B-A3B-Instruct").template is None  # its tokenizer's own template is used
+    hf_ids = [m.hf.lower() for m in load_catalog().values()]
+    assert len(hf_ids) == len(set(hf_ids)), sorted(i for i in set(hf_ids) if hf_ids.count(i) > 1)
 
 
 def test_sizes_are_read_as_the_name_writes_them():

@@ -28,7 +28,7 @@ from tests.conftest import SHARED
 ROOT = Path(__file__).resolve().parents[2]
 PUBLISHED = ROOT / "src" / "lathe" / "data" / "templates" / "templates_published.yaml"
 TOKENS = SimpleNamespace(bos_token="<s>", eos_token="</s>")
-THOUGHT = {"mimo_v2": ("<think>", "</think>"), "aeva": ("<think>", "</think>")}  # others: LF's default words
+THOUGHT = {"mimo_v2": ("<think>", "</think>"), "aeva": ("<think>", "</think>"), "gemma4n": ("", "")}  # others: LF's default words
 DEFAULT_THOUGHT = ("<think>\n", "\n</think>\n\n")
 
 CHATML = ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n"
@@ -63,6 +63,9 @@ PUBLISHED_EXPECTED = {
                  ["A1<end_of_sentence>", "A2<end_of_sentence>"]),
     "phi_small": ("<|endoftext|><|system|>\nS<|end|>\n<|user|>\nQ1<|end|>\n<|assistant|>\nA1<|end|>\n"
                   "<|user|>\nQ2<|end|>\n<|assistant|>\nA2<|end|>", ["A1<|end|>", "A2<|end|>"]),
+    # as lathe's vendor-checked gemma4 (LLaMA-Factory's gemma4/gemma4n always write <|think|> in the system turn)
+    "gemma4n": ("<s><|turn>system\nS<turn|>\n<|turn>user\nQ1<turn|>\n<|turn>model\nA1<turn|>\n<|turn>user\nQ2<turn|>\n"
+                "<|turn>model\nA2<turn|>", ["A1<turn|>", "A2<turn|>"]),
     "gemma3n": ("<s><start_of_turn>user\nS\n\nQ1<end_of_turn>\n<start_of_turn>model\nA1<end_of_turn>\n"
                 "<start_of_turn>user\nQ2<end_of_turn>\n<start_of_turn>model\nA2<end_of_turn>",
                 ["A1<end_of_turn>", "A2<end_of_turn>"]),
@@ -85,6 +88,8 @@ PUBLISHED_EXPECTED = {
     "index": ("<unk>Sreserved_0Q1reserved_1A1reserved_0Q2reserved_1A2</s>", ["A1reserved_0", "A2</s>"]),
     "bailing": ("<role>SYSTEM</role>S<role>HUMAN</role>Q1<role>ASSISTANT</role>A1<role>HUMAN</role>Q2"
                 "<role>ASSISTANT</role>A2</s>", ["A1<role>", "A2</s>"]),
+    # eos after every answer where LLaMA-Factory's efficient_eos writes none between turns (see its description)
+    "hy_dense_7b": ("<s>S<|extra_4|>Q1<|extra_0|>A1</s>Q2<|extra_0|>A2</s>", ["A1</s>", "A2</s>"]),
     "hy_dense_1_8b": ("<s>S" + HY(3) + "<｜hy_User｜>Q1<｜hy_Assistant｜>A1<｜hy_User｜>Q2<｜hy_Assistant｜>A2</s>",
                       ["A1<｜hy_User｜>", "A2</s>"]),
     "glmz1": ("[gMASK]<sop><|system|>\nS<|user|>\nQ1<|assistant|>\n<think>\nT1\n</think>\n\nA1<|user|>\nQ2<|assistant|>"
@@ -96,7 +101,7 @@ PUBLISHED_EXPECTED = {
 PUBLISHED_CHECKED = set(PUBLISHED_EXPECTED)
 # For the catalog test's global sets: which of these are efficient_eos / have a thinking mode.
 PUBLISHED_EFFICIENT = {"breeze", "index", "bailing", "hy_dense_1_8b", "glmz1", "aeva"}
-PUBLISHED_THINKING = {"mimo", "mimo_v2", "qwen3_6", "youtu", "glmz1", "aeva"}
+PUBLISHED_THINKING = {"mimo", "mimo_v2", "qwen3_6", "youtu", "glmz1", "aeva", "gemma4n"}
 # LLaMA-Factory's default system prompts (short ones in full; the long ones by their opening).
 DEFAULT_SYSTEMS = {
     "dbrx": "You are DBRX, created by Databricks. You were last updated in December 2023.",

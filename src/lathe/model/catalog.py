@@ -1,7 +1,8 @@
 """The model catalog: known model names, their hub ids, default chat template, size and modality.
 
 Data, not code: `catalog.yaml` next to this file, written by `scripts/build_model_catalog.py` from
-LLaMA-Factory's model list (so a name from its docs means the same model here). `lathe models`
+LLaMA-Factory's model list (so a name from its docs means the same model here), and
+`catalog_extra.yaml`, hand-written, for releases that list lacks. `lathe models`
 searches it, the Board's model picker offers it, and a run with no `template` whose tokenizer has
 no chat template of its own takes the catalog's default for its model id (`data/loader.run_template`).
 
@@ -21,6 +22,7 @@ import yaml
 from lathe.errors import LatheError
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
+EXTRA_FILE = Path(__file__).with_name("catalog_extra.yaml")
 ID_KEYS = ("hf", "ms", "om")  # Hugging Face, ModelScope, Modelers (openMind)
 _SIZE = re.compile(r"^(?:(\d+)x)?(\d+(?:\.\d+)?)([KMBT])$")
 _UNITS = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
@@ -70,16 +72,19 @@ class CatalogModel:
 
 @cache
 def load_catalog() -> dict[str, CatalogModel]:
-    """Every entry by display name, in the file's order (family by family)."""
-    data = yaml.safe_load(CATALOG_FILE.read_text(encoding="utf-8")) or {}
-    out = {}
-    for family, models in data.items():
-        for name, entry in (models or {}).items():
-            unknown = set(entry) - _ENTRY_KEYS
-            if unknown or "hf" not in entry:
-                raise LatheError(f"{CATALOG_FILE}: model `{name}` needs `hf` and knows only {sorted(_ENTRY_KEYS)}; "
-                                 f"got {sorted(entry)}.")
-            out[name] = CatalogModel(name=name, family=family, **entry)
+    """Every entry by display name, in the files' order (family by family; the extra file's last)."""
+    out: dict[str, CatalogModel] = {}
+    for path in (CATALOG_FILE, EXTRA_FILE):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for family, models in data.items():
+            for name, entry in (models or {}).items():
+                unknown = set(entry) - _ENTRY_KEYS
+                if unknown or "hf" not in entry:
+                    raise LatheError(f"{path}: model `{name}` needs `hf` and knows only {sorted(_ENTRY_KEYS)}; "
+                                     f"got {sorted(entry)}.")
+                if name in out:
+                    raise LatheError(f"{path}: model `{name}` is already in {CATALOG_FILE.name}; keep one entry.")
+                out[name] = CatalogModel(name=name, family=family, **entry)
     return out
 
 
