@@ -60,3 +60,23 @@ def test_add_special_tokens_option(sft_config):
     result = run_stage(cfg)
     assert result.model.get_input_embeddings().weight.shape[0] == len(result.tokenizer)
     assert "<tool>" in result.tokenizer.get_vocab()
+
+
+@pytest.mark.parametrize("config_json, message", [
+    ({"model_type": "qwen9_moe"}, r"model type `qwen9_moe` is unknown to the transformers installed here .*upgrade"),
+    ({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]},
+     r"is a `t5` model \(T5ForConditionalGeneration\), which transformers .* cannot build as a causal language model"),
+])
+def test_a_model_transformers_cannot_build_fails_in_one_paragraph_before_the_data(
+        sft_config, tiny_llama, tmp_path, config_json, message):
+    """Not transformers' list of every causal-LM config class, and not after the data is tokenized."""
+    import json
+    import shutil
+
+    folder = tmp_path / "odd"
+    shutil.copytree(tiny_llama, folder)
+    (folder / "config.json").write_text(json.dumps(config_json))
+    cfg = load_config(sft_config(model_name_or_path=str(folder), dataset="no_such_dataset"))
+    with pytest.raises(LatheError, match=message) as err:  # the unknown dataset would fail later
+        run_stage(cfg)
+    assert len(str(err.value)) < 400 and "\n" not in str(err.value)

@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import math
 import pickle
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,7 +175,43 @@ def load_model_config(m: "ModelArguments"):
     try:
         return AutoConfig.from_pretrained(m.model_name_or_path, **_hub_kwargs(m))
     except (OSError, ValueError) as e:
+        model_type = re.search(r"model type `([^`]+)` but Transformers does not recognize", str(e))
+        if model_type:
+            raise LatheError(
+                f"{m.model_name_or_path}: model type `{model_type.group(1)}` is unknown to the transformers "
+                f"installed here ({transformers_version()}). If the model is newer than it, upgrade "
+                f"(`pip install -U transformers`); if its folder ships its own modelling code, set "
+                f"`trust_remote_code: true`."
+            ) from None
         raise _loading_error("model config", m.model_name_or_path, e) from None
+
+
+def check_causal_lm(m: "ModelArguments") -> None:
+    """Refuse, before any data is prepared, a model transformers cannot build as a causal LM.
+
+    transformers' own error for this lists every causal-LM config class (about 200 names) and
+    comes only after the data is tokenized; this one names the model's type and what to do.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = load_model_config(m)
+    remote = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (remote and m.trust_remote_code):
+        return
+    architectures = ", ".join(getattr(config, "architectures", None) or []) or "no architectures named"
+    hint = ("its folder ships its own modelling code: set `trust_remote_code: true` to use it." if remote else
+            "lathe trains decoder-only language models (and multimodal ones once that support lands); an "
+            "encoder or sequence-to-sequence model cannot be fine-tuned here.")
+    raise LatheError(
+        f"{m.model_name_or_path} is a `{config.model_type}` model ({architectures}), which transformers "
+        f"{transformers_version()} cannot build as a causal language model: {hint}"
+    )
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTrainedModel":

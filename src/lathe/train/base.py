@@ -151,13 +151,15 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     """
     from ..data.loader import get_dataset, run_template, warn_template_mismatch
     from ..model.adapters import apply_method
-    from ..model.load import add_config_tokens, enable_gradient_checkpointing, load_model, load_tokenizer
+    from ..model.load import add_config_tokens, check_causal_lm, enable_gradient_checkpointing
+    from ..model.load import load_model, load_tokenizer
     from ..model.memory import gradient_checkpointing_wanted
 
     check_run_callbacks(cfg)
     args = run_arguments(cfg)
     resume = prepare_output_dir(cfg)
     tokenizer = load_tokenizer(cfg.model)
+    check_causal_lm(cfg.model)  # before the data: a model that cannot be built fails in seconds
     template = run_template(cfg, tokenizer)
     from_template = template.fix_tokenizer(tokenizer)
     warn_template_mismatch(cfg, template, from_template)
