@@ -32,7 +32,7 @@ from tests.data.test_templates_glm import GLM_CHECKED
 from tests.data.test_templates_published import (
     PUBLISHED_CHECKED,
     PUBLISHED_EFFICIENT,
-    PUBLISHED_THINKING,
+    PUBLISHED_EMPTY_THOUGHT,
 )
 from tests.data.test_templates_vendor import VENDOR_CHECKED
 
@@ -166,7 +166,7 @@ def test_catalog_covers_the_model_families():
         assert tpl.slots.description, f"{name} has no description"
         assert tpl.efficient_eos == (name in EFFICIENT | PUBLISHED_EFFICIENT)
     assert {name for name in names if get_template(name).slots.empty_thought} == (
-        {"qwen3", "qwen3_5", "gemma4", "glm4_moe", "glm4_7", "bailing_v2"} | PUBLISHED_THINKING)
+        {"qwen3", "qwen3_5", "gemma4", "glm4_moe", "glm4_7", "bailing_v2"} | PUBLISHED_EMPTY_THOUGHT)
     assert get_template("deepseekr1").slots.thoughts_in_history == "drop"
 
 

@@ -28,7 +28,7 @@ from tests.conftest import SHARED
 ROOT = Path(__file__).resolve().parents[2]
 PUBLISHED = ROOT / "src" / "lathe" / "data" / "templates" / "templates_published.yaml"
 TOKENS = SimpleNamespace(bos_token="<s>", eos_token="</s>")
-THOUGHT = {"mimo_v2": ("<think>", "</think>"), "aeva": ("<think>", "</think>"), "gemma4n": ("", "")}  # others: LF's default words
+THOUGHT = {"mimo_v2": ("<think>", "</think>"), "aeva": ("<think>", "</think>")}  # others: LF's default words
 DEFAULT_THOUGHT = ("<think>\n", "\n</think>\n\n")
 
 CHATML = ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n"
@@ -101,7 +101,8 @@ PUBLISHED_EXPECTED = {
 PUBLISHED_CHECKED = set(PUBLISHED_EXPECTED)
 # For the catalog test's global sets: which of these are efficient_eos / have a thinking mode.
 PUBLISHED_EFFICIENT = {"breeze", "index", "bailing", "hy_dense_1_8b", "glmz1", "aeva"}
-PUBLISHED_THINKING = {"mimo", "mimo_v2", "qwen3_6", "youtu", "glmz1", "aeva", "gemma4n"}
+PUBLISHED_THINKING = {"mimo", "mimo_v2", "qwen3_6", "youtu", "glmz1", "aeva"}
+PUBLISHED_EMPTY_THOUGHT = PUBLISHED_THINKING | {"gemma4n"}  # gemma4n: gemma4's, thoughts kept in history
 # LLaMA-Factory's default system prompts (short ones in full; the long ones by their opening).
 DEFAULT_SYSTEMS = {
     "dbrx": "You are DBRX, created by Databricks. You were last updated in December 2023.",
@@ -134,7 +135,7 @@ def test_every_published_entry_is_pinned_and_marked_unverified():
         tpl = get_template(name)
         assert "unverified" in tpl.slots.description, name
         assert tpl.efficient_eos == (name in PUBLISHED_EFFICIENT), name
-        assert bool(tpl.slots.empty_thought) == (name in PUBLISHED_THINKING), name
+        assert bool(tpl.slots.empty_thought) == (name in PUBLISHED_EMPTY_THOUGHT), name
         assert tpl.reasoning == (name in PUBLISHED_THINKING), name
 
 

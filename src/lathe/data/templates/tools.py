@@ -18,8 +18,10 @@ carries (see `jinja.py`); a test checks that both render alike.
 
 Why hand-written: the spellings live in the models' jinja templates (Hermes `<tool_call>` tags for
 Qwen, bare JSON for Llama 3, `[TOOL_CALLS]` for Mistral, `name\\narguments` for GLM-4, one XML
-element per argument for Qwen3.5, GLM-4.5, MiniMax-M2 and Seed-OSS in `tools_xml.py`), and no
-maintained library turns them into both training text and a parser.
+element per argument for Qwen3.5, GLM-4.5, MiniMax-M2 and Seed-OSS in `tools_xml.py`, JSON lines
+in `<tool_calls>` for MiniMax-M1 and Ling 3.0's arg_key/arg_value calls in `tools_json.py`, Gemma 4's
+`<|tool_call>call:name{...}` objects in `tools_gemma4.py`, LFM2's Pythonic `[f(k=v)]` calls in
+`tools_lfm2.py`), and no maintained library turns them into both training text and a parser.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ from .tool_format import (  # noqa: F401 (re-exported: slots.py and jinja.py rea
     ToolResponseResults,
     jinja_str,
 )
+from .tools_gemma4 import Gemma4Tools
+from .tools_json import JSON_TOOL_FORMATS
+from .tools_lfm2 import Lfm2Tools
 from .tools_xml import XML_TOOL_FORMATS
 
 
@@ -343,6 +348,9 @@ TOOL_FORMATS: dict[str, ToolFormat] = {
         MistralTools("mistral_tekken", ""),
         GLM4Tools(),
         *XML_TOOL_FORMATS,  # qwen3_5, glm4_moe, glm4_7, minimax2, seed_oss
+        Gemma4Tools(),
+        Lfm2Tools(),
+        *JSON_TOOL_FORMATS,  # minimax1, ling
     )
 }
 
