@@ -29,6 +29,7 @@ from lathe.data.templates import (
 from lathe.errors import LatheError
 from tests.conftest import SHARED
 from tests.data.test_templates_glm import GLM_CHECKED
+from tests.data.test_templates_gpt_oss import GPT_OSS_CHECKED
 from tests.data.test_templates_published import (
     PUBLISHED_CHECKED,
     PUBLISHED_EFFICIENT,
@@ -157,7 +158,7 @@ def flat(pairs) -> list[int]:
 def test_catalog_covers_the_model_families():
     names = list_templates()
     pinned = (set(EXPECTED) | {n for others in SAME_TEXT.values() for n in others} | {"llama3", "mistral"}
-              | VENDOR_CHECKED | GLM_CHECKED | PUBLISHED_CHECKED)  # + parity tests
+              | VENDOR_CHECKED | GLM_CHECKED | GPT_OSS_CHECKED | PUBLISHED_CHECKED)  # + parity tests
     assert set(names) <= pinned, f"no exact-text check for {sorted(set(names) - pinned)}"
     assert len(names) >= 40
     assert set(REQUIRED) <= set(names)

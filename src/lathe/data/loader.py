@@ -46,7 +46,7 @@ class DatasetBundle:
 
 def run_template(cfg: "RunConfig", tokenizer):
     """The run's template with the data options that shape it (default_system, enable_thinking, tool_format,
-    preserve_thinking). No `template` and a tokenizer without a chat template: the catalog's default for the
+    preserve_thinking, reasoning_effort). No `template` and a tokenizer without a chat template: the catalog's default for the
     model id, when it has one lathe knows."""
     from .templates import resolve_template
 
@@ -54,7 +54,7 @@ def run_template(cfg: "RunConfig", tokenizer):
     name = d.template or catalog_template(cfg.model.model_name_or_path, tokenizer)
     return resolve_template(
         name, tokenizer, default_system=d.default_system, enable_thinking=d.enable_thinking,
-        tool_format=d.tool_format, preserve_thinking=d.preserve_thinking,
+        tool_format=d.tool_format, preserve_thinking=d.preserve_thinking, reasoning_effort=d.reasoning_effort,
     )
 
 

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from .slots import SlotTemplate
 
 # slot placeholder -> the jinja variable holding its value
-_VARIABLES = {"bos_token": "bos", "eos_token": "eos", "content": "content", "system": "system"}
+_VARIABLES = {"bos_token": "bos", "eos_token": "eos", "content": "content", "system": "system",
+              "reasoning_effort": "reasoning_effort"}
 
 
 def _segments(slot: str, **rename: str) -> list[tuple[bool, str]]:
@@ -88,6 +89,9 @@ def slot_template_to_jinja(template: SlotTemplate) -> str:
     if s.thoughts_in_history != "keep":
         default = "true" if template.preserve_thinking else "false"
         lines.append(f"{{%- set preserve = preserve_thinking if preserve_thinking is defined else {default} %}}")
+    if s.reasoning_effort:  # the run's effort is the default; `reasoning_effort` may be passed when serving
+        lines.append("{%- set reasoning_effort = reasoning_effort if reasoning_effort is defined and reasoning_effort "
+                     f"else {jinja_str(template.reasoning_effort)} %}}")
     lines += [
         f"{{%- set system = {jinja_str(s.default_system)} %}}",
         "{%- set loop_messages = messages %}",
@@ -95,6 +99,10 @@ def slot_template_to_jinja(template: SlotTemplate) -> str:
         "{%- if messages[0].content %}{%- set system = messages[0].content %}{%- endif %}",
         "{%- set loop_messages = messages[1:] %}",
         "{%- endif %}",
+    ]
+    if s.system_prompt != "{content}":
+        lines.append("{%- if system %}{%- set system = " + _expr(s.system_prompt, content="system") + " %}{%- endif %}")
+    lines += [
         "{%- if tools %}",
         "{%- set tools_text %}",
         fmt.jinja_tools().rstrip("\n"),
@@ -105,7 +113,9 @@ def slot_template_to_jinja(template: SlotTemplate) -> str:
     if fmt.system_note:
         lines.append(f"{{%- set system = {jinja_str(fmt.system_note)} ~ system %}}")
     lines.append("{%- endif %}")
-    if s.prefix:
+    if s.prefix_with_tools is not None:
+        lines.append("{%- if tools %}" + _emit(s.prefix_with_tools) + "{%- else %}" + _emit(s.prefix) + "{%- endif %}")
+    elif s.prefix:
         lines.append(_emit(s.prefix))
     if s.system is not None:
         lines.append("{%- if system %}" + _emit(s.system, content="system") + "{%- endif %}")
@@ -146,33 +156,57 @@ def slot_template_to_jinja(template: SlotTemplate) -> str:
         fmt.jinja_calls().rstrip("\n"),
         "{%- endset %}",
     ]
+    function_suffix = s.assistant_suffix if s.function_suffix is None else s.function_suffix
+    own_suffixes = function_suffix != s.assistant_suffix  # written in each branch, not after both
     lines += _before_bare_answer(s.empty_thought, s.bare_answer_prefix)
+    lines.append(_emit(s.function if s.function is not None else s.assistant))
+    if own_suffixes and function_suffix:
+        lines.append("{%- if not loop.last %}" + _emit(function_suffix) + "{%- endif %}")
     lines += [
-        _emit(s.function if s.function is not None else s.assistant),
         "{%- else %}",
         "{%- set content = message.content %}",
     ]
-    if s.thoughts_in_history != "keep":  # as slots.without_thought
-        close = jinja_str(THINK_CLOSE)
-        when = "not preserve and not loop.last"
+    close = jinja_str(THINK_CLOSE)
+    when = "not preserve and not loop.last"  # the thoughts of this answer are dropped
+    if s.thoughts_in_history == "context":
+        when += " and add_generation_prompt is defined and add_generation_prompt"
+    if s.thought is not None:  # as slots.split_thought: the thought written apart, before the answer
+        kept = "true" if s.thoughts_in_history == "keep" else f"not ({when})"
+        lines += [
+            "{%- set thought = '' %}",
+            f"{{%- if {close} in content %}}",
+            f"{{%- set thought_text = content.split({close})[0].split({jinja_str(THINK_OPEN)})[-1].strip('\\n') %}}",
+            f"{{%- set content = content.split({close})[-1].lstrip('\\n') %}}",
+            f"{{%- if {kept} %}}{{%- set thought %}}" + _emit(s.thought, content="thought_text")
+            + "{%- endset %}{%- endif %}",
+            "{%- endif %}",
+        ]
+    elif s.thoughts_in_history != "keep":  # as slots.without_thought
         dropped = f"content.split({close})[-1]"
         if s.thoughts_in_history == "context":
-            when += " and add_generation_prompt is defined and add_generation_prompt"
             dropped += ".lstrip('\\n')"
         lines.append(
             f"{{%- if {when} and {close} in content %}}{{%- set content = {dropped} %}}{{%- endif %}}"
         )
     bare = _before_bare_answer(s.empty_thought, s.bare_answer_prefix)
     if bare:
+        no_thought = "not thought and " if s.thought is not None else ""
         lines += [
-            f"{{%- if {jinja_str(THINK_OPEN)} not in content and {jinja_str(THINK_CLOSE)} not in content %}}",
+            f"{{%- if {no_thought}{jinja_str(THINK_OPEN)} not in content and {jinja_str(THINK_CLOSE)} not in content %}}",
             *bare,
             "{%- endif %}",
         ]
-    lines += [_emit(s.assistant), "{%- endif %}"]
+    if s.thought is not None:
+        lines.append("{{- thought }}")
+    lines.append(_emit(s.assistant))
+    if s.last_answer_end:
+        lines.append("{%- if loop.last %}" + _emit(s.last_answer_end) + "{%- endif %}")
+    if own_suffixes and s.assistant_suffix:
+        lines.append("{%- if not loop.last %}" + _emit(s.assistant_suffix) + "{%- endif %}")
+    lines.append("{%- endif %}")
     if s.efficient_eos:
         lines.append("{%- if loop.last %}{{- eos }}{%- endif %}")
-    if s.assistant_suffix:
+    if s.assistant_suffix and not own_suffixes:
         lines.append("{%- if not loop.last %}" + _emit(s.assistant_suffix) + "{%- endif %}")
     lines += ["{%- endif %}", "{%- endfor %}"]
     if thinking:

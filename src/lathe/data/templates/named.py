@@ -113,6 +113,7 @@ def resolve_template(
     enable_thinking: bool = True,
     tool_format: str | None = None,
     preserve_thinking: bool = False,
+    reasoning_effort: str | None = None,
 ) -> Template:
     """The template a run uses: `name` when given, else the tokenizer's own chat template.
 
@@ -120,8 +121,9 @@ def resolve_template(
     (None keeps it); `enable_thinking=False` makes thinking templates (qwen3) write their empty
     think block, as the model's own template does; `tool_format` overrides the template's tool
     format by name (see `tools.list_tool_formats`); `preserve_thinking=True` keeps the thoughts of
-    earlier answers where a reasoning template drops them. With the defaults a registered template
-    is returned as registered.
+    earlier answers where a reasoning template drops them; `reasoning_effort` sets the reasoning level
+    of a template whose system text has one (gpt_oss), and is refused by the others. With the
+    defaults a registered template is returned as registered.
 
     A tokenizer without a chat template falls back to `empty` (text in, answer + eos out) with a
     warning, since a base model has no format to match.
@@ -129,11 +131,13 @@ def resolve_template(
     if tool_format:
         get_tool_format(tool_format)  # an unknown name fails here, whichever template is used
     options = {"default_system": default_system, "enable_thinking": enable_thinking, "tool_format": tool_format,
-               "preserve_thinking": preserve_thinking}
+               "preserve_thinking": preserve_thinking, "reasoning_effort": reasoning_effort}
     if name:
         return _with_options(get_template(name), **options)
     if getattr(tokenizer, "chat_template", None):
         kwargs = {} if enable_thinking else {"enable_thinking": False}
+        if reasoning_effort:  # the vendor's own jinja reads it (gpt-oss)
+            kwargs["reasoning_effort"] = reasoning_effort
         return TokenizerTemplate(tokenizer, kwargs, default_system=default_system or "", tool_format=tool_format,
                                  preserve_thinking=preserve_thinking)
     logger.warning(

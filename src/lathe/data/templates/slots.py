@@ -39,6 +39,28 @@ slots only wrap them into turns. These behaviours are per template:
   `<think>`/`</think>` (its thoughts dropped included), so the model learns to write it. With
   `enable_thinking=False` the template's `empty_thought` takes its place, unlearned, as above:
   the block is then part of the prompt, not of the answer.
+
+A few fields serve formats whose turns are not one block of text each (OpenAI's harmony format,
+template `gpt_oss`); each is off at its default:
+
+- **thought**: how the template writes the `<think>...</think>` part of an answer, in front of the
+  answer's slot, `{content}` being the thought (newlines around it stripped, as are those before
+  the answer). Harmony writes it as a message of its own on the `analysis` channel. None keeps
+  the think block inside the answer as written. Dropped thoughts (`thoughts_in_history`) lose
+  the whole block.
+- **last_answer_end**: learned after the last answer when it is an assistant turn (not a tool
+  call), and never written after the others: harmony ends the final answer with `<|return|>`,
+  which the conversation replaces with `<|end|>` (`assistant_suffix`, not learned) when it goes
+  on, so the model learns to stop only where it did stop.
+- **function_suffix**: what follows a tool-call turn that is not the last, in place of
+  `assistant_suffix` (harmony's `<|call|>` needs no `<|end|>` after it).
+- **system_prompt**: the sample's (or the default) system prompt as written inside the system
+  turn, before the tool format joins its tools (harmony's developer message: `# Instructions`).
+- **prefix_with_tools**: the prefix of a sample that has tools (harmony's system message then
+  says which channel tool calls go to).
+- **reasoning_effort**: the default of the `{reasoning_effort}` placeholder the prefix may use
+  (harmony's `Reasoning: medium`); a run picks another with `with_options(reasoning_effort=...)`.
+  "" for templates without one.
 """
 
 from __future__ import annotations
@@ -53,8 +75,9 @@ from lathe.errors import LatheError
 from .base import THINK_CLOSE, THINK_OPEN, Rendering, Template
 from .tools import BEFORE_FIRST_USER, IN_FIRST_USER, ToolFormat, get_tool_format
 
-PLACEHOLDER = re.compile(r"\{(content|system|bos_token|eos_token)\}")
+PLACEHOLDER = re.compile(r"\{(content|system|bos_token|eos_token|reasoning_effort)\}")
 HISTORY_THOUGHTS = ("keep", "context", "drop")
+REASONING_EFFORTS = ("low", "medium", "high")  # what `reasoning_effort` may be (OpenAI's scale)
 
 
 @dataclass(frozen=True)
@@ -79,15 +102,22 @@ class Slots:
     empty_thought: str = ""  # the empty think block written when enable_thinking is False
     bare_answer_prefix: str = ""  # learned before an answer without thoughts (the model's empty think block)
     thoughts_in_history: str = "keep"  # keep | context | drop: the <think> part of answers before the last
+    thought: str | None = None  # how the <think> part of an answer is written before its slot; None: kept as is
+    last_answer_end: str = ""  # learned after the last answer only (when it is an assistant turn)
+    function_suffix: str | None = None  # after each tool-call turn but the last, not learned; None: assistant_suffix
+    system_prompt: str = "{content}"  # the system prompt inside the system turn, before the tools join it
+    prefix_with_tools: str | None = None  # the prefix of a sample with tools; None: same as `prefix`
+    reasoning_effort: str = ""  # default of the prefix's {reasoning_effort}; "" when the template has none
 
     # Which placeholders each slot may use; anything else in braces is literal text.
     ALLOWED = {
-        "prefix": {"bos_token", "eos_token"},
+        "prefix": {"bos_token", "eos_token", "reasoning_effort"},
+        "prefix_with_tools": {"bos_token", "eos_token", "reasoning_effort"},
         "system_in_user": {"system", "content", "bos_token", "eos_token"},
         "bare_answer_prefix": set(),  # written as is
         "empty_thought": set(),
     }
-    NOT_TEXT = ("name", "description", "tool_format", "thoughts_in_history")
+    NOT_TEXT = ("name", "description", "tool_format", "thoughts_in_history", "reasoning_effort")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -108,6 +138,16 @@ class Slots:
             )
         if self.efficient_eos:
             self._check_efficient_eos()
+        self._check_reasoning_effort()
+
+    def _check_reasoning_effort(self) -> None:
+        uses = any("{reasoning_effort}" in (slot or "") for slot in (self.prefix, self.prefix_with_tools))
+        if uses and not self.reasoning_effort:
+            raise LatheError(f"Template `{self.name}`: its prefix uses `{{reasoning_effort}}`, so `reasoning_effort` "
+                             f"must give the default (one of {', '.join(REASONING_EFFORTS)}).")
+        if self.reasoning_effort and self.reasoning_effort not in REASONING_EFFORTS:
+            raise LatheError(f"Template `{self.name}`: reasoning_effort is {self.reasoning_effort!r}; "
+                             f"use one of {', '.join(REASONING_EFFORTS)}.")
 
     def _check_efficient_eos(self) -> None:
         """An efficient_eos answer ends at the stop word opening the next turn, so that must follow it directly."""
@@ -136,6 +176,13 @@ def has_thought(content: str) -> bool:
     return THINK_OPEN in content or THINK_CLOSE in content
 
 
+def split_thought(content: str) -> tuple[str, str]:
+    """`(thought, answer)` of an answer with a think block, the newlines around each stripped
+    (as a template that writes thoughts apart from the answer needs them)."""
+    head, _, answer = content.partition(THINK_CLOSE)
+    return head.split(THINK_OPEN)[-1].strip("\n"), answer.split(THINK_CLOSE)[-1].lstrip("\n")
+
+
 def without_thought(content: str, mode: str) -> str:
     """An earlier answer with its thoughts dropped, written as the model's own template writes it:
     the text after `</think>`, its leading newlines stripped for Qwen3 (`context`), as is for R1."""
@@ -148,16 +195,31 @@ class SlotTemplate(Template):
 
     `tool_format` (a registered name) overrides the entry's; `enable_thinking=False` writes the
     template's empty think block; `preserve_thinking=True` keeps the thoughts of earlier answers
-    (see the module docstring). Use `with_options` for a variant.
+    (see the module docstring); `reasoning_effort` fills the prefix's `{reasoning_effort}` (None:
+    the template's default). Use `with_options` for a variant.
     """
 
     def __init__(self, slots: Slots, *, tool_format: str | None = None, enable_thinking: bool = True,
-                 preserve_thinking: bool = False):
+                 preserve_thinking: bool = False, reasoning_effort: str | None = None):
         self.slots = slots
         self.name = slots.name
         self.tool_format: ToolFormat = get_tool_format(tool_format or slots.tool_format)
         self.enable_thinking = enable_thinking
         self.preserve_thinking = preserve_thinking and slots.thoughts_in_history != "keep"
+        self.reasoning_effort = slots.reasoning_effort
+        if reasoning_effort is not None:
+            self.reasoning_effort = self._checked_effort(reasoning_effort)
+
+    def _checked_effort(self, effort: str) -> str:
+        if not self.slots.reasoning_effort:
+            raise LatheError(
+                f"reasoning_effort is {effort!r}, but template `{self.name}` has no reasoning-effort setting "
+                "(only templates whose system text names one, such as gpt_oss, have). Remove `reasoning_effort`."
+            )
+        if effort not in REASONING_EFFORTS:
+            raise LatheError(f"reasoning_effort is {effort!r}; use one of {', '.join(REASONING_EFFORTS)} "
+                             f"(template `{self.name}` defaults to {self.slots.reasoning_effort}).")
+        return effort
 
     def with_options(
         self,
@@ -166,20 +228,25 @@ class SlotTemplate(Template):
         enable_thinking: bool | None = None,
         tool_format: str | None = None,
         preserve_thinking: bool | None = None,
+        reasoning_effort: str | None = None,
     ) -> SlotTemplate:
-        """This template with another default system prompt, thinking mode or tool format (self if unchanged)."""
+        """This template with another default system prompt, thinking mode, tool format or reasoning effort
+        (self if unchanged). A reasoning effort on a template without one raises LatheError."""
         fmt = get_tool_format(tool_format).name if tool_format else self.tool_format.name
         thinking = self.enable_thinking if enable_thinking is None else bool(enable_thinking)
         if not self.slots.empty_thought:
             thinking = self.enable_thinking  # no thinking mode: the option changes nothing
         preserve = self.preserve_thinking if preserve_thinking is None else bool(preserve_thinking)
         preserve = preserve and self.slots.thoughts_in_history != "keep"  # nothing dropped: nothing to keep
+        effort = self.reasoning_effort if reasoning_effort is None else self._checked_effort(reasoning_effort)
         if (default_system is None or default_system == self.slots.default_system) and (
             fmt == self.tool_format.name and thinking == self.enable_thinking and preserve == self.preserve_thinking
+            and effort == self.reasoning_effort
         ):
             return self
         slots = self.slots if default_system is None else replace(self.slots, default_system=default_system)
-        return SlotTemplate(slots, tool_format=fmt, enable_thinking=thinking, preserve_thinking=preserve)
+        return SlotTemplate(slots, tool_format=fmt, enable_thinking=thinking, preserve_thinking=preserve,
+                            reasoning_effort=effort or None)
 
     @property
     def stop_words(self) -> list[str]:
@@ -215,6 +282,8 @@ class SlotTemplate(Template):
 
     def _system_text(self, system: str, tools_text: str) -> str:
         text = system or self.slots.default_system
+        if text:
+            text = fill(self.slots.system_prompt, content=text)
         if tools_text:  # the format says where its tools go (after, before or beside the system text)
             text = self.tool_format.system_note + self.tool_format.system_with_tools(text, tools_text)
         return text
@@ -236,7 +305,8 @@ class SlotTemplate(Template):
         specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
         tools_text = fmt.render_tools(tools) if tools else ""
         system_text = self._system_text(system, tools_text)
-        parts = [fill(s.prefix, **specials)]
+        prefix = s.prefix_with_tools if tools_text and s.prefix_with_tools is not None else s.prefix
+        parts = [fill(prefix, reasoning_effort=self.reasoning_effort, **specials)]
         if system_text and s.system is not None:
             parts.append(fill(s.system, content=system_text, **specials))
         length = sum(map(len, parts))
@@ -257,26 +327,34 @@ class SlotTemplate(Template):
                 if i == 0 and tools_text and fmt.placement == BEFORE_FIRST_USER:
                     piece = tools_text + piece
             else:  # answer turn: learned
+                thought = ""  # the answer's thoughts, when the template writes them apart (`thought`)
                 if role == FUNCTION:
                     calls_json = content
                     content = fmt.render_calls(content)
                     slot = s.function if s.function is not None else s.assistant
                 else:
-                    if drop_thoughts and i < last and THINK_CLOSE in content:
+                    dropped = drop_thoughts and i < last and THINK_CLOSE in content
+                    if s.thought is not None and THINK_CLOSE in content:
+                        thought_text, content = split_thought(content)
+                        thought = "" if dropped else fill(s.thought, content=thought_text, **specials)
+                    elif dropped:
                         content = without_thought(content, s.thoughts_in_history)
                     slot = s.assistant
-                piece = fill(slot, content=content, **specials)
-                if not has_thought(content):
+                piece = thought + fill(slot, content=content, **specials)
+                if not (thought or has_thought(content)):
                     if self.thinking_off:
                         parts.append(s.empty_thought)  # part of the prompt, as at inference
                         length += len(s.empty_thought)
                     else:
                         piece = s.bare_answer_prefix + piece  # learned: the model writes it
+                if i == last and role != FUNCTION:
+                    piece += fill(s.last_answer_end, **specials)
                 if s.efficient_eos and i == last:
                     piece += specials["eos_token"]
                 spans.append((length, length + len(piece)))
                 if i < last:
-                    piece += fill(s.assistant_suffix, **specials)
+                    suffix = s.function_suffix if role == FUNCTION and s.function_suffix is not None else None
+                    piece += fill(s.assistant_suffix if suffix is None else suffix, **specials)
             parts.append(piece)
             length += len(piece)
         text = "".join(parts)

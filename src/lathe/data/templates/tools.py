@@ -57,6 +57,7 @@ from .tool_format import (  # noqa: F401 (re-exported: slots.py and jinja.py rea
     jinja_str,
 )
 from .tools_gemma4 import Gemma4Tools
+from .tools_harmony import HarmonyTools
 from .tools_json import JSON_TOOL_FORMATS
 from .tools_lfm2 import Lfm2Tools
 from .tools_xml import XML_TOOL_FORMATS
@@ -348,6 +349,7 @@ TOOL_FORMATS: dict[str, ToolFormat] = {
         MistralTools("mistral_tekken", ""),
         GLM4Tools(),
         *XML_TOOL_FORMATS,  # qwen3_5, glm4_moe, glm4_7, minimax2, seed_oss
+        HarmonyTools(),  # gpt_oss
         Gemma4Tools(),
         Lfm2Tools(),
         *JSON_TOOL_FORMATS,  # minimax1, ling
