@@ -321,24 +321,87 @@ class FinetuningArguments:
     kto_chosen_weight: float = opt(1.0, "kto: weight of the desirable examples' loss.", rule=NOT_NEGATIVE)
     kto_rejected_weight: float = opt(1.0, "kto: weight of the undesirable examples' loss.", rule=NOT_NEGATIVE)
     ref_model: str | None = opt(
-        None, "dpo/kto/ppo: reference model folder; default: the base model (LoRA: the adapter switched off)."
+        None, "dpo/kto/ppo/grpo/rloo: reference model folder; default: the base model (LoRA: the adapter switched off)."
     )
-    ref_model_adapters: str | None = opt(None, "dpo/kto/ppo: comma list of LoRA adapters merged into ref_model.")
-    ref_model_quantization_bit: int | None = opt(None, "dpo/kto/ppo: load ref_model in 4 or 8 bits (the run's quantization_method, bnb by default).")
+    ref_model_adapters: str | None = opt(
+        None, "dpo/kto/ppo/grpo/rloo: comma list of LoRA adapters merged into ref_model."
+    )
+    ref_model_quantization_bit: int | None = opt(
+        None, "dpo/kto/ppo/grpo/rloo: load ref_model in 4 or 8 bits (the run's quantization_method, bnb by default)."
+    )
     pref_bco_weight: float = opt(0.0, "dpo: weight of the BCO term, mixed in as (loss + w x bco) / (1 + w); needs a loss with a reference model (0: none).", rule=NOT_NEGATIVE)
     ld_alpha: float | None = opt(
         None, "dpo: LD-DPO: weight of the tokens past the shorter answer's length in the log-probabilities, in [0, 1].",
         rule=Rule(lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     )
-    reward_model: str | None = opt(None, "ppo: the reward model: a folder from `stage: rm`, or a URL with reward_model_type api.")
-    reward_model_type: str = opt("lora", "ppo: where the scores come from.", REWARD_MODELS)
-    reward_model_adapters: str | None = opt(None, "ppo: comma list of LoRA adapters merged into a full reward_model.")
-    reward_model_quantization_bit: int | None = opt(None, "ppo: load a full reward_model in 4 or 8 bits (the run's quantization_method, bnb by default).")
+    reward_model: str | None = opt(
+        None, "ppo (grpo/rloo: beside reward_funcs): the reward model: a folder from `stage: rm`, or a URL with "
+        "reward_model_type api."
+    )
+    reward_model_type: str = opt("lora", "ppo/grpo/rloo: where reward_model's scores come from.", REWARD_MODELS)
+    reward_model_adapters: str | None = opt(
+        None, "ppo/grpo/rloo: comma list of LoRA adapters merged into a full reward_model."
+    )
+    reward_model_quantization_bit: int | None = opt(
+        None, "ppo/grpo/rloo: load a full reward_model in 4 or 8 bits (the run's quantization_method, bnb by default)."
+    )
     ppo_epochs: int = opt(4, "ppo: optimisation passes over each batch of rollouts.", rule=POSITIVE)
     ppo_buffer_size: int = opt(1, "ppo: mini-batches of rollouts collected before each optimisation phase.", rule=POSITIVE)
     ppo_target: float = opt(6.0, "ppo: target KL to the reference of the adaptive KL controller.")
     ppo_score_norm: bool = opt(False, "ppo: normalise the reward scores with the running mean and std of all scores so far (TRL's score norm).")
     ppo_whiten_rewards: bool = opt(False, "ppo: whiten the per-token rewards before computing advantages.")
+    # grpo / rloo: named after TRL's GRPOConfig fields (`grpo_beta` is its `beta`), so TRL recipes carry over.
+    num_generations: int = opt(8, "grpo/rloo: completions sampled per prompt (a group); at least 2.", rule=POSITIVE)
+    max_completion_length: int = opt(512, "grpo/rloo: most tokens generated per completion.", rule=POSITIVE)
+    grpo_beta: float = opt(
+        0.0, "grpo/rloo: KL coefficient to the reference model (TRL's `beta`); 0 = no KL term and no reference model.",
+        rule=NOT_NEGATIVE,
+    )
+    epsilon: float = opt(0.2, "grpo/rloo: lower clipping range of the importance ratio (1 - epsilon).", rule=POSITIVE)
+    epsilon_high: float | None = opt(
+        None, "grpo/rloo: upper clipping range (1 + epsilon_high); default epsilon. DAPO's clip-higher uses 0.28.",
+        rule=POSITIVE,
+    )
+    loss_type: str = opt(
+        "dapo", "grpo/rloo: how token losses are averaged: grpo (per sequence, then over sequences), bnpo (over the "
+        "micro-batch's tokens), dr_grpo (sum / (rows x max_completion_length)), dapo (over the tokens of the whole "
+        "optimiser batch).",
+    )
+    importance_sampling_level: str = opt(
+        "token", "grpo/rloo: the importance ratio per token, or per sequence (GSPO: the geometric mean of the token "
+        "ratios).", ("token", "sequence"),
+    )
+    scale_rewards: str = opt(
+        "group", "grpo: divide the advantages by the std of the group's rewards, of the batch's, or none (Dr. GRPO).",
+        ("group", "batch", "none"),
+    )
+    num_iterations: int = opt(
+        1, "grpo/rloo: optimisation passes over each batch of completions (TRL's mu); above 1 the loss is clipped "
+        "against the log-probs recorded at sampling.", rule=POSITIVE,
+    )
+    mask_truncated_completions: bool = opt(
+        False, "grpo/rloo: completions cut at max_completion_length get no loss (DAPO's overlong filtering)."
+    )
+    dynamic_sampling: bool = opt(
+        False, "grpo/rloo (lathe option): DAPO's dynamic sampling: groups whose rewards are all equal (no signal) are "
+        "dropped from the update."
+    )
+    reward_funcs: str | None = opt(
+        None, "grpo/rloo: comma list of reward functions: built-ins (accuracy, format, length, tool_call) and "
+        "`file.py:function` (path relative to the config; fn(prompts, completions, **columns) -> list of floats)."
+    )
+    reward_weights: str | None = opt(
+        None, "grpo/rloo: comma list of weights, one per reward function, then one for reward_model if set "
+        "(default: 1 each)."
+    )
+    reward_format_pattern: str | None = opt(
+        None, "grpo/rloo: the `format` reward's regex, matched against the whole completion (default: "
+        "<think>...</think> then an answer)."
+    )
+    overlong_buffer_len: int | None = opt(
+        None, "grpo/rloo: the `length` reward falls from 0 to -1 over this many tokens before max_completion_length "
+        "(DAPO; default a quarter of it).", rule=POSITIVE,
+    )
     compute_accuracy: bool = opt(False, "sft: report the token accuracy of the answers at evaluation.")
     use_dft_loss: bool = opt(False, "sft: Dynamic Fine-Tuning: each token's loss weighted by its (detached) probability.")
     use_asft_loss: bool = opt(False, "sft: Anchored SFT: the DFT loss plus asft_alpha x KL(reference || policy) per token.")

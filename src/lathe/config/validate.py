@@ -48,8 +48,9 @@ def _check_members(cfg: "RunConfig") -> None:
     f = cfg.finetuning
     method = METHODS[f.finetuning_type]
     for registry, chosen in ((METHODS, f.finetuning_type), (STAGES, f.stage), (PREFERENCE_LOSSES, f.pref_loss)):
+        shared = set(registry[chosen].options)  # grpo and rloo share theirs: set under either, they apply
         for other in registry.values():
-            changed = [k for k in other.options if _value(cfg, k) != _default(k)]
+            changed = [k for k in other.options if k not in shared and _value(cfg, k) != _default(k)]
             if other.name != chosen and changed:
                 raise LatheError(
                     f"{cfg.source}: {', '.join(f'`{k}`' for k in changed)} only apply to `{registry.key}: {other.name}`, "

@@ -12,7 +12,7 @@ from ..heap import frozen
 from ..hub import use_token
 from ..registry import STAGES
 # Each registers its stage; the order here is the order `--help` and the Board list them.
-from . import pt, sft, rm, ppo, dpo, kto  # noqa: F401, I001
+from . import pt, sft, rm, ppo, dpo, kto, grpo  # noqa: F401, I001
 from .stage import StageResult
 
 if TYPE_CHECKING:
