@@ -30,6 +30,7 @@ from lathe.errors import LatheError
 from tests.conftest import SHARED
 from tests.data.test_templates_glm import GLM_CHECKED
 from tests.data.test_templates_gpt_oss import GPT_OSS_CHECKED
+from tests.data.test_templates_hy3 import HY3_CHECKED
 from tests.data.test_templates_published import (
     PUBLISHED_CHECKED,
     PUBLISHED_EFFICIENT,
@@ -50,6 +51,24 @@ REQUIRED = (
     "default empty alpaca vicuna chatml qwen qwen3 qwen3_nothink llama2 llama3 llama4 mistral ministral mistral_small "
     "gemma gemma2 gemma3 phi phi4 deepseek deepseek3 deepseekr1 glm4 chatglm3 yi baichuan2 intern2 zephyr openchat "
     "cohere falcon starchat solar olmo smollm smollm2 granite granite3 exaone llava fewshot"
+).split()
+# LLaMA-Factory's template names (src/llamafactory/data/template.py at its main of 2026-08-18), text ones:
+LLAMA_FACTORY_TEXT = (
+    "aeva alpaca bailing bailing_v2 breeze chatglm3 chatml chatml_de cohere cpm4 dbrx deepseek deepseek3 "
+    "deepseekcoder deepseekr1 default empty ernie ernie_nothink exaone falcon falcon_h1 fewshot gemma gemma2 gemma3 "
+    "gemma3n gemma4 gemma4n glm4 glm4_7 glm4_moe glmz1 gpt_oss granite3 granite4 hunyuan hunyuan_small hy3 "
+    "hy_dense_1_8b hy_dense_7b index intern2 intern_s1 lfm2 llama2 llama2_zh llama3 llama4 mimo mimo_v2 minimax1 "
+    "minimax2 ministral mistral mistral_small moonlight olmo openchat openchat-3.6 opencoder phi phi4 phi4_mini "
+    "phi_small qwen qwen3 qwen3_5 qwen3_5_nothink qwen3_6 qwen3_nothink sailor seed_coder seed_oss smollm smollm2 "
+    "solar starchat telechat2 vicuna xuanyuan yi youtu yuan zephyr"
+).split()
+# ... and the multimodal ones (an mm_plugin other than the base one), refused by name until that support lands.
+LLAMA_FACTORY_MULTIMODAL = (
+    "dots_ocr ernie_vl glm4_5v glm4v glm_ocr granite3_vision intern_vl keye_vl kimi_vl lfm2_vl llava llava_next "
+    "llava_next_llama3 llava_next_mistral llava_next_qwen llava_next_video llava_next_video_mistral "
+    "llava_next_video_yi llava_next_yi mimo_vl minicpm_o minicpm_v minicpm_v_4_6 ministral3 mllama moss_vl "
+    "paligemma paligemma_chat pixtral qwen2_audio qwen2_omni qwen2_vl qwen3_omni qwen3_omni_nothink qwen3_vl "
+    "qwen3_vl_nothink video_llava yi_vl youtu_vl"
 ).split()
 CHATML = (
     "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n"
@@ -158,7 +177,7 @@ def flat(pairs) -> list[int]:
 def test_catalog_covers_the_model_families():
     names = list_templates()
     pinned = (set(EXPECTED) | {n for others in SAME_TEXT.values() for n in others} | {"llama3", "mistral"}
-              | VENDOR_CHECKED | GLM_CHECKED | GPT_OSS_CHECKED | PUBLISHED_CHECKED)  # + parity tests
+              | VENDOR_CHECKED | GLM_CHECKED | GPT_OSS_CHECKED | HY3_CHECKED | PUBLISHED_CHECKED)  # + parity tests
     assert set(names) <= pinned, f"no exact-text check for {sorted(set(names) - pinned)}"
     assert len(names) >= 40
     assert set(REQUIRED) <= set(names)
@@ -169,6 +188,17 @@ def test_catalog_covers_the_model_families():
     assert {name for name in names if get_template(name).slots.empty_thought} == (
         {"qwen3", "qwen3_5", "gemma4", "glm4_moe", "glm4_7", "bailing_v2"} | PUBLISHED_EMPTY_THOUGHT)
     assert get_template("deepseekr1").slots.thoughts_in_history == "drop"
+
+
+def test_every_llama_factory_template_name_loads_or_is_refused_as_multimodal():
+    assert len(LLAMA_FACTORY_TEXT) + len(LLAMA_FACTORY_MULTIMODAL) == 124
+    missing = [name for name in LLAMA_FACTORY_TEXT if name not in list_templates()]
+    assert not missing, f"LLaMA-Factory text templates lathe lacks: {missing}"
+    for name in LLAMA_FACTORY_MULTIMODAL:
+        if name in list_templates():  # llava: its text part is Vicuna's
+            continue
+        with pytest.raises(LatheError, match=f"Template `{name}` is a multimodal one"):
+            get_template(name)
 
 
 def test_docs_list_every_template():

@@ -63,9 +63,10 @@ PUBLISHED_EXPECTED = {
                  ["A1<end_of_sentence>", "A2<end_of_sentence>"]),
     "phi_small": ("<|endoftext|><|system|>\nS<|end|>\n<|user|>\nQ1<|end|>\n<|assistant|>\nA1<|end|>\n"
                   "<|user|>\nQ2<|end|>\n<|assistant|>\nA2<|end|>", ["A1<|end|>", "A2<|end|>"]),
-    # as lathe's vendor-checked gemma4 (LLaMA-Factory's gemma4/gemma4n always write <|think|> in the system turn)
-    "gemma4n": ("<s><|turn>system\nS<turn|>\n<|turn>user\nQ1<turn|>\n<|turn>model\nA1<turn|>\n<|turn>user\nQ2<turn|>\n"
-                "<|turn>model\nA2<turn|>", ["A1<turn|>", "A2<turn|>"]),
+    # as lathe's vendor-checked gemma4 in its default thinking mode: <|think|> opens the system turn, as
+    # LLaMA-Factory's gemma4/gemma4n write it (they always do; lathe drops it with enable_thinking: false)
+    "gemma4n": ("<s><|turn>system\n<|think|>S<turn|>\n<|turn>user\nQ1<turn|>\n<|turn>model\nA1<turn|>\n<|turn>user\n"
+                "Q2<turn|>\n<|turn>model\nA2<turn|>", ["A1<turn|>", "A2<turn|>"]),
     "gemma3n": ("<s><start_of_turn>user\nS\n\nQ1<end_of_turn>\n<start_of_turn>model\nA1<end_of_turn>\n"
                 "<start_of_turn>user\nQ2<end_of_turn>\n<start_of_turn>model\nA2<end_of_turn>",
                 ["A1<end_of_turn>", "A2<end_of_turn>"]),

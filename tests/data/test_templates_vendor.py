@@ -241,26 +241,72 @@ def test_lfm2_text(system):
 # --- Gemma 4 --------------------------------------------------------------------------------------
 
 GEMMA4 = "gemma-4-31b-it-TEMPLATE-ONLY"
+GEMMA4_EMPTY_THOUGHT = "<|channel>thought\n<channel|>"
+
+
+def gemma4_thoughts(messages):
+    """`messages` with their <think> blocks in Gemma 4's thought-channel spelling (what the vendor's side reads)."""
+    out = []
+    for message in messages:
+        content = message["content"]
+        if "</think>" in content:
+            thought, _, answer = content.partition("</think>")
+            thought = thought.split("<think>")[-1].strip("\n")
+            content = "<|channel>thought\n" + thought + "<channel|>" + answer.lstrip("\n")
+        out.append({**message, "content": content})
+    return out
 
 
 @pytest.mark.parametrize("system", ["", SYSTEM])
-def test_gemma4_text(system):
-    assert lathe_text("gemma4", CHAT, system, bos="<bos>") + "\n" == render_vendor(GEMMA4, CHAT, system, bos="<bos>")
+def test_gemma4_text_in_thinking_mode(system):
+    # lathe's default (enable_thinking) is Gemma 4's thinking mode: <|think|> opens the system turn,
+    # which is then written even without a system prompt.
+    vendor = render_vendor(GEMMA4, CHAT, system, bos="<bos>", enable_thinking=True)
+    assert vendor.startswith("<bos><|turn>system\n<|think|>" + system + "<turn|>\n")
+    assert lathe_text("gemma4", CHAT, system, bos="<bos>") + "\n" == vendor
     assert answers("gemma4", CHAT) == ["Hello! How can I help?<turn|>", "Sure: {content}.<turn|>"]
 
 
-def test_gemma4_generation_prompt_has_the_empty_thought_channel_without_thinking():
-    # Gemma 4's template thinks only when asked: by default its prompt ends in an empty thought channel,
-    # which lathe writes with enable_thinking: false.
-    vendor = render_vendor(GEMMA4, CHAT[:3], SYSTEM, bos="<bos>", add_generation_prompt=True)
-    assert vendor.endswith("<|turn>model\n<|channel>thought\n<channel|>")
-    assert lathe_prompt("gemma4", CHAT[2:3], SYSTEM, bos="<bos>", enable_thinking=False) == render_vendor(
-        GEMMA4, CHAT[2:3], SYSTEM, bos="<bos>", add_generation_prompt=True
+@pytest.mark.parametrize("system", ["", SYSTEM])
+def test_gemma4_text_without_thinking(system):
+    # enable_thinking: false is the vendor's default mode: no <|think|> (no system turn without a system
+    # prompt); lathe also writes the empty thought channel, unlearned, before each answer without thoughts
+    # (each was generated after one), where the vendor's text shows it only at the end of a prompt.
+    vendor = render_vendor(GEMMA4, CHAT, system, bos="<bos>")
+    text = lathe_text("gemma4", CHAT, system, bos="<bos>", enable_thinking=False)
+    assert text.replace(GEMMA4_EMPTY_THOUGHT, "") + "\n" == vendor
+    assert text.count("<|turn>model\n" + GEMMA4_EMPTY_THOUGHT) == 2 and "<|think|>" not in text
+    assert answers("gemma4", CHAT, enable_thinking=False) == answers("gemma4", CHAT)
+
+
+@pytest.mark.parametrize("system", ["", SYSTEM])
+def test_gemma4_generation_prompts_in_both_modes(system):
+    # Thinking: the vendor's prompt ends at the model header, as lathe's does.
+    for end in (1, 3):
+        assert lathe_prompt("gemma4", CHAT[:end], system, bos="<bos>") == render_vendor(
+            GEMMA4, CHAT[:end], system, bos="<bos>", add_generation_prompt=True, enable_thinking=True
+        )
+    # Without thinking its prompt ends in the empty thought channel, which lathe writes with enable_thinking: false.
+    vendor = render_vendor(GEMMA4, CHAT[:3], system, bos="<bos>", add_generation_prompt=True)
+    assert vendor.endswith("<|turn>model\n" + GEMMA4_EMPTY_THOUGHT)
+    assert lathe_prompt("gemma4", CHAT[:1], system, bos="<bos>", enable_thinking=False) == render_vendor(
+        GEMMA4, CHAT[:1], system, bos="<bos>", add_generation_prompt=True
     )
-    assert lathe_prompt("gemma4", CHAT[:3], SYSTEM, bos="<bos>") + "<|channel>thought\n<channel|>" == vendor
-    # Its thinking mode puts <|think|> in the system turn, which lathe's slots do not express.
-    assert "<|think|>" in render_vendor(GEMMA4, CHAT[:3], SYSTEM, bos="<bos>", add_generation_prompt=True,
-                                        enable_thinking=True)
+    prompt = lathe_prompt("gemma4", CHAT[:3], system, bos="<bos>", enable_thinking=False)
+    assert prompt == vendor.replace("model\nHello!", "model\n" + GEMMA4_EMPTY_THOUGHT + "Hello!")
+
+
+def test_gemma4_thoughts_are_written_as_its_thought_channel():
+    # Canonical <think> thoughts become Gemma 4's channel, learned with the answer.
+    assert answers("gemma4", THINKING) == ["<|channel>thought\nA greeting.<channel|>Hello!<turn|>",
+                                           "<|channel>thought\nSum.<channel|>2+2 equals 4.<turn|>"]
+    # Gemma 4's template strips the channel from every answer; lathe keeps thoughts in the history
+    # it trains and prompts with (thoughts_in_history: keep), so only thought-free history matches.
+    vendor = render_vendor(GEMMA4, gemma4_thoughts(THINKING[:3]), SYSTEM, bos="<bos>", add_generation_prompt=True,
+                           enable_thinking=True)
+    assert vendor == lathe_prompt("gemma4", HISTORY_WITHOUT_THOUGHTS, SYSTEM, bos="<bos>")
+    assert "model\n<|channel>thought\nA greeting.<channel|>Hello!<turn|>" in lathe_prompt(
+        "gemma4", THINKING[:3], SYSTEM, bos="<bos>")
 
 
 # --- Mistral Small 3.1 ----------------------------------------------------------------------------

@@ -175,19 +175,28 @@ def test_what_the_spellings_cannot_carry_is_refused():
 # --- parity with the vendors' templates --------------------------------------------------------------
 
 
-def lathe_text(template: str, messages, system: str, bos: str) -> str:
-    tpl = resolve_template(template, None, tool_format=template)
+def lathe_text(template: str, messages, system: str, bos: str, enable_thinking: bool = True) -> str:
+    tpl = resolve_template(template, None, tool_format=template, enable_thinking=enable_thinking)
     return tpl.render(SimpleNamespace(bos_token=bos, eos_token=""), messages, system=system, tools=TOOLS).text
 
 
+@pytest.mark.parametrize("thinking", [True, False], ids=["thinking", "no_thinking"])
 @pytest.mark.parametrize("system", ["", SYSTEM])
 @pytest.mark.parametrize("calls", [None, RICH], ids=["agent", "rich"])
-def test_gemma4_tool_conversation_matches_the_vendor(system, calls):
-    """Declarations after the system text in one system turn, calls back to back in the model turn, one
-    `tool` turn per result; the RICH calls include null, which the template writes `None`."""
+def test_gemma4_tool_conversation_matches_the_vendor(system, calls, thinking):
+    """Declarations after the system text in one system turn (opened by <|think|> in thinking mode), calls
+    back to back in the model turn, one `tool` turn per result; the RICH calls include null, which the
+    template writes `None`. Without thinking lathe also writes the empty thought channel (unlearned) before
+    each model turn, where the vendor writes it only at the end of a prompt (test_templates_vendor.py)."""
     messages = AGENT if calls is None else rich_agent(calls)
-    vendor = render_vendor(GEMMA4, messages, system, bos="<bos>", tools=[wrap_function(t) for t in (ADD, NOW)])
-    assert lathe_text("gemma4", messages, system, "<bos>") + "\n" == vendor
+    vendor = render_vendor(GEMMA4, messages, system, bos="<bos>", tools=[wrap_function(t) for t in (ADD, NOW)],
+                           enable_thinking=thinking)
+    assert ("<|think|>" in vendor) == thinking
+    text = lathe_text("gemma4", messages, system, "<bos>", enable_thinking=thinking)
+    if not thinking:
+        assert text.count("<|turn>model\n<|channel>thought\n<channel|>") == 2
+        text = text.replace("<|channel>thought\n<channel|>", "")
+    assert text + "\n" == vendor
 
 
 def test_gemma4_declarations_match_the_vendor_for_every_schema_part():

@@ -28,8 +28,8 @@ DATA = SHARED / "data"
 # The local demo set of each stage's kind of data, for examples whose data is on the hub.
 LOCAL_DATA = {"pt": "c4_demo", "sft": "alpaca_en_demo", "rm": "dpo_en_demo", "dpo": "dpo_en_demo",
               "kto": "kto_en_demo", "ppo": "alpaca_en_demo"}
-# What a refusal may name: an option lathe refuses, or a template lathe does not have yet (issue 16).
-REFUSALS = ("lathe does not run: ", "is a multimodal one", "Unknown template", "cannot run with this lathe")
+# What a refusal may name: an option lathe refuses, or a multimodal template (until that support lands).
+REFUSALS = ("lathe does not run: ", "is a multimodal one", "cannot run with this lathe")
 
 
 def _training_configs() -> list[Path]:
@@ -110,3 +110,21 @@ def _params(names) -> list:
 @pytest.mark.parametrize("path", _params(QUICK))
 def test_example_trains_two_steps_or_is_refused_by_name(path, tiny_qwen3, tmp_path):
     check_trained_or_refused(run_example(path, tiny_qwen3, tmp_path), tmp_path / "out")
+
+
+@pytest.mark.skipif(not EXAMPLES.exists(), reason="../shared/llamafactory-examples is absent (lathe workplace only)")
+def test_every_template_an_example_names_loads_or_is_refused_as_multimodal():
+    """Every text template LLaMA-Factory's examples name is lathe's; the multimodal ones say so."""
+    from lathe.data.templates import get_template
+    from lathe.errors import LatheError
+
+    names = {raw["template"] for p in EXAMPLES.rglob("*.yaml")
+             if (raw := yaml.safe_load(p.read_text()) or {}).get("template")}
+    multimodal = set()
+    for name in sorted(names):
+        try:
+            get_template(name)
+        except LatheError as err:
+            assert "is a multimodal one" in str(err), name
+            multimodal.add(name)
+    assert len(names - multimodal) >= 9 and "qwen3_5" in names - multimodal

@@ -73,10 +73,22 @@ def _before_bare_answer(empty_thought: str, bare_answer_prefix: str) -> list[str
     return [write_bare] if bare_answer_prefix else []
 
 
+def _system_turn(system: str | None, always: bool, thinking_system: str | None) -> list[str]:
+    """Jinja writing the system turn as SlotTemplate.system_slot picks it: the thinking slot while
+    thinking is on, else `system` when there is a system prompt (or always)."""
+    plain = "" if system is None else _emit(system, content="system")
+    if plain and not always:
+        plain = "{%- if system %}" + plain + "{%- endif %}"
+    if thinking_system is None:
+        return [plain] if plain else []
+    return ["{%- if thinking %}" + _emit(thinking_system, content="system")
+            + ("{%- else %}" + plain if plain else "") + "{%- endif %}"]
+
+
 def slot_template_to_jinja(template: SlotTemplate) -> str:
     """The jinja chat template of a registered template (see the module docstring)."""
     s, fmt = template.slots, template.tool_format
-    thinking = bool(s.empty_thought)
+    thinking = template.has_thinking_mode
     lines = [
         f"{{#- lathe template `{s.name}` (tool format `{fmt.name}`), written by lathe: "
         "it renders conversations as lathe trained on them. #}",
@@ -117,8 +129,7 @@ def slot_template_to_jinja(template: SlotTemplate) -> str:
         lines.append("{%- if tools %}" + _emit(s.prefix_with_tools) + "{%- else %}" + _emit(s.prefix) + "{%- endif %}")
     elif s.prefix:
         lines.append(_emit(s.prefix))
-    if s.system is not None:
-        lines.append("{%- if system %}" + _emit(s.system, content="system") + "{%- endif %}")
+    lines += _system_turn(s.system, s.system_always, s.thinking_system)
 
     empty = jinja_str(s.empty_thought)
     lines += [
@@ -130,8 +141,9 @@ def slot_template_to_jinja(template: SlotTemplate) -> str:
     first_turn = []  # what the first user turn gets: tools, the system prompt when there is no system slot
     if fmt.placement == IN_FIRST_USER:
         first_turn.append("{%- if tools %}{%- set content = tools_text ~ content %}{%- endif %}")
-    if s.system is None:
-        first_turn.append("{%- if system %}{%- set content = " + _expr(s.system_in_user) + " %}{%- endif %}")
+    if s.system is None:  # the system prompt joins the first user turn (unless a thinking system slot took it)
+        merged = "system and not thinking" if s.thinking_system is not None else "system"
+        first_turn.append("{%- if " + merged + " %}{%- set content = " + _expr(s.system_in_user) + " %}{%- endif %}")
     if fmt.placement == BEFORE_FIRST_USER:
         first_turn.append("{%- if tools %}{{- tools_text }}{%- endif %}")
     if first_turn:

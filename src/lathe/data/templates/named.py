@@ -122,7 +122,7 @@ def resolve_template(
     think block, as the model's own template does; `tool_format` overrides the template's tool
     format by name (see `tools.list_tool_formats`); `preserve_thinking=True` keeps the thoughts of
     earlier answers where a reasoning template drops them; `reasoning_effort` sets the reasoning level
-    of a template whose system text has one (gpt_oss), and is refused by the others. With the
+    of a template whose system text has one (gpt_oss, hy3), and is refused by the others. With the
     defaults a registered template is returned as registered.
 
     A tokenizer without a chat template falls back to `empty` (text in, answer + eos out) with a
@@ -150,7 +150,7 @@ def resolve_template(
 
 
 def _with_options(template: SlotTemplate, **options: Any) -> SlotTemplate:
-    if not options["enable_thinking"] and not template.slots.empty_thought:
+    if not options["enable_thinking"] and not template.has_thinking_mode:
         logger.info("Template `%s` has no thinking mode; enable_thinking=False changes nothing.", template.name)
     if options["preserve_thinking"] and not template.reasoning:
         logger.info("Template `%s` keeps the thoughts of earlier answers anyway; preserve_thinking changes nothing.",

@@ -58,9 +58,18 @@ template `gpt_oss`); each is off at its default:
   turn, before the tool format joins its tools (harmony's developer message: `# Instructions`).
 - **prefix_with_tools**: the prefix of a sample that has tools (harmony's system message then
   says which channel tool calls go to).
-- **reasoning_effort**: the default of the `{reasoning_effort}` placeholder the prefix may use
-  (harmony's `Reasoning: medium`); a run picks another with `with_options(reasoning_effort=...)`.
-  "" for templates without one.
+- **reasoning_effort**: the default of the `{reasoning_effort}` placeholder the prefix (or the
+  system slots) may use (harmony's `Reasoning: medium`); a run picks another with
+  `with_options(reasoning_effort=...)`. "" for templates without one. **reasoning_efforts** lists
+  the values the template's model knows (OpenAI's low/medium/high; Hy3's no_think/low/high).
+
+Two fields write the system turn when the sample has no system prompt:
+
+- **system_always**: the `system` slot is written even then (Hy3 always follows the system text,
+  empty or not, with its reasoning-mode tag `<｜reasoning_mode:opensource｜>reasoning_effort:...`).
+- **thinking_system**: the system slot used instead of `system` while thinking is on
+  (`enable_thinking`, the default), written even then: Gemma 4's thinking mode opens a system turn
+  with `<|think|>`. With `enable_thinking=False` the template falls back to `system`.
 """
 
 from __future__ import annotations
@@ -77,7 +86,7 @@ from .tools import BEFORE_FIRST_USER, IN_FIRST_USER, ToolFormat, get_tool_format
 
 PLACEHOLDER = re.compile(r"\{(content|system|bos_token|eos_token|reasoning_effort)\}")
 HISTORY_THOUGHTS = ("keep", "context", "drop")
-REASONING_EFFORTS = ("low", "medium", "high")  # what `reasoning_effort` may be (OpenAI's scale)
+REASONING_EFFORTS = ("low", "medium", "high")  # OpenAI's scale: what `reasoning_effort` may be unless a template says
 
 
 @dataclass(frozen=True)
@@ -108,11 +117,16 @@ class Slots:
     system_prompt: str = "{content}"  # the system prompt inside the system turn, before the tools join it
     prefix_with_tools: str | None = None  # the prefix of a sample with tools; None: same as `prefix`
     reasoning_effort: str = ""  # default of the prefix's {reasoning_effort}; "" when the template has none
+    reasoning_efforts: tuple[str, ...] = REASONING_EFFORTS  # the values `reasoning_effort` may take
+    system_always: bool = False  # write the `system` slot even when there is no system prompt
+    thinking_system: str | None = None  # the system slot while thinking is on, always written; None: `system`
 
     # Which placeholders each slot may use; anything else in braces is literal text.
     ALLOWED = {
         "prefix": {"bos_token", "eos_token", "reasoning_effort"},
         "prefix_with_tools": {"bos_token", "eos_token", "reasoning_effort"},
+        "system": {"content", "bos_token", "eos_token", "reasoning_effort"},
+        "thinking_system": {"content", "bos_token", "eos_token", "reasoning_effort"},
         "system_in_user": {"system", "content", "bos_token", "eos_token"},
         "bare_answer_prefix": set(),  # written as is
         "empty_thought": set(),
@@ -120,6 +134,7 @@ class Slots:
     NOT_TEXT = ("name", "description", "tool_format", "thoughts_in_history", "reasoning_effort")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "reasoning_efforts", tuple(self.reasoning_efforts))  # YAML gives a list
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in self.NOT_TEXT or not isinstance(value, str):
@@ -138,16 +153,21 @@ class Slots:
             )
         if self.efficient_eos:
             self._check_efficient_eos()
+        if self.system_always and self.system is None:
+            raise LatheError(f"Template `{self.name}`: system_always writes the `system` slot, which it does not have "
+                             "(give `system`, or drop system_always).")
         self._check_reasoning_effort()
 
     def _check_reasoning_effort(self) -> None:
-        uses = any("{reasoning_effort}" in (slot or "") for slot in (self.prefix, self.prefix_with_tools))
+        slots = (self.prefix, self.prefix_with_tools, self.system, self.thinking_system)
+        uses = any("{reasoning_effort}" in (slot or "") for slot in slots)
+        efforts = ", ".join(self.reasoning_efforts)
         if uses and not self.reasoning_effort:
-            raise LatheError(f"Template `{self.name}`: its prefix uses `{{reasoning_effort}}`, so `reasoning_effort` "
-                             f"must give the default (one of {', '.join(REASONING_EFFORTS)}).")
-        if self.reasoning_effort and self.reasoning_effort not in REASONING_EFFORTS:
+            raise LatheError(f"Template `{self.name}`: its prefix or system slot uses `{{reasoning_effort}}`, so "
+                             f"`reasoning_effort` must give the default (one of {efforts}).")
+        if self.reasoning_effort and self.reasoning_effort not in self.reasoning_efforts:
             raise LatheError(f"Template `{self.name}`: reasoning_effort is {self.reasoning_effort!r}; "
-                             f"use one of {', '.join(REASONING_EFFORTS)}.")
+                             f"use one of {efforts}.")
 
     def _check_efficient_eos(self) -> None:
         """An efficient_eos answer ends at the stop word opening the next turn, so that must follow it directly."""
@@ -194,9 +214,10 @@ class SlotTemplate(Template):
     """A template rendered from `Slots`; see the module docstring for the layout.
 
     `tool_format` (a registered name) overrides the entry's; `enable_thinking=False` writes the
-    template's empty think block; `preserve_thinking=True` keeps the thoughts of earlier answers
-    (see the module docstring); `reasoning_effort` fills the prefix's `{reasoning_effort}` (None:
-    the template's default). Use `with_options` for a variant.
+    template's empty think block and uses `system` in place of its `thinking_system`;
+    `preserve_thinking=True` keeps the thoughts of earlier answers (see the module docstring);
+    `reasoning_effort` fills the `{reasoning_effort}` of the prefix and system slots (None: the
+    template's default). Use `with_options` for a variant.
     """
 
     def __init__(self, slots: Slots, *, tool_format: str | None = None, enable_thinking: bool = True,
@@ -214,10 +235,11 @@ class SlotTemplate(Template):
         if not self.slots.reasoning_effort:
             raise LatheError(
                 f"reasoning_effort is {effort!r}, but template `{self.name}` has no reasoning-effort setting "
-                "(only templates whose system text names one, such as gpt_oss, have). Remove `reasoning_effort`."
+                "(only templates whose system text names one, such as gpt_oss and hy3, have). "
+                "Remove `reasoning_effort`."
             )
-        if effort not in REASONING_EFFORTS:
-            raise LatheError(f"reasoning_effort is {effort!r}; use one of {', '.join(REASONING_EFFORTS)} "
+        if effort not in self.slots.reasoning_efforts:
+            raise LatheError(f"reasoning_effort is {effort!r}; use one of {', '.join(self.slots.reasoning_efforts)} "
                              f"(template `{self.name}` defaults to {self.slots.reasoning_effort}).")
         return effort
 
@@ -234,7 +256,7 @@ class SlotTemplate(Template):
         (self if unchanged). A reasoning effort on a template without one raises LatheError."""
         fmt = get_tool_format(tool_format).name if tool_format else self.tool_format.name
         thinking = self.enable_thinking if enable_thinking is None else bool(enable_thinking)
-        if not self.slots.empty_thought:
+        if not self.has_thinking_mode:
             thinking = self.enable_thinking  # no thinking mode: the option changes nothing
         preserve = self.preserve_thinking if preserve_thinking is None else bool(preserve_thinking)
         preserve = preserve and self.slots.thoughts_in_history != "keep"  # nothing dropped: nothing to keep
@@ -267,6 +289,18 @@ class SlotTemplate(Template):
         if self.preserve_thinking or mode == "keep":
             return False
         return mode == "drop" or not learn_history
+
+    @property
+    def has_thinking_mode(self) -> bool:
+        """True when `enable_thinking` changes the text (an empty think block, or a system slot of its own)."""
+        return bool(self.slots.empty_thought) or self.slots.thinking_system is not None
+
+    def system_slot(self) -> tuple[str | None, bool]:
+        """The system slot in use (None: the system prompt joins the first user turn), and whether it is
+        written when there is no system prompt (see the module docstring)."""
+        if self.slots.thinking_system is not None and self.enable_thinking:
+            return self.slots.thinking_system, True
+        return self.slots.system, self.slots.system_always
 
     @property
     def thinking_off(self) -> bool:
@@ -307,8 +341,9 @@ class SlotTemplate(Template):
         system_text = self._system_text(system, tools_text)
         prefix = s.prefix_with_tools if tools_text and s.prefix_with_tools is not None else s.prefix
         parts = [fill(prefix, reasoning_effort=self.reasoning_effort, **specials)]
-        if system_text and s.system is not None:
-            parts.append(fill(s.system, content=system_text, **specials))
+        system_slot, system_always = self.system_slot()
+        if system_slot is not None and (system_text or system_always):
+            parts.append(fill(system_slot, content=system_text, reasoning_effort=self.reasoning_effort, **specials))
         length = sum(map(len, parts))
         spans: list[tuple[int, int]] = []
         last = len(messages) - 1
@@ -320,7 +355,7 @@ class SlotTemplate(Template):
                     content = fmt.render_results(content, calls_json)
                 if i == 0 and tools_text and fmt.placement == IN_FIRST_USER:
                     content = tools_text + content
-                if i == 0 and system_text and s.system is None:
+                if i == 0 and system_text and system_slot is None:
                     content = fill(s.system_in_user, system=system_text, content=content, **specials)
                 slot = s.observation if role == OBSERVATION and s.observation is not None else s.user
                 piece = fill(slot, content=content, **specials)

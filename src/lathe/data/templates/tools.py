@@ -58,6 +58,7 @@ from .tool_format import (  # noqa: F401 (re-exported: slots.py and jinja.py rea
 )
 from .tools_gemma4 import Gemma4Tools
 from .tools_harmony import HarmonyTools
+from .tools_hy3 import Hy3Tools
 from .tools_json import JSON_TOOL_FORMATS
 from .tools_lfm2 import Lfm2Tools
 from .tools_xml import XML_TOOL_FORMATS
@@ -353,6 +354,7 @@ TOOL_FORMATS: dict[str, ToolFormat] = {
         Gemma4Tools(),
         Lfm2Tools(),
         *JSON_TOOL_FORMATS,  # minimax1, ling
+        Hy3Tools(),
     )
 }
 
