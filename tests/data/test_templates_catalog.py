@@ -201,6 +201,28 @@ def test_every_llama_factory_template_name_loads_or_is_refused_as_multimodal():
             get_template(name)
 
 
+def test_docs_say_how_each_template_is_verified():
+    """The table's last column: parity only where a parity test exists; unverified exactly for the
+    templates written from LLaMA-Factory's definitions."""
+    docs = (ROOT / "docs" / "templates.md").read_text(encoding="utf-8")
+    docs = docs[docs.index("| name | family | tool format"):]
+    docs = docs[: docs.index("\n\n")]  # the registered-templates table
+    status = dict(re.findall(r"^\| `([\w.-]+)` \|.*\| ([a-z ]+(?: \(as `\w+`\))?) \|$", docs, flags=re.MULTILINE))
+    assert set(list_templates()) <= set(status)
+    parity_tested = (VENDOR_CHECKED | GLM_CHECKED | GPT_OSS_CHECKED | HY3_CHECKED
+                     | {"qwen", "qwen3", "llama3", "mistral", "gemma", "gemma2", "gemma3", "deepseekr1"})
+    for name in list_templates():
+        verified = status[name]
+        assert verified.split(" (")[0] in ("token parity", "text parity", "published format", "unverified"), name
+        assert (verified == "unverified") == (name in PUBLISHED_CHECKED), name
+        if verified in ("token parity", "text parity"):
+            assert name in parity_tested, f"{name} is marked {verified} without a parity test"
+        if "(as `" in verified:
+            base = verified.split("`")[1]
+            groups = [{key, *others} for key, others in SAME_TEXT.items()]
+            assert base in parity_tested and any({name, base} <= group for group in groups), name
+
+
 def test_docs_list_every_template():
     docs = (ROOT / "docs" / "templates.md").read_text(encoding="utf-8")
     listed = set(re.findall(r"^\| `([\w.-]+)` \|", docs, flags=re.MULTILINE))
