@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 
-from . import __version__
+from . import __version__, threads
 from .errors import LatheError
 from .logs import setup_logging
 
@@ -288,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"lathe: unknown command `{command}`.{did_you_mean(command, COMMANDS)}\n\n{USAGE}", file=sys.stderr)
         return 2
+    threads.configure()  # before torch loads: its OpenMP runtime reads the environment once
     setup_logging()
     from .data.templates.tokenize import tokenizer_threads_off_by_default
 

@@ -17,6 +17,7 @@ import sys
 
 from ..errors import LatheError
 from ..process import inside_launcher
+from ..threads import threads_per_process
 
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
@@ -92,4 +93,5 @@ def torchrun_command(train_args: list[str]) -> list[str]:
 def launch(train_args: list[str]) -> int:
     cmd = torchrun_command(train_args)
     print("[lathe] launching: torch.distributed.run " + " ".join(cmd[3:]), file=sys.stderr, flush=True)
-    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}).returncode
+    nproc = int(cmd[cmd.index("--nproc_per_node") + 1])
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": threads_per_process(nproc)}).returncode
