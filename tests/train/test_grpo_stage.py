@@ -86,6 +86,8 @@ def test_a_reachable_reward_rises(grpo_config, variant):
     assert result.extras["ref_model"] is None  # grpo_beta 0: no reference model
     out = Path(cfg.training.output_dir)
     assert (out / "model.safetensors").exists()
+    assert json.loads((out / "train_results.json").read_text())["train_reward_mean"] == pytest.approx(
+        result.metrics["train_reward_mean"])
     again = load_config(out / "lathe_config.yaml")  # the run can be repeated from its output folder:
     assert again.finetuning == cfg.finetuning and (out / "rewards.py").read_text() == DIGITS  # its reward file kept
 
@@ -184,7 +186,7 @@ def test_the_prompt_is_the_conversation_without_its_last_answer(demo_tokenizer_d
     from transformers import AutoTokenizer
 
     from lathe.data.templates import get_template
-    from lathe.train.grpo import encode_prompt_batch
+    from lathe.train.grpo_rollout import encode_prompt_batch
 
     tokenizer, template = AutoTokenizer.from_pretrained(demo_tokenizer_dir), get_template("chatml")
     turns = [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"},

@@ -36,6 +36,9 @@ PENDING: dict[str, tuple[Any, str]] = {
     **_feature("HyperParallel: MindSpore / Ascend parallelism, not a target of lathe", use_hyper_parallel=False,
                hyper_parallel_args=None, hyper_parallel_cp_size=1),
     **_feature("Ascend NPU kernels, not a target of lathe", use_v1_kernels=False),
+    # TRL GRPOConfig's name (LLaMA-Factory has no grpo stage): refused by name rather than unknown.
+    **_feature("vLLM generation for grpo/rloo needs a CUDA GPU and vLLM; lathe generates with transformers' KV cache",
+               use_vllm=False),
     **_feature("fp8 training: needs Hopper-class GPUs (H100 and newer) with FP8 kernels", fp8=False, fp8_backend="auto",
                fp8_enable_fsdp_float8_all_gather=False),
     # LLaMA-Factory's Megatron backends (USE_MCA / USE_MEGATRON_BRIDGE): multi-GPU Megatron-core training.

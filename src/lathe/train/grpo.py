@@ -1,18 +1,21 @@
 """GRPO / RLOO: online RL with verifiable rewards. The policy samples a group of answers per prompt,
 reward functions score them, and each answer is pushed by how much better it did than its group.
 
-Written on lathe's own pieces, as PPO is (`ppo.py`): prompts are rendered with the run's template
-(the conversation without its last answer, which becomes the reference `answer` of the rewards),
-`num_generations` completions per prompt are sampled in one batched `generate` with the KV cache
-(left padding, the template's stop words), `reward_funcs` score them (`reward_funcs.py`), and the
-advantages are GRPO's group-normalised ones (`stage: grpo`) or RLOO's leave-one-out ones
-(`stage: rloo`). Then `num_iterations` optimiser steps over the batch with the clipped objective of
-`loss_type` (`losses/grpo.py` holds every formula). No value head, and no reference model unless
-`grpo_beta` > 0 (with LoRA it is then the adapter switched off: no copy).
+Written on lathe's own pieces, as PPO is (`ppo.py`): `grpo_rollout.py` renders the prompts with the
+run's template, samples `num_generations` completions per prompt with the KV cache and scores them
+with `reward_funcs` (`reward_funcs.py`); this module turns each batch into an update. The advantages
+are GRPO's group-normalised ones (`stage: grpo`) or RLOO's leave-one-out ones (`stage: rloo`); then
+`num_iterations` optimiser steps over the batch with the clipped objective of `loss_type`
+(`losses/grpo.py` holds every formula). No value head, and no reference model unless `grpo_beta` > 0
+(with LoRA it is then the adapter switched off: no copy).
 
 Batch sizes, as TRL's: each optimiser step sees per_device_train_batch_size x
 gradient_accumulation_steps completions, `num_generations` per prompt, in micro-batches of
 per_device_train_batch_size.
+
+Checkpoints (`save_steps`, `loop_checkpoints.py`) hold the weights, optimiser, scheduler, the random
+states and the sampler's generator, so a run killed after step k and started again (the same command,
+or `resume_from_checkpoint`) logs the same completions and metrics for steps k+1.. as one never stopped.
 """
 
 from __future__ import annotations
@@ -22,40 +25,41 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
-from ..data.collate import left_pad, positions_from_mask
-from ..data.processors import Processor
 from ..errors import LatheError, did_you_mean
-from ..model.generation import generation_kwargs, stop_token_ids
 from ..process import is_main_process
 from ..registry import METHODS, OPTIMIZERS, REWARD_MODELS, STAGES
 from .base import log_streamed_report, setup_run
 from .callbacks import LOG_FILE, append_log_record, fmt_seconds
+from .checkpoints import check_writable, checkpoint_bytes
+from .grpo_rollout import PROMPTS, REWARD_MODEL, GroupSampler, Rollout, completion_logps
+from .loop_checkpoints import (
+    check_loop_saving,
+    restore_loop_checkpoint,
+    save_interval,
+    save_loop_checkpoint,
+    trim_logs,
+)
 from .losses.grpo import (
     LOSS_TYPES,
     LossSettings,
-    constant_groups,
     group_advantages,
     grpo_loss,
     rloo_advantages,
 )
-from .ppo import response_mask
 from .reference import build_reference, check_reference_options, reference_of
 from .reward_funcs import (
     RewardFunction,
     build_reward_functions,
-    call_reward,
     check_reward_spec,
     keep_user_files,
     split_reward_names,
 )
-from .rewards import build_reward, right_padded
+from .rewards import build_reward
 from .stage import Stage, StageResult
 
 if TYPE_CHECKING:
@@ -64,121 +68,30 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 COMPLETIONS_FILE = "completions.jsonl"
+RESULTS_FILE = "train_results.json"  # the run's metrics, named as the Trainer stages name theirs
 SHOWN_COMPLETIONS = 4  # sampled completions written to completions.jsonl per logging step
-REWARD_MODEL = "reward_model"  # the name `reward_model`'s scores are logged and weighted under
-MAX_SAMPLING_ROUNDS = 4  # dynamic_sampling: rounds of prompts sampled per step to fill the batch with signal
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-def encode_prompt_batch(batch: dict[str, list], *, template, tokenizer, data_args) -> dict[str, list]:
-    """Rows -> the ids of the prompt to answer (the conversation without its last answer) and the
-    reference `answer` the rewards compare with ("" for a row that ends with its prompt)."""
-    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "answer": [], "system": [], "tools": [],
-                            "_truncated": [], "_drop": []}
-    for messages, system, tools in zip(batch["messages"], batch["system"], batch["tools"]):
-        ends_with_answer = len(messages) % 2 == 0
-        prompt = messages[:-1] if ends_with_answer else messages
-        system = system or data_args.default_system or ""
-        ids = np.asarray(template.encode_prompt(tokenizer, prompt, system, tools or ""), dtype=np.int64) if prompt \
-            else np.zeros(0, dtype=np.int64)
-        drop = ("no prompt turn" if not prompt else
-                "prompt longer than cutoff_len (cut, it would lose its question)" if len(ids) > data_args.cutoff_len
-                else "")
-        out["input_ids"].append(ids)
-        out["attention_mask"].append(np.ones(len(ids), dtype=np.int64))
-        out["answer"].append(messages[-1]["content"] if ends_with_answer else "")
-        out["system"].append(system)
-        out["tools"].append(tools or "")
-        out["_truncated"].append(False)
-        out["_drop"].append(drop)
-    return out
-
-
-def _prompt_kwargs(cfg: "RunConfig", tokenizer, template) -> dict:
-    return {"template": template, "tokenizer": tokenizer, "data_args": cfg.data}
-
-
-PROMPTS = Processor(encode_prompt_batch, _prompt_kwargs)  # prompts to answer, with their reference answers
-
-
-# ---------------------------------------------------------------------------------------------- rollout
-
-
-def completion_logps(model, ids: torch.Tensor, attn: torch.Tensor, prompt_len: int, temperature: float,
-                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs of the completion tokens under the sampling distribution (logits / temperature), [B, C],
-    and (asked) each position's entropy, detached."""
-    out = model(input_ids=ids, attention_mask=attn, position_ids=positions_from_mask(attn))
-    logits = out.logits[:, prompt_len - 1 : -1].float() / temperature
-    log_norm = torch.logsumexp(logits, dim=-1)
-    logps = logits.gather(-1, ids[:, prompt_len:].unsqueeze(-1)).squeeze(-1) - log_norm
-    entropy = None
-    if with_entropy:  # row by row: one more [C, V] tensor at a time, not [B, C, V]
-        with torch.no_grad():
-            entropy = torch.stack([n - (torch.softmax(row, dim=-1) * row).sum(-1) for n, row in zip(log_norm, logits)])
-    return logps, entropy
-
-
-@dataclass
-class Rollout:
-    ids: torch.Tensor  # [B, P + C] prompt and completion
-    attn: torch.Tensor
-    prompt_len: int
-    mask: torch.Tensor  # [B, C] completion tokens up to and including the stop token
-    truncated: torch.Tensor  # [B] bool: no stop token within max_completion_length
-    rewards: torch.Tensor  # [B] weighted sum
-    per_func: torch.Tensor  # [B, F]
-    prompts: list[str]
-    completions: list[str]
-
-    def select(self, rows: torch.Tensor) -> "Rollout":
-        keep = rows.tolist()
-        return Rollout(self.ids[rows], self.attn[rows], self.prompt_len, self.mask[rows], self.truncated[rows],
-                       self.rewards[rows], self.per_func[rows], [self.prompts[i] for i in keep],
-                       [self.completions[i] for i in keep])
-
-
-def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
-    """Rollouts of several sampling rounds as one: prompts left-padded, completions right-padded to the longest."""
-    if len(parts) == 1:
-        return parts[0]
-    width_p = max(r.prompt_len for r in parts)
-    width_c = max(r.mask.shape[1] for r in parts)
-    ids, attn, mask = [], [], []
-    for r in parts:
-        left, right = width_p - r.prompt_len, width_c - r.mask.shape[1]
-        ids.append(torch.nn.functional.pad(r.ids, (left, right), value=pad_id))
-        attn.append(torch.nn.functional.pad(r.attn, (left, right), value=0))
-        mask.append(torch.nn.functional.pad(r.mask, (0, right), value=0))
-    return Rollout(torch.cat(ids), torch.cat(attn), width_p, torch.cat(mask), torch.cat([r.truncated for r in parts]),
-                   torch.cat([r.rewards for r in parts]), torch.cat([r.per_func for r in parts]),
-                   [p for r in parts for p in r.prompts], [c for r in parts for c in r.completions])
 
 
 class GRPORunner:
-    """The loop: sample prompts, roll out groups, score, compute advantages, update; log each step."""
+    """The loop: sample prompts, roll out groups, score, compute advantages, update; log each step,
+    save a checkpoint every `save_steps`."""
 
     def __init__(self, cfg: "RunConfig", run, ref, rewards: list[RewardFunction],
                  advantages: Callable[[torch.Tensor, int, str], torch.Tensor], reward_model=None):
         f, t = cfg.finetuning, cfg.training
-        self.cfg, self.run, self.ref, self.rewards, self.advantages = cfg, run, ref, rewards, advantages
-        self.reward_model = reward_model  # `reward_model` (as PPO's), scored after the functions, named reward_model
-        self.names = [fn.name for fn in rewards] + ([REWARD_MODEL] if reward_model is not None else [])
-        self.model, self.tokenizer, self.template = run.model, run.tokenizer, run.template
+        self.cfg, self.run, self.ref, self.advantages = cfg, run, ref, advantages
+        self.model, self.tokenizer = run.model, run.tokenizer
         self.device = run.args.device  # the run's accelerator (cuda:0, ...), or the CPU
         for module in (self.model, ref, getattr(reward_model, "model", None)):
             if module is not None and not (getattr(module, "is_loaded_in_4bit", False)
                                            or getattr(module, "is_loaded_in_8bit", False)):
                 module.to(self.device)  # quantized weights were placed when they loaded
-        self.weights = ([float(w) for w in split_reward_names(f.reward_weights)] if f.reward_weights
-                        else [1.0] * len(self.names))
-        self.group = f.num_generations
+        self.sampler = GroupSampler(cfg, run, rewards, reward_model, self.device)
+        self.names, self.group = self.sampler.names, f.num_generations
         self.batch = t.per_device_train_batch_size * t.gradient_accumulation_steps  # completions per step
-        self.rows = run.data.train
-        steps_per_epoch = max(1, len(self.rows) * self.group // self.batch)
+        steps_per_epoch = max(1, len(run.data.train) * self.group // self.batch)
         self.total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
+        self.save_every = save_interval(cfg, self.total_steps, steps_per_epoch)
         self.settings = LossSettings(f.loss_type, f.epsilon, f.epsilon_high, f.importance_sampling_level, f.grpo_beta,
                                      f.max_completion_length)
         self.optimizer = self._optimizer()
@@ -187,9 +100,19 @@ class GRPORunner:
         updates = self.total_steps * f.num_iterations
         self.scheduler = get_scheduler(t.lr_scheduler_type, self.optimizer,
                                        num_warmup_steps=t.get_warmup_steps(updates), num_training_steps=updates)
-        self.stop_ids = stop_token_ids(self.tokenizer, self.template)
-        self.generator = torch.Generator().manual_seed(t.seed)
         self.temperature = cfg.generating.temperature if cfg.generating.temperature > 0 else 1.0
+        self.done, self.rewards_so_far = 0, []  # steps finished (a resumed run starts past 0) and their mean rewards
+
+    def resume(self, checkpoint: str) -> None:
+        """Continue from `checkpoint`: weights, optimiser, scheduler, random states, the sampler's position."""
+        self.done, extra = restore_loop_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler,
+                                                   self.sampler.generator)
+        self.rewards_so_far = list(extra.get("rewards", []))
+        if is_main_process():
+            trim_logs(self.cfg.training.output_dir, self.done,
+                      {LOG_FILE: "current_steps", COMPLETIONS_FILE: "step"})
+        logger.info("%s: resumed from %s after step %d of %d", self.cfg.finetuning.stage, checkpoint, self.done,
+                    self.total_steps)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """LoRA+ groups where asked (lathe's optim code), else AdamW with the run's betas, eps and decay."""
@@ -202,67 +125,6 @@ class GRPORunner:
         params = [p for p in self.model.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
                                  weight_decay=t.weight_decay)
-
-    @torch.no_grad()
-    def rollout(self, picks: list[int]) -> Rollout:
-        self.model.eval()
-        rows = [self.rows[i] for i in picks]
-        prompts = [list(r["input_ids"]) for r in rows for _ in range(self.group)]  # a group's rows side by side
-        ids, attn, _ = left_pad(prompts, self.tokenizer.pad_token_id, device=self.device)
-        gen = generation_kwargs(self.cfg.generating)
-        gen["max_new_tokens"] = self.cfg.finetuning.max_completion_length
-        gen.pop("max_length", None)
-        output = self.model.generate(input_ids=ids, attention_mask=attn, eos_token_id=self.stop_ids,
-                                     pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **gen)
-        prompt_len = ids.shape[1]
-        completion = output[:, prompt_len:]
-        mask = response_mask(completion, self.stop_ids)
-        stopped = torch.zeros(len(completion), dtype=torch.bool, device=completion.device)
-        for s in self.stop_ids:
-            stopped |= (completion == s).any(dim=1)
-        texts_p = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        texts_c = [self.tokenizer.decode(c[m.bool()], skip_special_tokens=True) for c, m in zip(completion, mask)]
-        columns = {
-            "answer": [r["answer"] for r in rows for _ in range(self.group)],
-            "system": [r["system"] for r in rows for _ in range(self.group)],
-            "tools": [r["tools"] for r in rows for _ in range(self.group)],
-            "completion_length": mask.sum(-1).tolist(), "truncated": (~stopped).tolist(),
-        }
-        functions = list(self.rewards)
-        if self.reward_model is not None:  # reads the last real token: prompt and completion without padding inside
-            scored_ids, scored_attn = right_padded(output, torch.cat([attn, mask], dim=1), self.tokenizer.pad_token_id)
-            functions.append(RewardFunction(REWARD_MODEL, lambda prompts, completions, **_: self.reward_model(
-                scored_ids, scored_attn, prompts, completions).float().tolist()))
-        scores = [call_reward(fn, texts_p, texts_c, columns) for fn in functions]
-        per_func = torch.tensor(scores, dtype=torch.float32, device=self.device).T
-        rewards = (per_func * torch.tensor(self.weights, device=self.device)).sum(-1)
-        return Rollout(output, torch.cat([attn, mask], dim=1), prompt_len, mask, ~stopped, rewards, per_func,
-                       texts_p, texts_c)
-
-    def sample(self, prompts: int) -> tuple[Rollout | None, Rollout, int]:
-        """(the completions to train on, every completion sampled, sampling rounds).
-
-        With `dynamic_sampling` (DAPO), groups whose rewards are all equal carry no signal: they are
-        dropped, and more prompts are sampled, up to MAX_SAMPLING_ROUNDS rounds, until `prompts` groups
-        with a signal are found; None when none was.
-        """
-        rounds, kept = [], []
-        for _ in range(MAX_SAMPLING_ROUNDS if self.cfg.finetuning.dynamic_sampling else 1):
-            picks = torch.randint(len(self.rows), (prompts,), generator=self.generator).tolist()
-            rounds.append(self.rollout(picks))
-            if not self.cfg.finetuning.dynamic_sampling:
-                return rounds[0], rounds[0], 1
-            signal = ~constant_groups(rounds[-1].rewards, self.group).repeat_interleave(self.group)
-            if signal.any():
-                kept.append(rounds[-1].select(signal.nonzero().squeeze(-1)))
-            if sum(len(r.rewards) for r in kept) >= prompts * self.group:
-                break
-        pad = self.tokenizer.pad_token_id
-        everything = concat_rollouts(rounds, pad)
-        if not kept:
-            return None, everything, len(rounds)
-        batch = concat_rollouts(kept, pad)
-        return batch.select(torch.arange(min(len(batch.rewards), prompts * self.group))), everything, len(rounds)
 
     def update(self, r: Rollout) -> dict[str, float]:
         f = self.cfg.finetuning
@@ -281,7 +143,7 @@ class GRPORunner:
         num_items = float(mask.sum())  # dapo divides by the tokens of the whole optimiser batch
         self.model.train()
         for _ in range(f.num_iterations):
-            order = torch.randperm(len(r.rewards), generator=self.generator)
+            order = torch.randperm(len(r.rewards), generator=self.sampler.generator)
             chunks = [order[i : i + micro] for i in range(0, len(order), micro)]
             self.optimizer.zero_grad()
             for idx in chunks:
@@ -325,7 +187,7 @@ class GRPORunner:
             **{k: round(v, 6) for k, v in stats.items() if k != "loss"},
             "lr": self.scheduler.get_last_lr()[0], "percentage": round(100 * step / self.total_steps, 2),
             "elapsed_time": fmt_seconds(elapsed),
-            "remaining_time": fmt_seconds(elapsed / step * (self.total_steps - step)),
+            "remaining_time": fmt_seconds(elapsed / max(step - self.done, 1) * (self.total_steps - step)),
         })
         return record
 
@@ -338,9 +200,9 @@ class GRPORunner:
     def train(self) -> dict[str, float]:
         out = Path(self.cfg.training.output_dir)
         prompts_per_step = self.batch // self.group
-        start, rewards = time.time(), []
-        for step in range(1, self.total_steps + 1):
-            batch, r, rounds = self.sample(prompts_per_step)
+        start, rewards = time.time(), self.rewards_so_far
+        for step in range(self.done + 1, self.total_steps + 1):
+            batch, r, rounds = self.sampler.sample(prompts_per_step)
             stats = self.update(batch) if batch is not None else {"loss": 0.0}
             if self.cfg.finetuning.dynamic_sampling:
                 kept = 0 if batch is None else len(batch.rewards)
@@ -355,6 +217,11 @@ class GRPORunner:
                 logger.info("%s step %d/%d: reward %.4f, loss %.4f, completion length %.1f",
                             self.cfg.finetuning.stage, step, self.total_steps, record["reward"], record["loss"],
                             record["completion_length"])
+            if self.save_every and step % self.save_every == 0 and is_main_process():
+                save_loop_checkpoint(self.cfg, step, self.total_steps, self.model, self.tokenizer, self.optimizer,
+                                     self.scheduler, self.sampler.generator, {"rewards": rewards})
+        if not rewards:
+            return {"train_runtime": time.time() - start}
         return {"train_reward_first": rewards[0], "train_reward_last": rewards[-1],
                 "train_reward_mean": sum(rewards) / len(rewards), "train_runtime": time.time() - start}
 
@@ -383,12 +250,18 @@ def _run(cfg: "RunConfig", advantages) -> StageResult:
     ref = build_reference(cfg, run.model, run.tokenizer, needed=cfg.finetuning.grpo_beta > 0)
     reward_model = build_reward(cfg, run.model, run.tokenizer) if cfg.finetuning.reward_model else None
     runner = GRPORunner(cfg, run, ref, rewards, advantages, reward_model)
-    if is_main_process():
+    if is_main_process() and runner.save_every:
+        check_writable(Path(cfg.training.output_dir), checkpoint_bytes(run.model, cfg.training.save_only_model))
+    if run.resume:
+        runner.resume(run.resume)  # last: the random states it restores are the ones the loop draws from
+    elif is_main_process():
         for name in (LOG_FILE, COMPLETIONS_FILE):  # a fresh run, fresh logs
             Path(cfg.training.output_dir, name).unlink(missing_ok=True)
     metrics = runner.train()
     if is_main_process():
         runner.save()
+        with open(Path(cfg.training.output_dir, RESULTS_FILE), "w", encoding="utf-8") as fh:  # as the Trainer's
+            json.dump(metrics, fh, indent=2)
         after_save = METHODS[cfg.finetuning.finetuning_type].after_save
         if after_save is not None:
             after_save(run.model, cfg)
@@ -450,8 +323,7 @@ def _check(cfg: "RunConfig") -> None:
                          f"`max_new_tokens` / `max_length` and set `max_completion_length`.")
     if cfg.model.use_kv_cache is False:
         raise LatheError(f"{src}: `stage: {stage}` generates with the KV cache; remove `use_kv_cache: false`.")
-    if t.resume_from_checkpoint:
-        raise LatheError(f"{src}: `stage: {stage}` does not resume from checkpoints yet; start it again.")
+    check_loop_saving(cfg)
     if cfg.data.streaming:
         raise LatheError(f"{src}: `stage: {stage}` samples prompts at random and cannot stream them.")
     chosen = [o.flag for o in OPTIMIZERS.values() if getattr(f, o.flag)]
