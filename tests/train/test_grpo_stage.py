@@ -240,3 +240,16 @@ def test_grpo_options_are_refused_under_another_stage_and_shared_by_grpo_and_rlo
         load_config(grpo_config(stage="sft", num_generations=4))
     for stage in ("grpo", "rloo"):
         assert load_config(grpo_config(stage=stage, num_generations=4)).finetuning.stage == stage
+
+
+def test_a_reference_column_is_what_the_rewards_compare_with(grpo_config, tmp_path):
+    """lathe_arithmetic maps `reference: answer` (the bare number) while its response is a worked solution."""
+    (tmp_path / "seen.py").write_text(
+        "import json, pathlib\n"
+        "def score(prompts, completions, answer, **columns):\n"
+        f"    pathlib.Path({str(tmp_path / 'answers.json')!r}).write_text(json.dumps(list(answer)))\n"
+        "    return [0.0] * len(completions)\n")
+    run_stage(load_config(grpo_config(dataset="lathe_arithmetic", reward_funcs="seen.py:score", max_steps=1,
+                                      cutoff_len=256)))
+    answers = json.loads((tmp_path / "answers.json").read_text())
+    assert answers and all(a.isdigit() for a in answers), answers[:4]

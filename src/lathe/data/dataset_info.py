@@ -48,6 +48,7 @@ class Columns:
     chosen: str | None = None  # ranking: the preferred answer
     rejected: str | None = None  # ranking: the worse answer
     kto_tag: str | None = None  # KTO: a boolean, true when the answer is desirable
+    reference: str | None = None  # grpo/rloo: what the rewards compare with (default: the last answer)
 
 
 @dataclass

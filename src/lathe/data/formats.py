@@ -200,6 +200,8 @@ def _finish(attr: DatasetAttr, row: Mapping[str, Any], messages: list[Message], 
         if not isinstance(label, bool):
             raise RowError("kto_tag is not a boolean", f"column {attr.columns.kto_tag!r} is {label!r}")
         sample["kto_tag"] = label  # type: ignore[typeddict-unknown-key]
+    if attr.columns.reference:  # grpo/rloo: e.g. the bare number where the answer column holds a solution
+        sample["reference"] = str(_required(row, attr.columns.reference))  # type: ignore[typeddict-unknown-key]
     return sample
 
 

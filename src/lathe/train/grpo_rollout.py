@@ -40,10 +40,12 @@ MAX_SAMPLING_ROUNDS = 4  # dynamic_sampling: rounds of prompts sampled per step 
 
 def encode_prompt_batch(batch: dict[str, list], *, template, tokenizer, data_args) -> dict[str, list]:
     """Rows -> the ids of the prompt to answer (the conversation without its last answer) and the
-    reference `answer` the rewards compare with ("" for a row that ends with its prompt)."""
+    reference `answer` the rewards compare with: the dataset's `reference` column where its entry
+    maps one, else the last answer ("" for a row that ends with its prompt)."""
     out: dict[str, list] = {"input_ids": [], "attention_mask": [], "answer": [], "system": [], "tools": [],
                             "_truncated": [], "_drop": []}
-    for messages, system, tools in zip(batch["messages"], batch["system"], batch["tools"]):
+    references = batch.get("reference") or [""] * len(batch["messages"])
+    for messages, system, tools, reference in zip(batch["messages"], batch["system"], batch["tools"], references):
         ends_with_answer = len(messages) % 2 == 0
         prompt = messages[:-1] if ends_with_answer else messages
         system = system or data_args.default_system or ""
@@ -54,7 +56,7 @@ def encode_prompt_batch(batch: dict[str, list], *, template, tokenizer, data_arg
                 else "")
         out["input_ids"].append(ids)
         out["attention_mask"].append(np.ones(len(ids), dtype=np.int64))
-        out["answer"].append(messages[-1]["content"] if ends_with_answer else "")
+        out["answer"].append(reference or (messages[-1]["content"] if ends_with_answer else ""))
         out["system"].append(system)
         out["tools"].append(tools or "")
         out["_truncated"].append(False)

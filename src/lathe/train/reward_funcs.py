@@ -6,7 +6,8 @@ float per completion:
 
     def score(prompts: list[str], completions: list[str], **columns) -> list[float]
 
-`columns` are lists as long as `completions`: `answer` (the reference: the row's last answer),
+`columns` are lists as long as `completions`: `answer` (the reference: the dataset's `reference` column where
+its entry maps one, else the row's last answer),
 `system`, `tools` (JSON text, "" when none), `completion_length` (tokens generated) and `truncated`
 (True where the completion hit max_completion_length); accept `**columns` to ignore the rest.
 

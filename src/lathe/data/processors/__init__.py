@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ...config import RunConfig
 
 # The columns of a canonical sample as the loader stores it (see lathe.data.sample).
-SAMPLE_COLUMNS = ("messages", "system", "tools", "chosen", "rejected", "kto_tag")
+SAMPLE_COLUMNS = ("messages", "system", "tools", "chosen", "rejected", "kto_tag", "reference")
 
 
 def sample_features():
@@ -35,6 +35,7 @@ def sample_features():
         "chosen": List(message),
         "rejected": List(message),
         "kto_tag": Value("bool"),
+        "reference": Value("string"),
     })
 
 
@@ -47,6 +48,7 @@ def sample_row(sample: dict[str, Any]) -> dict[str, Any]:
         "chosen": sample.get("chosen", []),
         "rejected": sample.get("rejected", []),
         "kto_tag": sample.get("kto_tag"),
+        "reference": sample.get("reference", ""),
     }
 
 
