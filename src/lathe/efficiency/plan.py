@@ -8,7 +8,10 @@ counts are exact; memory is the sum of documented terms (docs/efficiency.md):
     optimizer    AdamW: trainable x 8 (two fp32 moments); GaLore: the projected moments
     activations  per layer and token: hidden x dtype bytes with gradient checkpointing,
                  else (34 x hidden + 5 x heads x seq) x dtype bytes / 2 (Korthikanti et al. 2022)
-    logits       batch x seq x vocab x 4 bytes x 2 (fp32 logits and their gradient)
+    logits       batch x seq x vocab x 4 bytes x 2 (fp32 logits and their gradient); where the
+                 training loop chunks the output layer (train/chunked_logits.py: scored logits of
+                 at least 64 MiB), one chunk's logits and gradient (chunk x vocab x 4 x 2) plus the
+                 hidden states' gradient taken in the forward pass (batch x seq x hidden x 4)
     overhead     a fixed 64 MiB of framework working memory (Trainer, data loader, autograd
                  bookkeeping), measured: a 0.3M-parameter model's run peaks ~60 MiB above its baseline
 
@@ -28,6 +31,7 @@ from ..config.options import FinetuningArguments
 from ..errors import LatheError
 from ..model.memory import DTYPE_BYTES, GiB, Shape, activation_bytes, checkpointing_choice, logits_bytes, model_shape, size
 from ..registry import METHODS, OPTIMIZERS
+from ..train.chunked_logits import chunk_rows, worth_chunking
 from .variants import VARIANTS, Variant, variant
 
 if TYPE_CHECKING:
@@ -100,7 +104,34 @@ def estimate(shape: Shape, name: str | Variant, *, batch: int, seq: int, dtype_b
         if shard in ("zero3", "fsdp"):
             weights //= devices
     act = activation_bytes(shape, batch, seq, dtype_bytes, checkpointing)
-    return Estimate(v.name, trainable, weights, gradients, optimizer, act, logits_bytes(shape, batch, seq))
+    return Estimate(v.name, trainable, weights, gradients, optimizer, act, planned_logits(shape, batch, seq))
+
+
+def planned_logits(shape: Shape, batch: int, seq: int) -> int:
+    """The logits term: whole (fp32 logits + gradient), or, where training chunks them, one chunk of each
+    plus the fp32 gradient of the hidden states that the chunked loss keeps from its forward pass."""
+    positions = batch * seq
+    if not worth_chunking(positions, shape.vocab):
+        return logits_bytes(shape, batch, seq)
+    rows = min(positions, chunk_rows(shape.vocab))
+    return rows * shape.vocab * 4 * 2 + positions * shape.hidden * 4
+
+
+def longest_cutoff(shape: Shape, name: str, memory: int, batch: int = 1, limit: int = 1 << 21, **kwargs) -> int:
+    """The longest `cutoff_len` whose estimate fits `memory` (0: not even one token), by bisection:
+    the estimate grows with the sequence (activations, logits)."""
+    def fits(seq: int) -> bool:
+        return estimate(shape, name, batch=batch, seq=seq, **kwargs).total <= memory
+
+    if not fits(1):
+        return 0
+    low, high = 1, limit
+    if fits(high):
+        return high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
 
 
 def plannable(v: Variant) -> bool:
@@ -160,17 +191,21 @@ def plan(cfg: "RunConfig", memory: int | None, devices: int = 1, shard: str = "n
         f"{'on' if kwargs['checkpointing'] else 'off'}" + (f", {devices} devices ({shard})" if devices > 1 else ""),
         "",
         f"{'method':<8} {'trainable':>14} {'weights':>9} {'grads':>8} {'optim':>8} {'activ.':>8} {'logits':>8} "
-        f"{'total':>9} {'B/param':>8}" + ("  fits   max batch" if memory else ""),
+        f"{'total':>9} {'B/param':>8}" + ("  fits   max batch  max cutoff" if memory else ""),
     ]
+    no_seq = {k: v for k, v in kwargs.items() if k != "seq"}
     for method in plannable_names():
         e = estimate(shape, method, batch=batch, **kwargs)
         row = (f"{method:<8} {e.trainable:>14,} {size(e.weights):>9} {size(e.gradients):>8} {size(e.optimizer):>8} "
                f"{size(e.activations):>8} {size(e.logits):>8} {size(e.total):>9} {e.static / shape.total:>8.2f}")
         if memory:
-            row += f"  {'yes' if e.total <= memory else 'no':<5}  {largest_batch(shape, method, memory, **kwargs):>9}"
+            row += (f"  {'yes' if e.total <= memory else 'no':<5}  {largest_batch(shape, method, memory, **kwargs):>9}"
+                    f"  {longest_cutoff(shape, method, memory, batch=batch, **no_seq):>10,}")
         lines.append(row)
     lines += ["", "B/param counts weights, gradients and optimizer state; activations and logits grow with the batch;",
-              f"total adds {OVERHEAD // 1024**2} MiB of framework working memory.",
+              f"total adds {OVERHEAD // 1024**2} MiB of framework working memory. Logits are chunked where big "
+              "(train/chunked_logits.py).",
+              *(["max cutoff: the longest cutoff_len that fits the memory at this batch."] if memory else []),
               "Formulas: docs/efficiency.md. Estimates: measure with a short run before renting hardware."]
     if memory:
         lines.insert(1, f"device memory: {memory / GiB:.1f} GiB")

@@ -5,7 +5,8 @@ compares with a reference model and whether it takes per-token averages; this mo
 computes the log-probs it asks for and adds the SFT term (`pref_ftx`) it weighs. Two options
 apply to any loss, as in LLaMA-Factory: `pref_bco_weight` mixes in BCO (a loss with a
 reference model only) and `ld_alpha` (LD-DPO) down-weights the policy's log-probs of the
-tokens past the shorter answer of each pair.
+tokens past the shorter answer of each pair. The log-probs come from `MeanLossTrainer.sequence_logps`
+(trainers.py): the output layer in chunks where the batch's logits would be big.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from ..data.collate import PairwiseCollator
 from ..data.processors import PAIRWISE
 from ..errors import LatheError
 from ..registry import PREFERENCE_LOSSES, STAGES
-from .losses.logps import sequence_logps
 from .losses.preference import RunningMean, bco_loss, mix_bco
-from .reference import check_reference_options, reference_logps, run_with_reference
+from .reference import check_reference_options, run_with_reference
 from .stage import Stage, StageResult
 from .trainers import MeanLossTrainer
 
@@ -36,14 +36,13 @@ class DPOTrainer(MeanLossTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         f = self.finetuning
         loss_type = PREFERENCE_LOSSES[f.pref_loss]
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-        sums, counts = sequence_logps(logits, inputs["labels"], ld_alpha=f.ld_alpha)  # the reference's: unweighted
+        sums, counts = self.sequence_logps(model, inputs, ld_alpha=f.ld_alpha)  # the reference's: unweighted
         half = sums.shape[0] // 2
         avgs = sums / counts.clamp(min=1)
         policy = avgs if loss_type.average else sums
         ref_chosen = ref_rejected = None
         if loss_type.reference:
-            ref_sums, ref_counts = reference_logps(model, self.ref_model, inputs)
+            ref_sums, ref_counts = self.reference_sequence_logps(model, inputs)
             ref = ref_sums / ref_counts.clamp(min=1) if loss_type.average else ref_sums
             ref_chosen, ref_rejected = ref[:half], ref[half:]
         out = loss_type.compute(policy[:half], policy[half:], ref_chosen, ref_rejected, f)

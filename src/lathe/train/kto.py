@@ -15,9 +15,8 @@ import torch
 from ..data.collate import FeedbackCollator
 from ..data.processors import FEEDBACK
 from ..registry import STAGES
-from .losses.logps import sequence_logps
 from .losses.preference import kto_loss
-from .reference import check_reference_options, reference_logps, run_with_reference
+from .reference import check_reference_options, run_with_reference
 from .stage import Stage, StageResult
 from .trainers import MeanLossTrainer
 
@@ -31,13 +30,11 @@ class KTOTrainer(MeanLossTrainer):
         main = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "labels": inputs["labels"]}
         kl_batch = {"input_ids": inputs["kl_input_ids"], "attention_mask": inputs["kl_attention_mask"],
                     "labels": inputs["kl_labels"]}
-        logits = model(input_ids=main["input_ids"], attention_mask=main["attention_mask"]).logits
-        policy, counts = sequence_logps(logits, main["labels"])
+        policy, counts = self.sequence_logps(model, main)
         with torch.no_grad():  # the reference point carries no gradient
-            kl_logits = model(input_ids=kl_batch["input_ids"], attention_mask=kl_batch["attention_mask"]).logits
-            policy_kl, _ = sequence_logps(kl_logits, kl_batch["labels"])
-            ref_kl, _ = reference_logps(model, self.ref_model, kl_batch)
-            ref, _ = reference_logps(model, self.ref_model, main)
+            policy_kl, _ = self.sequence_logps(model, kl_batch)
+            ref_kl, _ = self.reference_sequence_logps(model, kl_batch)
+            ref, _ = self.reference_sequence_logps(model, main)
         kl = (policy_kl - ref_kl).mean().clamp(min=0)
         tags = inputs["kto_tags"]
         losses, chosen_rewards, rejected_rewards = kto_loss(

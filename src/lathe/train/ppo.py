@@ -15,6 +15,7 @@ gradient_accumulation_steps of them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -34,6 +35,7 @@ from ..process import is_main_process
 from ..registry import METHODS, REWARD_MODELS, STAGES
 from .base import log_streamed_report, setup_run
 from .callbacks import LOG_FILE, append_log_record, fmt_seconds
+from .chunked_logits import chunkable, chunked_token_logps, final_hidden
 from .losses.ppo import (
     AdaptiveKLController,
     RunningMoments,
@@ -74,12 +76,21 @@ def forward_response(model, head, ids, attn, prompt_len: int, temperature: float
     """Log-probs of the response tokens and the values of the states that emitted them: [B, R].
 
     Log-probs are those of the sampling distribution (logits / temperature), so the PPO
-    ratio compares the policy that actually generated the tokens.
+    ratio compares the policy that actually generated the tokens. Where the response logits
+    would be big, the output layer runs a chunk of positions at a time (chunked_logits.py).
     """
     positions = positions_from_mask(attn)
+    targets = ids[:, prompt_len:]
+    chunked = chunkable(model, ids, targets.numel())
+    if chunked is not None:
+        hidden, _ = final_hidden(model, {"input_ids": ids, "attention_mask": attn, "position_ids": positions})
+        states = hidden[:, prompt_len - 1 : -1]
+        logprobs = chunked_token_logps(states, dataclasses.replace(chunked, temperature=temperature), targets)
+        states = states.detach()  # the value head reads detached features (below)
+        values = head(states.to(head.weight.dtype)).squeeze(-1) if head is not None else None
+        return logprobs, values
     out = model(input_ids=ids, attention_mask=attn, position_ids=positions, output_hidden_states=True)
     logits = out.logits[:, prompt_len - 1 : -1].float() / temperature
-    targets = ids[:, prompt_len:]
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     # The value head reads detached features: its regression loss, large while it learns the
     # score scale, would otherwise steer the shared backbone (with Adam, drown the policy

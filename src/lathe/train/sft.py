@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 
 class SFTTrainer(StoredMetricsMixin, LearnedLogitsMixin, LatheTrainer):
-    """SFT's Trainer: the output layer runs only where a token is learned (learned_logits.py).
+    """SFT's Trainer: the output layer runs only where a token is learned, and in chunks of positions
+    where the logits would be big (learned_logits.py, chunked_logits.py).
 
     With `sft_loss` (DFT, ASFT, EAFT) the loss is computed here from the logits, at the same
     kept positions, and normalised like the model's own (by `num_items_in_batch`, the learned
@@ -52,16 +53,38 @@ class SFTTrainer(StoredMetricsMixin, LearnedLogitsMixin, LatheTrainer):
                                         num_items_in_batch=num_items_in_batch)
         inputs = self.learned_inputs(model, inputs)
         forward = model_inputs(inputs)
-        outputs = model(**forward)
-        ref_logits = self._reference_logits(model, forward) if self.sft_loss.reference else None
-        out = self.sft_loss.compute(outputs.logits, next_token_targets(inputs), ref_logits, num_items_in_batch,
-                                    self.finetuning)
+        head = self.learned_head(model, inputs, model_loss=False)
+        out = outputs = None
+        if head is not None:  # the logits never whole (chunked_logits.py)
+            out = self._chunked_token_loss(model, head, forward, next_token_targets(inputs), num_items_in_batch)
+        if out is None:
+            outputs = model(**forward)
+            ref_logits = self._reference_logits(model, forward) if self.sft_loss.reference else None
+            out = self.sft_loss.compute(outputs.logits, next_token_targets(inputs), ref_logits, num_items_in_batch,
+                                        self.finetuning)
         self.store_metrics(**out.metrics)
         loss = out.loss
         counted = num_items_in_batch is not None and self.model_accepts_loss_kwargs
         if counted and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # num_items counts every device's tokens; DDP averages
-        return (loss, outputs) if return_outputs else loss
+        return (loss, outputs if outputs is not None else {"loss": loss}) if return_outputs else loss
+
+    def _chunked_token_loss(self, model, head, forward: dict, targets, num_items):
+        """The token loss from the final hidden states, a chunk of positions at a time; None where
+        the reference's output layer cannot be chunked (the caller then takes the plain path)."""
+        from .chunked_logits import final_hidden, head_of
+
+        ref_hidden = ref_head = None
+        if self.sft_loss.reference:
+            from .reference import reference_of
+
+            with torch.no_grad(), reference_of(self.accelerator.unwrap_model(model), self.ref_model) as ref:
+                ref_head = head_of(ref)
+                if isinstance(ref_head, str):
+                    return None
+                ref_hidden, _ = final_hidden(ref, forward)
+        hidden, _ = final_hidden(model, forward)
+        return self.sft_loss.chunked(hidden, head, targets, ref_hidden, ref_head, num_items, self.finetuning)
 
     @torch.no_grad()
     def _reference_logits(self, model, forward: dict) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 `LatheTrainer` is the Hugging Face Trainer with lathe's checkpoints (written whole or not at
 all, checkpoints.py); `MeanLossTrainer` adds the per-batch metrics a custom loss stores
-(rewards, accuracies), averaged into the Trainer's log lines.
+(rewards, accuracies), averaged into the Trainer's log lines, and the sequence log-probs of
+the preference stages (`sequence_logps`, `reference_sequence_logps`), through the chunked
+output layer where the logits would be big (chunked_logits.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from transformers import Trainer
 
 from .checkpoints import AtomicCheckpoints
+from .learned_logits import ChunkedHeadMixin
 from .reference import place_reference
 
 
@@ -47,7 +50,7 @@ class StoredMetricsMixin:
         super().log(logs, *args, **kwargs)
 
 
-class MeanLossTrainer(StoredMetricsMixin, LatheTrainer):
+class MeanLossTrainer(StoredMetricsMixin, ChunkedHeadMixin, LatheTrainer):
     """Base of the stages whose `compute_loss` returns a mean over samples or pairs (rm, dpo, kto).
 
     Such a loss is not a sum over tokens, so the Trainer must divide it by the gradient
@@ -61,3 +64,35 @@ class MeanLossTrainer(StoredMetricsMixin, LatheTrainer):
         # A separate reference goes where the policy runs (the Trainer moves only the policy)
         self.ref_model = place_reference(self.accelerator, ref_model) if ref_model is not None else None
         self.model_accepts_loss_kwargs = False
+
+    def sequence_logps(self, model, batch: dict[str, torch.Tensor], ld_alpha: float | None = None):
+        """`(sum_logps [B], num_tokens [B])` of the batch's labels under `model` (losses/logps.py), with the
+        output layer in chunks where the batch's logits would be big."""
+        from .losses.logps import sequence_logps
+
+        if self.chunked_head(model, batch, batch["input_ids"].numel()) is not None:
+            return _chunked_sequence_logps(model, batch, ld_alpha)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return sequence_logps(logits, batch["labels"], ld_alpha=ld_alpha)
+
+    @torch.no_grad()
+    def reference_sequence_logps(self, model, batch: dict[str, torch.Tensor]):
+        """The same under the reference model (`self.ref_model`, or the policy with its adapter off), no gradient."""
+        from .chunked_logits import head_of
+        from .reference import reference_logps, reference_of
+
+        unwrapped = self.unwrapped(model)
+        if self.chunked_head(model, batch, batch["input_ids"].numel()) is not None:
+            with reference_of(unwrapped, self.ref_model) as ref:
+                if not isinstance(head_of(ref), str):
+                    return _chunked_sequence_logps(ref, batch, None)
+        return reference_logps(unwrapped, self.ref_model, batch)
+
+
+def _chunked_sequence_logps(model, batch: dict[str, torch.Tensor], ld_alpha: float | None):
+    from .chunked_logits import shifted_targets, token_logps
+    from .losses.logps import sum_token_logps
+
+    targets = shifted_targets(batch["labels"])
+    logps = token_logps(model, batch["input_ids"], batch["attention_mask"], targets)
+    return sum_token_logps(logps, targets, ld_alpha=ld_alpha)

@@ -51,6 +51,19 @@ def sequence_logps(
         picked = row_logits.gather(-1, row_labels.unsqueeze(-1)).squeeze(-1)
         rows.append(picked - torch.logsumexp(row_logits, dim=-1))
     token_logps = torch.stack(rows) if rows else logits.new_zeros(labels.shape, dtype=torch.float32)
+    return sum_token_logps(token_logps, labels, ignore_index, ld_alpha)
+
+
+def sum_token_logps(
+    token_logps: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, ld_alpha: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sequence_logps` from per-token log-probabilities: `token_logps[b, t]` is log p(targets[b, t]),
+    aligned (the shift already taken), any value where the target is `ignore_index`.
+
+    The chunked output layer (train/chunked_logits.py `token_logps`) gives these without the
+    whole logits; the sums, counts and LD-DPO weights are the same as from the logits.
+    """
+    scored = targets != ignore_index
     weights = scored.float() if ld_alpha is None else ld_weights(scored, ld_alpha)
     sum_logps = (token_logps * weights).sum(-1)
     return sum_logps, scored.sum(-1)

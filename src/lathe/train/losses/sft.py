@@ -19,6 +19,8 @@ their formulas:
 Inputs are already aligned: `targets[..., t]` is the token `logits[..., t, :]` predicts (the
 shift is the caller's, so logits kept only at learned positions work unchanged), and
 positions with `ignore_index` add nothing. Logits are upcast to float32, as LLaMA-Factory does.
+`chunked_<name>_loss` is the same loss from the final hidden states and the output layer, a
+chunk of positions at a time (train/chunked_logits.py), for long sequences x large vocabularies.
 
 Normalisation, as transformers' own causal-LM loss: the weighted token losses are summed and
 divided by `num_items`, the learned tokens of the whole optimizer step (the Trainer's
@@ -42,6 +44,7 @@ from ...registry import Choice
 
 if TYPE_CHECKING:
     from ...config.options import FinetuningArguments
+    from ..chunked_logits import Coefficient, OutputHead
 
 EAFT_TOP_K = 20
 EAFT_ENTROPY_SCALE = 3.0  # about ln(20): the entropy of 20 equally likely tokens
@@ -64,11 +67,16 @@ def _learned(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int):
 
 def _reduce(token_losses: torch.Tensor, num_items: torch.Tensor | int | None) -> torch.Tensor:
     """Sum over the learned tokens / num_items (or their count); an empty batch gives a 0 that keeps the graph."""
+    return reduce_tokens(token_losses.sum(), token_losses.numel(), num_items)
+
+
+def reduce_tokens(total: torch.Tensor, count: int, num_items: torch.Tensor | int | None) -> torch.Tensor:
+    """`total` (summed token losses) / num_items, or / `count` (this batch's learned tokens) when None."""
     if num_items is None:
-        return token_losses.sum() / max(token_losses.numel(), 1)
+        return total / max(count, 1)
     if torch.is_tensor(num_items):
-        num_items = num_items.to(token_losses.device)
-    return token_losses.sum() / num_items
+        num_items = num_items.to(total.device)
+    return total / num_items
 
 
 def _mean(values: torch.Tensor) -> torch.Tensor:
@@ -130,6 +138,55 @@ def asft_loss(logits: torch.Tensor, ref_logits: torch.Tensor, targets: torch.Ten
     return SFTLossOutput(loss, {**dft.metrics, "dft_loss": dft.loss.detach(), "kl": _mean(kl)})
 
 
+# --------------------------------------------------------------------------- from hidden states, in chunks
+# The same losses where the logits are never whole (train/chunked_logits.py): the coefficient of
+# each token is computed from its chunk of logits, and the metrics from the per-token values.
+
+
+def dft_coefficient(logits: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
+    """DFT's weight p(y) = exp(-nll), detached."""
+    return torch.exp(-nll)
+
+
+def eaft_coefficient(alpha: float) -> "Coefficient":
+    """EAFT's weight (H_top20 / 3) ** alpha from a chunk's logits, detached."""
+    def coefficient(logits: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
+        return torch.pow(top_k_entropy(logits) / EAFT_ENTROPY_SCALE, alpha)
+    return coefficient
+
+
+def chunked_dft_loss(hidden, head: "OutputHead", targets, num_items=None) -> SFTLossOutput:
+    """`dft_loss` from the final hidden states and the output layer, a chunk of positions at a time."""
+    from ..chunked_logits import chunked_token_losses
+
+    out = chunked_token_losses(hidden, head, targets, coefficient=dft_coefficient)
+    return SFTLossOutput(reduce_tokens(out.total, out.nll.numel(), num_items),
+                         {"ce": _mean(out.nll), "dft_weight": _mean(out.coefficient)})
+
+
+def chunked_eaft_loss(hidden, head: "OutputHead", targets, alpha: float, num_items=None) -> SFTLossOutput:
+    """`eaft_loss` from the final hidden states and the output layer, a chunk of positions at a time."""
+    from ..chunked_logits import chunked_token_losses
+
+    out = chunked_token_losses(hidden, head, targets, coefficient=eaft_coefficient(alpha))
+    return SFTLossOutput(reduce_tokens(out.total, out.nll.numel(), num_items),
+                         {"ce": _mean(out.nll), "eaft_weight": _mean(out.coefficient)})
+
+
+def chunked_asft_loss(hidden, head: "OutputHead", ref_hidden, ref_head: "OutputHead", targets, alpha: float,
+                      num_items=None) -> SFTLossOutput:
+    """`asft_loss` from the policy's and the reference's final hidden states and output layers, in chunks."""
+    from ..chunked_logits import chunked_token_losses
+
+    out = chunked_token_losses(hidden, head, targets, coefficient=dft_coefficient, ref_hidden=ref_hidden,
+                               ref_head=ref_head, alpha=alpha)
+    count = out.nll.numel()
+    dft = reduce_tokens((out.nll * out.coefficient).sum(), count, num_items)
+    return SFTLossOutput(reduce_tokens(out.total, count, num_items),
+                         {"ce": _mean(out.nll), "dft_weight": _mean(out.coefficient), "dft_loss": dft.detach(),
+                          "kl": _mean(out.kl)})
+
+
 # --------------------------------------------------------------------------- the choices
 
 
@@ -137,12 +194,16 @@ def asft_loss(logits: torch.Tensor, ref_logits: torch.Tensor, targets: torch.Ten
 class SFTLoss(Choice):
     """One `use_<name>_loss` flag: `compute(logits, targets, ref_logits, num_items, args) -> SFTLossOutput`.
 
-    `reference`: the loss compares with the reference model (its logits at the same positions
-    are passed; None otherwise). `options` are the keys that only this loss reads.
+    `chunked(hidden, head, targets, ref_hidden, ref_head, num_items, args)` is the same loss
+    from the final hidden states and the output layer, never holding the whole logits
+    (train/chunked_logits.py). `reference`: the loss compares with the reference model (its
+    logits, or its hidden states and head, at the same positions are passed; None otherwise).
+    `options` are the keys that only this loss reads.
     """
 
     flag: str
     compute: Callable[..., SFTLossOutput] = field(compare=False)
+    chunked: Callable[..., SFTLossOutput] = field(compare=False)
     reference: bool = False
 
 
@@ -158,11 +219,23 @@ def _eaft(logits, targets, ref_logits, num_items, args) -> SFTLossOutput:
     return eaft_loss(logits, targets, args.eaft_alpha, num_items)
 
 
-DFT = SFTLoss(name="dft", flag="use_dft_loss", help="Dynamic Fine-Tuning", compute=_dft)
+def _dft_chunked(hidden, head, targets, ref_hidden, ref_head, num_items, args) -> SFTLossOutput:
+    return chunked_dft_loss(hidden, head, targets, num_items)
+
+
+def _asft_chunked(hidden, head, targets, ref_hidden, ref_head, num_items, args) -> SFTLossOutput:
+    return chunked_asft_loss(hidden, head, ref_hidden, ref_head, targets, args.asft_alpha, num_items)
+
+
+def _eaft_chunked(hidden, head, targets, ref_hidden, ref_head, num_items, args) -> SFTLossOutput:
+    return chunked_eaft_loss(hidden, head, targets, args.eaft_alpha, num_items)
+
+
+DFT = SFTLoss(name="dft", flag="use_dft_loss", help="Dynamic Fine-Tuning", compute=_dft, chunked=_dft_chunked)
 ASFT = SFTLoss(name="asft", flag="use_asft_loss", help="Anchored SFT: DFT + KL to the reference", compute=_asft,
-               reference=True, options=("asft_alpha",))
+               chunked=_asft_chunked, reference=True, options=("asft_alpha",))
 EAFT = SFTLoss(name="eaft", flag="use_eaft_loss", help="entropy-aware fine-tuning", compute=_eaft,
-               options=("eaft_alpha",))
+               chunked=_eaft_chunked, options=("eaft_alpha",))
 SFT_LOSSES: tuple[SFTLoss, ...] = (DFT, ASFT, EAFT)
 
 
