@@ -10,11 +10,11 @@ from lathe.efficiency.plan import (
     activation_bytes,
     estimate,
     largest_batch,
-    logits_bytes,
     meta_model,
     model_shape,
     parse_memory,
 )
+from lathe.model.memory import logits_bytes
 from lathe.model.adapters import apply_method, count_parameters
 from lathe.model.load import load_model, load_tokenizer
 

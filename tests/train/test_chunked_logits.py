@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM
 
+from lathe.model import memory
 from lathe.train import chunked_logits as cl
 from lathe.train.chunked_logits import (
     OutputHead,
@@ -283,9 +284,9 @@ def test_probe_catches_a_model_that_changes_its_logits_after_the_head(tiny_llama
 
 
 def test_switch_on_follows_the_size_of_the_scored_logits():
-    assert not cl.worth_chunking(512, 32_000)  # 62.5 MiB
-    assert cl.worth_chunking(4096, 151_936)  # 2.3 GiB
-    assert cl.chunk_rows(151_936) == 220 and cl.chunk_rows(300) == cl.MAX_CHUNK
+    assert not memory.worth_chunking(512, 32_000)  # 62.5 MiB
+    assert memory.worth_chunking(4096, 151_936)  # 2.3 GiB
+    assert memory.chunk_rows(151_936) == 220 and memory.chunk_rows(300) == memory.MAX_CHUNK
 
 
 # --------------------------------------------------------------------------- a training run
@@ -305,7 +306,7 @@ def test_sft_run_trains_through_the_chunked_head(sft_config, monkeypatch, tmp_pa
     monkeypatch.setattr(cl, "chunked_token_losses", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     def losses(name: str, threshold: int) -> list[float]:
-        monkeypatch.setattr(cl, "CHUNK_THRESHOLD_BYTES", threshold)
+        monkeypatch.setattr(memory, "CHUNK_THRESHOLD_BYTES", threshold)
         cfg = load_config(sft_config(max_steps=2, output_dir=str(tmp_path / name)))
         run_stage(cfg)
         return [line["loss"] for line in train_lines(cfg)]
@@ -322,7 +323,7 @@ def run_losses(sft_config, monkeypatch, tmp_path, name: str, threshold: int, **o
     from lathe.config import load_config
     from lathe.train import run_stage
 
-    monkeypatch.setattr(cl, "CHUNK_THRESHOLD_BYTES", threshold)
+    monkeypatch.setattr(memory, "CHUNK_THRESHOLD_BYTES", threshold)
     cfg = load_config(sft_config(**{"max_steps": 2, **overrides, "output_dir": str(tmp_path / name)}))
     run_stage(cfg)
     lines = Path(cfg.training.output_dir, "trainer_log.jsonl").read_text().splitlines()
@@ -396,7 +397,7 @@ def test_ppo_response_logprobs_and_values_match(tiny_llama, monkeypatch):
     weights = torch.randn(2, 10)
 
     def run(threshold: int):
-        monkeypatch.setattr(cl, "CHUNK_THRESHOLD_BYTES", threshold)
+        monkeypatch.setattr(memory, "CHUNK_THRESHOLD_BYTES", threshold)
         logprobs, values = forward_response(model, value_head, ids, attn, prompt_len=6, temperature=0.7)
         ((logprobs * weights).sum() + values.sum()).backward()
         return logprobs, values, grads(model) | {"value_head": value_head.weight.grad.clone()}

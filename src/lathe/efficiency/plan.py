@@ -29,9 +29,8 @@ import torch
 
 from ..config.options import FinetuningArguments
 from ..errors import LatheError
-from ..model.memory import DTYPE_BYTES, GiB, Shape, activation_bytes, checkpointing_choice, logits_bytes, model_shape, size
+from ..model.memory import DTYPE_BYTES, GiB, Shape, activation_bytes, checkpointing_choice, model_shape, planned_logits, size
 from ..registry import METHODS, OPTIMIZERS
-from ..train.chunked_logits import chunk_rows, worth_chunking
 from .variants import VARIANTS, Variant, variant
 
 if TYPE_CHECKING:
@@ -105,16 +104,6 @@ def estimate(shape: Shape, name: str | Variant, *, batch: int, seq: int, dtype_b
             weights //= devices
     act = activation_bytes(shape, batch, seq, dtype_bytes, checkpointing)
     return Estimate(v.name, trainable, weights, gradients, optimizer, act, planned_logits(shape, batch, seq))
-
-
-def planned_logits(shape: Shape, batch: int, seq: int) -> int:
-    """The logits term: whole (fp32 logits + gradient), or, where training chunks them, one chunk of each
-    plus the fp32 gradient of the hidden states that the chunked loss keeps from its forward pass."""
-    positions = batch * seq
-    if not worth_chunking(positions, shape.vocab):
-        return logits_bytes(shape, batch, seq)
-    rows = min(positions, chunk_rows(shape.vocab))
-    return rows * shape.vocab * 4 * 2 + positions * shape.hidden * 4
 
 
 def longest_cutoff(shape: Shape, name: str, memory: int, batch: int = 1, limit: int = 1 << 21, **kwargs) -> int:

@@ -84,6 +84,35 @@ def logits_bytes(shape: Shape, batch: int, seq: int) -> int:
     return batch * seq * shape.vocab * 4 * 2
 
 
+# The output layer in chunks (train/chunked_logits.py): sized here, where the plan and the
+# checkpointing decision can read it without importing the training code.
+CHUNK_BYTES = 128 * 1024**2  # float32 logits of one chunk (a 152k vocabulary: 220 positions)
+MIN_CHUNK, MAX_CHUNK = 16, 4096
+# Scored logits (float32) at or above this per micro-batch take the chunked path: below it the
+# logits are small next to the weights and the plain path is as fast (docs/efficiency.md).
+CHUNK_THRESHOLD_BYTES = 64 * 1024**2
+
+
+def chunk_rows(vocab: int, budget: int = CHUNK_BYTES) -> int:
+    """Positions per chunk: as many as fit `budget` bytes of float32 logits, within [16, 4096]."""
+    return max(MIN_CHUNK, min(MAX_CHUNK, budget // (4 * vocab)))
+
+
+def worth_chunking(positions: int, vocab: int) -> bool:
+    """Whether `positions` scored logits over `vocab` words are big enough to chunk (see CHUNK_THRESHOLD_BYTES)."""
+    return positions * vocab * 4 >= CHUNK_THRESHOLD_BYTES
+
+
+def planned_logits(shape: Shape, batch: int, seq: int) -> int:
+    """The logits term: whole (fp32 logits + gradient), or, where training chunks them, one chunk of each
+    plus the fp32 gradient of the hidden states that the chunked loss keeps from its forward pass."""
+    positions = batch * seq
+    if not worth_chunking(positions, shape.vocab):
+        return logits_bytes(shape, batch, seq)
+    rows = min(positions, chunk_rows(shape.vocab))
+    return rows * shape.vocab * 4 * 2 + positions * shape.hidden * 4
+
+
 def size(n: int) -> str:
     return f"{n / GiB:.2f}G" if n >= GiB / 10 else f"{n / 1024**2:.1f}M"
 
@@ -126,7 +155,7 @@ def gradient_checkpointing_wanted(cfg: "RunConfig", model: torch.nn.Module) -> b
         return chosen
     shape = model_shape(model)
     batch, seq = cfg.training.per_device_train_batch_size, cfg.data.cutoff_len
-    needed = activation_bytes(shape, batch, seq, DTYPE_BYTES[resolve_dtype(cfg)], False) + logits_bytes(shape, batch, seq)
+    needed = activation_bytes(shape, batch, seq, DTYPE_BYTES[resolve_dtype(cfg)], False) + planned_logits(shape, batch, seq)
     free = free_memory()
     wanted = free is None or needed > free * ACTIVATION_SHARE
     where = "free memory unknown" if free is None else f"{size(needed)} of activations for a {batch} x {seq} batch, {size(free)} free"

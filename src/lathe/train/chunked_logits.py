@@ -51,28 +51,14 @@ import torch.nn.functional as F
 
 from ..data.sample import IGNORE_INDEX
 from ..model.adapters.common import base_model
+from ..model.memory import chunk_rows, worth_chunking  # sized in model/memory.py, which the plan reads too
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 128 * 1024**2  # float32 logits of one chunk (a 152k vocabulary: 220 positions)
-MIN_CHUNK, MAX_CHUNK = 16, 4096
-# Scored logits (float32) at or above this per micro-batch take the chunked path: below it the
-# logits are small next to the weights and the plain path is as fast (docs/efficiency.md).
-CHUNK_THRESHOLD_BYTES = 64 * 1024**2
 SOFTCAP_KEYS = ("final_logit_softcapping",)
 
 # c_n from a chunk: (float32 logits [n, V] after any softcap, nll [n]) -> coefficients [n], no gradient
 Coefficient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def chunk_rows(vocab: int, budget: int = CHUNK_BYTES) -> int:
-    """Positions per chunk: as many as fit `budget` bytes of float32 logits, within [16, 4096]."""
-    return max(MIN_CHUNK, min(MAX_CHUNK, budget // (4 * vocab)))
-
-
-def worth_chunking(positions: int, vocab: int) -> bool:
-    """Whether `positions` scored logits over `vocab` words are big enough to chunk (see CHUNK_THRESHOLD_BYTES)."""
-    return positions * vocab * 4 >= CHUNK_THRESHOLD_BYTES
 
 
 # --------------------------------------------------------------------------- the output layer

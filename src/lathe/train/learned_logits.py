@@ -12,7 +12,7 @@ SFT's reweighted token losses (losses/sft.py) take the same kept logits and thei
 (`next_token_targets`), so DFT, ASFT and EAFT get the saving too.
 
 Where the kept logits would still be big (long sequences x a large vocabulary, at least
-`chunked_logits.CHUNK_THRESHOLD_BYTES` of float32), `ChunkedHeadMixin` goes further: the model
+`model.memory.CHUNK_THRESHOLD_BYTES` of float32), `ChunkedHeadMixin` goes further: the model
 returns its final hidden states and the output layer + loss run a chunk of positions at a
 time (chunked_logits.py), so the logits are never whole. It is left alone (the plain path
 runs, the reason logged once) where the chunked path cannot be exact or cannot reach the
