@@ -24,24 +24,12 @@ from lathe.data.templates.slots import split_thought
 from lathe.data.templates.tool_calls import wrap_function
 from lathe.errors import LatheError
 from tests.conftest import SHARED
+from tests.data.test_templates_vendor import CHAT, SYSTEM, THINKING  # the conversations every parity test uses
 
 GPT_OSS_CHECKED = {"gpt_oss"}  # the registered templates this file checks against the vendor's
 FOLDER = SHARED / "tokenizers" / "gpt-oss-120b-TEMPLATE-ONLY"
 DATE = "2026-01-02"
 TOKENS = SimpleNamespace(bos_token="", eos_token="")
-SYSTEM = "You are a terse pirate."
-CHAT = [
-    {"role": "user", "content": "Hi there"},
-    {"role": "assistant", "content": "Hello! How can I help?"},
-    {"role": "user", "content": "Write {content} literally."},
-    {"role": "assistant", "content": "Sure: {content}."},
-]
-THINKING = [
-    {"role": "user", "content": "Hi there"},
-    {"role": "assistant", "content": "<think>\nA greeting.\n</think>\n\nHello!"},
-    {"role": "user", "content": "What is 2+2?"},
-    {"role": "assistant", "content": "<think>\nSum.\n</think>\n\n2+2 equals 4."},
-]
 TOOLS = [
     {"type": "function", "function": {"name": "add", "description": "Add two numbers", "parameters": {
         "type": "object", "properties": {"a": {"type": "integer", "description": "first"}, "b": {"type": "number"}},
