@@ -253,3 +253,51 @@ def test_a_reference_column_is_what_the_rewards_compare_with(grpo_config, tmp_pa
                                       cutoff_len=256)))
     answers = json.loads((tmp_path / "answers.json").read_text())
     assert answers and all(a.isdigit() for a in answers), answers[:4]
+
+
+@pytest.mark.parametrize("finetuning", ["full", "lora"])
+def test_completion_logps_through_the_chunked_output_layer_match_the_plain_path(tiny_llama, monkeypatch, finetuning):
+    """Chunking forced on (threshold 0) and off: the same log-probs, entropies and gradients, to 1e-5."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lathe.model import memory
+    from lathe.train import grpo_rollout
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    if finetuning == "lora":
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.train()
+    ids = torch.randint(5, 1000, (3, 18))
+    attn = torch.ones_like(ids)
+    attn[1, :4] = 0  # a left-padded prompt
+    attn[2, 15:] = 0  # a completion that stopped early
+    weights = torch.randn(3, 8)
+    calls = []
+    real = grpo_rollout.token_logps_and_entropy
+    monkeypatch.setattr(grpo_rollout, "token_logps_and_entropy", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def run(threshold: int):
+        monkeypatch.setattr(memory, "CHUNK_THRESHOLD_BYTES", threshold)
+        logps, entropy = grpo_rollout.completion_logps(model, ids, attn, 10, 0.7, with_entropy=True)
+        (logps * weights).sum().backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            no_entropy = grpo_rollout.completion_logps(model, ids, attn, 10, 0.7)
+        return logps.detach(), entropy, grads, no_entropy
+
+    plain = run(1 << 62)
+    assert not calls
+    chunked = run(0)
+    assert len(calls) == 2
+
+    def close(got, want):
+        return got.shape == want.shape and (got - want).abs().max() <= 1e-5 * want.abs().max() + 1e-9
+
+    assert chunked[0].shape == (3, 8) and close(chunked[0], plain[0]) and close(chunked[1], plain[1])
+    assert not chunked[1].requires_grad and chunked[3][1] is None and close(chunked[3][0], plain[0])
+    assert chunked[2].keys() == plain[2].keys() and plain[2]
+    assert all(close(chunked[2][k], plain[2][k]) for k in plain[2])

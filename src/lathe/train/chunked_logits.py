@@ -252,7 +252,7 @@ _PROBED: "weakref.WeakKeyDictionary[torch.nn.Module, str | None]" = weakref.Weak
 
 
 def chunkable(model, input_ids: torch.Tensor, positions: int) -> OutputHead | None:
-    """For a loop outside the Trainer (PPO): the output layer to chunk over `positions` scored positions, or None.
+    """For a loop outside the Trainer (PPO, GRPO): the output layer to chunk over `positions` scored positions, or None.
 
     None where the logits are small (`worth_chunking`), the head cannot be chunked (`head_of`)
     or the probe (run once per model, its answer kept) finds the model's logits differ.

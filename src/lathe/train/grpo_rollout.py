@@ -22,7 +22,9 @@ import torch
 
 from ..data.collate import left_pad, positions_from_mask
 from ..data.processors import Processor
+from ..data.sample import IGNORE_INDEX
 from ..model.generation import generation_kwargs, stop_token_ids
+from .chunked_logits import chunkable, token_logps_and_entropy
 from .losses.grpo import constant_groups
 from .ppo import response_mask
 from .reward_funcs import RewardFunction, call_reward, split_reward_names
@@ -83,7 +85,19 @@ def _takes_logits_to_keep(model) -> bool:
 def completion_logps(model, ids: torch.Tensor, attn: torch.Tensor, prompt_len: int, temperature: float,
                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the completion tokens under the sampling distribution (logits / temperature), [B, C],
-    and (asked) each position's entropy, detached."""
+    and (asked) each position's entropy, detached.
+
+    Where the completion logits would be big (`chunkable`), the output layer runs a chunk of
+    positions at a time and the logits are never whole (`chunked_logits.py`); the same numbers.
+    """
+    completion = ids[:, prompt_len:]
+    if chunkable(model, ids, completion.numel()) is not None:
+        targets = torch.full_like(ids, IGNORE_INDEX)
+        targets[:, prompt_len - 1 : -1] = completion  # position t predicts token t + 1
+        logps, entropy = token_logps_and_entropy(model, ids, attn, targets, temperature=temperature,
+                                                 extra={"position_ids": positions_from_mask(attn)},
+                                                 with_entropy=with_entropy)
+        return logps[:, prompt_len - 1 : -1], entropy[:, prompt_len - 1 : -1] if entropy is not None else None
     keep = ids.shape[1] - prompt_len + 1  # the logits that predict a completion token (and one past it)
     if _takes_logits_to_keep(model):  # the lm head then runs on those positions only, not on the prompt's
         out = model(input_ids=ids, attention_mask=attn, position_ids=positions_from_mask(attn), logits_to_keep=keep)

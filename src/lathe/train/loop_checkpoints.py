@@ -1,4 +1,4 @@
-"""Checkpoints of lathe's own training loops (grpo, rloo; ppo can use the same): resumable after kill -9.
+"""Checkpoints of lathe's own training loops (grpo, rloo, ppo): resumable after kill -9.
 
 The stages that run on the Hugging Face Trainer get their checkpoints from it (`checkpoints.py`).
 A hand-written loop has none, so this module writes the same layout, by the same rule: each

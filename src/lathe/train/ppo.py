@@ -11,6 +11,12 @@ from GAE over a value head on the policy, and the update is the clipped PPO obje
 Batch sizes: each rollout has per_device_train_batch_size x gradient_accumulation_steps x
 ppo_buffer_size prompts; each optimiser step uses per_device_train_batch_size x
 gradient_accumulation_steps of them.
+
+Checkpoints (`save_steps`, `loop_checkpoints.py`, as grpo's) hold the policy, optimiser, scheduler,
+the random states and the loop's generator, plus what PPO carries from step to step: the value
+head, the KL coefficient and the running score moments. A run killed after step k and started
+again (the same command, or `resume_from_checkpoint`) samples and logs for steps k+1.. exactly
+what one never stopped would.
 """
 
 from __future__ import annotations
@@ -35,7 +41,15 @@ from ..process import is_main_process
 from ..registry import METHODS, REWARD_MODELS, STAGES
 from .base import log_streamed_report, setup_run
 from .callbacks import LOG_FILE, append_log_record, fmt_seconds
+from .checkpoints import check_writable, checkpoint_bytes
 from .chunked_logits import chunkable, chunked_token_logps, final_hidden
+from .loop_checkpoints import (
+    check_loop_saving,
+    restore_loop_checkpoint,
+    save_interval,
+    save_loop_checkpoint,
+    trim_logs,
+)
 from .losses.ppo import (
     AdaptiveKLController,
     RunningMoments,
@@ -113,6 +127,7 @@ class PPORunner:
         self.prompts = [p for p in prompts if p]
         steps_per_epoch = max(1, len(self.prompts) // self.rollout_batch)
         self.total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
+        self.save_every = save_interval(cfg, self.total_steps, steps_per_epoch)
         params = [p for p in self.model.parameters() if p.requires_grad] + list(self.head.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
         from transformers import get_scheduler
@@ -125,9 +140,38 @@ class PPORunner:
         self.kl_ctl = AdaptiveKLController(INIT_KL, cfg.finetuning.ppo_target, horizon=10_000)
         self.score_moments = RunningMoments()
         self.stop_ids = stop_token_ids(self.tokenizer, self.template)
-        self.generator = torch.Generator().manual_seed(t.seed)
+        self.generator = torch.Generator().manual_seed(t.seed)  # which prompts, in which order: checkpointed
         gen = cfg.generating
         self.temperature = gen.temperature if gen.do_sample and gen.temperature > 0 else 1.0
+        self.done, self.rewards_so_far = 0, []  # steps finished (a resumed run starts past 0) and their mean rewards
+
+    # ------------------------------------------------------------ checkpoints
+
+    def loop_state(self, rewards: list[float]) -> dict:
+        """What the loop carries from one step to the next besides the weights, optimiser and random states."""
+        m = self.score_moments
+        return {"value_head": {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()},
+                "kl_coef": self.kl_ctl.value, "score_moments": {"mean": m.mean, "var": m.var, "count": m.count},
+                "rewards": list(rewards)}
+
+    def resume(self, checkpoint: str) -> None:
+        """Continue from `checkpoint`: policy, value head, optimiser, scheduler, random states, KL coefficient
+        and score moments, the generator's position in the prompts."""
+        self.done, extra = restore_loop_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler,
+                                                   self.generator)
+        missing = [k for k in ("value_head", "kl_coef", "score_moments") if k not in extra]
+        if missing:
+            raise LatheError(f"{checkpoint} holds no {', '.join(missing)} in its loop state: it was not written by "
+                             f"`stage: ppo`. Choose a ppo checkpoint, or set `overwrite_output_dir: true`.")
+        self.head.load_state_dict(extra["value_head"])
+        self.kl_ctl.value = float(extra["kl_coef"])
+        moments = extra["score_moments"]
+        self.score_moments.mean, self.score_moments.var = float(moments["mean"]), float(moments["var"])
+        self.score_moments.count = int(moments["count"])
+        self.rewards_so_far = list(extra.get("rewards", []))
+        if is_main_process():
+            trim_logs(self.cfg.training.output_dir, self.done)
+        logger.info("ppo: resumed from %s after step %d of %d", checkpoint, self.done, self.total_steps)
 
     # ------------------------------------------------------------ rollout
 
@@ -204,9 +248,8 @@ class PPORunner:
 
     def train(self) -> dict[str, float]:
         out = self.cfg.training.output_dir
-        start = time.time()
-        rewards: list[float] = []
-        for step in range(1, self.total_steps + 1):
+        start, rewards = time.time(), self.rewards_so_far
+        for step in range(self.done + 1, self.total_steps + 1):
             picks = torch.randint(len(self.prompts), (self.rollout_batch,), generator=self.generator).tolist()
             data = self.rollout([self.prompts[i] for i in picks])
             stats = self.update(data)
@@ -222,10 +265,15 @@ class PPORunner:
                     "policy_loss": round(stats["policy_loss"], 6), "value_loss": round(stats["value_loss"], 6),
                     "clipfrac": round(stats["clipfrac"], 4), "lr": self.scheduler.get_last_lr()[0],
                     "percentage": round(100 * step / self.total_steps, 2), "elapsed_time": fmt_seconds(elapsed),
-                    "remaining_time": fmt_seconds(elapsed / step * (self.total_steps - step)),
+                    "remaining_time": fmt_seconds(elapsed / (step - self.done) * (self.total_steps - step)),
                 })
                 logger.info("ppo step %d/%d: reward %.4f, kl %.4f, loss %.4f", step, self.total_steps, reward, kl,
                             stats["loss"])
+            if self.save_every and step % self.save_every == 0 and is_main_process():
+                save_loop_checkpoint(self.cfg, step, self.total_steps, self.model, self.tokenizer, self.optimizer,
+                                     self.scheduler, self.generator, self.loop_state(rewards))
+        if not rewards:
+            return {"train_runtime": time.time() - start}
         return {"train_reward_first": rewards[0], "train_reward_last": rewards[-1],
                 "train_reward_mean": sum(rewards) / len(rewards), "train_runtime": time.time() - start}
 
@@ -248,7 +296,11 @@ def run_ppo(cfg: "RunConfig") -> StageResult:
     ref = build_reference(cfg, run.model, run.tokenizer)
     reward = build_reward(cfg, run.model, run.tokenizer)
     runner = PPORunner(cfg, run, ref, reward)
-    if is_main_process():
+    if is_main_process() and runner.save_every:
+        check_writable(Path(cfg.training.output_dir), checkpoint_bytes(run.model, cfg.training.save_only_model))
+    if run.resume:
+        runner.resume(run.resume)  # last: the random states it restores are the ones the loop draws from
+    elif is_main_process():
         Path(cfg.training.output_dir, LOG_FILE).unlink(missing_ok=True)  # a fresh run, a fresh log
     metrics = runner.train()
     if is_main_process():
@@ -266,8 +318,7 @@ def _check(cfg: "RunConfig") -> None:
     f, src = cfg.finetuning, cfg.source
     if not f.reward_model:
         raise LatheError(f"{src}: `stage: ppo` needs `reward_model` (a folder from `stage: rm`, or an API URL).")
-    if cfg.training.resume_from_checkpoint:
-        raise LatheError(f"{src}: `stage: ppo` does not resume from checkpoints yet; start it again.")
+    check_loop_saving(cfg)
     if cfg.data.streaming:
         raise LatheError(f"{src}: `stage: ppo` samples prompts at random and cannot stream them.")
     check_reference_options(cfg)
