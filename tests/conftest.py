@@ -36,6 +36,20 @@ def demo_tokenizer_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_vocab_tokenizer(tmp_path_factory) -> Path:
+    """A 300-token tokenizer: a policy's samples concentrate enough for RL rewards to move in seconds."""
+    import shutil
+
+    from lathe.testing.demo_tokenizer import train_tokenizer, wrap
+
+    corpus = tmp_path_factory.mktemp("corpus")
+    shutil.copy(DATA / "lathe_identity.json", corpus)  # a fixed corpus: the same 300 tokens whatever data/ holds
+    tokenizer = tmp_path_factory.mktemp("tok300")
+    wrap(train_tokenizer(corpus, vocab_size=300)).save_pretrained(tokenizer)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(demo_tokenizer_dir) -> Path:
     from lathe.testing.tiny import build_tiny_model
 

@@ -8,7 +8,6 @@ with a vocabulary of thousands, samples spread too thin for a reward to move wit
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -27,15 +26,10 @@ DIGITS = """def digits(prompts, completions, **columns):
 
 
 @pytest.fixture(scope="session")
-def small_vocab_model(tmp_path_factory) -> Path:
-    from lathe.testing.demo_tokenizer import train_tokenizer, wrap
+def small_vocab_model(small_vocab_tokenizer) -> Path:
     from lathe.testing.tiny import build_tiny_model
 
-    corpus = tmp_path_factory.mktemp("corpus")
-    shutil.copy(DATA / "lathe_identity.json", corpus)  # a fixed corpus: the same 300 tokens whatever data/ holds
-    tokenizer = tmp_path_factory.mktemp("tok300")
-    wrap(train_tokenizer(corpus, vocab_size=300)).save_pretrained(tokenizer)
-    return build_tiny_model("llama", tokenizer, hidden_size=64, num_layers=2)
+    return build_tiny_model("llama", small_vocab_tokenizer, hidden_size=64, num_layers=2)
 
 
 @pytest.fixture

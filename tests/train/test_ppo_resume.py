@@ -6,7 +6,6 @@ as a run that was never stopped."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -56,15 +55,10 @@ def reward_url():
 
 
 @pytest.fixture(scope="module")
-def small_vocab_model(tmp_path_factory) -> Path:
-    from lathe.testing.demo_tokenizer import train_tokenizer, wrap
+def small_vocab_model(small_vocab_tokenizer) -> Path:
     from lathe.testing.tiny import build_tiny_model
 
-    corpus = tmp_path_factory.mktemp("corpus")
-    shutil.copy(DATA / "lathe_identity.json", corpus)
-    tokenizer = tmp_path_factory.mktemp("tok300")
-    wrap(train_tokenizer(corpus, vocab_size=300)).save_pretrained(tokenizer)
-    return build_tiny_model("llama", tokenizer, hidden_size=32, num_layers=1)
+    return build_tiny_model("llama", small_vocab_tokenizer, hidden_size=32, num_layers=1)
 
 
 def write_config(folder: Path, model: Path, out: Path, url: str, **overrides) -> Path:
