@@ -13,11 +13,13 @@ from lathe.board.form import HIDDEN, FormField, group_fields, raw_to_values, to_
 from lathe.config.load import SECRET_KEYS, build_config, read_config_file
 from lathe.config.options import GROUPS
 from lathe.errors import LatheError
+from lathe.train.grpo import RL_OPTIONS
 from tests.conftest import DATA
 
 BASE = {"model_name_or_path": "org/model", "dataset": "lathe_identity", "dataset_dir": str(DATA),
         "output_dir": "saves/x", "do_train": True}
 # Options that only make sense next to another one: the companions that make them valid.
+
 COMPANIONS = {
     "interleave_probs": {"mix_strategy": "interleave_under", "interleave_probs": "1.0"},
     "streaming": {"max_steps": 5},
@@ -42,6 +44,12 @@ COMPANIONS = {
     "asft_alpha": {"use_asft_loss": True},
     "eaft_alpha": {"use_eaft_loss": True},
 }
+# grpo / rloo options are refused under other stages (set away from their default): try them under grpo.
+COMPANIONS.update({key: {"stage": "grpo", "reward_funcs": "length"} for key in RL_OPTIONS if key != "reward_funcs"})
+COMPANIONS["reward_funcs"] = {"stage": "grpo", "reward_funcs": "length"}
+COMPANIONS["num_generations"] = {"stage": "grpo", "reward_funcs": "length", "num_generations": 4}
+COMPANIONS["loss_type"] = {"stage": "grpo", "reward_funcs": "length", "loss_type": "grpo"}
+COMPANIONS["reward_weights"] = {"stage": "grpo", "reward_funcs": "length", "reward_weights": "0.5"}
 METHODS = ({}, {"finetuning_type": "freeze"}, {"finetuning_type": "full"}, {"finetuning_type": "oft"})
 
 
