@@ -227,7 +227,8 @@ class DataArguments:
     mask_history: bool = opt(False, "Learn only the last answer of a multi-turn conversation.")
     default_system: str | None = opt(None, "System prompt for samples that have none (overrides the template's).")
     overwrite_cache: bool = opt(False, "Tokenize again even if a cached result exists.")
-    preprocessing_num_workers: int | None = opt(None, "Processes used to tokenize the data.")
+    preprocessing_num_workers: int | None = opt(None, "Processes that tokenize the data (in shards of 10,000 samples); unset: the cores available once the data has 50,000 samples, else 1.", rule=POSITIVE)
+    dedup: str | None = opt(None, "Remove duplicate samples of each dataset before tokenizing: exact (identical conversations) or minhash (near-duplicates: Jaccard >= 0.9 on word 5-grams); counted in the data report.", ("exact", "minhash"))
     preprocessing_batch_size: int = opt(1000, "Samples per tokenization batch.")
     mix_strategy: str = opt(
         "concat",

@@ -109,7 +109,7 @@ def _check_across_groups(cfg: "RunConfig") -> None:
     if d.streaming:
         if t.max_steps is None or t.max_steps <= 0:
             raise LatheError(f"{src}: `streaming: true` needs `max_steps`: a stream has no known length to count epochs.")
-        for key in ("packing", "neat_packing", "tokenized_path"):
+        for key in ("packing", "neat_packing"):
             if getattr(d, key) and not (key == "packing" and STAGES[f.stage].packs_by_default):
                 raise LatheError(f"{src}: `{key}` works on the whole data set up front; it cannot go with `streaming: true`.")
         if 0 < d.val_size < 1:

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LatheError
 from ..registry import STAGES
+from . import dedup, encode
 from . import tokenized_cache as cache
 from .dataset_info import get_dataset_attrs
-from .encode import tokenize_samples, workers
+from .encode import tokenize_samples
+from .formats import ConversionResult, RowError, convert_rows, get_format
 from .mixing import eval_names, load_mixed_samples
 from .packing import pack_dataset, packing_enabled
+from .processors import sample_row
+from .readers import lazy_json_lines
 from .report import DataReport
-from .streaming import stream_datasets
+from .streaming import stream_datasets, stream_tokenized
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -109,26 +114,114 @@ def check_template_options(cfg: "RunConfig", template) -> None:
 
 
 def prepare(names: str, cfg: "RunConfig", tokenizer, template) -> tuple["Dataset", DataReport]:
-    """Tokenized (and, when asked, packed) data for `names`, from the cache when possible."""
+    """Tokenized (and, when asked, packed) data for `names`, from the cache when possible.
+
+    Large data (or `preprocessing_num_workers` above 1) is tokenized in shards (`encode.tokenize_in_shards`):
+    the samples are written to the cache's work folder first (large JSON Lines files row by row, never
+    whole, see `lazy_sources`), and each shard is tokenized and written as it finishes, so memory holds a
+    shard, not the data set, and a run killed halfway resumes from the shards it finished.
+    """
     d = cfg.data
     attrs = get_dataset_attrs(names, d.dataset_dir)
-
-    def build():
-        report = DataReport()
-        dataset = tokenize_samples(load_mixed_samples(names, cfg, report, attrs), cfg, tokenizer, template, report)
-        processor = STAGES[cfg.finetuning.stage].processor
-        if packing_enabled(cfg) and not processor.packs:  # a processor that packs did it while tokenizing
-            dataset = pack_dataset(dataset.remove_columns(["attention_mask"]), d.cutoff_len, d.neat_packing,
-                                   num_proc=workers(cfg, len(dataset)))
-            report.packed_rows = len(dataset)
-        return dataset, report
-
     key = cache.dataset_key(names, attrs, cfg, tokenizer, template, cfg.finetuning.stage)
+    processor = STAGES[cfg.finetuning.stage].processor
+    pack = packing_enabled(cfg) and not processor.packs  # a processor that packs did it while tokenizing
+
+    def build(folder: Path) -> None:
+        report = DataReport()
+        store = cache.ShardStore(key, encode.SHARD_ROWS)
+        if store.has_samples:
+            report = DataReport.from_dict(store.reading_report)
+            logger.info("data: resuming: %s samples were read by an earlier run", f"{store.samples:,}")
+        elif (sources := lazy_sources(attrs, cfg)) is not None:
+            store.write_samples(lazy_sample_chunks(sources, cfg, report), report)
+        else:
+            samples = (dedup.load_deduplicated(names, cfg, report, attrs) if dedup.dedup_method(cfg)
+                       else load_mixed_samples(names, cfg, report, attrs))
+            if not encode.sharded(cfg, len(samples)):
+                finish(folder, tokenize_samples(samples, cfg, tokenizer, template, report), report)
+                return
+            store.write_samples([samples], report)
+            del samples  # the store holds them now
+        encode.tokenize_in_shards(store, cfg, tokenizer, template, report)
+        if pack:
+            finish(folder, store.dataset(), report)
+        else:
+            store.move_into(folder, report)  # renames the shards: the data is never gathered in memory
+
+    def finish(folder: Path, dataset, report: DataReport) -> None:
+        if pack:
+            dataset = pack_dataset(dataset.remove_columns(["attention_mask"]), d.cutoff_len, d.neat_packing,
+                                   num_proc=encode.workers(cfg, len(dataset)))
+            report.packed_rows = len(dataset)
+        cache.save_tokenized(folder, dataset, report)
+
     start = time.time()
     dataset, report, hit = cache.cached(key, build, overwrite=d.overwrite_cache)
     how = "read from the cache" if hit else "preprocessed"
     logger.info("data: %s %s in %.1f s (%s)", names, how, time.time() - start, cache.cache_dir() / key)
     return dataset, DataReport.from_dict(report)
+
+
+# Local JSON Lines data of at least this many bytes is read row by row, never whole (`lazy_sources`);
+# smaller data is read at once, which is faster.
+LAZY_MIN_BYTES = 64 * 2**20
+CHUNK = 10_000  # samples converted (and deduplicated) at a time on the row-by-row path
+
+
+def lazy_sources(attrs: list, cfg: "RunConfig") -> list[tuple[Any, Callable[[], Iterator[dict]]]] | None:
+    """(entry, rows) per dataset when the data is large, every dataset can be read row by row (local JSON
+    Lines, `readers.lazy_json_lines`), they are mixed by concatenation and the stage tokenizes samples
+    independently; else None, and the rows are read whole (`mixing.load_mixed_samples`)."""
+    d = cfg.data
+    if not STAGES[cfg.finetuning.stage].processor.parallel or (len(attrs) > 1 and d.mix_strategy != "concat"):
+        return None
+    found = [lazy_json_lines(attr, d.dataset_dir) for attr in attrs]
+    if any(f is None for f in found) or sum(size for _, size in found) < LAZY_MIN_BYTES:
+        return None
+    return [(attr, rows) for attr, (rows, _) in zip(attrs, found)]
+
+
+def lazy_sample_chunks(sources: list, cfg: "RunConfig", report: DataReport) -> Iterator[list[dict[str, Any]]]:
+    """Canonical samples of `sources` in order, `CHUNK` at a time, deduplicated by `dedup` when set; each
+    dataset's rows, kept and skipped rows are counted into `report` as `load_mixed_samples` counts them."""
+    d = cfg.data
+    method = dedup.dedup_method(cfg)
+    for attr, rows in sources:
+        convert = get_format(attr.formatting).convert
+        result = ConversionResult(name=attr.name, num_rows=0)
+        marker = dedup.deduplicator(method) if method else None
+        removed = 0
+        chunk: list[dict[str, Any]] = []
+        for index, row in enumerate(rows()):
+            if d.max_samples is not None and index >= d.max_samples:
+                break
+            result.num_rows += 1
+            try:
+                chunk.append(sample_row(convert(attr, row)))
+            except RowError as error:
+                result.add_skip(index, error)
+            if len(chunk) == CHUNK:
+                kept = chunk if marker is None else [s for s, k in zip(chunk, marker.keep(chunk)) if k]
+                removed += len(chunk) - len(kept)
+                yield kept
+                chunk = []
+        if chunk:
+            kept = chunk if marker is None else [s for s, k in zip(chunk, marker.keep(chunk)) if k]
+            removed += len(chunk) - len(kept)
+            yield kept
+        if result.num_rows == 0:
+            convert_rows(attr, [])  # raises its "has no rows"
+        if result.num_rows == result.num_skipped:
+            where = f" (entry {attr.name!r} in {attr.source})" if attr.source else ""
+            raise LatheError(f"No usable rows in dataset {attr.name!r}{where}:\n  {result.report()}\nCheck the entry's "
+                             f"`formatting` ({attr.formatting!r}), `columns` and `tags` against the data.")
+        report.rows[attr.name] = result.num_rows
+        report.kept[attr.name] = result.num_rows - result.num_skipped
+        if result.skipped:
+            report.skipped[attr.name] = result.report()
+        if method:
+            dedup.count_removed(report, method, attr.name, removed)
 
 
 def prepare_eval(cfg: "RunConfig", tokenizer, template):
@@ -143,6 +236,29 @@ def prepare_eval(cfg: "RunConfig", tokenizer, template):
     return out if d.eval_on_each_dataset else out[d.eval_dataset]
 
 
+def stream_stored(cfg: "RunConfig", tokenizer, template, stored: Path) -> DatasetBundle:
+    """`streaming` with `tokenized_path`: tokenize into the folder first when it holds no data (in shards,
+    memory bounded, resumable: `prepare`), then train from a stream of its Arrow files, which keeps memory
+    flat whatever the data's size. Evaluation data streams as without `tokenized_path`."""
+    d = cfg.data
+    if not (stored / cache.REPORT_FILE).exists():
+        if not d.dataset:
+            raise LatheError(f"`tokenized_path: {stored}` holds no tokenized data and `dataset` is not set to make it.")
+        train, report = prepare(d.dataset, cfg, tokenizer, template)
+        cache.save_tokenized(stored, train, report)
+        logger.info("data: tokenized data saved to tokenized_path %s", stored)
+    train, report = stream_tokenized(stored, cfg)
+    for line in report.lines():
+        logger.info("data: %s", line)
+    evaluation = None
+    if d.eval_dataset:
+        _, evaluation, _ = stream_datasets(replace(cfg, data=replace(d, dataset=None)), tokenizer, template)
+    elif d.val_size >= 1:
+        evaluation, train = train.take(int(d.val_size)), train.skip(int(d.val_size))
+    logger.info("data: streaming the tokenized data of %s", stored)
+    return DatasetBundle(train, evaluation, report, streaming=True)
+
+
 def get_dataset(cfg: "RunConfig", tokenizer, template) -> DatasetBundle:
     """The run's train (and eval) datasets, tokenized for its stage, and the data report (logged)."""
     d = cfg.data
@@ -150,6 +266,8 @@ def get_dataset(cfg: "RunConfig", tokenizer, template) -> DatasetBundle:
     stored = Path(d.tokenized_path) if d.tokenized_path else None
     train = evaluation = None
     report = DataReport()
+    if d.streaming and stored is not None:
+        return stream_stored(cfg, tokenizer, template, stored)
     if d.streaming:
         return DatasetBundle(*stream_datasets(cfg, tokenizer, template), streaming=True)
     if stored is not None and (stored / cache.REPORT_FILE).exists():

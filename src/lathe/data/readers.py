@@ -181,6 +181,70 @@ def _read_json(attr: DatasetAttr, files: list[Path]) -> list[dict[str, Any]] | N
     return [row if len(row) == len(keys) else {key: row.get(key) for key in keys} for row in rows]
 
 
+def lazy_json_lines(attr: DatasetAttr, dataset_dir: str | os.PathLike) -> tuple[Callable[[], Iterator[dict[str, Any]]], int] | None:
+    """(a function that yields the rows one at a time, the files' total bytes) for a local entry in JSON
+    Lines, so that a data set larger than memory is never held whole; None for anything else (a JSON
+    document, another file type, a hub, `num_samples`, a split slice), which `read_rows` reads.
+
+    The rows are those `read_rows` gives, in the same order (two passes over the files: the first finds
+    the keys, as `_read_json` does, so that a key a row lacks is null). A file is JSON Lines when its first non-blank line is a whole
+    JSON object and more follows it (a document spread over lines fails that at once).
+    """
+    if attr.load_from != "file" or attr.num_samples is not None or attr.split != "train":
+        return None
+    try:
+        kind, files = _data_files(attr, Path(dataset_dir) / (attr.file_name or ""))
+    except LatheError:
+        return None
+    if kind != "json" or not all(_is_json_lines(f) for f in files):
+        return None
+
+    def parsed() -> Iterator[dict[str, Any]]:
+        for path in files:
+            with open(path, encoding="utf-8-sig") as f:
+                for number, line in enumerate(_lines(f), start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line, strict=False)
+                    except json.JSONDecodeError as error:
+                        raise LatheError(f"{_entry(attr)}: {path}:{number}:{error.colno}: invalid JSON: {error.msg}") from error
+                    if not isinstance(row, dict):
+                        raise LatheError(f"{_entry(attr)}: {path}:{number}: a JSON Lines row must be an object")
+                    yield row
+
+    def rows() -> Iterator[dict[str, Any]]:
+        # A first pass finds every key, so that a key a row lacks reads as null, as `_read_json` fills it.
+        keys = dict.fromkeys(key for row in parsed() for key in row)
+        for row in parsed():
+            yield row if len(row) == len(keys) else {key: row.get(key) for key in keys}
+
+    return rows, sum(f.stat().st_size for f in files)
+
+
+def _lines(f) -> Iterator[str]:
+    """Lines split at "\n" only, as `_parse_json` splits them (a text file's iteration also splits at \r)."""
+    rest = ""
+    for block in iter(lambda: f.read(2**20), ""):
+        parts = (rest + block).split("\n")
+        rest = parts.pop()
+        yield from parts
+    if rest:
+        yield rest
+
+
+def _is_json_lines(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = _lines(f)
+            first = next((line for line in lines if line.strip()), None)
+            if first is None or not isinstance(json.loads(first, strict=False), dict):
+                return False
+            return any(line.strip() for line in lines)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
 def _parse_json(path: Path) -> tuple[str | None, list[Any] | None]:
     """(problem, values) of one file: where it is broken as 'file:line:column: message', else its
     list, its one object, or one value per non-blank line; values None for a lone scalar.

@@ -20,6 +20,8 @@ class DataReport:
     rows: dict[str, int] = field(default_factory=dict)
     kept: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # dataset -> human report of skipped rows
+    deduplicated: dict[str, int] = field(default_factory=dict)  # dataset -> duplicate rows removed (`dedup`)
+    dedup: str = ""  # the `dedup` method that removed them
     dropped: Counter = field(default_factory=Counter)  # reason -> samples dropped after tokenization
     samples: int = 0
     truncated: int = 0
@@ -44,6 +46,8 @@ class DataReport:
             out.append(f"{name}: {self.kept.get(name, 0)} of {n} rows kept")
             if name in self.skipped:
                 out.append("  " + self.skipped[name])
+            if self.deduplicated.get(name):
+                out.append(f"  {self.deduplicated[name]} duplicate row(s) removed (dedup: {self.dedup})")
         for reason, n in self.dropped.items():
             out.append(f"dropped {n} sample(s): {reason}")
         if self.tokens:

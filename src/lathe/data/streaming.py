@@ -1,4 +1,5 @@
-"""Streaming (`streaming: true`): rows are read, converted, tokenized and counted while training consumes them."""
+"""Streaming (`streaming: true`): rows are read, converted, tokenized and counted while training consumes them;
+with `tokenized_path`, training streams the tokenized shards instead (`stream_tokenized`)."""
 
 from __future__ import annotations
 
@@ -112,3 +113,15 @@ def stream_datasets(cfg: "RunConfig", tokenizer, template):
         evaluation, train = train.take(int(d.val_size)), train.skip(int(d.val_size))
     logger.info("data: streaming %s; rows are read, checked and counted while training runs", d.dataset)
     return train, evaluation, report
+
+
+def stream_tokenized(folder, cfg: "RunConfig"):
+    """(stream, report) of data tokenized up front (a `tokenized_path` folder): training reads its Arrow files
+    as it goes, memory-mapped, shuffled through a `buffer_size` buffer (and the order of the files), and
+    nothing is tokenized again. Its report is the one saved with the data, complete from the start."""
+    from .tokenized_cache import load_tokenized
+
+    dataset, report = load_tokenized(folder)
+    shards = max(1, len(dataset.cache_files))
+    stream = dataset.to_iterable_dataset(num_shards=shards)
+    return stream.shuffle(seed=cfg.training.seed, buffer_size=cfg.data.buffer_size), DataReport.from_dict(report)

@@ -5,8 +5,9 @@ first convert them to Arrow (nested message structs, row by row), read every bat
 Python for the processor, and convert the output again: for a data set of the size people
 fine-tune on, more time than the rest of preprocessing besides the tokenizer. Here batches
 go straight to the processor and the token arrays it returns are concatenated into Arrow
-list columns in one step. `datasets.map` still runs the processors where its worker
-processes are wanted (`preprocessing_num_workers`) and on streamed data.
+list columns in one step. Large data and worker processes go through
+`encode.tokenize_in_shards`, which runs the same batches shard by shard; `datasets.map` still
+runs the processors on streamed data.
 """
 
 from __future__ import annotations
