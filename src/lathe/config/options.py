@@ -516,6 +516,7 @@ class RunArguments:
     )
     master_addr: str | None = opt(None, "USE_RAY=1: address of the rank-0 worker for torch.distributed (default: Ray's choice).")
     master_port: int | None = opt(None, "USE_RAY=1: port of the rank-0 worker for torch.distributed (default: a free one).")
+    sequence_parallel_size: int = opt(1, "Split each sequence over this many processes (Ulysses attention through DeepSpeed; needs `deepspeed`); the other processes are data parallel.", rule=POSITIVE)
     # The PyTorch profiler: LLaMA-Factory's ProfilerArguments.
     enable_torch_profiler: bool = opt(False, "Profile training steps with torch.profiler; the trace opens in Perfetto or TensorBoard.")
     profiler_output_dir: str | None = opt(None, "Profiler: folder of the traces (default: output_dir/profiler).")

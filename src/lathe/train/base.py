@@ -100,7 +100,9 @@ def run_arguments(cfg: "RunConfig"):
     from ..config.training import editable_copy
     from ..data.packing import packing_enabled
     from ..distributed import start_engine
+    from ..distributed.sequence_parallel import check_sequence_parallel, launched_world_size
 
+    check_sequence_parallel(cfg, launched_world_size())  # before the data and the model: it needs no model
     changes = start_engine(cfg)  # DeepSpeed on a CPU: its process group, before the Trainer's own setup
     if "include_num_input_tokens_seen" not in cfg.explicit:
         # Feeds tokens/s in the log. Packed batches hold no padding at all, so counting every
@@ -188,6 +190,8 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, eval
     """
     from ..config.engines import requested_engine
     from ..distributed import ShardingCallback
+    from ..distributed.sequence_parallel import prepare as prepare_sequence_parallel
+    from ..distributed.sequence_parallel import sequence_parallel_size
     from .callbacks import JsonlLogCallback, early_stopping_callbacks
     from .checkpoints import check_writable, checkpoint_bytes
     from .optim import optimizer_setup
@@ -203,6 +207,8 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, eval
         check_writable(Path(cfg.training.output_dir),
                        checkpoint_bytes(model, cfg.training.save_only_model) if saves else None)
     optimizer, args = optimizer_setup(model, cfg, run.args)
+    if sequence_parallel_size(cfg) > 1:  # each sequence cut over a group of processes (Ulysses, DeepSpeed)
+        collator = prepare_sequence_parallel(cfg, model, args, collator, run.tokenizer.pad_token_id)
     if optimizer is not None:
         trainer_kwargs["optimizers"] = (optimizer, None)  # the Trainer still builds the lr scheduler
     trainer = trainer_cls(

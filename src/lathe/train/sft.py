@@ -144,6 +144,8 @@ def padding_free(cfg: "RunConfig", model) -> bool:
         return cfg.data.padding_free
     if not cfg.data.ignore_pad_token_for_loss:
         return False
+    if cfg.training.per_device_train_batch_size > 1 and cfg.run.sequence_parallel_size > 1:
+        return False  # DeepSpeed's Ulysses attention takes per_device_train_batch_size rows
     return not cfg.model.shift_attn and separates_flattened_samples(model)
 
 

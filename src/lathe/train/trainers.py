@@ -22,6 +22,19 @@ from .reference import place_reference
 class LatheTrainer(AtomicCheckpoints, Trainer):
     """The Trainer as every lathe stage runs it: the Hugging Face loop, atomic checkpoints."""
 
+    def _prepare_inputs(self, inputs):
+        """The batch on the model's device, every tensor contiguous.
+
+        Why: under `sequence_parallel_size` DeepSpeed's loader hands each process its slice of
+        the sequence as a column view of the batch (`t[:, a:b]`), and moving it to a GPU copies
+        it, but on a CPU the view stays; with more than one row it is not contiguous, and
+        transformers' causal-LM loss `.view(-1)`s the labels. `contiguous()` is free otherwise.
+        """
+        inputs = super()._prepare_inputs(inputs)
+        if isinstance(inputs, dict):
+            return {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        return inputs
+
 
 class StoredMetricsMixin:
     """Mix into a `transformers.Trainer`: `self.store_metrics(...)` in compute_loss, means appear in logs."""
