@@ -295,3 +295,14 @@ def test_completion_logps_through_the_chunked_output_layer_match_the_plain_path(
     assert not chunked[1].requires_grad and chunked[3][1] is None and close(chunked[3][0], plain[0])
     assert chunked[2].keys() == plain[2].keys() and plain[2]
     assert all(close(chunked[2][k], plain[2][k]) for k in plain[2])
+
+
+@pytest.mark.parametrize("method", [
+    {"finetuning_type": "freeze", "freeze_trainable_layers": 1},
+    {"finetuning_type": "lora", "lora_rank": 4, "quantization_bit": 4},  # QLoRA: bitsandbytes' CPU backend
+    {"finetuning_type": "lora", "lora_rank": 4, "disable_gradient_checkpointing": False},
+], ids=["freeze", "qlora", "lora-checkpointing"])
+def test_grpo_trains_with_freeze_qlora_and_checkpointing(grpo_config, method):
+    cfg = load_config(grpo_config(max_steps=2, **method))
+    run_stage(cfg)
+    assert [r["current_steps"] for r in log_of(cfg)] == [1, 2]
