@@ -39,6 +39,7 @@ from .checkpoints import check_writable, checkpoint_bytes
 from .grpo_rollout import PROMPTS, REWARD_MODEL, GroupSampler, Rollout, completion_logps
 from .loop_checkpoints import (
     check_loop_saving,
+    reward_metrics,
     restore_loop_checkpoint,
     save_interval,
     save_loop_checkpoint,
@@ -220,10 +221,7 @@ class GRPORunner:
             if self.save_every and step % self.save_every == 0 and is_main_process():
                 save_loop_checkpoint(self.cfg, step, self.total_steps, self.model, self.tokenizer, self.optimizer,
                                      self.scheduler, self.sampler.generator, {"rewards": rewards})
-        if not rewards:
-            return {"train_runtime": time.time() - start}
-        return {"train_reward_first": rewards[0], "train_reward_last": rewards[-1],
-                "train_reward_mean": sum(rewards) / len(rewards), "train_runtime": time.time() - start}
+        return reward_metrics(rewards, time.time() - start)
 
     def save(self) -> None:
         out = self.cfg.training.output_dir

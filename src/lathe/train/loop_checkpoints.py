@@ -39,6 +39,15 @@ if TYPE_CHECKING:
 OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE, LOOP_FILE = "optimizer.pt", "scheduler.pt", "rng_state.pth", "loop_state.pt"
 
 
+def reward_metrics(rewards: list[float], runtime: float) -> dict[str, float]:
+    """What a hand-written RL loop reports at its end: the first, last and mean step reward of this
+    run (the steps before a resume included, as `rewards` carries them over), and its runtime."""
+    if not rewards:
+        return {"train_runtime": runtime}
+    return {"train_reward_first": rewards[0], "train_reward_last": rewards[-1],
+            "train_reward_mean": sum(rewards) / len(rewards), "train_runtime": runtime}
+
+
 def check_loop_saving(cfg: "RunConfig") -> None:
     """The save strategies a hand-written loop carries out: `steps`, `epoch` and `no`."""
     strategy = str(getattr(cfg.training.save_strategy, "value", cfg.training.save_strategy))

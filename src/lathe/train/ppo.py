@@ -45,6 +45,7 @@ from .checkpoints import check_writable, checkpoint_bytes
 from .chunked_logits import chunkable, chunked_token_logps, final_hidden
 from .loop_checkpoints import (
     check_loop_saving,
+    reward_metrics,
     restore_loop_checkpoint,
     save_interval,
     save_loop_checkpoint,
@@ -272,10 +273,7 @@ class PPORunner:
             if self.save_every and step % self.save_every == 0 and is_main_process():
                 save_loop_checkpoint(self.cfg, step, self.total_steps, self.model, self.tokenizer, self.optimizer,
                                      self.scheduler, self.generator, self.loop_state(rewards))
-        if not rewards:
-            return {"train_runtime": time.time() - start}
-        return {"train_reward_first": rewards[0], "train_reward_last": rewards[-1],
-                "train_reward_mean": sum(rewards) / len(rewards), "train_runtime": time.time() - start}
+        return reward_metrics(rewards, time.time() - start)
 
     def save(self) -> None:
         from safetensors.torch import save_file
