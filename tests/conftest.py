@@ -94,3 +94,19 @@ def sft_config(tmp_path, tiny_llama):
         return path
 
     return make
+
+
+class Killed(Exception):
+    """Stands for kill -9: the process stops between two lines, nothing after it runs."""
+
+
+def die_after_log_line(monkeypatch, loop_module, step: int) -> None:
+    """Make a hand-written training loop (grpo, ppo) stop like kill -9 right after it logs `step`."""
+    real_append = loop_module.append_log_record
+
+    def append_then_die(out, record):
+        real_append(out, record)
+        if record["current_steps"] == step:
+            raise Killed
+
+    monkeypatch.setattr(loop_module, "append_log_record", append_then_die)

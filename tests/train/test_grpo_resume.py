@@ -16,16 +16,13 @@ from lathe.config import load_config
 from lathe.errors import LatheError
 from lathe.train import run_stage
 from lathe.train.checkpoints import checkpoint_complete
-from tests.conftest import DATA
+from tests.conftest import DATA, Killed, die_after_log_line
 
 DIGITS = """def digits(prompts, completions, **columns):
     return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
 """
 TIMING = ("elapsed_time", "remaining_time")  # wall-clock fields: the only ones allowed to differ
 
-
-class Killed(Exception):
-    """Stands for kill -9: the process stops between two lines, nothing after it runs."""
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +69,7 @@ def test_a_killed_run_resumes_with_the_same_completions(small_vocab_model, tmp_p
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_stage(load_config(write_config(tmp_path, small_vocab_model, whole, **variant)))
 
-    real_append = grpo.append_log_record
-
-    def append_then_die(out, record):  # dies in step 3, after its log line: past checkpoint-2, before -4
-        real_append(out, record)
-        if record["current_steps"] == 3:
-            raise Killed
-
-    monkeypatch.setattr(grpo, "append_log_record", append_then_die)
+    die_after_log_line(monkeypatch, grpo, 3)  # in step 3, after its log line: past checkpoint-2, before -4
     with pytest.raises(Killed):
         run_stage(load_config(write_config(tmp_path, small_vocab_model, killed, **variant)))
     monkeypatch.undo()

@@ -19,13 +19,10 @@ from lathe.config import load_config
 from lathe.errors import LatheError
 from lathe.train import run_stage
 from lathe.train.checkpoints import checkpoint_complete
-from tests.conftest import DATA
+from tests.conftest import DATA, Killed, die_after_log_line
 
 TIMING = ("elapsed_time", "remaining_time")  # wall-clock fields: the only ones allowed to differ
 
-
-class Killed(Exception):
-    """Stands for kill -9: the process stops between two lines, nothing after it runs."""
 
 
 class DigitScorer(BaseHTTPRequestHandler):
@@ -97,14 +94,7 @@ def test_a_killed_run_resumes_with_the_same_rollouts(small_vocab_model, reward_u
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_stage(load_config(write_config(tmp_path, small_vocab_model, whole, reward_url, **variant)))
 
-    real_append = ppo.append_log_record
-
-    def append_then_die(out, record):  # dies in step 3, after its log line: past checkpoint-2, before -4
-        real_append(out, record)
-        if record["current_steps"] == 3:
-            raise Killed
-
-    monkeypatch.setattr(ppo, "append_log_record", append_then_die)
+    die_after_log_line(monkeypatch, ppo, 3)  # in step 3, after its log line: past checkpoint-2, before -4
     with pytest.raises(Killed):
         run_stage(load_config(write_config(tmp_path, small_vocab_model, killed, reward_url, **variant)))
     monkeypatch.undo()
