@@ -246,7 +246,7 @@ class DataArguments:
     streaming: bool = opt(False, "Read and tokenize the data while training instead of up front (needs max_steps).")
     buffer_size: int = opt(16384, "streaming: samples held in the shuffle buffer.", rule=POSITIVE)
     enable_thinking: bool = opt(True, "Reasoning templates (qwen3): think before answering; false = empty think block. gemma4: true writes <|think|> in the system turn.")
-    tool_format: str | None = opt(None, "Override the template's tool-call format by name (default, qwen, llama3, mistral, mistral_tekken, glm4, qwen3_5, glm4_moe, glm4_7, minimax1, minimax2, seed_oss, gemma4, lfm2, ling, gpt_oss; docs/templates.md).")
+    tool_format: str | None = opt(None, "Override the template's tool-call format by name: one of the registered formats (an unknown name lists them; docs/templates.md#tool-calling).")
     preserve_thinking: bool = opt(False, "Reasoning templates: keep the thinking of earlier assistant turns in the prompt (default: dropped).")
     reasoning_effort: str | None = opt(None, "Templates with a reasoning level in their system text: gpt_oss (low, medium, high; default medium), hy3 (no_think, low, high; default no_think). Default: the template's.")
     ignore_pad_token_for_loss: bool = opt(True, "Padding in the labels is ignored by the loss and by the predict metrics.")
