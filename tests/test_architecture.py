@@ -104,6 +104,8 @@ def test_no_private_name_is_imported_from_another_package():
 OTHER_MEANINGS = {
     ("config/options.py", "full"): "galore_proj_type's choice: a GaLore projection side, not the method",
     ("infer/engine.py", "pt"): "return_tensors='pt': PyTorch tensors, not the stage",
+    ("data/media/plugins.py", "pt"): "return_tensors='pt': PyTorch tensors, not the stage",
+    ("testing/tiny_vlm_more.py", "full"): "LLaVA-OneVision's vision_feature_select_strategy, not the method",
 }
 
 

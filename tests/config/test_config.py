@@ -99,7 +99,7 @@ def test_pending_option_refused_unless_default():
     with pytest.raises(LatheError, match="lathe does not run: "):
         cfg(use_kt=True)
     with pytest.raises(LatheError, match="lathe does not run: "):
-        cfg(image_max_pixels=1000)
+        cfg(use_mca=True)
 
 
 def test_warmup_ratio_maps_to_warmup_steps():

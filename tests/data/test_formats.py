@@ -17,7 +17,7 @@ from lathe.data.formats import (
     register_format,
 )
 from lathe.data.readers import read_rows
-from lathe.data.dataset_info import DatasetAttr, load_registry
+from lathe.data.dataset_info import get_dataset_attrs, DatasetAttr, load_registry
 from lathe.errors import LatheError
 from tests.conftest import SHARED
 
@@ -259,11 +259,14 @@ def test_only_the_first_indices_are_kept_but_all_are_counted():
     assert "missing column 'output' (8 rows: 0, 1, 2, 3, 4, ...)" in result.report()
 
 
-def test_clean_report_and_media_note():
-    result = convert_rows(attr(columns={"prompt": "q", "response": "a", "images": "img"}), [{"q": "x", "a": "y", "img": ["p.png"]}])
-    assert result.report() == (
-        "mine: converted all 1 rows; note: column 'img' (images) is ignored, lathe trains on text only for now"
-    )
+def test_media_columns_are_read_and_a_missing_file_skips_its_row(tmp_path):
+    (tmp_path / "p.png").write_bytes(b"")
+    entry = attr(columns={"prompt": "q", "response": "a", "images": "img"})
+    entry.media_dir = str(tmp_path)
+    result = convert_rows(entry, [{"q": "x", "a": "y", "img": ["p.png"]}, {"q": "x", "a": "y", "img": "gone.png"}])
+    assert result.samples[0]["images"] == [str(tmp_path / "p.png")]
+    assert result.samples[0]["messages"][0]["content"] == "<image>x"  # LLaMA-Factory puts it first
+    assert result.skip_counts == {"missing media file": 1} and "gone.png" in result.report()
 
 
 def test_no_usable_rows_is_an_error_with_reasons():
@@ -328,7 +331,7 @@ def cache_dir(tmp_path_factory):
 @pytest.mark.skipif(not local_entries(), reason=f"LLaMA-Factory demo data not found at {SHARED_DATA} (the repo's sibling ../shared)")
 @pytest.mark.parametrize("name", local_entries())
 def test_every_local_demo_entry_reads_and_converts(name, cache_dir):
-    a = load_registry(SHARED_DATA)[name]
+    a = get_dataset_attrs(name, SHARED_DATA)[0]  # with its media folder
     rows = read_rows(a, SHARED_DATA, cache_dir=cache_dir)
     path = SHARED_DATA / a.file_name
     raw = path.read_text(encoding="utf-8")

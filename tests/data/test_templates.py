@@ -564,5 +564,5 @@ def test_fix_tokenizer_on_a_matching_tokenizer_adds_nothing():
 
 
 def test_a_multimodal_template_is_refused_as_multimodal_not_unknown():
-    with pytest.raises(LatheError, match="`qwen3_vl` is a multimodal one"):
-        get_template("qwen3_vl")
+    with pytest.raises(LatheError, match="`minicpm_v` is a multimodal one"):
+        get_template("minicpm_v")

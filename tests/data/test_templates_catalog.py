@@ -143,7 +143,8 @@ EXPECTED = {
                ["A1</s>", "A2</s>"]),
 }
 SAME_TEXT = {  # templates that render TWO_TURNS with a given system prompt exactly as another
-    "chatml": ["chatml_de", "qwen", "qwen2_5", "qwen3", "qwen3_nothink", "yi", "smollm", "smollm2", "opencoder"],
+    "chatml": ["chatml_de", "qwen", "qwen2_5", "qwen3", "qwen3_nothink", "yi", "smollm", "smollm2", "opencoder",
+               "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink"],
     "gemma": ["gemma2", "gemma3"],
     "granite3": ["granite"],
     "vicuna": ["llava"],
@@ -186,7 +187,7 @@ def test_catalog_covers_the_model_families():
         assert tpl.slots.description, f"{name} has no description"
         assert tpl.efficient_eos == (name in EFFICIENT | PUBLISHED_EFFICIENT)
     assert {name for name in names if get_template(name).slots.empty_thought} == (
-        {"qwen3", "qwen3_5", "gemma4", "glm4_moe", "glm4_7", "bailing_v2"} | PUBLISHED_EMPTY_THOUGHT)
+        {"qwen3", "qwen3_5", "gemma4", "glm4_moe", "glm4_7", "bailing_v2", "qwen3_vl"} | PUBLISHED_EMPTY_THOUGHT)
     assert get_template("deepseekr1").slots.thoughts_in_history == "drop"
 
 

@@ -21,10 +21,6 @@ def _feature(why: str, **defaults: Any) -> dict[str, tuple[Any, str]]:
 
 # name -> (LLaMA-Factory's default, the feature and why lathe does not run it yet)
 PENDING: dict[str, tuple[Any, str]] = {
-    **_feature("multimodal inputs (images, video, audio) are not supported yet: lathe trains text models", image_max_pixels=589824, image_min_pixels=1024, image_do_pan_and_scan=False,
-               crop_to_patches=False, video_max_pixels=65536, video_min_pixels=256, video_fps=2.0, video_maxlen=128,
-               use_audio_in_video=False, audio_sampling_rate=16000, media_dir=None, freeze_vision_tower=True,
-               freeze_multi_modal_projector=True, freeze_language_model=False),
     # LLaMA-Factory converts or loads with the mixture-of-depth package; see docs/methods.md.
     **_feature("Mixture-of-Depths: its library, mixture-of-depth 1.2.0 (the last release), is written for transformers 4 "
                "and fails on transformers 5 (its import and its decoder-layer calls)", mixture_of_depths=None),

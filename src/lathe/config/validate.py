@@ -131,8 +131,9 @@ def _check_across_groups(cfg: "RunConfig") -> None:
                          f"and `predict_with_generate: true`, or drop it.")
     if t.learning_rate < 0:
         raise LatheError(f"{src}: `learning_rate` must not be negative, got {t.learning_rate}.")
-    if t.per_device_train_batch_size <= 0 or t.gradient_accumulation_steps <= 0:
-        raise LatheError(f"{src}: batch size and gradient_accumulation_steps must be positive.")
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(t, key) <= 0:
+            raise LatheError(f"{src}: `{key}` must be positive, got {getattr(t, key)}.")
     if t.bf16 and t.fp16:
         raise LatheError(f"{src}: set at most one of `bf16` and `fp16`.")
 

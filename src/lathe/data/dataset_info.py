@@ -83,7 +83,7 @@ class DatasetAttr:
     num_samples: int | None = None  # draw this many rows (repeating rows if there are fewer)
     formatting: str = "alpaca"
     ranking: bool = False  # preference data: chosen / rejected answers
-    media_dir: str | None = None  # kept for multimodal data, not used yet
+    media_dir: str | None = None  # the folder the media paths are relative to (get_dataset_attrs fills it)
     columns: Columns = field(default_factory=Columns)
     tags: Tags = field(default_factory=Tags)
     source: str = ""  # the dataset_info.json this entry came from, for messages
@@ -208,7 +208,11 @@ def load_registry(dataset_dir: str | Path) -> dict[str, DatasetAttr]:
     info = read_json_file(path)
     if not isinstance(info, dict):
         raise LatheError(f"{path} must hold a JSON object of name -> entry, got {type(info).__name__}.")
-    return {name: DatasetAttr.from_entry(name, entry, source=str(path)) for name, entry in info.items()}
+    attrs = {name: DatasetAttr.from_entry(name, entry, source=str(path)) for name, entry in info.items()}
+    for attr in attrs.values():  # an entry's own media folder is relative to dataset_dir
+        if attr.media_dir and not Path(attr.media_dir).expanduser().is_absolute():
+            attr.media_dir = str(Path(dataset_dir) / attr.media_dir)
+    return attrs
 
 
 def split_names(names: str | list[str]) -> list[str]:
@@ -217,8 +221,11 @@ def split_names(names: str | list[str]) -> list[str]:
     return [name.strip() for name in items if name.strip()]
 
 
-def get_dataset_attrs(names: str | list[str], dataset_dir: str | Path) -> list[DatasetAttr]:
+def get_dataset_attrs(names: str | list[str], dataset_dir: str | Path, media_dir: str | None = None) -> list[DatasetAttr]:
     """The entries for `names` (a comma list or a list), in that order.
+
+    Each entry's `media_dir` becomes a folder: its own (relative to dataset_dir), else the run's `media_dir`,
+    else dataset_dir, as in LLaMA-Factory.
 
     With dataset_dir "ONLINE" every name is a hub id read as alpaca data, as in LLaMA-Factory:
     a ModelScope / Modelers id when USE_MODELSCOPE_HUB / USE_OPENMIND_HUB is on, else a Hugging
@@ -240,4 +247,10 @@ def get_dataset_attrs(names: str | list[str], dataset_dir: str | Path) -> list[D
             f"Dataset {name!r} is not in {registry_path(dataset_dir)}.{hint} "
             f"Add an entry for it there, or fix the name."
         )
-    return [registry[name] for name in wanted]
+    return [_with_media_dir(registry[name], dataset_dir, media_dir) for name in wanted]
+
+
+def _with_media_dir(attr: DatasetAttr, dataset_dir: str | Path, media_dir: str | None) -> DatasetAttr:
+    from dataclasses import replace
+
+    return attr if attr.media_dir else replace(attr, media_dir=str(media_dir or dataset_dir))

@@ -74,8 +74,23 @@ def sharded(cfg: "RunConfig", n: int) -> bool:
     return processor.parallel and (preprocessing_workers(cfg, n) > 1 or n > SHARD_ROWS)
 
 
+def stage_encoder(cfg: "RunConfig", tokenizer, template, media=None) -> tuple[Any, dict[str, Any]]:
+    """The batch function that tokenizes for the run's stage, and its keyword arguments; with `media` (a
+    `media.encode.MediaContext`) the samples' media placeholders are expanded first."""
+    processor = STAGES[cfg.finetuning.stage].processor
+    function, kwargs = processor.encode, processor.kwargs(cfg, tokenizer, template)
+    if media is None:
+        return function, kwargs
+    if processor.packs:
+        raise LatheError(f"`stage: {cfg.finetuning.stage}` packs text into blocks and cannot carry images, video or "
+                         "audio; train multimodal data with `stage: sft` (or dpo, kto, rm).")
+    from .media.encode import encode_with_media
+
+    return encode_with_media, {"inner": function, "inner_kwargs": kwargs, "media": media}
+
+
 def tokenize_samples(samples: list[dict[str, Any]], cfg: "RunConfig", tokenizer, template, report: DataReport,
-                     keep_meta: bool = False) -> "Dataset":
+                     keep_meta: bool = False, media=None) -> "Dataset":
     """Samples -> input_ids / attention_mask / labels for the run's stage; drops (and counts) samples
     with nothing to learn.
 
@@ -84,7 +99,7 @@ def tokenize_samples(samples: list[dict[str, Any]], cfg: "RunConfig", tokenizer,
     worker processes go through `tokenize_in_shards` instead.
     """
     processor = STAGES[cfg.finetuning.stage].processor
-    function, kwargs = processor.encode, processor.kwargs(cfg, tokenizer, template)
+    function, kwargs = stage_encoder(cfg, tokenizer, template, media)
     with tokenizer_threads():
         dataset = encode_in_process(samples, SAMPLE_COLUMNS, function, kwargs, cfg.data.preprocessing_batch_size)
     meta = dataset.select_columns(["_drop", "_truncated"]).with_format("arrow")[:]  # not row by row
@@ -106,7 +121,8 @@ def tokenize_samples(samples: list[dict[str, Any]], cfg: "RunConfig", tokenizer,
 _JOB: dict[str, Any] = {}
 
 
-def tokenize_in_shards(store: ShardStore, cfg: "RunConfig", tokenizer, template, report: DataReport) -> None:
+def tokenize_in_shards(store: ShardStore, cfg: "RunConfig", tokenizer, template, report: DataReport,
+                       media=None) -> None:
     """Tokenize the samples of `store` shard by shard, counting into `report`.
 
     Each shard (`SHARD_ROWS` contiguous samples, read from the store's samples file) is tokenized by
@@ -118,7 +134,6 @@ def tokenize_in_shards(store: ShardStore, cfg: "RunConfig", tokenizer, template,
     """
     from datasets.utils.tqdm import tqdm
 
-    processor = STAGES[cfg.finetuning.stage].processor
     todo = [i for i in range(store.count) if not store.done(i)]
     if len(todo) < store.count:
         logger.info("data: resuming: %d of %d shards were tokenized by an earlier run", store.count - len(todo),
@@ -127,8 +142,8 @@ def tokenize_in_shards(store: ShardStore, cfg: "RunConfig", tokenizer, template,
     if processes > 1 and "fork" not in multiprocessing.get_all_start_methods():
         logger.info("data: this platform cannot fork; tokenizing in one process")
         processes = 1
-    _JOB.update(function=processor.encode, kwargs=processor.kwargs(cfg, tokenizer, template),
-                batch_size=cfg.data.preprocessing_batch_size, store=store)
+    function, kwargs = stage_encoder(cfg, tokenizer, template, media)
+    _JOB.update(function=function, kwargs=kwargs, batch_size=cfg.data.preprocessing_batch_size, store=store)
     rows = sum(store.bounds(i)[1] - store.bounds(i)[0] for i in todo)
     desc = f"Tokenizing ({processes} process{'es' if processes > 1 else ''}, {store.count} shards)"
     try:

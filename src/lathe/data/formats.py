@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
@@ -202,7 +203,59 @@ def _finish(attr: DatasetAttr, row: Mapping[str, Any], messages: list[Message], 
         sample["kto_tag"] = label  # type: ignore[typeddict-unknown-key]
     if attr.columns.reference:  # grpo/rloo: e.g. the bare number where the answer column holds a solution
         sample["reference"] = str(_required(row, attr.columns.reference))  # type: ignore[typeddict-unknown-key]
+    _add_media(attr, row, sample)
     return sample
+
+
+MEDIA_KINDS = (("images", "<image>"), ("videos", "<video>"), ("audios", "<audio>"))
+
+
+def _media_paths(value: Any, column: str) -> list[str]:
+    """A media column's value as a list of paths: one path, a list of them, or datasets' {"path": ...} records."""
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    paths = []
+    for item in items:
+        if isinstance(item, Mapping) and isinstance(item.get("path"), str):
+            item = item["path"]
+        if not isinstance(item, str) or not item:
+            raise RowError("malformed media column", f"column {column!r} holds {item!r}, not a path")
+        paths.append(item)
+    return paths
+
+
+def _add_media(attr: DatasetAttr, row: Mapping[str, Any], sample: Sample) -> None:
+    """The row's media paths (resolved against the entry's media_dir), with LLaMA-Factory's placeholder rules:
+    a row with media and no placeholder gets them at the start of its first user turn; otherwise the counts
+    must match. A local file that does not exist skips the row here, where its index is known."""
+    from lathe.data.media.load import resolve_path
+
+    found = False
+    for key, placeholder in MEDIA_KINDS:
+        column = getattr(attr.columns, key)
+        paths = [resolve_path(p, attr.media_dir) for p in _media_paths(row.get(column), column)] if column else []
+        for path in paths:
+            if "://" not in path and not path.startswith("data:") and not Path(path).is_file():
+                raise RowError("missing media file", path)
+        texts = [m["content"] for m in sample["messages"]]
+        count = sum(text.count(placeholder) for text in texts)
+        if paths and count == 0:
+            first = next(i for i, m in enumerate(sample["messages"]) if m["role"] == USER)
+            message = sample["messages"][first]
+            sample["messages"][first] = {**message, "content": placeholder * len(paths) + message["content"]}
+        elif count != len(paths):
+            raise RowError("placeholders and media differ", f"{count} {placeholder} for {len(paths)} {key}")
+        for answer in (sample.get("chosen") or []) + (sample.get("rejected") or []):
+            if placeholder in answer["content"]:
+                raise RowError("media placeholder in an answer", f"{placeholder} in a chosen/rejected answer")
+        if paths:
+            sample[key] = paths  # type: ignore[literal-required]
+            found = True
+    if found:
+        for message in sample["messages"]:
+            if message["role"] not in PROMPT_ROLES and any(p in message["content"] for _, p in MEDIA_KINDS):
+                raise RowError("media placeholder in an answer", "media belong to user turns")
 
 
 def _roles(attr: DatasetAttr) -> dict[Any, str]:
@@ -279,7 +332,9 @@ def convert_alpaca(attr: DatasetAttr, row: Mapping[str, Any]) -> Sample:
         return _finish(attr, row, messages, system)
     if cols.response is None:  # pretraining text or prompts: the user turn alone
         _check_turns(messages)
-        return {"messages": messages, "system": system, "tools": _optional_text(row, cols.tools, json_ok=True)}
+        sample: Sample = {"messages": messages, "system": system, "tools": _optional_text(row, cols.tools, json_ok=True)}
+        _add_media(attr, row, sample)
+        return sample
     response = _text(_required(row, cols.response), f"column {cols.response!r}")
     messages.append({"role": ASSISTANT, "content": response})
     return _finish(attr, row, messages, system)
@@ -403,10 +458,6 @@ def convert_rows(attr: DatasetAttr, rows: Iterable[Mapping[str, Any]]) -> Conver
             result.samples.append(convert(attr, row))
         except RowError as error:
             result.add_skip(index, error)
-    for kind in ("images", "videos", "audios"):
-        if getattr(attr.columns, kind):
-            column = getattr(attr.columns, kind)
-            result.notes.append(f"column {column!r} ({kind}) is ignored, lathe trains on text only for now")
     where = f" (entry {attr.name!r} in {attr.source})" if attr.source else ""
     if result.num_rows == 0:
         raise LatheError(f"Dataset {attr.name!r}{where} has no rows.")

@@ -113,7 +113,7 @@ def check_template_options(cfg: "RunConfig", template) -> None:
         )
 
 
-def prepare(names: str, cfg: "RunConfig", tokenizer, template) -> tuple["Dataset", DataReport]:
+def prepare(names: str, cfg: "RunConfig", tokenizer, template, media=None) -> tuple["Dataset", DataReport]:
     """Tokenized (and, when asked, packed) data for `names`, from the cache when possible.
 
     Large data (or `preprocessing_num_workers` above 1) is tokenized in shards (`encode.tokenize_in_shards`):
@@ -122,8 +122,8 @@ def prepare(names: str, cfg: "RunConfig", tokenizer, template) -> tuple["Dataset
     shard, not the data set, and a run killed halfway resumes from the shards it finished.
     """
     d = cfg.data
-    attrs = get_dataset_attrs(names, d.dataset_dir)
-    key = cache.dataset_key(names, attrs, cfg, tokenizer, template, cfg.finetuning.stage)
+    attrs = get_dataset_attrs(names, d.dataset_dir, d.media_dir)
+    key = cache.dataset_key(names, attrs, cfg, tokenizer, template, cfg.finetuning.stage, media)
     processor = STAGES[cfg.finetuning.stage].processor
     pack = packing_enabled(cfg) and not processor.packs  # a processor that packs did it while tokenizing
 
@@ -139,11 +139,11 @@ def prepare(names: str, cfg: "RunConfig", tokenizer, template) -> tuple["Dataset
             samples = (dedup.load_deduplicated(names, cfg, report, attrs) if dedup.dedup_method(cfg)
                        else load_mixed_samples(names, cfg, report, attrs))
             if not encode.sharded(cfg, len(samples)):
-                finish(folder, tokenize_samples(samples, cfg, tokenizer, template, report), report)
+                finish(folder, tokenize_samples(samples, cfg, tokenizer, template, report, media=media), report)
                 return
             store.write_samples([samples], report)
             del samples  # the store holds them now
-        encode.tokenize_in_shards(store, cfg, tokenizer, template, report)
+        encode.tokenize_in_shards(store, cfg, tokenizer, template, report, media)
         if pack:
             finish(folder, store.dataset(), report)
         else:
@@ -224,13 +224,13 @@ def lazy_sample_chunks(sources: list, cfg: "RunConfig", report: DataReport) -> I
             dedup.count_removed(report, method, attr.name, removed)
 
 
-def prepare_eval(cfg: "RunConfig", tokenizer, template):
+def prepare_eval(cfg: "RunConfig", tokenizer, template, media=None):
     """The eval datasets: all of `eval_dataset` mixed into one, or one per name with `eval_on_each_dataset`."""
     d = cfg.data
     names = eval_names(cfg)
     out = {}
     for name in names:
-        out[name], eval_report = prepare(name, cfg, tokenizer, template)
+        out[name], eval_report = prepare(name, cfg, tokenizer, template, media)
         for line in eval_report.lines():
             logger.info("eval data%s: %s", f" {name}" if d.eval_on_each_dataset else "", line)
     return out if d.eval_on_each_dataset else out[d.eval_dataset]
@@ -259,10 +259,15 @@ def stream_stored(cfg: "RunConfig", tokenizer, template, stored: Path) -> Datase
     return DatasetBundle(train, evaluation, report, streaming=True)
 
 
-def get_dataset(cfg: "RunConfig", tokenizer, template) -> DatasetBundle:
-    """The run's train (and eval) datasets, tokenized for its stage, and the data report (logged)."""
+def get_dataset(cfg: "RunConfig", tokenizer, template, media=None) -> DatasetBundle:
+    """The run's train (and eval) datasets, tokenized for its stage, and the data report (logged).
+
+    `media` (a `media.encode.MediaContext`): the run's model takes images, video or audio (data/media)."""
     d = cfg.data
     check_template_options(cfg, template)
+    if media is not None and d.streaming:
+        raise LatheError("`streaming` does not carry images, video or audio yet; preprocess multimodal data up front "
+                         "(leave `streaming` out).")
     stored = Path(d.tokenized_path) if d.tokenized_path else None
     train = evaluation = None
     report = DataReport()
@@ -275,12 +280,12 @@ def get_dataset(cfg: "RunConfig", tokenizer, template) -> DatasetBundle:
         report = DataReport.from_dict(saved)
         logger.info("data: tokenized data read from tokenized_path %s; `dataset` is not read again", stored)
     elif d.dataset:
-        train, report = prepare(d.dataset, cfg, tokenizer, template)
+        train, report = prepare(d.dataset, cfg, tokenizer, template, media)
         if stored is not None:
             cache.save_tokenized(stored, train, report)
             logger.info("data: tokenized data saved to tokenized_path %s", stored)
     if d.eval_dataset:
-        evaluation = prepare_eval(cfg, tokenizer, template)
+        evaluation = prepare_eval(cfg, tokenizer, template, media)
     elif train is not None and d.val_size > 0:
         size = int(d.val_size) if d.val_size >= 1 else d.val_size
         if (isinstance(size, int) and size >= len(train)) or len(train) < 2:

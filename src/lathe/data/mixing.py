@@ -27,7 +27,7 @@ def load_mixed_samples(names: str, cfg: "RunConfig", report: DataReport, attrs=N
     with every stored column (`sample_row`), in training order."""
     d = cfg.data
     parts = []
-    for attr in attrs or get_dataset_attrs(names, d.dataset_dir):
+    for attr in attrs or get_dataset_attrs(names, d.dataset_dir, d.media_dir):
         rows = read_rows(attr, d.dataset_dir, seed=cfg.training.seed, token=entry_token(attr, cfg.model))
         if d.max_samples is not None:
             rows = select_rows(rows, range(min(d.max_samples, len(rows))))

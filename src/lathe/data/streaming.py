@@ -69,7 +69,7 @@ def stream_samples(names: str, cfg: "RunConfig", tokenizer, template, report: Da
     features = sample_features()
     features.update({"_skip": Value("string"), "_detail": Value("string"), "_index": Value("int64")})
     parts = []
-    for attr in get_dataset_attrs(names, d.dataset_dir):
+    for attr in get_dataset_attrs(names, d.dataset_dir, d.media_dir):
         result = ConversionResult(name=attr.name, num_rows=0)
         report.stream_results.append(result)
         part = IterableDataset.from_generator(_stream_samples, features=features, gen_kwargs={"attr": attr, "cfg": cfg})

@@ -87,7 +87,7 @@ DATA_KEYS = (
 )
 
 
-def dataset_key(names: str, attrs: list, cfg: "RunConfig", tokenizer, template, stage: str) -> str:
+def dataset_key(names: str, attrs: list, cfg: "RunConfig", tokenizer, template, stage: str, media=None) -> str:
     d = cfg.data
     payload: dict[str, Any] = {
         "lathe": __version__,
@@ -101,6 +101,9 @@ def dataset_key(names: str, attrs: list, cfg: "RunConfig", tokenizer, template, 
         "data": {k: getattr(d, k) for k in DATA_KEYS},
         "seed": cfg.training.seed,
     }
+    if media is not None:  # what decides each item's tokens: the plugin, the media options, the processor's settings
+        payload["media"] = {"plugin": media.plugin.name, "options": dataclasses.asdict(media.opts),
+                            "processor": media.processor.to_json_string()}
     method = dedup.dedup_method(cfg)
     if method:  # only when set: keys made before `dedup` existed stay valid
         payload["dedup"] = method

@@ -194,14 +194,16 @@ def check_causal_lm(m: "ModelArguments") -> None:
     """
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    from .multimodal import is_multimodal
+
     config = load_model_config(m)
     remote = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
-    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (remote and m.trust_remote_code):
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (remote and m.trust_remote_code) or is_multimodal(config):
         return
     architectures = ", ".join(getattr(config, "architectures", None) or []) or "no architectures named"
     hint = ("its folder ships its own modelling code: set `trust_remote_code: true` to use it." if remote else
-            "lathe trains decoder-only language models (and multimodal ones once that support lands); an "
-            "encoder or sequence-to-sequence model cannot be fine-tuned here.")
+            "lathe trains decoder-only language models and the vision / audio-language models built on them; "
+            "an encoder or sequence-to-sequence model cannot be fine-tuned here.")
     raise LatheError(
         f"{m.model_name_or_path} is a `{config.model_type}` model ({architectures}), which transformers "
         f"{transformers_version()} cannot build as a causal language model: {hint}"
@@ -254,12 +256,15 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
         resize_embeddings(model, tokenizer)
         special_tokens.initialize_rows(model, tokenizer, m, special_tokens.new_token_ids(tokenizer, m))
         return model
+    from .multimodal import is_multimodal, model_class
+
+    auto = model_class(config) if is_multimodal(config) else AutoModelForCausalLM
     if m.train_from_scratch:
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code, **kwargs)
+        model = auto.from_config(config, trust_remote_code=m.trust_remote_code, **kwargs)
         logger.info("train_from_scratch: random weights from the config of %s", m.model_name_or_path)
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(m.model_name_or_path, config=config, **kwargs, **_hub_kwargs(m))
+            model = auto.from_pretrained(m.model_name_or_path, config=config, **kwargs, **_hub_kwargs(m))
         except (OSError, ValueError) as e:
             raise _loading_error("model", m.model_name_or_path, e) from None
         except pickle.UnpicklingError as e:  # torch.load(weights_only=True) met more than tensors

@@ -52,6 +52,7 @@ def model_shape(model: torch.nn.Module) -> Shape:
 
     prefix, layers = decoder_layers(model)
     config = model.config
+    config = getattr(config, "get_text_config", lambda: config)()  # a multimodal model's language model
     head_names = set(embedding_module_names(model))
     linear = {}
     for name, module in model.named_modules():

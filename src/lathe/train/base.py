@@ -93,6 +93,15 @@ class RunSetup:
     template: Any
     data: Any  # lathe.data.loader.DatasetBundle
     model: Any
+    media: Any = None  # lathe.data.media.encode.MediaContext when the model takes images, video or audio
+
+    def collator(self, inner, rows=None):
+        """`inner`, the stage's collator, with the batch's media added when the model takes them."""
+        if self.media is None:
+            return inner
+        from ..data.media.collate import MediaCollator, same_rows
+
+        return MediaCollator(inner, self.media, rows or same_rows)
 
 
 def run_arguments(cfg: "RunConfig"):
@@ -166,10 +175,11 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     from_template = template.fix_tokenizer(tokenizer)
     warn_template_mismatch(cfg, template, from_template)
     added = from_template + add_config_tokens(tokenizer, cfg.model)
+    media = run_media(cfg, tokenizer, template)
     # Others then read the cache: with a file system all machines share, only the global main
     # process writes it (local=False); otherwise each machine's own main process does.
     with args.main_process_first(desc="preprocessing", local=not cfg.data.data_shared_file_system):
-        data = get_dataset(cfg, tokenizer, template)
+        data = get_dataset(cfg, tokenizer, template, media)
     save_run_config(cfg)
     model = load_model(cfg, tokenizer)
     if cfg.training.do_train and gradient_checkpointing_wanted(cfg, model):
@@ -177,7 +187,20 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     model = apply_method(model, cfg, new_token_rows=bool(added) or cfg.model.resize_vocab)
     if cfg.model.print_param_status:
         log_param_status(model)
-    return RunSetup(args, resume, tokenizer, template, data, model)
+    return RunSetup(args, resume, tokenizer, template, data, model, media)
+
+
+def run_media(cfg: "RunConfig", tokenizer, template):
+    """The media context of a run whose model takes images, video or audio (data/media); None for a text model."""
+    from ..model.load import load_model_config
+    from ..model.multimodal import is_multimodal, load_processor
+
+    config = load_model_config(cfg.model)
+    if not is_multimodal(config):
+        return None
+    from ..data.media.encode import media_context
+
+    return media_context(cfg, load_processor(cfg.model, tokenizer), template, config.model_type)
 
 
 def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, eval_perplexity: bool = False,
@@ -217,7 +240,9 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, eval
         train_dataset=run.data.train,
         eval_dataset=run.data.eval,
         data_collator=collator,
-        processing_class=run.tokenizer,
+        # a multimodal model's processor (with the run's tokenizer) is saved beside it, so the output loads with
+        # AutoProcessor; the Trainer pads nothing itself (every stage passes its collator)
+        processing_class=run.media.processor if run.media is not None else run.tokenizer,
         callbacks=[JsonlLogCallback(), ShardingCallback(requested_engine(cfg)), *early_stopping_callbacks(cfg),
                    *profiler_callbacks(cfg, model), *swanlab_callbacks(cfg)],
         **trainer_kwargs,

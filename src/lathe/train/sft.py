@@ -113,6 +113,7 @@ def run_sft(cfg: "RunConfig") -> StageResult:
     else:
         collator = DataCollatorForSeq2Seq(run.tokenizer, label_pad_token_id=label_pad_id(cfg, run.tokenizer),
                                           pad_to_multiple_of=None)
+    collator = run.collator(collator)  # the batch's images, video or audio, for a multimodal model
     extra = _token_loss(cfg, run, sft_loss)
     if cfg.finetuning.compute_accuracy:
         from .metrics import argmax_logits, token_accuracy
@@ -146,6 +147,10 @@ def padding_free(cfg: "RunConfig", model) -> bool:
         return False
     if cfg.training.per_device_train_batch_size > 1 and cfg.run.sequence_parallel_size > 1:
         return False  # DeepSpeed's Ulysses attention takes per_device_train_batch_size rows
+    from ..model.multimodal import is_multimodal
+
+    if is_multimodal(getattr(model, "config", None)):
+        return False  # positions from media grids (mrope) and per-image attention: batches keep their rows
     return not cfg.model.shift_attn and separates_flattened_samples(model)
 
 

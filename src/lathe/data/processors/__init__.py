@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ...config import RunConfig
 
 # The columns of a canonical sample as the loader stores it (see lathe.data.sample).
-SAMPLE_COLUMNS = ("messages", "system", "tools", "chosen", "rejected", "kto_tag", "reference")
+SAMPLE_COLUMNS = ("messages", "system", "tools", "chosen", "rejected", "kto_tag", "reference", "images", "videos", "audios")
 
 
 def sample_features():
@@ -36,6 +36,9 @@ def sample_features():
         "rejected": List(message),
         "kto_tag": Value("bool"),
         "reference": Value("string"),
+        "images": List(Value("string")),  # media paths (multimodal data), resolved against the media folder
+        "videos": List(Value("string")),
+        "audios": List(Value("string")),
     })
 
 
@@ -49,6 +52,9 @@ def sample_row(sample: dict[str, Any]) -> dict[str, Any]:
         "rejected": sample.get("rejected", []),
         "kto_tag": sample.get("kto_tag"),
         "reference": sample.get("reference", ""),
+        "images": sample.get("images", []),
+        "videos": sample.get("videos", []),
+        "audios": sample.get("audios", []),
     }
 
 

@@ -81,6 +81,7 @@ class Template(ABC):
     name: str = ""
     tool_format: ToolFormat  # how tools, tool calls and results are written and parsed
     preserve_thinking: bool = False  # reasoning templates: keep the thoughts of earlier answers wherever they are dropped
+    media: str = ""  # the media plugin of a multimodal family (data/media/plugins.py); "" for text models
 
     @property
     @abstractmethod

@@ -120,6 +120,7 @@ class Slots:
     reasoning_efforts: tuple[str, ...] = REASONING_EFFORTS  # the values `reasoning_effort` may take
     system_always: bool = False  # write the `system` slot even when there is no system prompt
     thinking_system: str | None = None  # the system slot while thinking is on, always written; None: `system`
+    media: str = ""  # the media plugin (data/media/plugins.py) of a multimodal family; "" for text models
 
     # Which placeholders each slot may use; anything else in braces is literal text.
     ALLOWED = {
@@ -131,7 +132,7 @@ class Slots:
         "bare_answer_prefix": set(),  # written as is
         "empty_thought": set(),
     }
-    NOT_TEXT = ("name", "description", "tool_format", "thoughts_in_history", "reasoning_effort")
+    NOT_TEXT = ("name", "description", "tool_format", "thoughts_in_history", "reasoning_effort", "media")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reasoning_efforts", tuple(self.reasoning_efforts))  # YAML gives a list
@@ -224,6 +225,7 @@ class SlotTemplate(Template):
                  preserve_thinking: bool = False, reasoning_effort: str | None = None):
         self.slots = slots
         self.name = slots.name
+        self.media = slots.media
         self.tool_format: ToolFormat = get_tool_format(tool_format or slots.tool_format)
         self.enable_thinking = enable_thinking
         self.preserve_thinking = preserve_thinking and slots.thoughts_in_history != "keep"

@@ -30,6 +30,10 @@ def apply_method(model: "PreTrainedModel", cfg: "RunConfig", new_token_rows: boo
     method = METHODS[cfg.finetuning.finetuning_type]
     before_method(model, cfg)
     model = method.apply(model, cfg, new_token_rows)
+    from ..multimodal import freeze_parts, is_multimodal
+
+    if is_multimodal(model.config):
+        freeze_parts(model, cfg)
     after_method(model, cfg)
     trainable, total = count_parameters(model)
     logger.info(

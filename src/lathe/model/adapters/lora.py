@@ -21,19 +21,27 @@ logger = logging.getLogger(__name__)
 QUANTIZED_LINEARS = {"HQQLinear", "QuantLinear", "WQLinear_GEMM", "WQLinear_GEMV", "QuantizedLinear"}
 
 
-def linear_module_names(model: torch.nn.Module) -> list[str]:
-    """Short names of every linear layer except the output head: what `lora_target: all` means."""
+def linear_module_names(model: torch.nn.Module, excluded: frozenset[str] = frozenset()) -> list[str]:
+    """Short names of every linear layer except the output head and the `excluded` modules: what
+    `lora_target: all` means. A layer named by its index in a Sequential (a projector's `mlp.0`) keeps its
+    parent's name, since peft matches names by their end and `0` would also match decoder layer 0."""
     skip = set(embedding_module_names(model))
-    names = {name.split(".")[-1] for name, m in model.named_modules()
-             if isinstance(m, torch.nn.Linear) or type(m).__name__ in QUANTIZED_LINEARS}
+    names = {_short(name) for name, m in model.named_modules()
+             if (isinstance(m, torch.nn.Linear) or type(m).__name__ in QUANTIZED_LINEARS) and name not in excluded}
     return sorted(names - skip)
 
 
-def lora_targets(model: torch.nn.Module, value: str) -> list[str]:
-    """The modules `lora_target` names: `all` is every linear layer but the output head; a list may also
+def _short(name: str) -> str:
+    parts = name.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
+
+
+def lora_targets(model: torch.nn.Module, value: str, excluded: frozenset[str] = frozenset()) -> list[str]:
+    """The modules `lora_target` names: `all` is every linear layer but the output head (and the frozen parts
+    of a multimodal model, `excluded`); a list may also
     name the embeddings or the head (peft gives an embedding `lora_embedding_A/B`, which LoRA+ trains at
     `loraplus_lr_embedding`), as LLaMA-Factory passes the names to peft as they are."""
-    linears = linear_module_names(model)
+    linears = linear_module_names(model, excluded)
     if split_names(value) == ["all"]:
         return linears
     return resolve_targets("lora_target", value, linears + embedding_module_names(model))
@@ -95,7 +103,10 @@ def apply_lora(model, cfg, new_token_rows: bool = False):
         return load_adapters(model, adapters, trainable_last=True, **where)
     if adapters:  # create_new_adapter: merge them all, then a fresh adapter on top
         model = load_adapters(model, adapters, trainable_last=False, **where)
-    targets = lora_targets(model, f.lora_target)
+    from ..multimodal import excluded_modules, is_multimodal
+
+    excluded = excluded_modules(model, cfg) if is_multimodal(model.config) else []
+    targets = lora_targets(model, f.lora_target, frozenset(excluded))
     to_save = modules_to_save(model, f.additional_target, new_token_rows)
     if cfg.model.use_unsloth:
         from ..unsloth import add_lora
@@ -103,6 +114,7 @@ def apply_lora(model, cfg, new_token_rows: bool = False):
         return add_lora(model, cfg, targets, to_save or None)
     config = LoraConfig(
         task_type=TaskType.CAUSAL_LM,
+        exclude_modules=excluded or None,  # the frozen encoder / projector of a multimodal model
         r=f.lora_rank,
         lora_alpha=f.lora_alpha or 2 * f.lora_rank,
         lora_dropout=f.lora_dropout,

@@ -1,0 +1,45 @@
+"""Batches with media: the stage's own collator for the tokens, the family's processor for the media.
+
+The media tensors are made here, per batch, from the paths the tokenized samples keep (plugins.py says why they
+are not cached). `rows` says which sample each row of the batch is: a preference batch is [chosen..., rejected...],
+so each sample's media come twice, in that order, as the model meets their placeholders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .encode import MediaContext
+from .plugins import COLUMNS, KINDS
+
+
+def same_rows(n: int) -> list[int]:
+    return list(range(n))
+
+
+def pair_rows(n: int) -> list[int]:
+    """Preference batches: the chosen rows, then the rejected rows of the same samples."""
+    return list(range(n)) * 2
+
+
+@dataclass
+class MediaCollator:
+    inner: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    media: MediaContext
+    rows: Callable[[int], list[int]] = same_rows
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        paths = [{kind: list(f.get(COLUMNS[kind]) or []) for kind in KINDS} for f in features]
+        batch = self.inner([{k: v for k, v in f.items() if k not in COLUMNS.values()} for f in features])
+        items: dict[str, list[Any]] = {kind: [] for kind in KINDS}
+        for row in self.rows(len(features)):
+            for kind in KINDS:
+                items[kind].extend(self.media.load(kind, path) for path in paths[row][kind])
+        batch.update(self.media.plugin.features(self.media.processor, items, self.media.kwargs))
+        types = self.media.plugin.token_type_ids(self.media.processor, batch["input_ids"])
+        if types is not None:
+            batch[self.media.plugin.token_types] = torch.tensor(types, dtype=torch.long)
+        return batch

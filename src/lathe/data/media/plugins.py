@@ -1,0 +1,177 @@
+"""Media plugins: one per model family, turning `<image>` / `<video>` / `<audio>` placeholders plus the media files
+into exactly what the family's own processor makes of them.
+
+Why the processor does the work: a family's token layout for one image (how many pad tokens, what wraps them,
+row-break tokens, "\\n\\n" around it, crops) is written once, in its transformers processor, and changes between
+releases. transformers' processors expose it as a replacement string per media item (`replace_image_token`, read
+through `return_text_replacement_offsets`), so a plugin only says what a chat template writes for one item (the
+`prompt` text around the processor's own placeholder token) and lathe puts the processor's replacement there,
+then tokenizes the whole conversation in one call as for text. The parity tests hold the resulting ids to the
+processor's own `apply_chat_template(..., tokenize=True)`.
+
+The media tensors (pixel values, grids, audio features) are not stored with the tokens: they are made again per
+batch by the collator (`collate.py`), since they are 100-1,000x the size of the ids (one 768x768 image is 8 MiB of
+fp32 patches) and a cache of them would not fit the data sets people train on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from lathe.errors import LatheError
+from lathe.registry import Choice, Registry
+
+if TYPE_CHECKING:
+    from lathe.config import RunConfig
+
+KINDS = ("image", "video", "audio")
+PLACEHOLDERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}  # as LLaMA-Factory's data writes them
+COLUMNS = {"image": "images", "video": "videos", "audio": "audios"}  # the sample's column of each kind
+# What a processor's __call__ returns for the text: made by lathe's own tokenization instead.
+TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "text_replacement_offsets"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class MediaPlugin(Choice):
+    """What lathe needs to know of one family beyond its processor.
+
+    `prompt`: kind -> the text a chat template writes for one item, with `{token}` where the processor's own
+    placeholder token stands (Qwen2-VL: `<|vision_start|>{token}<|vision_end|>`); the processor's replacement
+    takes the place of `{token}`. `model_types`: the transformers `model_type`s served when the run's template
+    names no plugin. `token_types`: the per-token key the model takes besides input_ids (`mm_token_type_ids`,
+    Gemma 3's `token_type_ids`), made from the ids by the processor's `create_mm_token_type_ids`. `mrope`: the
+    model derives 3-D position ids from the media grids, so samples cannot share a packed row.
+    """
+
+    prompt: Mapping[str, str]
+    model_types: tuple[str, ...] = ()
+    token_types: str | None = None
+    mrope: bool = False
+    audio_in_video: bool = False  # `use_audio_in_video`: the family also hears each video's sound track
+    call_kwargs: Callable[[Any, Any], dict[str, Any]] = field(default=lambda processor, opts: {}, compare=False)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(kind for kind in KINDS if kind in self.prompt)
+
+    def token(self, processor: Any, kind: str) -> str:
+        """The processor's own placeholder token for `kind` (`<|image_pad|>`), which its replacements replace."""
+        token = getattr(processor, f"{kind}_token", None)
+        if not token:
+            raise LatheError(f"The {type(processor).__name__} of this model has no {kind} token: media plugin "
+                             f"`{self.name}` cannot place its {kind}s.")
+        return token
+
+    def prompt_text(self, processor: Any, kind: str) -> str:
+        """What one item of `kind` is in a rendered prompt before expansion, as the family's chat template writes it."""
+        return self.prompt[kind].format(token=self.token(processor, kind))
+
+    def replacements(self, processor: Any, media: Mapping[str, Sequence[Any]], kwargs: Mapping[str, Any]
+                     ) -> dict[str, list[str]]:
+        """kind -> the text each item becomes, in order: the processor's own expansion of its placeholder.
+        `kwargs`: the processor-call options of the run (`MediaContext.kwargs`)."""
+        texts = "".join(self.token(processor, kind) * len(media.get(kind) or ()) for kind in self.kinds)
+        out = processor(text=[texts], return_text_replacement_offsets=True, **self.processor_inputs(media), **kwargs)
+        found: dict[str, list[str]] = {kind: [] for kind in self.kinds}
+        for item in out["text_replacement_offsets"][0]:
+            found[item["type"]].append(item["replacement"])
+        for kind in self.kinds:
+            if len(found[kind]) != len(media.get(kind) or ()):
+                raise LatheError(f"media plugin `{self.name}`: the processor expanded {len(found[kind])} {kind}s of "
+                                 f"{len(media.get(kind) or ())}.")
+        return found
+
+    def features(self, processor: Any, media: Mapping[str, Sequence[Any]], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The tensors of a batch's media, in order (pixel values, grids, audio features...), as the processor
+        makes them."""
+        if not any(media.get(kind) for kind in self.kinds):
+            return {}
+        texts = "".join(self.token(processor, kind) * len(media.get(kind) or ()) for kind in self.kinds)
+        out = processor(text=[texts], return_tensors="pt", **self.processor_inputs(media), **kwargs)
+        return {key: value for key, value in out.items() if key not in TEXT_KEYS}
+
+    @staticmethod
+    def processor_inputs(media: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        inputs: dict[str, Any] = {}
+        if media.get("image"):
+            inputs["images"] = list(media["image"])
+        if media.get("video"):
+            inputs["videos"] = [video.frames for video in media["video"]]
+        if media.get("audio"):
+            inputs["audio"] = list(media["audio"])
+        return inputs
+
+    def token_type_ids(self, processor: Any, input_ids: Sequence[Sequence[int]]) -> list[list[int]] | None:
+        """The per-token modality ids the model takes (`token_types`), from the batch's ids; None when it takes none."""
+        if self.token_types is None:
+            return None
+        return processor.create_mm_token_type_ids([list(map(int, ids)) for ids in input_ids])
+
+
+MEDIA_PLUGINS: Registry = Registry("media plugin", "template", __name__)
+
+
+def plugin_for(template: Any, model_type: str | None) -> MediaPlugin | None:
+    """The run's plugin: the one its template names (`media` slot), else the one serving the model's type."""
+    name = getattr(template, "media", "") or ""
+    if name:
+        return MEDIA_PLUGINS[name]
+    for plugin_name in MEDIA_PLUGINS:
+        plugin = MEDIA_PLUGINS[plugin_name]
+        if model_type and model_type in plugin.model_types:
+            return plugin
+    return None
+
+
+# Options of some image processors only: the run's option -> the processor's keyword.
+IMAGE_PROCESSOR_OPTIONS = {"image_do_pan_and_scan": "do_pan_and_scan", "crop_to_patches": "crop_to_patches"}
+
+
+def call_kwargs(cfg: "RunConfig", plugin: MediaPlugin, processor: Any, opts: Any) -> dict[str, Any]:
+    """The keyword arguments of every processor call of the run: the plugin's own and the image-processor options
+    set in the config, each refused where the model's image processor has no such setting."""
+    kwargs = dict(plugin.call_kwargs(processor, opts))
+    image_processor = getattr(processor, "image_processor", None)
+    for option, keyword in IMAGE_PROCESSOR_OPTIONS.items():
+        if getattr(cfg.data, option):
+            if not hasattr(image_processor, keyword):
+                raise LatheError(f"`{option}: true` is a setting of the image processors that have `{keyword}` "
+                                 f"(Gemma 3's pan and scan, InternVL's crops); {type(image_processor).__name__} has "
+                                 f"none. Remove `{option}`.")
+            kwargs[keyword] = True
+    return kwargs
+
+
+def check_media_run(cfg: "RunConfig", plugin: MediaPlugin) -> None:
+    """Settings a multimodal run cannot have, refused before any data is read."""
+    d = cfg.data
+    if d.use_audio_in_video and not plugin.audio_in_video:
+        raise LatheError(f"`use_audio_in_video: true` feeds each video's sound to the omni models that hear it; "
+                         f"media plugin `{plugin.name}` takes {', '.join(plugin.kinds)} only. Remove the option.")
+    if plugin.mrope and (d.neat_packing or d.packing or ("padding_free" in cfg.explicit and d.padding_free)):
+        key = "neat_packing" if d.neat_packing else "packing" if d.packing else "padding_free"
+        raise LatheError(f"`{key}` cannot be used with media plugin `{plugin.name}`: its model numbers positions in "
+                         "3-D from each sample's media (mrope), which a shared row would mix; leave it unset.")
+
+
+def _fps(processor: Any, opts: Any) -> dict[str, Any]:
+    """Qwen-VL family: the frames were sampled by lathe at `video_fps`; the processor must not sample again."""
+    if getattr(processor, "video_processor", None) is None:
+        return {}
+    return {"do_sample_frames": False, "fps": opts.video_fps}
+
+
+QWEN_VISION = {"image": "<|vision_start|>{token}<|vision_end|>", "video": "<|vision_start|>{token}<|vision_end|>"}
+
+MEDIA_PLUGINS.register(MediaPlugin(
+    name="qwen2_vl", help="Qwen2-VL, Qwen2.5-VL, Qwen3-VL: images and video, mrope positions",
+    prompt=QWEN_VISION, model_types=("qwen2_vl", "qwen2_5_vl"),
+    token_types="mm_token_type_ids", mrope=True, call_kwargs=_fps,
+))
+
+MEDIA_PLUGINS.register(MediaPlugin(
+    name="qwen3_vl", help="Qwen3-VL: images, and video as timestamped frames; mrope positions",
+    prompt=QWEN_VISION, model_types=("qwen3_vl", "qwen3_vl_moe"),
+    token_types="mm_token_type_ids", mrope=True, call_kwargs=_fps,
+))

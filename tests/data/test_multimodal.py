@@ -1,0 +1,249 @@
+"""Multimodal data: placeholders and media into the family processor's own tokens and tensors, rows that cannot
+be used counted with their reason, and training on images with the loss falling."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from lathe.data.dataset_info import DatasetAttr
+from lathe.data.formats import convert_rows
+from lathe.data.media.encode import MediaContext, encode_with_media, expand_messages
+from lathe.data.media.load import MediaOptions
+from lathe.data.media.plugins import MEDIA_PLUGINS
+from lathe.data.processors.supervised import encode_supervised_batch
+from lathe.data.sample import IGNORE_INDEX
+from lathe.data.templates.named import get_template
+from lathe.errors import LatheError
+
+from tests.conftest import shared_path
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "data"
+SHAPES = DATA / "lathe_shapes" / "images"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def tiny_vlm(family: str) -> Path:
+    from lathe.testing.tiny_vlm import build_tiny_vlm
+
+    return build_tiny_vlm(family)
+
+
+def context(family: str, template_name: str):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_vlm(family))
+    template = get_template(template_name)
+    template.fix_tokenizer(processor.tokenizer)
+    plugin = MEDIA_PLUGINS[template.media]
+    return MediaContext(plugin, processor, MediaOptions(), plugin.call_kwargs(processor, MediaOptions())), template
+
+
+def reference(ctx: MediaContext, messages: list[dict], images: list) -> dict:
+    """The family processor's own tokens and tensors for the conversation (its chat template, tokenize=True)."""
+    parts = []
+    for message in messages:
+        content, text = [], message["content"]
+        pieces = text.split("<image>")
+        for k, piece in enumerate(pieces):
+            if piece:
+                content.append({"type": "text", "text": piece})
+            if k < len(pieces) - 1:
+                content.append({"type": "image", "image": images.pop(0)})
+        parts.append({"role": message["role"], "content": content})
+    return ctx.processor.apply_chat_template(parts, tokenize=True, return_dict=True, return_tensors="pt")
+
+
+FAMILIES = [("qwen2_vl", "qwen2_vl"), ("qwen2_5_vl", "qwen2_vl"), ("qwen3_vl", "qwen3_vl_nothink")]
+
+
+@pytest.mark.parametrize("family,template_name", FAMILIES)
+@pytest.mark.parametrize("count", [1, 2])
+def test_ids_and_pixels_equal_the_processor_own(family, template_name, count):
+    ctx, template = context(family, template_name)
+    paths = [str(SHAPES / "red_circle.png"), str(SHAPES / "blue_square.png")][:count]
+    messages = [{"role": "user", "content": "<image>" * count + "What is shown?"},
+                {"role": "assistant", "content": "Shapes."}]
+    expanded = expand_messages(messages, {"image": paths, "video": [], "audio": []}, ctx)
+    ids = [i for prompt, answer in template.encode(ctx.processor.tokenizer, expanded) for i in prompt + answer]
+    images = [ctx.load("image", p) for p in paths]
+    ref = reference(ctx, messages, list(images))
+    theirs = ref["input_ids"][0].tolist()
+    # lathe's training text ends with the last answer's end token; the chat template adds a newline after it
+    assert ids == theirs[: len(ids)] and ctx.processor.tokenizer.decode(theirs[len(ids):]) == "\n"
+    ours = ctx.plugin.features(ctx.processor, {"image": images}, ctx.kwargs)
+    assert set(ours) == {"pixel_values", "image_grid_thw"}
+    for key, value in ours.items():
+        assert torch.equal(value, ref[key]), key
+
+
+def shapes_attr(**columns) -> DatasetAttr:
+    return DatasetAttr.from_entry("shapes", {
+        "file_name": "x.json", "formatting": "sharegpt", "media_dir": str(DATA / "lathe_shapes"),
+        "columns": {"messages": "messages", "images": "images", **columns},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+    })
+
+
+def test_conversion_follows_llama_factory_placeholder_rules_and_counts_bad_rows(tmp_path):
+    attr = shapes_attr()
+    attr.media_dir = str(DATA / "lathe_shapes")
+    turn = [{"role": "user", "content": "Describe it."}, {"role": "assistant", "content": "A shape."}]
+    rows = [
+        {"messages": turn, "images": ["images/red_circle.png"]},  # no placeholder: added in front
+        {"messages": [{**turn[0], "content": "<image><image>Two?"}, turn[1]], "images": ["images/red_circle.png"]},
+        {"messages": turn, "images": ["images/no_such.png"]},
+        {"messages": [turn[0], {**turn[1], "content": "<image>"}], "images": ["images/red_circle.png"]},
+    ]
+    result = convert_rows(attr, rows)
+    assert len(result.samples) == 1
+    assert result.samples[0]["messages"][0]["content"] == "<image>Describe it."
+    assert result.samples[0]["images"] == [str(SHAPES / "red_circle.png")]
+    assert result.skip_counts == {"placeholders and media differ": 1, "missing media file": 1,
+                                  "media placeholder in an answer": 1}
+    assert "rows 2" not in result.report() and "row 2" in result.report() and "no_such.png" in result.report()
+
+
+def test_unreadable_media_drop_the_row_with_reason_and_media_tokens_are_never_learned(tmp_path):
+    ctx, template = context("qwen2_vl", "qwen2_vl")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    from lathe.config.options import DataArguments
+
+    data_args = DataArguments(cutoff_len=512, train_on_prompt=True)  # even the prompt is learned, media never
+    batch = {
+        "messages": [[{"role": "user", "content": "<image>Hi"}, {"role": "assistant", "content": "Hello."}]] * 2,
+        "system": ["", ""], "tools": ["", ""],
+        "images": [[str(SHAPES / "green_square.png")], [str(broken)]],
+    }
+    out = encode_with_media(batch, inner=encode_supervised_batch, media=ctx,
+                            inner_kwargs={"template": template, "tokenizer": ctx.processor.tokenizer,
+                                          "data_args": data_args})
+    assert out["_drop"][0] == "" and out["_drop"][1].startswith("unreadable image") and "broken.png" in out["_drop"][1]
+    ids, labels = np.asarray(out["input_ids"][0]), np.asarray(out["labels"][0])
+    media_ids = ctx.processor.tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|vision_start|>", "<|vision_end|>"])
+    media = np.isin(ids, media_ids)
+    assert media.sum() > 2 and (labels[media] == IGNORE_INDEX).all() and (labels[~media] != IGNORE_INDEX).all()
+    assert out["images"] == batch["images"]
+
+
+def test_a_family_that_takes_no_video_refuses_a_video_row():
+    ctx, _ = context("qwen2_vl", "qwen2_vl")
+    from dataclasses import replace
+
+    ctx = replace(ctx, plugin=replace(ctx.plugin, prompt={"image": ctx.plugin.prompt["image"]}))
+    from lathe.data.media.load import MediaError
+
+    with pytest.raises(MediaError, match="video not taken"):
+        expand_messages([{"role": "user", "content": "<video>?"}], {"image": [], "video": ["v.mp4"], "audio": []}, ctx)
+
+
+def write_config(tmp_path: Path, model: Path, **overrides) -> Path:
+    config = {
+        "model_name_or_path": str(model), "stage": "sft", "do_train": True, "finetuning_type": "lora",
+        "lora_rank": 8, "dataset": "lathe_shapes", "dataset_dir": str(DATA), "template": "qwen2_vl",
+        "cutoff_len": 512, "output_dir": str(tmp_path / "out"), "overwrite_output_dir": True,
+        "per_device_train_batch_size": 4, "learning_rate": 2e-2, "max_steps": 4, "logging_steps": 1,
+        "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "lr_scheduler_type": "constant",
+    }
+    config.update(overrides)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def losses(output_dir: Path) -> list[float]:
+    lines = (output_dir / "trainer_log.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
+
+
+def test_lora_sft_on_images_trains_with_loss_falling_and_saves_the_processor(tmp_path):
+    from transformers import AutoProcessor
+
+    from lathe.config import load_config
+    from lathe.train import run_stage
+
+    cfg = load_config(write_config(tmp_path, tiny_vlm("qwen2_vl")))
+    result = run_stage(cfg)
+    out = Path(cfg.training.output_dir)
+    seen = losses(out)
+    assert len(seen) == 4 and seen[-1] < seen[0]
+    names = {n for n, p in result.model.named_parameters() if p.requires_grad}
+    assert names and all("lora_" in n and "visual" not in n for n in names)  # lora_target: all skips the encoder
+    assert (out / "processor_config.json").exists() and type(AutoProcessor.from_pretrained(out)).__name__ == "Qwen2VLProcessor"
+
+
+def test_full_sft_keeps_the_vision_tower_and_projector_frozen_by_default(tmp_path):
+    from lathe.config import load_config
+    from lathe.train import run_stage
+
+    cfg = load_config(write_config(tmp_path, tiny_vlm("qwen2_vl"), finetuning_type="full", max_steps=1,
+                                   learning_rate=1e-4, freeze_multi_modal_projector=False))
+    result = run_stage(cfg)
+    trainable = {n for n, p in result.model.named_parameters() if p.requires_grad}
+    assert any("visual.merger" in n for n in trainable)  # the projector trains when asked
+    assert not any("visual.blocks" in n or "patch_embed" in n for n in trainable)
+    assert any("language_model" in n for n in trainable)
+
+
+def test_packing_is_refused_for_a_family_with_mrope_positions(tmp_path):
+    from lathe.config import load_config
+    from lathe.train import run_stage
+
+    cfg = load_config(write_config(tmp_path, tiny_vlm("qwen2_vl"), neat_packing=True))
+    with pytest.raises(LatheError, match="mrope"):
+        run_stage(cfg)
+
+
+def test_full_sft_with_the_language_model_frozen_trains_the_encoder_only(tmp_path):
+    from lathe.config import load_config
+    from lathe.train import run_stage
+
+    cfg = load_config(write_config(tmp_path, tiny_vlm("qwen2_vl"), finetuning_type="full", max_steps=1,
+                                   freeze_vision_tower=False, freeze_language_model=True))
+    trainable = {n for n, p in run_stage(cfg).model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("model.visual.") and "merger" not in n for n in trainable)
+
+
+@pytest.mark.parametrize("option", ["image_do_pan_and_scan", "crop_to_patches", "use_audio_in_video"])
+def test_options_of_other_families_are_refused_by_name(tmp_path, option):
+    from lathe.config import load_config
+    from lathe.train import run_stage
+
+    cfg = load_config(write_config(tmp_path, tiny_vlm("qwen2_vl"), **{option: True}))
+    with pytest.raises(LatheError, match=f"`{option}: true`"):
+        run_stage(cfg)
+
+
+@pytest.mark.skipif(not shared_path("llamafactory-examples").exists(),
+                    reason="needs ../shared (LLaMA-Factory examples)")
+def test_llama_factory_qwen3vl_example_trains_on_its_demo_data(tmp_path):
+    """LLaMA-Factory's own qwen3vl_lora_sft.yaml, unchanged but for the model (a tiny Qwen3-VL), where the data is
+    and the length of the run: mllm_demo, identity and alpaca_en_demo mixed, with the loss falling."""
+    from lathe.config import load_config
+    from lathe.train import run_stage
+
+    source = shared_path("llamafactory-examples", "train_lora", "qwen3vl_lora_sft.yaml")
+    config = yaml.safe_load(source.read_text())
+    config.update(model_name_or_path=str(tiny_vlm("qwen3_vl")), dataset_dir=str(shared_path("data")),
+                  output_dir=str(tmp_path / "out"), bf16=False, max_samples=8, max_steps=6, logging_steps=1,
+                  gradient_accumulation_steps=1, per_device_train_batch_size=4, learning_rate=2e-2,
+                  warmup_ratio=0.0, lr_scheduler_type="constant", save_steps=1000, plot_loss=False,
+                  preprocessing_num_workers=1, dataloader_num_workers=0)
+    path = tmp_path / "qwen3vl_lora_sft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cfg = load_config(path)
+    run_stage(cfg)
+    seen = losses(Path(cfg.training.output_dir))
+    assert seen[-1] < seen[0]
