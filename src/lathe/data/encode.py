@@ -81,12 +81,13 @@ def stage_encoder(cfg: "RunConfig", tokenizer, template, media=None) -> tuple[An
     function, kwargs = processor.encode, processor.kwargs(cfg, tokenizer, template)
     if media is None:
         return function, kwargs
-    if processor.packs:
-        raise LatheError(f"`stage: {cfg.finetuning.stage}` packs text into blocks and cannot carry images, video or "
-                         "audio; train multimodal data with `stage: sft` (or dpo, kto, rm).")
     from .media.encode import encode_with_media
 
-    return encode_with_media, {"inner": function, "inner_kwargs": kwargs, "media": media}
+    stage = STAGES[cfg.finetuning.stage]
+    takes = ", ".join(name for name in STAGES if STAGES[name].media)
+    refuse = None if stage.media else (f"`stage: {stage.name}` does not take images, video or audio yet; the data "
+                                       f"has them. Stages that do: {takes}.")
+    return encode_with_media, {"inner": function, "inner_kwargs": kwargs, "media": media, "refuse": refuse}
 
 
 def tokenize_samples(samples: list[dict[str, Any]], cfg: "RunConfig", tokenizer, template, report: DataReport,

@@ -49,8 +49,8 @@ class ValueHeadModel(torch.nn.Module):
         """Scores [B]: the value at each sequence's last non-padding token (right padding)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        out = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1
+        out = self.backbone(  # kwargs: a multimodal backbone's media tensors
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1, **kwargs
         )
         hidden = out.hidden_states[-1]
         values = self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1)

@@ -93,6 +93,6 @@ def check_dpo(cfg: "RunConfig") -> None:
 
 
 DPO = STAGES.register(Stage(
-    name="dpo", help="preference pairs, with the loss `pref_loss` names", run=run_dpo, processor=PAIRWISE,
+    name="dpo", help="preference pairs, with the loss `pref_loss` names", media=True, run=run_dpo, processor=PAIRWISE,
     options=("pref_bco_weight", "ld_alpha"), check=check_dpo,
 ))

@@ -58,6 +58,15 @@ def next_token_targets(inputs: dict[str, Any]) -> torch.Tensor:
     return F.pad(inputs["labels"][..., 1:], (0, 1), value=IGNORE_INDEX)
 
 
+TEXT_KEYS = ("input_ids", "attention_mask", *LABEL_KEYS)
+
+
+def media_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """What a batch gives the model besides its ids, mask and labels: a multimodal model's media tensors
+    (pixel values, grids, token types; data/media/collate.py), empty for text batches."""
+    return {k: v for k, v in batch.items() if k not in TEXT_KEYS}
+
+
 def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     """`inputs` without the labels: for a forward pass whose loss the caller computes from the logits."""
     return {k: v for k, v in inputs.items() if k not in LABEL_KEYS}

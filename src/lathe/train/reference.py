@@ -181,10 +181,12 @@ def reference_of(model, ref):
 
 @torch.no_grad()
 def reference_logps(model, ref, batch: dict[str, torch.Tensor]):
+    from .learned_logits import media_inputs
     from .losses.logps import sequence_logps
 
     with reference_of(model, ref) as module:
-        logits = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        **media_inputs(batch)).logits
     return sequence_logps(logits, batch["labels"])
 
 
@@ -193,9 +195,10 @@ def run_with_reference(cfg: "RunConfig", trainer_cls, collator_cls, needs_refere
     from .base import build_and_train, setup_run
     from .stage import StageResult
 
+    from ..data.media.collate import pair_rows
+
     run = setup_run(cfg)  # (the ref_model_* options were checked with the config: the stage's check)
     ref = build_reference(cfg, run.model, run.tokenizer, needs_reference)
-    trainer, metrics = build_and_train(
-        cfg, run, trainer_cls, collator_cls(run.tokenizer.pad_token_id), finetuning=cfg.finetuning, ref_model=ref
-    )
+    collator = run.collator(collator_cls(run.tokenizer.pad_token_id), pair_rows)  # media: chosen rows, then rejected
+    trainer, metrics = build_and_train(cfg, run, trainer_cls, collator, finetuning=cfg.finetuning, ref_model=ref)
     return StageResult(metrics, trainer.model, run.tokenizer, extras={"ref_model": ref})

@@ -15,6 +15,7 @@ from ..data.processors import PAIRWISE
 from ..model.value_head import ValueHeadModel
 from ..registry import STAGES
 from .base import build_and_train, setup_run
+from .learned_logits import media_inputs
 from .losses.reward import pairwise_accuracy, pairwise_reward_loss
 from .stage import Stage, StageResult
 from .trainers import MeanLossTrainer
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 class RewardTrainer(MeanLossTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        scores = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        scores = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **media_inputs(inputs))
         half = scores.shape[0] // 2
         chosen, rejected = scores[:half], scores[half:]
         loss = pairwise_reward_loss(chosen, rejected)
@@ -46,10 +47,11 @@ class RewardTrainer(MeanLossTrainer):
 
 def run_rm(cfg: "RunConfig") -> StageResult:
     run = setup_run(cfg)
-    trainer, metrics = build_and_train(
-        cfg, run, RewardTrainer, PairwiseCollator(run.tokenizer.pad_token_id), model=ValueHeadModel(run.model)
-    )
+    from ..data.media.collate import pair_rows
+
+    collator = run.collator(PairwiseCollator(run.tokenizer.pad_token_id), pair_rows)  # media: chosen rows, then rejected
+    trainer, metrics = build_and_train(cfg, run, RewardTrainer, collator, model=ValueHeadModel(run.model))
     return StageResult(metrics, trainer.model, run.tokenizer)
 
 
-RM = STAGES.register(Stage(name="rm", help="reward modelling on pairs", run=run_rm, processor=PAIRWISE))
+RM = STAGES.register(Stage(name="rm", help="reward modelling on pairs", media=True, run=run_rm, processor=PAIRWISE))

@@ -207,7 +207,7 @@ def _default(group, key: str):
 
 
 SFT = STAGES.register(Stage(
-    name="sft", help="supervised fine-tuning on conversations", run=run_sft, processor=SUPERVISED, perplexity=True, model_loss=True,
+    name="sft", help="supervised fine-tuning on conversations", media=True, run=run_sft, processor=SUPERVISED, perplexity=True, model_loss=True,
     options=("train_on_prompt", "mask_history", "neat_packing", "padding_free", "compute_accuracy",
              "predict_with_generate", "ignore_pad_token_for_loss",
              *(key for loss in SFT_LOSSES for key in (loss.flag, *loss.options))),

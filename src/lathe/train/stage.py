@@ -44,3 +44,4 @@ class Stage(Choice):
     trainer: bool = True
     perplexity: bool = False
     model_loss: bool = False
+    media: bool = False  # its batches carry a multimodal model's images, video or audio (data/media)

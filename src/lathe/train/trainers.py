@@ -15,7 +15,7 @@ import torch
 from transformers import Trainer
 
 from .checkpoints import AtomicCheckpoints
-from .learned_logits import ChunkedHeadMixin
+from .learned_logits import ChunkedHeadMixin, media_inputs
 from .reference import place_reference
 
 
@@ -85,7 +85,8 @@ class MeanLossTrainer(StoredMetricsMixin, ChunkedHeadMixin, LatheTrainer):
 
         if self.chunked_head(model, batch, batch["input_ids"].numel()) is not None:
             return _chunked_sequence_logps(model, batch, ld_alpha)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       **media_inputs(batch)).logits
         return sequence_logps(logits, batch["labels"], ld_alpha=ld_alpha)
 
     @torch.no_grad()
@@ -107,5 +108,5 @@ def _chunked_sequence_logps(model, batch: dict[str, torch.Tensor], ld_alpha: flo
     from .losses.logps import sum_token_logps
 
     targets = shifted_targets(batch["labels"])
-    logps = token_logps(model, batch["input_ids"], batch["attention_mask"], targets)
+    logps = token_logps(model, batch["input_ids"], batch["attention_mask"], targets, extra=media_inputs(batch))
     return sum_token_logps(logps, targets, ld_alpha=ld_alpha)

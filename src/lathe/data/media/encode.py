@@ -115,8 +115,10 @@ def expand_messages(messages: Sequence[dict], media: Mapping[str, list[str]], co
 
 
 def encode_with_media(batch: dict[str, list], *, inner: Callable[..., dict[str, list]], inner_kwargs: dict[str, Any],
-                      media: MediaContext) -> dict[str, list]:
-    """The stage's processor `inner` over `batch`, with each sample's media expanded first (see the module)."""
+                      media: MediaContext, refuse: str | None = None) -> dict[str, list]:
+    """The stage's processor `inner` over `batch`, with each sample's media expanded first (see the module).
+
+    `refuse`: the stage cannot train on media; a sample that has some stops the run with this message."""
     n = len(batch["messages"])
     messages, drops = list(batch["messages"]), [""] * n
     for i in range(n):
@@ -124,6 +126,10 @@ def encode_with_media(batch: dict[str, list], *, inner: Callable[..., dict[str, 
         has_placeholder = any(PLACEHOLDER_RE.search(m["content"]) for m in messages[i])
         if not any(items.values()) and not has_placeholder:
             continue
+        if refuse and any(items.values()):
+            from ...errors import LatheError
+
+            raise LatheError(refuse)
         try:
             messages[i] = expand_messages(messages[i], items, media)
         except MediaError as error:

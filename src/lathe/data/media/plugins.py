@@ -97,7 +97,13 @@ class MediaPlugin(Choice):
         if media.get("image"):
             inputs["images"] = list(media["image"])
         if media.get("video"):
+            from transformers.video_utils import VideoMetadata
+
+            # the frames lathe sampled (load.py), with their rate, so timestamps (Qwen3-VL, GLM-4.1V) are the video's
             inputs["videos"] = [video.frames for video in media["video"]]
+            inputs["video_metadata"] = [VideoMetadata(total_num_frames=len(v.frames), fps=v.fps, duration=v.duration,
+                                                      frames_indices=list(range(len(v.frames))))
+                                        for v in media["video"]]
         if media.get("audio"):
             inputs["audio"] = list(media["audio"])
         return inputs
@@ -172,6 +178,35 @@ MEDIA_PLUGINS.register(MediaPlugin(
 
 MEDIA_PLUGINS.register(MediaPlugin(
     name="qwen3_vl", help="Qwen3-VL: images, and video as timestamped frames; mrope positions",
-    prompt=QWEN_VISION, model_types=("qwen3_vl", "qwen3_vl_moe"),
+    # a video's replacement is its frames, each `<t seconds><|vision_start|>...<|vision_end|>`: no outer wrapper
+    prompt={"image": QWEN_VISION["image"], "video": "{token}"}, model_types=("qwen3_vl", "qwen3_vl_moe"),
     token_types="mm_token_type_ids", mrope=True, call_kwargs=_fps,
+))
+
+MEDIA_PLUGINS.register(MediaPlugin(
+    name="glm4v", help="GLM-4.1V / GLM-4.5V: images and video, mrope positions",
+    prompt={"image": "<|begin_of_image|>{token}<|end_of_image|>", "video": "<|begin_of_video|>{token}<|end_of_video|>"},
+    model_types=("glm4v", "glm4v_moe"), token_types="mm_token_type_ids", mrope=True, call_kwargs=_fps,
+))
+
+# Families whose processor expands its own one-token placeholder, written bare by their chat templates.
+_BARE = "{token}"
+for _name, _help, _kinds, _types, _token_types in (
+    ("llava", "LLaVA 1.5: images", ("image",), ("llava",), None),
+    ("llava_next", "LLaVA-NeXT: images at any resolution", ("image",), ("llava_next",), None),
+    ("llava_next_video", "LLaVA-NeXT-Video: images and video", ("image", "video"), ("llava_next_video",), None),
+    ("llava_onevision", "LLaVA-OneVision: images and video", ("image", "video"), ("llava_onevision",), None),
+    ("gemma3", "Gemma 3: images (bidirectional attention inside each image)", ("image",), ("gemma3",), "token_type_ids"),
+    ("pixtral", "Pixtral / Mistral Small 3.1: images at their own size, rows of patches", ("image",),
+     ("mistral3", "pixtral"), None),
+    ("llama4", "Llama 4: images as tiles", ("image",), ("llama4",), None),
+    ("idefics3", "Idefics3 / SmolVLM: images split into tiles plus a global view", ("image",),
+     ("idefics3", "smolvlm"), None),
+):
+    MEDIA_PLUGINS.register(MediaPlugin(name=_name, help=_help, prompt=dict.fromkeys(_kinds, _BARE), model_types=_types,
+                                       token_types=_token_types))
+
+MEDIA_PLUGINS.register(MediaPlugin(
+    name="intern_vl", help="InternVL 3: images and video frames as <img>...</img> blocks",
+    prompt={"image": "{token}\n", "video": "{token}\n"}, model_types=("internvl",),
 ))
