@@ -42,3 +42,23 @@ target="."
 [ -n "$EXTRA" ] && target=".[$EXTRA]"
 "${PIP[@]}" -c "$constraints" -e "$target"
 echo "[setup] lathe installed in $VENV"
+
+# torchvision, for the video processors of multimodal models (images work without it). Its PyPI wheels are
+# CUDA builds that fail to import beside the CPU torch, so without CUDA: a local wheel of the matching release
+# from $LATHE_WHEELHOUSE (default ../shared/wheels, where one exists), else PyTorch's CPU index.
+if [ "$EXTRA" = "dev" ] || [ "$EXTRA" = "multimodal" ]; then
+    if ! "$PY" -c "import torchvision" 2>/dev/null; then
+        minor=$("$PY" -W ignore -c "import torch; print(torch.__version__.split('.')[1])")
+        vision="0.$((minor + 15))"
+        if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+            "${PIP[@]}" -c "$constraints" "torchvision==$vision.*" || echo "[setup] torchvision not installed"
+        else
+            wheels="${LATHE_WHEELHOUSE:-../shared/wheels}"
+            local_wheel=$(ls "$wheels"/torchvision-"$vision".*cpu*.whl 2>/dev/null | head -1 || true)
+            { [ -n "$local_wheel" ] && "${PIP[@]}" --no-deps "$local_wheel"; } \
+                || "${PIP[@]}" --no-deps --retries 0 --timeout 10 "torchvision==$vision.*+cpu" \
+                    --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
+                || echo "[setup] no CPU torchvision $vision reachable: video processors unavailable (video tests skip)"
+        fi
+    fi
+fi

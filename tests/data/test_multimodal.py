@@ -322,3 +322,47 @@ def test_reward_model_on_image_pairs_trains(tmp_path):
     run_stage(cfg)
     assert all(np.isfinite(losses(Path(cfg.training.output_dir))))
     assert (Path(cfg.training.output_dir) / "processor_config.json").exists()
+
+
+def test_export_of_a_lora_tuned_vlm_reloads_with_plain_transformers_and_the_same_logits(tmp_path):
+    """base + adapter merged; the processor (and its own chat template, which renders image parts) saved
+    beside it, so AutoProcessor and AutoModelForImageTextToText load the folder and agree to 1e-4."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from lathe.config import build_config, load_config
+    from lathe.export.merge import run_export
+    from lathe.train import run_stage
+
+    model = tiny_vlm("qwen2_vl")
+    cfg = load_config(write_config(tmp_path, model, max_steps=2))
+    result = run_stage(cfg)
+    out = tmp_path / "merged"
+    run_export(build_config({"model_name_or_path": str(model), "adapter_name_or_path": cfg.training.output_dir,
+                             "template": "qwen2_vl", "export_dir": str(out), "export_size": 1}, purpose="infer"))
+    processor = AutoProcessor.from_pretrained(out)
+    merged = AutoModelForImageTextToText.from_pretrained(out).eval()
+    chat = [{"role": "user", "content": [{"type": "image", "image": processor_image()},
+                                         {"type": "text", "text": "What shape?"}]}]
+    inputs = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_tensors="pt",
+                                           add_generation_prompt=True)
+    with torch.no_grad():
+        expected = result.model.eval()(**inputs).logits
+        got = merged(**inputs).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def processor_image():
+    from lathe.data.media.load import load_image
+
+    return load_image(str(SHAPES / "green_triangle.png"), MediaOptions())
+
+
+def test_perplexity_scores_multimodal_data_with_its_images(tmp_path):
+    from lathe.config import build_config
+    from lathe.evaluate.perplexity import run_perplexity
+
+    cfg = build_config({"model_name_or_path": str(tiny_vlm("qwen2_vl")), "template": "qwen2_vl", "stage": "sft",
+                        "dataset": "lathe_shapes", "dataset_dir": str(DATA), "max_samples": 6, "batch_size": 3},
+                       purpose="infer")
+    result = run_perplexity(cfg)
+    assert result["samples"] == 6 and np.isfinite(result["perplexity"]) and result["tokens"] > 0

@@ -28,6 +28,7 @@ def run_perplexity(cfg: "RunConfig") -> dict:
 
     from ..data.loader import get_dataset
     from ..infer.engine import load_inference_model
+    from ..train.base import run_media
     from ..train.losses.logps import sequence_logps
 
     stage = STAGES[cfg.finetuning.stage]
@@ -44,15 +45,21 @@ def run_perplexity(cfg: "RunConfig") -> dict:
     packing = cfg.data.packing if stage.packs_by_default else False
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, neat_packing=False, packing=packing))
     tokenizer, template, model = load_inference_model(cfg)
-    data = get_dataset(cfg, tokenizer, template).train
+    media = run_media(cfg, tokenizer, template)  # a multimodal model scores its data's images too
+    data = get_dataset(cfg, tokenizer, template, media).train
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    keep = ("input_ids", "labels")
+    if media is not None:
+        from ..data.media.collate import MediaCollator
+        from ..data.media.plugins import COLUMNS
+
+        collate, keep = MediaCollator(collate, media), keep + tuple(COLUMNS.values())
     rows, total_nll, total_tokens = [], 0.0, 0
     batch = cfg.evaluation.batch_size
     for start in range(0, len(data), batch):
-        features = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in data.select(
-            range(start, min(start + batch, len(data))))]
+        features = [{k: r[k] for k in keep} for r in data.select(range(start, min(start + batch, len(data))))]
         inputs = collate(features)
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
         sums, counts = sequence_logps(logits, inputs["labels"])
         for s, n in zip(sums.tolist(), counts.tolist()):
             if n:

@@ -100,6 +100,19 @@ def merge_placement(cfg: "RunConfig") -> "RunConfig":
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, quantization_device_map="auto"))
 
 
+def save_processor(cfg: "RunConfig", model, tokenizer, out: Path) -> None:
+    """A multimodal model's processor beside it, so the export loads with AutoProcessor.
+
+    Its chat template stays the model's own where it has one: that template renders image and video parts,
+    which lathe's text templates (saved with the tokenizer) do not."""
+    from ..model.multimodal import is_multimodal, load_processor
+
+    if not is_multimodal(model.config):
+        return
+    processor = load_processor(cfg.model, tokenizer)
+    processor.save_pretrained(out)
+
+
 def run_export(cfg: "RunConfig") -> Path:
     from ..infer.engine import load_inference_model
 
@@ -125,6 +138,7 @@ def run_export(cfg: "RunConfig") -> Path:
     model.config.use_cache = True
     model.save_pretrained(out, max_shard_size=f"{e.export_size}GB")
     tokenizer.save_pretrained(out)
+    save_processor(cfg, model, tokenizer, out)
     max_length = getattr(model.config, "max_position_embeddings", None)
     (out / "Modelfile").write_text(modelfile(template, tokenizer, max_length), encoding="utf-8")
     logger.info("Exported the merged model to %s", out)
