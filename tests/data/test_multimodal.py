@@ -366,3 +366,15 @@ def test_perplexity_scores_multimodal_data_with_its_images(tmp_path):
                        purpose="infer")
     result = run_perplexity(cfg)
     assert result["samples"] == 6 and np.isfinite(result["perplexity"]) and result["tokens"] > 0
+
+
+def test_plan_counts_the_encoder_and_the_tokens_of_an_image(tmp_path):
+    from lathe.config import build_config
+    from lathe.efficiency.plan import plan
+
+    cfg = build_config({"model_name_or_path": str(tiny_vlm("qwen2_vl")), "template": "qwen2_vl",
+                        "dataset": "lathe_shapes", "output_dir": str(tmp_path), "image_max_pixels": 448 * 448,
+                        "freeze_multi_modal_projector": False})
+    text = plan(cfg, None)
+    # Qwen2-VL: 14-pixel patches merged 2x2, so 448x448 pixels are 16 x 16 = 256 tokens
+    assert "vision 46,176 (frozen), projector 24,832 (trains)" in text and "about 256 tokens" in text

@@ -44,9 +44,12 @@ def meta_model(cfg: "RunConfig") -> torch.nn.Module:
 
     from ..model.load import load_model_config
 
+    from ..model.multimodal import is_multimodal, model_class
+
     config = load_model_config(cfg.model)
+    auto = model_class(config) if is_multimodal(config) else AutoModelForCausalLM
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
+        return auto.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
 
 
 @dataclass
@@ -169,8 +172,25 @@ def plan_totals(cfg: "RunConfig", names: list[str]) -> dict[str, int]:
     return {n: estimate(shape, n, batch=cfg.training.per_device_train_batch_size, **kwargs).total for n in names}
 
 
+def media_lines(cfg: "RunConfig", model) -> list[str]:
+    """A multimodal model's encoder and projector, whether they train, and what a typical image costs in tokens."""
+    from ..model.multimodal import frozen_parts, image_tokens, is_multimodal, part_params
+
+    if not is_multimodal(model.config):
+        return []
+    counts, frozen = part_params(model), frozen_parts(cfg)
+    parts = ", ".join(f"{part} {counts.get(part, 0):,} ({'frozen' if part in frozen else 'trains'})"
+                      for part in ("vision", "projector"))
+    tokens = image_tokens(model.config, cfg.data.image_max_pixels)
+    per_image = (f"; an image of image_max_pixels ({cfg.data.image_max_pixels:,}) becomes about {tokens:,} tokens "
+                 "of cutoff_len" if tokens else "")
+    return [f"multimodal: {parts}{per_image}. The table counts the whole model; `full` and `freeze` train only the "
+            "parts not frozen (freeze_vision_tower, freeze_multi_modal_projector)."]
+
+
 def plan(cfg: "RunConfig", memory: int | None, devices: int = 1, shard: str = "none") -> str:
-    shape = model_shape(meta_model(cfg))
+    model = meta_model(cfg)
+    shape = model_shape(model)
     t = cfg.training
     kwargs = plan_kwargs(cfg, devices, shard)
     batch = t.per_device_train_batch_size
@@ -195,7 +215,8 @@ def plan(cfg: "RunConfig", memory: int | None, devices: int = 1, shard: str = "n
               f"total adds {OVERHEAD // 1024**2} MiB of framework working memory. Logits are chunked where big "
               "(train/chunked_logits.py).",
               *(["max cutoff: the longest cutoff_len that fits the memory at this batch."] if memory else []),
-              "Formulas: docs/efficiency.md. Estimates: measure with a short run before renting hardware."]
+              "Formulas: docs/efficiency.md. Estimates: measure with a short run before renting hardware.",
+              *media_lines(cfg, model)]
     if memory:
         lines.insert(1, f"device memory: {memory / GiB:.1f} GiB")
     return "\n".join(lines)

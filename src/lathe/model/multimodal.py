@@ -112,3 +112,30 @@ def freeze_parts(model: Any, cfg: "RunConfig") -> int:
 
 def _base_name(name: str) -> str:
     return name.replace("base_model.model.", "", 1)
+
+
+def part_params(model: Any) -> dict[str, int]:
+    """Parameters per part ("vision", "projector", "language", None for the rest) of a multimodal model."""
+    counts: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        part = part_of(name)
+        counts[part] = counts.get(part, 0) + param.numel()
+    return counts
+
+
+def image_tokens(config: Any, max_pixels: int) -> int | None:
+    """About how many tokens an image of `max_pixels` pixels becomes, from the vision config alone (no processor):
+    patches of `patch_size`, merged `spatial_merge_size` x `spatial_merge_size` where the family merges; a family
+    with a fixed image size gives (image_size / patch_size)^2. None where the config says neither."""
+    vision = getattr(config, "vision_config", None)
+    patch = getattr(vision, "patch_size", None)
+    if not patch:
+        return None
+    fixed = getattr(config, "mm_tokens_per_image", None) or getattr(config, "image_seq_length", None)
+    if fixed:
+        return int(fixed)
+    merge = getattr(vision, "spatial_merge_size", None) or getattr(config, "spatial_merge_size", None)
+    if merge:
+        return max(1, max_pixels // (patch * merge) ** 2)
+    size = getattr(vision, "image_size", None)
+    return (int(size) // patch) ** 2 if size else None

@@ -43,7 +43,10 @@ class MediaContext:
     _media_ids: set[int] = field(default_factory=set, repr=False)
 
     def load(self, kind: str, path: str) -> Any:
-        return LOADERS[kind](path, self.opts)
+        item = LOADERS[kind](path, self.opts)
+        if kind == "image" and self.plugin.adjust_image is not None:  # e.g. Qwen-VL's 28-pixel minimum side
+            item = self.plugin.adjust_image(item)
+        return item
 
     def expansion(self, kind: str, path: str) -> str:
         """The text one item becomes in a prompt: the family's prompt text around the processor's replacement."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from lathe.data.media.load import adjust_for_qwen_vl
 from lathe.errors import LatheError
 from lathe.registry import Choice, Registry
 
@@ -49,6 +50,7 @@ class MediaPlugin(Choice):
     token_types: str | None = None
     mrope: bool = False
     audio_in_video: bool = False  # `use_audio_in_video`: the family also hears each video's sound track
+    adjust_image: Callable[[Any], Any] | None = field(default=None, compare=False)  # after lathe's own scaling
     call_kwargs: Callable[[Any, Any], dict[str, Any]] = field(default=lambda processor, opts: {}, compare=False)
 
     @property
@@ -173,20 +175,21 @@ QWEN_VISION = {"image": "<|vision_start|>{token}<|vision_end|>", "video": "<|vis
 MEDIA_PLUGINS.register(MediaPlugin(
     name="qwen2_vl", help="Qwen2-VL, Qwen2.5-VL, Qwen3-VL: images and video, mrope positions",
     prompt=QWEN_VISION, model_types=("qwen2_vl", "qwen2_5_vl"),
-    token_types="mm_token_type_ids", mrope=True, call_kwargs=_fps,
+    token_types="mm_token_type_ids", mrope=True, call_kwargs=_fps, adjust_image=adjust_for_qwen_vl,
 ))
 
 MEDIA_PLUGINS.register(MediaPlugin(
     name="qwen3_vl", help="Qwen3-VL: images, and video as timestamped frames; mrope positions",
     # a video's replacement is its frames, each `<t seconds><|vision_start|>...<|vision_end|>`: no outer wrapper
     prompt={"image": QWEN_VISION["image"], "video": "{token}"}, model_types=("qwen3_vl", "qwen3_vl_moe"),
-    token_types="mm_token_type_ids", mrope=True, call_kwargs=_fps,
+    token_types="mm_token_type_ids", mrope=True, call_kwargs=_fps, adjust_image=adjust_for_qwen_vl,
 ))
 
 MEDIA_PLUGINS.register(MediaPlugin(
     name="glm4v", help="GLM-4.1V / GLM-4.5V: images and video, mrope positions",
     prompt={"image": "<|begin_of_image|>{token}<|end_of_image|>", "video": "<|begin_of_video|>{token}<|end_of_video|>"},
     model_types=("glm4v", "glm4v_moe"), token_types="mm_token_type_ids", mrope=True, call_kwargs=_fps,
+    adjust_image=adjust_for_qwen_vl,
 ))
 
 # Families whose processor expands its own one-token placeholder, written bare by their chat templates.
