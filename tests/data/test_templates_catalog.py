@@ -62,7 +62,8 @@ LLAMA_FACTORY_TEXT = (
     "phi_small qwen qwen3 qwen3_5 qwen3_5_nothink qwen3_6 qwen3_nothink sailor seed_coder seed_oss smollm smollm2 "
     "solar starchat telechat2 vicuna xuanyuan yi youtu yuan zephyr"
 ).split()
-# ... and the multimodal ones (an mm_plugin other than the base one), refused by name until that support lands.
+# ... and the multimodal ones (an mm_plugin other than the base one): registered with lathe's media plugin where
+# lathe has one (MULTIMODAL_MEDIA), refused by name otherwise.
 LLAMA_FACTORY_MULTIMODAL = (
     "dots_ocr ernie_vl glm4_5v glm4v glm_ocr granite3_vision intern_vl keye_vl kimi_vl lfm2_vl llava llava_next "
     "llava_next_llama3 llava_next_mistral llava_next_qwen llava_next_video llava_next_video_mistral "
@@ -70,6 +71,17 @@ LLAMA_FACTORY_MULTIMODAL = (
     "paligemma paligemma_chat pixtral qwen2_audio qwen2_omni qwen2_vl qwen3_omni qwen3_omni_nothink qwen3_vl "
     "qwen3_vl_nothink video_llava yi_vl youtu_vl"
 ).split()
+# LLaMA-Factory's multimodal templates lathe registers (templates_published.yaml, or templates.yaml for the Qwen
+# families): name -> the media plugin it names. Their text is pinned through SAME_TEXT / EXPECTED below.
+MULTIMODAL_MEDIA = {
+    "qwen2_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl", "qwen3_vl_nothink": "qwen3_vl",
+    "llava_next": "llava_next", "llava_next_llama3": "llava_next", "llava_next_mistral": "llava_next",
+    "llava_next_qwen": "llava_next", "llava_next_yi": "llava_next", "llava_next_video": "llava_next_video",
+    "llava_next_video_mistral": "llava_next_video", "llava_next_video_yi": "llava_next_video",
+    "pixtral": "pixtral", "ministral3": "pixtral", "intern_vl": "intern_vl", "glm4v": "glm4v", "glm4_5v": "glm4v",
+}
+# Those written from LLaMA-Factory's definitions (templates_published.yaml): "unverified" in docs/templates.md.
+MULTIMODAL_PUBLISHED = set(MULTIMODAL_MEDIA) - {"qwen2_vl", "qwen3_vl", "qwen3_vl_nothink"}
 CHATML = (
     "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n"
     "<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\nA2<|im_end|>"
@@ -94,6 +106,7 @@ EXPECTED = {
                  ["\nA1<|user|>", "\nA2</s>"]),
     "chatml": (CHATML, ["A1<|im_end|>", "A2<|im_end|>"]),
     "intern2": ("<s>" + CHATML, ["A1<|im_end|>", "A2<|im_end|>"]),
+    "intern_vl": ("<s>" + CHATML, ["A1<|im_end|>", "A2<|im_end|>"]),
     "lfm2": ("<s>" + CHATML, ["A1<|im_end|>", "A2<|im_end|>"]),
     "cohere": ("<s><|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>S<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|USER_TOKEN|>Q1"
                "<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>A1<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|>"
@@ -144,21 +157,31 @@ EXPECTED = {
 }
 SAME_TEXT = {  # templates that render TWO_TURNS with a given system prompt exactly as another
     "chatml": ["chatml_de", "qwen", "qwen2_5", "qwen3", "qwen3_nothink", "yi", "smollm", "smollm2", "opencoder",
-               "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink"],
+               "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "llava_next_qwen", "llava_next_yi", "llava_next_video_yi"],
     "gemma": ["gemma2", "gemma3"],
     "granite3": ["granite"],
-    "vicuna": ["llava"],
+    "vicuna": ["llava", "llava_next", "llava_next_video"],
     "deepseek3": ["deepseekr1"],
+    # LLaMA-Factory's multimodal templates whose text is a text template's (their slots are the same)
+    "llama3": ["llava_next_llama3"],
+    "mistral": ["llava_next_mistral", "llava_next_video_mistral"],
+    "ministral": ["pixtral", "ministral3"],
+    "glmz1": ["glm4v"],
+    "glm4_moe": ["glm4_5v"],
 }
 DEFAULT_SYSTEMS = {
     "alpaca": "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
     "qwen": "You are a helpful assistant.",
     "qwen2_5": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
     "smollm2": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+    "llava_next": "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+                  "detailed, and polite answers to the user's questions.",
+    "llava_next_qwen": "You are a helpful assistant.",
+    "intern_vl": "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。",
     "vicuna": "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
               "detailed, and polite answers to the user's questions.",
 }
-EFFICIENT = {"glm4", "chatglm3", "baichuan2", "fewshot", "glm4_moe", "glm4_7"}
+EFFICIENT = {"glm4", "chatglm3", "baichuan2", "fewshot", "glm4_moe", "glm4_7", "glm4v", "glm4_5v"}
 
 
 def load(folder: str):
@@ -187,7 +210,8 @@ def test_catalog_covers_the_model_families():
         assert tpl.slots.description, f"{name} has no description"
         assert tpl.efficient_eos == (name in EFFICIENT | PUBLISHED_EFFICIENT)
     assert {name for name in names if get_template(name).slots.empty_thought} == (
-        {"qwen3", "qwen3_5", "gemma4", "glm4_moe", "glm4_7", "bailing_v2", "qwen3_vl"} | PUBLISHED_EMPTY_THOUGHT)
+        {"qwen3", "qwen3_5", "gemma4", "glm4_moe", "glm4_7", "bailing_v2", "qwen3_vl", "glm4v", "glm4_5v"}
+        | PUBLISHED_EMPTY_THOUGHT)
     assert get_template("deepseekr1").slots.thoughts_in_history == "drop"
 
 
@@ -200,6 +224,19 @@ def test_every_llama_factory_template_name_loads_or_is_refused_as_multimodal():
             continue
         with pytest.raises(LatheError, match=f"Template `{name}` is a multimodal one"):
             get_template(name)
+
+
+def test_multimodal_templates_name_their_media_plugin():
+    from lathe.data.media.plugins import MEDIA_PLUGINS
+
+    media = {name: get_template(name).media for name in list_templates() if get_template(name).media}
+    # llava, gemma3, llama4 and mistral_small (text templates of templates.yaml) may name theirs too
+    assert set(MULTIMODAL_MEDIA) <= set(media) <= set(MULTIMODAL_MEDIA) | {"llava", "gemma3", "llama4", "mistral_small"}
+    for name, plugin in media.items():
+        assert plugin in MEDIA_PLUGINS and MULTIMODAL_MEDIA.get(name, plugin) == plugin, name
+    assert set(MULTIMODAL_MEDIA) <= set(LLAMA_FACTORY_MULTIMODAL)
+    # GLM-4.1V / 4.5V end an answer at </answer> too (LLaMA-Factory's stop words)
+    assert "</answer>" in get_template("glm4v").stop_words and "</answer>" in get_template("glm4_5v").stop_words
 
 
 def test_docs_say_how_each_template_is_verified():
@@ -215,7 +252,7 @@ def test_docs_say_how_each_template_is_verified():
     for name in list_templates():
         verified = status[name]
         assert verified.split(" (")[0] in ("token parity", "text parity", "published format", "unverified"), name
-        assert (verified == "unverified") == (name in PUBLISHED_CHECKED), name
+        assert (verified == "unverified") == (name in PUBLISHED_CHECKED | MULTIMODAL_PUBLISHED), name
         if verified in ("token parity", "text parity"):
             assert name in parity_tested, f"{name} is marked {verified} without a parity test"
         if "(as `" in verified:

@@ -67,7 +67,8 @@ def load_processor(m: "ModelArguments", tokenizer: Any) -> Any:
                          f"(preprocessor_config.json / processor_config.json) cannot be loaded: {error}") from None
     if not hasattr(processor, "tokenizer") or processor is tokenizer:
         raise LatheError(f"{m.model_name_or_path}: the model takes images, video or audio, but the folder has no "
-                         "processor for them (processor_config.json or preprocessor_config.json); copy it from the base model's folder.")
+                         "processor for them (processor_config.json or preprocessor_config.json); copy it from the "
+                         "base model's folder.")
     processor.tokenizer = tokenizer
     return processor
 

@@ -121,15 +121,16 @@ MEDIA_PLUGINS: Registry = Registry("media plugin", "template", __name__)
 
 
 def plugin_for(template: Any, model_type: str | None) -> MediaPlugin | None:
-    """The run's plugin: the one its template names (`media` slot), else the one serving the model's type."""
-    name = getattr(template, "media", "") or ""
-    if name:
-        return MEDIA_PLUGINS[name]
+    """The run's plugin: the one serving the model's type, else the one its template names (`media` slot).
+
+    The model decides first: LLaMA-Factory's templates name a family's text (`llava_next_qwen` serves LLaVA-NeXT
+    and LLaVA-OneVision alike), while the kinds of media a model takes are its own."""
     for plugin_name in MEDIA_PLUGINS:
         plugin = MEDIA_PLUGINS[plugin_name]
         if model_type and model_type in plugin.model_types:
             return plugin
-    return None
+    name = getattr(template, "media", "") or ""
+    return MEDIA_PLUGINS[name] if name else None
 
 
 # Options of some image processors only: the run's option -> the processor's keyword.
@@ -209,7 +210,13 @@ for _name, _help, _kinds, _types, _token_types in (
     MEDIA_PLUGINS.register(MediaPlugin(name=_name, help=_help, prompt=dict.fromkeys(_kinds, _BARE), model_types=_types,
                                        token_types=_token_types))
 
+def _own_crops(processor: Any, opts: Any) -> dict[str, Any]:
+    """InternVL: the processor's call cuts images into tiles by default, the checkpoint's image processor (and
+    LLaMA-Factory) only when asked: follow the image processor's config; `crop_to_patches: true` turns it on."""
+    return {"crop_to_patches": bool(getattr(getattr(processor, "image_processor", None), "crop_to_patches", False))}
+
+
 MEDIA_PLUGINS.register(MediaPlugin(
     name="intern_vl", help="InternVL 3: images and video frames as <img>...</img> blocks",
-    prompt={"image": "{token}\n", "video": "{token}\n"}, model_types=("internvl",),
+    prompt={"image": "{token}\n", "video": "{token}\n"}, model_types=("internvl",), call_kwargs=_own_crops,
 ))

@@ -84,8 +84,8 @@ def list_templates() -> list[str]:
     return sorted(_registry())
 
 
-# LLaMA-Factory's templates for image, video and audio models: refused by name until lathe trains
-# multimodal models, so a config naming one learns why instead of reading "unknown template".
+# LLaMA-Factory's templates for image, video and audio models: those lathe has no media plugin for are refused by
+# name, so a config naming one learns why instead of reading "unknown template".
 MULTIMODAL_TEMPLATES = frozenset({
     "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "qwen2_audio", "qwen2_omni", "qwen3_omni", "qwen3_omni_nothink",
     "llava", "llava_next", "llava_next_llama3", "llava_next_mistral", "llava_next_qwen", "llava_next_yi",
@@ -99,8 +99,9 @@ MULTIMODAL_TEMPLATES = frozenset({
 def get_template(name: str) -> SlotTemplate:
     """The registered template called `name`; an unknown name raises LatheError with close names."""
     if name in MULTIMODAL_TEMPLATES and name not in _registry():
-        raise LatheError(f"Template `{name}` is a multimodal one (images, video or audio): lathe trains text models "
-                         f"only so far. Use the model's text template, or leave `template` out.")
+        raise LatheError(f"Template `{name}` is a multimodal one (images, video or audio) whose family lathe has no "
+                         f"media plugin for yet (docs/multimodal.md lists those it has). Use the model's text template, "
+                         f"or leave `template` out.")
     return lookup(_registry(), name, "template", hint=f"Templates are defined in {TEMPLATES_FILE}; leave `template` "
                   "out to use the tokenizer's own chat template.")
 
