@@ -130,6 +130,43 @@ def test_video_ids_and_tensors_equal_the_processor_own(tmp_path, family, templat
         assert torch.equal(value, ref[key]), key
 
 
+def write_wav(path: Path, seconds: float = 1.5, rate: int = 8000) -> Path:
+    """A mono 440 Hz tone, written with the standard library (resampled to 16 kHz when loaded)."""
+    import wave
+
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (np.sin(2 * np.pi * 440 * t) * 20000).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return path
+
+
+@pytest.mark.parametrize("family,template_name", [("qwen2_audio", "qwen2_audio"), ("qwen2_5_omni", "qwen2_omni")])
+def test_audio_ids_and_features_equal_the_processor_own(tmp_path, family, template_name):
+    """LLaMA-Factory writes audio as <|audio_bos|><|AUDIO|><|audio_eos|> (no "Audio 1:" line, which the vendor's
+    chat template adds), so the reference is the processor called on lathe's text with that placeholder."""
+    pytest.importorskip("av", reason="PyAV decodes audio")
+    ctx, template = context(family, template_name)
+    path = str(write_wav(tmp_path / "tone.wav"))
+    messages = [{"role": "user", "content": "<audio>What is it?"}, {"role": "assistant", "content": "A tone."}]
+    expanded = expand_messages(messages, {"image": [], "video": [], "audio": [path]}, ctx)
+    ids = [i for prompt, answer in template.encode(ctx.processor.tokenizer, expanded) for i in prompt + answer]
+    placeholder = [{**messages[0], "content": ctx.plugin.prompt_text(ctx.processor, "audio") + "What is it?"},
+                   messages[1]]
+    audio = ctx.load("audio", path)
+    assert audio.shape == (24000,)  # 1.5 s at 16 kHz
+    ref = ctx.processor(text=[template.render(ctx.processor.tokenizer, placeholder).text], audio=[audio],
+                        return_tensors="pt", **ctx.kwargs)
+    assert ids == ref["input_ids"][0].tolist()
+    ours = ctx.plugin.features(ctx.processor, {"audio": [audio]}, ctx.kwargs)
+    assert set(ours) == {"input_features", "feature_attention_mask"}
+    for key, value in ours.items():
+        assert torch.equal(value, ref[key]), key
+
+
 def shapes_attr(**columns) -> DatasetAttr:
     return DatasetAttr.from_entry("shapes", {
         "file_name": "x.json", "formatting": "sharegpt", "media_dir": str(DATA / "lathe_shapes"),
@@ -268,26 +305,38 @@ def test_options_of_other_families_are_refused_by_name(tmp_path, option):
         run_stage(cfg)
 
 
+LF_CASES = [  # (example config, tiny family, its template (None: the config's), dataset, where the data is)
+    ("qwen3vl_lora_sft.yaml", "qwen3_vl", None, "mllm_demo,identity,alpaca_en_demo", "shared"),
+    ("qwen3vl_lora_sft.yaml", "qwen3_vl", None, "mllm_video_demo", "shared"),  # the config's `video:` comment
+    ("qwen3vl_lora_sft.yaml", "qwen2_audio", "qwen2_audio", "mllm_audio_demo", "shared"),
+    ("qwen3vl_lora_dpo.yaml", "qwen3_vl", None, "lathe_shapes_dpo", "lathe"),  # its rlhf_v is a hub dataset
+]
+
+
 @pytest.mark.skipif(not shared_path("llamafactory-examples").exists(),
                     reason="needs ../shared (LLaMA-Factory examples)")
-@pytest.mark.parametrize("dataset", ["mllm_demo,identity,alpaca_en_demo", "mllm_video_demo"])
-def test_llama_factory_qwen3vl_example_trains_on_its_demo_data(tmp_path, dataset):
-    """LLaMA-Factory's own qwen3vl_lora_sft.yaml, unchanged but for the model (a tiny Qwen3-VL), where the data is
-    and the length of the run: its image mix (mllm_demo, identity and alpaca_en_demo) and its video set (the
-    config's comment: `video: mllm_video_demo`), with the loss falling."""
-    if "video" in dataset:
+@pytest.mark.parametrize("example,family,template_name,dataset,where", LF_CASES,
+                         ids=[f"{c[0][:-5]}-{c[3].split(',')[0]}" for c in LF_CASES])
+def test_llama_factory_multimodal_examples_train_on_its_demo_data(tmp_path, example, family, template_name, dataset,
+                                                                  where):
+    """LLaMA-Factory's own qwen3vl_lora_sft.yaml / qwen3vl_lora_dpo.yaml, unchanged but for the model (a tiny
+    model of the family), where the data is and the length of the run: its image mix (mllm_demo, identity and
+    alpaca_en_demo), its video and audio sets, and image preference pairs, with the loss falling."""
+    if dataset == "mllm_video_demo":
         pytest.importorskip("torchvision", reason="transformers' video processors need torchvision")
     from lathe.config import load_config
     from lathe.train import run_stage
 
-    source = shared_path("llamafactory-examples", "train_lora", "qwen3vl_lora_sft.yaml")
-    config = yaml.safe_load(source.read_text())
-    config.update(model_name_or_path=str(tiny_vlm("qwen3_vl")), dataset_dir=str(shared_path("data")), dataset=dataset,
+    config = yaml.safe_load(shared_path("llamafactory-examples", "train_lora", example).read_text())
+    config.update(model_name_or_path=str(tiny_vlm(family)), dataset=dataset,
+                  dataset_dir=str(shared_path("data") if where == "shared" else DATA),
                   output_dir=str(tmp_path / "out"), bf16=False, max_samples=8, max_steps=6, logging_steps=1,
                   gradient_accumulation_steps=1, per_device_train_batch_size=4, learning_rate=2e-2,
                   warmup_ratio=0.0, lr_scheduler_type="constant", save_steps=1000, plot_loss=False,
                   preprocessing_num_workers=1, dataloader_num_workers=0)
-    path = tmp_path / "qwen3vl_lora_sft.yaml"
+    if template_name:
+        config["template"] = template_name
+    path = tmp_path / example
     path.write_text(yaml.safe_dump(config))
     cfg = load_config(path)
     run_stage(cfg)

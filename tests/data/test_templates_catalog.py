@@ -75,13 +75,15 @@ LLAMA_FACTORY_MULTIMODAL = (
 # families): name -> the media plugin it names. Their text is pinned through SAME_TEXT / EXPECTED below.
 MULTIMODAL_MEDIA = {
     "qwen2_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl", "qwen3_vl_nothink": "qwen3_vl",
+    "qwen2_audio": "qwen2_audio", "qwen2_omni": "qwen2_omni",
     "llava_next": "llava_next", "llava_next_llama3": "llava_next", "llava_next_mistral": "llava_next",
     "llava_next_qwen": "llava_next", "llava_next_yi": "llava_next", "llava_next_video": "llava_next_video",
     "llava_next_video_mistral": "llava_next_video", "llava_next_video_yi": "llava_next_video",
     "pixtral": "pixtral", "ministral3": "pixtral", "intern_vl": "intern_vl", "glm4v": "glm4v", "glm4_5v": "glm4v",
 }
 # Those written from LLaMA-Factory's definitions (templates_published.yaml): "unverified" in docs/templates.md.
-MULTIMODAL_PUBLISHED = set(MULTIMODAL_MEDIA) - {"qwen2_vl", "qwen3_vl", "qwen3_vl_nothink"}
+MULTIMODAL_PUBLISHED = set(MULTIMODAL_MEDIA) - {"qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "qwen2_audio",
+                                                "qwen2_omni"}
 CHATML = (
     "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n"
     "<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\nA2<|im_end|>"
@@ -157,7 +159,8 @@ EXPECTED = {
 }
 SAME_TEXT = {  # templates that render TWO_TURNS with a given system prompt exactly as another
     "chatml": ["chatml_de", "qwen", "qwen2_5", "qwen3", "qwen3_nothink", "yi", "smollm", "smollm2", "opencoder",
-               "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "llava_next_qwen", "llava_next_yi", "llava_next_video_yi"],
+               "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "llava_next_qwen", "llava_next_yi", "llava_next_video_yi",
+               "qwen2_audio", "qwen2_omni"],
     "gemma": ["gemma2", "gemma3"],
     "granite3": ["granite"],
     "vicuna": ["llava", "llava_next", "llava_next_video"],

@@ -194,9 +194,10 @@ def check_causal_lm(m: "ModelArguments") -> None:
     """
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from .multimodal import is_multimodal
+    from .multimodal import check_trainable, is_multimodal
 
     config = load_model_config(m)
+    check_trainable(config, m.model_name_or_path)
     remote = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
     if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (remote and m.trust_remote_code) or is_multimodal(config):
         return

@@ -34,6 +34,19 @@ PARTS = (
 )
 
 
+# Checkpoints whose top model is not the one that trains: refused before the data, with what to do.
+WHOLE_OMNI = {
+    "qwen2_5_omni": "Qwen2.5-Omni's checkpoint holds the thinker (text, images, video, audio in; text out) and the "
+                    "talker (speech out); lathe trains the thinker: save `model.thinker` of it "
+                    "(Qwen2_5OmniThinkerForConditionalGeneration) to a folder with the processor and train that",
+}
+
+
+def check_trainable(config: Any, where: str) -> None:
+    if getattr(config, "model_type", None) in WHOLE_OMNI:
+        raise LatheError(f"{where}: {WHOLE_OMNI[config.model_type]}.")
+
+
 def is_multimodal(config: Any) -> bool:
     """A config whose model takes media (a vision or audio encoder) and that transformers builds as a multimodal LM."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES

@@ -220,3 +220,26 @@ MEDIA_PLUGINS.register(MediaPlugin(
     name="intern_vl", help="InternVL 3: images and video frames as <img>...</img> blocks",
     prompt={"image": "{token}\n", "video": "{token}\n"}, model_types=("internvl",), call_kwargs=_own_crops,
 ))
+
+
+def _audio_rate(processor: Any, opts: Any) -> dict[str, Any]:
+    """Audio arrives resampled to `audio_sampling_rate` (load.py); the feature extractor is told so."""
+    return {"sampling_rate": opts.audio_sampling_rate}
+
+
+MEDIA_PLUGINS.register(MediaPlugin(
+    name="qwen2_audio", help="Qwen2-Audio: audio as Whisper features", model_types=("qwen2_audio",),
+    prompt={"audio": "<|audio_bos|>{token}<|audio_eos|>"}, call_kwargs=_audio_rate,
+))
+
+
+def _omni(processor: Any, opts: Any) -> dict[str, Any]:
+    return {**_fps(processor, opts), **_audio_rate(processor, opts)}
+
+
+MEDIA_PLUGINS.register(MediaPlugin(
+    name="qwen2_omni", help="Qwen2.5-Omni (its thinker): images, video and audio; mrope positions",
+    model_types=("qwen2_5_omni_thinker",), mrope=True, call_kwargs=_omni, adjust_image=adjust_for_qwen_vl,
+    prompt={"image": "<|vision_bos|>{token}<|vision_eos|>", "video": "<|vision_bos|>{token}<|vision_eos|>",
+            "audio": "<|audio_bos|>{token}<|audio_eos|>"},
+))
