@@ -427,3 +427,17 @@ def test_plan_counts_the_encoder_and_the_tokens_of_an_image(tmp_path):
     text = plan(cfg, None)
     # Qwen2-VL: 14-pixel patches merged 2x2, so 448x448 pixels are 16 x 16 = 256 tokens
     assert "vision 46,176 (frozen), projector 24,832 (trains)" in text and "about 256 tokens" in text
+
+
+def test_qlora_on_a_vlm_quantizes_the_language_model_only(tmp_path):
+    """4-bit QLoRA: the language model's linear layers are quantized and adapted; the frozen vision tower keeps
+    its weights as they are (quantizing an encoder that does not train only loses precision)."""
+    pytest.importorskip("bitsandbytes")
+    from lathe.config import load_config
+    from lathe.train import run_stage
+
+    cfg = load_config(write_config(tmp_path, tiny_vlm("qwen2_vl"), quantization_bit=4, max_steps=2))
+    model = run_stage(cfg).model
+    kinds = {name: type(module).__name__ for name, module in model.named_modules()}
+    assert any(k.startswith("Linear4bit") or k == "Linear4bit" for n, k in kinds.items() if "language_model" in n)
+    assert not any("4bit" in k for n, k in kinds.items() if ".visual." in n)

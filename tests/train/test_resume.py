@@ -192,3 +192,19 @@ def test_disk_full_mid_run_stops_with_the_last_good_checkpoint_kept(tmp_path, sf
         run_stage(cfg)
     out = tmp_path / "out"
     assert checkpoint_complete(out / "checkpoint-2") and not (out / "checkpoint-4").exists()
+
+
+@pytest.mark.slow  # three processes of `lathe train` (about 30 s alone)
+def test_multimodal_sft_resumes_exactly(tmp_path):
+    """Images in the batches (a tiny Qwen2-VL on lathe_shapes): the media come from the same samples after the
+    resume, so losses and weights are the uninterrupted run's."""
+    from lathe.testing.tiny_vlm import build_tiny_vlm
+
+    data = Path(__file__).resolve().parents[2] / "data"
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({
+        "model_name_or_path": str(build_tiny_vlm("qwen2_vl")), "stage": "sft", "do_train": True,
+        "finetuning_type": "lora", "dataset": "lathe_shapes", "dataset_dir": str(data), "template": "qwen2_vl",
+        "cutoff_len": 256, "report_to": "none", "disable_tqdm": True, **{**RESUMABLE, "max_steps": 6},
+    }))
+    check_resume_is_exact(tmp_path, base, kill_at=4, mode="log")

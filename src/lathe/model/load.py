@@ -231,6 +231,10 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(cfg)}
     quant = quantization_config(cfg, kwargs["dtype"])
     if quant is not None:
+        from .multimodal import is_multimodal, skip_encoders_in_quantization
+
+        if is_multimodal(config):
+            skip_encoders_in_quantization(quant)
         kwargs["quantization_config"] = quant
     dequantize = prequantized_config(prequantized, kwargs["dtype"])
     if dequantize is not None:  # mxfp4 / fp8: plain tensors from here on

@@ -153,3 +153,16 @@ def image_tokens(config: Any, max_pixels: int) -> int | None:
         return max(1, max_pixels // (patch * merge) ** 2)
     size = getattr(vision, "image_size", None)
     return (int(size) // patch) ** 2 if size else None
+
+
+# Module patterns (transformers' quantizer skip-list syntax: a regex from the start, up to a module boundary)
+# that stay unquantized in a multimodal model: the encoders and projectors, small and mostly frozen, where
+# 4-bit weights would only lose precision; and the output head, which transformers keeps out by default.
+QUANTIZATION_SKIPS = [r".*(visual|vision_tower|vision_model|vision_encoder|audio_tower|multi_modal_projector|"
+                      r"mm_projector|connector)", "lm_head"]
+
+
+def skip_encoders_in_quantization(quant: Any) -> None:
+    """Keep a bitsandbytes config of a multimodal model off its encoders and projector (QUANTIZATION_SKIPS)."""
+    if hasattr(quant, "llm_int8_skip_modules"):
+        quant.llm_int8_skip_modules = list(QUANTIZATION_SKIPS) + list(quant.llm_int8_skip_modules or [])

@@ -158,10 +158,12 @@ def check_media_run(cfg: "RunConfig", plugin: MediaPlugin) -> None:
     if d.use_audio_in_video and not plugin.audio_in_video:
         raise LatheError(f"`use_audio_in_video: true` feeds each video's sound to the omni models that hear it; "
                          f"media plugin `{plugin.name}` takes {', '.join(plugin.kinds)} only. Remove the option.")
-    if plugin.mrope and (d.neat_packing or d.packing or ("padding_free" in cfg.explicit and d.padding_free)):
+    if d.neat_packing or d.packing or ("padding_free" in cfg.explicit and d.padding_free):
         key = "neat_packing" if d.neat_packing else "packing" if d.packing else "padding_free"
-        raise LatheError(f"`{key}` cannot be used with media plugin `{plugin.name}`: its model numbers positions in "
-                         "3-D from each sample's media (mrope), which a shared row would mix; leave it unset.")
+        why = ("its model numbers positions in 3-D from each sample's media (mrope), which a shared row would mix"
+               if plugin.mrope else "a shared row does not carry its samples' media apart yet")
+        raise LatheError(f"`{key}` cannot be used with media plugin `{plugin.name}`: {why}; leave it unset "
+                         "(multimodal batches keep one sample per row).")
 
 
 def _fps(processor: Any, opts: Any) -> dict[str, Any]:
