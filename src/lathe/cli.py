@@ -20,7 +20,7 @@ USAGE = """usage: lathe <command> [options]
 
 commands:
   train CONFIG [key=value ...]   fine-tune a model (CONFIG: YAML or JSON, LLaMA-Factory keys)
-  chat CONFIG [--system S] [--tools F.json] [key=value ...]
+  chat CONFIG [--system S] [--tools F.json] [--image P] [--video P] [--audio P] [key=value ...]
                                  talk to a model (with its adapters) in the terminal, streaming
   api CONFIG [key=value ...]     serve the model with an OpenAI-compatible API (API_HOST, API_PORT, API_KEY)
   webui [--workdir DIR]          the Board: train / evaluate / chat / export in the browser (127.0.0.1:7860;
@@ -110,18 +110,9 @@ def cmd_data(args: list[str]) -> int:
 
 
 def cmd_chat(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lathe chat", description="Talk to a model in the terminal.")
-    parser.add_argument("config", nargs="?", help="a config (YAML or JSON) naming the model and template")
-    parser.add_argument("--system", help="system prompt (default: the config's default_system)")
-    parser.add_argument("--tools", help="JSON file with a list of tool definitions the model may call")
-    parser.add_argument("overrides", nargs="*", help="key=value options")
-    ns = parser.parse_intermixed_args(args)  # key=value overrides may come after the flags
-    from .infer.chat_cli import read_tools, run_chat
+    from .infer.chat_cli import chat_main  # its parser: --system, --tools, --image / --video / --audio
 
-    path, overrides = _split_config_args(([ns.config] if ns.config else []) + ns.overrides)
-    read_tools(ns.tools)  # a bad tools file fails before the model loads
-    run_chat(_config(path, overrides, purpose="infer"), system=ns.system, tools_file=ns.tools)
-    return 0
+    return chat_main(args)
 
 
 def cmd_api(args: list[str]) -> int:

@@ -10,6 +10,8 @@ Two choices worth knowing:
   lock: waiting requests then queue in the event loop instead of each holding a worker thread,
   so the server keeps answering (and a stream holding the engine can never be starved of the
   thread it needs to go on).
+- Media parts (images, video, audio) are read only from data: URLs unless LATHE_API_MEDIA_DIRS /
+  LATHE_API_REMOTE_MEDIA allow local files / downloads (api_requests.py), and only for a model that takes them.
 - Every error leaves in OpenAI's shape `{"error": {"message", "type", "param", "code"}}`, so
   clients raise their usual exceptions; a bad request is a 400 naming the field, never a 500.
 """
@@ -37,7 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import LatheError
-from .api_requests import APIError, Prompt, choice_of, error_body, generation_options, to_prompt
+from .api_requests import APIError, MediaRules, Prompt, choice_of, error_body, generation_options, to_prompt
 from .api_schema import ChatCompletionRequest, ScoreRequest
 
 if TYPE_CHECKING:
@@ -68,10 +70,15 @@ def _next_piece(iterator: Any) -> tuple[bool, Any]:
 
 
 def create_app(engine: Any, api_key: str | None = None, model_name: str | None = None,
-               cors_origins: list[str] | None = None) -> FastAPI:
+               cors_origins: list[str] | None = None, media_rules: MediaRules | None = None) -> FastAPI:
     """The FastAPI app over `engine` (anything with BaseEngine's chat/stream_chat/count_prompt_tokens/
-    max_length/template/model_name), requiring `Authorization: Bearer <api_key>` when a key is given."""
+    max_length/template/model_name), requiring `Authorization: Bearer <api_key>` when a key is given.
+    `media_rules`: where media parts may come from (default: the LATHE_API_MEDIA_DIRS / LATHE_API_REMOTE_MEDIA
+    environment); the engine's `media_kinds` say which kinds its model takes."""
     served = model_name or engine.model_name
+    rules = media_rules or MediaRules.from_env()
+    media_kinds = tuple(getattr(engine, "media_kinds", ()) or ())
+    refusal = engine.no_media_reason() if hasattr(engine, "no_media_reason") else None
     started = int(time.time())
     gate = anyio.Lock()  # one generation at a time, queued in the event loop (see module docstring)
     app = FastAPI(title="lathe OpenAI-compatible API", version="1")
@@ -101,14 +108,20 @@ def create_app(engine: Any, api_key: str | None = None, model_name: str | None =
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(request: ChatCompletionRequest):
-        prompt = to_prompt(request)
+        # in a worker thread: media parts are decoded (or read, or downloaded) here
+        prompt = await run_in_threadpool(to_prompt, request, media_kinds, rules, refusal)
         options = generation_options(request)
         too_long = getattr(engine, "surely_too_long", None)
         if too_long is not None and too_long(prompt.messages, prompt.system, prompt.tools):
             raise APIError(400, f"The prompt cannot fit the model's context of {engine.max_length} tokens: "
                            f"shorten the messages.", param="messages", code="context_length_exceeded")
-        prompt_tokens = await run_in_threadpool(engine.count_prompt_tokens, prompt.messages, prompt.system,
-                                                prompt.tools)
+        try:  # with media, the count expands them: a file the model's loaders cannot read is refused here
+            prompt_tokens = await run_in_threadpool(engine.count_prompt_tokens, prompt.messages, prompt.system,
+                                                    prompt.tools, **prompt.media())
+        except LatheError as err:
+            if not prompt.media():
+                raise
+            raise APIError(400, str(err), param="messages") from None
         if prompt_tokens >= engine.max_length:
             raise APIError(400, f"The prompt has {prompt_tokens} tokens, but the model's context is "
                            f"{engine.max_length} tokens: shorten the messages.", param="messages",
@@ -120,7 +133,7 @@ def create_app(engine: Any, api_key: str | None = None, model_name: str | None =
             return EventSourceResponse(events)
         async with gate:
             responses = await run_in_threadpool(engine.chat, prompt.messages, prompt.system, prompt.tools,
-                                                **options)
+                                                **prompt.media(), **options)
         completion_tokens = sum(r.completion_tokens for r in responses)
         return {
             "id": ident, "object": "chat.completion", "created": created, "model": served,
@@ -139,13 +152,14 @@ def create_app(engine: Any, api_key: str | None = None, model_name: str | None =
                 if prompt.tools:
                     # Whether the answer is a call is only known once it is complete: generate it whole.
                     (response,) = await run_in_threadpool(engine.chat, prompt.messages, prompt.system,
-                                                          prompt.tools, **options)
+                                                          prompt.tools, **prompt.media(), **options)
                     for event in _whole_answer_chunks(ident, created, served, choice_of(engine, 0, response, prompt)):
                         yield event
                     completion_tokens = response.completion_tokens
                 else:
                     text, final = "", None
-                    iterator = engine.stream_chat(prompt.messages, prompt.system, prompt.tools, **options)
+                    iterator = engine.stream_chat(prompt.messages, prompt.system, prompt.tools, **prompt.media(),
+                                                  **options)
                     try:
                         while True:
                             more, value = await run_in_threadpool(_next_piece, iterator)
@@ -266,7 +280,9 @@ def run_api(cfg: RunConfig) -> None:
 
     Settings come from LLaMA-Factory's environment variables, so existing deployments keep working:
     API_HOST (default 127.0.0.1), API_PORT (8000), API_KEY (unset: no auth), API_MODEL_NAME
-    (default: model_name_or_path), plus API_CORS_ORIGINS (comma-separated; unset: no CORS).
+    (default: model_name_or_path), plus API_CORS_ORIGINS (comma-separated; unset: no CORS) and, for a model
+    that takes media, LATHE_API_MEDIA_DIRS (folders local media files may be read from) and
+    LATHE_API_REMOTE_MEDIA=1 (download http(s) media URLs); see api_requests.py.
     """
     import uvicorn
 

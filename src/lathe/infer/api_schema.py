@@ -16,11 +16,35 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 
+class MediaURL(BaseModel):
+    """`image_url` / `video_url`: a data: URL, a local path or file:// URL, or an http(s) URL (api_requests.py
+    says which are taken)."""
+
+    url: str = Field(min_length=1)
+    detail: str | None = None  # OpenAI's resolution hint; the model's processor decides the resolution
+
+
+class InputAudio(BaseModel):
+    """`input_audio`: base64 audio in one of OpenAI's formats."""
+
+    data: str = Field(min_length=1)
+    format: str
+
+
 class ContentPart(BaseModel):
-    """One part of a message's content; only `text` parts exist for a text model (checked in api_requests.py)."""
+    """One part of a message's content: `text`, or `image_url` / `video_url` / `input_audio` for a model that takes
+    media. The type is a plain string so an unknown one is refused in api_requests.py, naming the part."""
 
     type: str
     text: str | None = None
+    image_url: MediaURL | None = None
+    video_url: MediaURL | None = None
+    input_audio: InputAudio | None = None
+
+    @field_validator("image_url", "video_url", mode="before")
+    @classmethod
+    def _bare_url(cls, value: Any) -> Any:
+        return {"url": value} if isinstance(value, str) else value  # some clients send the URL itself
 
 
 # OpenAI lets content be a string or a list of parts.

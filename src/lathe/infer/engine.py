@@ -9,6 +9,10 @@ streaming runs it in a background thread feeding a `TextIteratorStreamer`. One l
 serialises generation: a transformers model holds no per-request state, but two generations
 interleaved on one CPU/GPU only slow each other down and two streamers must not share a
 thread. vLLM and SGLang live in their own modules (`vllm_engine.py`, `sglang_engine.py`).
+
+Images, video and audio (`chat(..., images=[...], videos=[...], audios=[...])`) are taken by the Hugging Face
+backend when the model is a multimodal one (`model/multimodal.py`): the prompt is expanded and the media tensors
+made as in training (`media.py`). Every other engine or model refuses them by name instead of dropping them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..errors import LatheError
 from ..model.adapters.common import split_names
 from ..model.generation import generation_kwargs, stop_token_ids
 from ..registry import INFER_BACKENDS, Choice
+from .media import MEDIA_ARGS, Expanded, expand, gather, generate_inputs, has_media, has_placeholders, inference_media
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -138,6 +143,7 @@ class BaseEngine:
     """What every backend shares: the template's prompt, the context check and how an answer ends."""
 
     backend = "base"
+    media_kinds: tuple[str, ...] = ()  # the kinds of media this engine's model takes ("image", "video", "audio")
 
     def __init__(self, cfg: "RunConfig", tokenizer, template) -> None:
         self.cfg = cfg
@@ -160,8 +166,34 @@ class BaseEngine:
     def encode(self, messages: list[dict], system: str = "", tools: str = "") -> list[int]:
         return self.template.encode_prompt(self.tokenizer, messages, system=system or "", tools=tools or "")
 
-    def count_prompt_tokens(self, messages: list[dict], system: str = "", tools: str = "") -> int:
+    def count_prompt_tokens(self, messages: list[dict], system: str = "", tools: str = "",
+                            images: list | None = None, videos: list | None = None,
+                            audios: list | None = None) -> int:
+        """Tokens of the prompt, each media item counted as the tokens it expands to."""
+        media = gather(images, videos, audios)
+        if has_media(media):
+            messages = self.media_messages(messages, media).messages
         return len(self.encode(messages, system, tools))
+
+    # ------------------------------------------------------------ media
+
+    def no_media_reason(self) -> str:
+        """Why this engine takes no media: said by every refusal (the chat CLI, the API's 400)."""
+        return f"infer_backend {self.backend} serves text only in lathe; serve with `infer_backend: huggingface` " \
+               "to send images, video or audio"
+
+    def refuse_media(self, images: list | None = None, videos: list | None = None,
+                     audios: list | None = None) -> None:
+        """Engines without media support call this first: media given to them stop the request by name."""
+        media = gather(images, videos, audios)
+        if has_media(media):
+            given = ", ".join(f"{len(media[k])} {k}(s)" for k in MEDIA_ARGS if media[k])
+            raise LatheError(f"{given} given, but {self.no_media_reason()}.")
+
+    def media_messages(self, messages: list[dict], media: dict[str, list]) -> Expanded:
+        """The conversation with its media expanded (`media.Expanded`); engines that take media override this."""
+        self.refuse_media(**{MEDIA_ARGS[k]: v for k, v in media.items()})
+        return Expanded(list(messages))
 
     def surely_too_long(self, messages: list[dict], system: str = "", tools: str = "") -> bool:
         chars = len(system or "") + len(tools or "") + sum(len(str(m.get("content") or "")) for m in messages)
@@ -222,6 +254,36 @@ class HuggingFaceEngine(BaseEngine):
     def __init__(self, cfg: "RunConfig") -> None:
         tokenizer, template, self.model = load_inference_model(cfg)
         super().__init__(cfg, tokenizer, template)
+        self.media = inference_media(cfg, tokenizer, template, self.model.config)  # None: a text model
+        self.media_kinds = self.media.plugin.kinds if self.media is not None else ()
+
+    def no_media_reason(self) -> str:
+        model_type = getattr(self.model.config, "model_type", "?")
+        return (f"{self.model_name} is a text model (`{model_type}`) and takes no images, video or audio; "
+                "serve a vision-language or audio model (docs/multimodal.md)")
+
+    def media_messages(self, messages: list[dict], media: dict[str, list]) -> Expanded:
+        if self.media is None:
+            return super().media_messages(messages, media)
+        if not has_media(media) and not has_placeholders(messages):
+            return Expanded(list(messages))
+        return expand(self.media, messages, media)
+
+    def _inputs(self, messages: list[dict], system: str, tools: str, media: dict[str, list]
+                ) -> tuple[list[int], dict[str, Any]]:
+        """The prompt ids, checked against the context, and the media keyword arguments of `generate`."""
+        expanded = self.media_messages(messages, media)
+        ids = self.encode(expanded.messages, system, tools)
+        self._check_length(len(ids))
+        if not has_media(expanded.items):
+            return ids, {}
+        extra = {}
+        for key, value in generate_inputs(self.media, expanded.items, ids).items():
+            if isinstance(value, torch.Tensor):
+                floating = value.is_floating_point()
+                value = value.to(self.model.device, dtype=self.model.dtype if floating else None)
+            extra[key] = value
+        return ids, extra
 
     def context_length(self) -> int:
         positions = getattr(self.model.config, "max_position_embeddings", None)
@@ -253,26 +315,29 @@ class HuggingFaceEngine(BaseEngine):
     # ------------------------------------------------------------ generation
 
     @torch.no_grad()
-    def chat(self, messages: list[dict], system: str = "", tools: str = "", **gen: Any) -> list[Response]:
-        ids = self.encode(messages, system, tools)
-        self._check_length(len(ids))
+    def chat(self, messages: list[dict], system: str = "", tools: str = "", images: list | None = None,
+             videos: list | None = None, audios: list | None = None, **gen: Any) -> list[Response]:
+        """Answers to the conversation; `images` / `videos` / `audios`: paths, data: URLs, bytes or PIL images, one
+        per `<image>` / `<video>` / `<audio>` of the messages (none written: at the start of the first user turn)."""
+        ids, media = self._inputs(messages, system, tools, gather(images, videos, audios))
         kwargs = self._kwargs(gen, len(ids))
         input_ids = torch.tensor([ids], device=self.model.device)
         with self.lock:
             output = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), eos_token_id=self.stop_ids,
-                pad_token_id=self.tokenizer.pad_token_id, **kwargs,
+                pad_token_id=self.tokenizer.pad_token_id, **media, **kwargs,
             )
         limit = kwargs.get("max_new_tokens")
         stop_texts = list(gen.get("stop") or [])
         responses = [self._response(row, len(ids), limit, tools, stop_texts) for row in output]
         return responses
 
-    def stream_chat(self, messages: list[dict], system: str = "", tools: str = "", **gen: Any) -> Iterator[str]:
+    def stream_chat(self, messages: list[dict], system: str = "", tools: str = "", images: list | None = None,
+                    videos: list | None = None, audios: list | None = None, **gen: Any) -> Iterator[str]:
         """Yield text pieces as they are generated; the generator returns the final Response.
 
         Closing the generator early (a client that went away) stops the generation too, so
-        the next request does not wait for an answer nobody reads.
+        the next request does not wait for an answer nobody reads. Media as in `chat`.
         """
         from transformers import (
             StoppingCriteria,
@@ -280,8 +345,7 @@ class HuggingFaceEngine(BaseEngine):
             TextIteratorStreamer,
         )
 
-        ids = self.encode(messages, system, tools)
-        self._check_length(len(ids))
+        ids, media = self._inputs(messages, system, tools, gather(images, videos, audios))
         stop_texts = list(gen.get("stop") or [])
         kwargs = self._kwargs(gen, len(ids))
         kwargs.pop("num_return_sequences", None)
@@ -304,7 +368,7 @@ class HuggingFaceEngine(BaseEngine):
                     outputs.append(self.model.generate(
                         input_ids=input_ids, attention_mask=torch.ones_like(input_ids), eos_token_id=self.stop_ids,
                         pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([Cancel()]), **kwargs,
+                        stopping_criteria=StoppingCriteriaList([Cancel()]), **media, **kwargs,
                     ))
             except BaseException as e:  # surfaced to the reader below
                 errors.append(e)

@@ -80,7 +80,9 @@ class SglangEngine(BaseEngine):
     def _ids(output: dict[str, Any]) -> list[int]:
         return list(output.get("output_ids") or output.get("meta_info", {}).get("output_ids") or [])
 
-    def chat(self, messages: list[dict], system: str = "", tools: str = "", **gen: Any) -> list[Response]:
+    def chat(self, messages: list[dict], system: str = "", tools: str = "", images: list | None = None,
+             videos: list | None = None, audios: list | None = None, **gen: Any) -> list[Response]:
+        self.refuse_media(images, videos, audios)  # text only here: media are refused by name, never dropped
         ids = self.encode(messages, system, tools)
         self._check_length(len(ids))
         sampling = self._sampling(gen, len(ids), n=gen.get("num_return_sequences") or 1)
@@ -90,7 +92,9 @@ class SglangEngine(BaseEngine):
         outputs = outputs if isinstance(outputs, list) else [outputs]
         return [self.finish(self._ids(o), len(ids), sampling["max_new_tokens"], tools, stop_texts) for o in outputs]
 
-    def stream_chat(self, messages: list[dict], system: str = "", tools: str = "", **gen: Any) -> Iterator[str]:
+    def stream_chat(self, messages: list[dict], system: str = "", tools: str = "", images: list | None = None,
+                    videos: list | None = None, audios: list | None = None, **gen: Any) -> Iterator[str]:
+        self.refuse_media(images, videos, audios)
         ids = self.encode(messages, system, tools)
         self._check_length(len(ids))
         sampling = self._sampling(gen, len(ids))

@@ -92,7 +92,9 @@ class VllmEngine(BaseEngine):
             if self.engine.has_unfinished_requests():
                 self.engine.abort_request([request_id])
 
-    def chat(self, messages: list[dict], system: str = "", tools: str = "", **gen: Any) -> list[Response]:
+    def chat(self, messages: list[dict], system: str = "", tools: str = "", images: list | None = None,
+             videos: list | None = None, audios: list | None = None, **gen: Any) -> list[Response]:
+        self.refuse_media(images, videos, audios)  # text only here: media are refused by name, never dropped
         ids = self.encode(messages, system, tools)
         self._check_length(len(ids))
         sampling = self._sampling(gen, len(ids), n=gen.get("num_return_sequences") or 1)
@@ -104,7 +106,9 @@ class VllmEngine(BaseEngine):
         assert final is not None
         return [self.finish(list(c.token_ids), len(ids), sampling.max_tokens, tools, stop_texts) for c in final.outputs]
 
-    def stream_chat(self, messages: list[dict], system: str = "", tools: str = "", **gen: Any) -> Iterator[str]:
+    def stream_chat(self, messages: list[dict], system: str = "", tools: str = "", images: list | None = None,
+                    videos: list | None = None, audios: list | None = None, **gen: Any) -> Iterator[str]:
+        self.refuse_media(images, videos, audios)
         ids = self.encode(messages, system, tools)
         self._check_length(len(ids))
         sampling = self._sampling(gen, len(ids))

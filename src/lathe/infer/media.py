@@ -1,0 +1,128 @@
+"""Images, video and audio in a chat: placeholders placed and expanded, the media tensors made for `generate`.
+
+Inference takes the same path as training (data/media): the messages carry `<image>` / `<video>` / `<audio>`
+placeholders, each replaced by the text the family's processor makes of its item, the prompt is encoded by the
+training template in one call, and the tensors (pixel values, grids, audio features) come from the processor as the
+collator makes them. What differs from training:
+
+- sources are whatever a caller holds (paths, data: URLs, bytes, PIL images), not dataset paths, so each item is
+  loaded once per request and its expansion computed from the loaded item, without `MediaContext.expansion`'s
+  cache (keyed by path: a data: URL or bytes would pin megabytes in it, and a file served twice may have changed);
+- a conversation with media and no placeholder of their kind gets them at the start of its first user turn, as
+  the dataset converter does (`data/formats.py`), so `chat(messages, images=[...])` needs no `<image>` written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..data.media.encode import PLACEHOLDER_RE, MediaContext
+from ..data.media.plugins import KINDS, PLACEHOLDERS
+from ..data.sample import PROMPT_ROLES, USER
+from ..errors import LatheError
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+# The keyword of each kind in `chat(...)` / `stream_chat(...)`, in the order the converter places them.
+MEDIA_ARGS = {"image": "images", "video": "videos", "audio": "audios"}
+
+
+def gather(images: Sequence[Any] | None = None, videos: Sequence[Any] | None = None,
+           audios: Sequence[Any] | None = None) -> dict[str, list[Any]]:
+    """kind -> its sources, every kind present (empty when not given)."""
+    given = {"image": images, "video": videos, "audio": audios}
+    out: dict[str, list[Any]] = {}
+    for kind in KINDS:
+        value = given[kind]
+        if value is None:
+            out[kind] = []
+        elif isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise LatheError(f"`{MEDIA_ARGS[kind]}=` takes a list of {kind}s (paths, data: URLs, bytes or images), "
+                             f"got one {type(value).__name__}: wrap it in a list.")
+        else:
+            out[kind] = list(value)
+    return out
+
+
+def has_media(media: Mapping[str, Sequence[Any]]) -> bool:
+    return any(media.get(kind) for kind in KINDS)
+
+
+def has_placeholders(messages: Sequence[dict]) -> bool:
+    return any(PLACEHOLDER_RE.search(str(m.get("content") or "")) for m in messages)
+
+
+def place(messages: Sequence[dict], media: Mapping[str, Sequence[Any]]) -> list[dict]:
+    """The messages with a placeholder for every item: a kind with items and no placeholder gets them at the start
+    of the first user turn; otherwise the counts must match. Placeholders belong to prompt turns (user, tool)."""
+    messages = [dict(m) for m in messages]
+    for message in messages:
+        if message["role"] not in PROMPT_ROLES and PLACEHOLDER_RE.search(str(message.get("content") or "")):
+            raise LatheError(f"A {message['role']} turn holds a media placeholder "
+                             f"({', '.join(PLACEHOLDERS.values())}): images, video and audio belong to user turns.")
+    for kind in KINDS:
+        items, placeholder = media.get(kind) or [], PLACEHOLDERS[kind]
+        count = sum(str(m.get("content") or "").count(placeholder) for m in messages)
+        if items and count == 0:
+            first = next((m for m in messages if m["role"] == USER), None)
+            if first is None:
+                raise LatheError(f"{len(items)} {kind}(s) given, but the conversation has no user turn to put them in.")
+            first["content"] = placeholder * len(items) + str(first.get("content") or "")
+        elif count != len(items):
+            raise LatheError(f"The messages hold {count} {placeholder} placeholder(s) for {len(items)} {kind}(s): "
+                             f"give one {kind} per {placeholder} (`{MEDIA_ARGS[kind]}=`), or none and they go at the "
+                             "start of the first user turn.")
+    return messages
+
+
+@dataclass
+class Expanded:
+    """A conversation ready to encode: placeholders replaced by their expansions, and the loaded items in order."""
+
+    messages: list[dict]
+    items: dict[str, list[Any]] = field(default_factory=dict)
+
+
+def expand(context: MediaContext, messages: Sequence[dict], media: Mapping[str, Sequence[Any]]) -> Expanded:
+    """Place and load the media, and replace the k-th placeholder of each kind by the k-th item's expansion
+    (the family's prompt text around the processor's replacement, as `MediaContext.expansion` makes it)."""
+    messages = place(messages, media)
+    for kind in KINDS:
+        if media.get(kind) and kind not in context.plugin.kinds:
+            raise LatheError(f"This model does not take {kind}s: its media plugin `{context.plugin.name}` takes "
+                             f"{', '.join(context.plugin.kinds)}.")
+    items = {kind: [context.load(kind, source) for source in media.get(kind) or []] for kind in KINDS}
+    if not has_media(items):
+        return Expanded(messages, items)
+    replacements = context.plugin.replacements(context.processor, items, context.kwargs)
+    texts = {kind: iter([context.plugin.prompt[kind].format(token=r) for r in replacements.get(kind, [])])
+             for kind in KINDS}
+    kind_of = {text: kind for kind, text in PLACEHOLDERS.items()}
+    expanded = [{**m, "content": PLACEHOLDER_RE.sub(lambda found: next(texts[kind_of[found.group(0)]]),
+                                                    str(m.get("content") or ""))} for m in messages]
+    return Expanded(expanded, items)
+
+
+def generate_inputs(context: MediaContext, items: Mapping[str, Sequence[Any]], ids: Sequence[int]) -> dict[str, Any]:
+    """The media keyword arguments of `model.generate` for one prompt: the processor's tensors, and the per-token
+    modality ids where the family takes them (as data/media/collate.py makes a training batch's)."""
+    import torch
+
+    out = context.plugin.features(context.processor, items, context.kwargs)
+    types = context.plugin.token_type_ids(context.processor, [list(ids)])
+    if types is not None:
+        out[context.plugin.token_types] = torch.tensor(types, dtype=torch.long)
+    return out
+
+
+def inference_media(cfg: "RunConfig", tokenizer: Any, template: Any, config: Any) -> MediaContext | None:
+    """The media context of a served model that takes images, video or audio; None for a text model."""
+    from ..data.media.encode import media_context
+    from ..model.multimodal import is_multimodal, load_processor
+
+    if not is_multimodal(config):
+        return None
+    return media_context(cfg, load_processor(cfg.model, tokenizer), template, config.model_type)
