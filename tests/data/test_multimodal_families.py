@@ -216,3 +216,31 @@ def test_internvl_cuts_images_into_tiles_only_when_the_run_asks(crop):
     assert tiles > 1 if crop else tiles == 1
     assert len(run.plugin.features(run.processor, {"image": [run.load("image", str(IMAGES[0]))]}, kwargs)[
         "pixel_values"]) == tiles
+
+
+TRAINED = [(case.family, case.template) for case in CASES if case.template] + [("qwen2_5_vl", "qwen2_vl")]
+
+
+@pytest.mark.slow  # one short training run per family (about 5 s each)
+@pytest.mark.parametrize("family,template", TRAINED, ids=[f for f, _ in TRAINED])
+def test_each_family_trains_four_steps_on_images_with_the_loss_falling(tmp_path, family, template):
+    """LoRA sft on lathe_shapes (rows with one and two images), 4 steps: the loss falls for every family."""
+    import json
+
+    import yaml
+
+    from lathe.config import load_config
+    from lathe.testing.tiny_vlm import build_tiny_vlm
+    from lathe.train import run_stage
+
+    config = {"model_name_or_path": str(build_tiny_vlm(family)), "stage": "sft", "do_train": True,
+              "finetuning_type": "lora", "lora_rank": 8, "dataset": "lathe_shapes", "dataset_dir": str(ROOT / "data"),
+              "template": template, "cutoff_len": 1024, "output_dir": str(tmp_path / "out"),
+              "per_device_train_batch_size": 4, "learning_rate": 1e-2, "lr_scheduler_type": "constant",
+              "max_steps": 4, "seed": 1, "logging_steps": 1, "save_strategy": "no", "report_to": "none", "disable_tqdm": True}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_stage(load_config(path))
+    lines = (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()
+    seen = [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
+    assert len(seen) == 4 and all(np.isfinite(seen)) and min(seen[-2:]) < seen[0]

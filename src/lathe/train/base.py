@@ -101,7 +101,7 @@ class RunSetup:
             return inner
         from ..data.media.collate import MediaCollator, same_rows
 
-        return MediaCollator(inner, self.media, rows or same_rows)
+        return MediaCollator(inner, self.media, rows or same_rows, dtype=getattr(self.model, "dtype", None))
 
 
 def run_arguments(cfg: "RunConfig"):

@@ -30,6 +30,7 @@ class MediaCollator:
     inner: Callable[[list[dict[str, Any]]], dict[str, Any]]
     media: MediaContext
     rows: Callable[[int], list[int]] = same_rows
+    dtype: Any = None  # the model's: floating media tensors are cast to it (Llama 4's processor gives bfloat16)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         paths = [{kind: list(f.get(COLUMNS[kind]) or []) for kind in KINDS} for f in features]
@@ -38,7 +39,11 @@ class MediaCollator:
         for row in self.rows(len(features)):
             for kind in KINDS:
                 items[kind].extend(self.media.load(kind, path) for path in paths[row][kind])
-        batch.update(self.media.plugin.features(self.media.processor, items, self.media.kwargs))
+        features = self.media.plugin.features(self.media.processor, items, self.media.kwargs)
+        if self.dtype is not None:
+            features = {k: v.to(self.dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+                        for k, v in features.items()}
+        batch.update(features)
         types = self.media.plugin.token_type_ids(self.media.processor, batch["input_ids"])
         if types is not None:
             batch[self.media.plugin.token_types] = torch.tensor(types, dtype=torch.long)

@@ -27,8 +27,16 @@ def linear_module_names(model: torch.nn.Module, excluded: frozenset[str] = froze
     parent's name, since peft matches names by their end and `0` would also match decoder layer 0."""
     skip = set(embedding_module_names(model))
     names = {_short(name) for name, m in model.named_modules()
-             if (isinstance(m, torch.nn.Linear) or type(m).__name__ in QUANTIZED_LINEARS) and name not in excluded}
+             if (_plain_linear(m) or type(m).__name__ in QUANTIZED_LINEARS) and name not in excluded}
     return sorted(names - skip)
+
+
+# Linear subclasses whose forward returns more than a tensor, which a LoRA wrapper cannot add to.
+NOT_LORA_LINEARS = {"Llama4Router"}  # (router scores, router logits)
+
+
+def _plain_linear(module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.nn.Linear) and type(module).__name__ not in NOT_LORA_LINEARS
 
 
 def _short(name: str) -> str:
