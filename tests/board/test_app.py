@@ -131,3 +131,26 @@ def test_predict_and_export_jobs_run_through_the_runner(tmp_path, tiny_llama):
     run.process.wait(timeout=300)
     assert run.returncode() == 0, run.log_tail()
     assert (tmp_path / "export" / "config.json").exists()
+
+
+def test_chat_session_attaches_images_for_a_vlm_and_refuses_them_for_a_text_model(tiny_llama):
+    """The Board's and webchat's uploads: each file becomes a placeholder in front of the message and goes to
+    the engine with the conversation; a text model refuses them by kind."""
+    from pathlib import Path
+
+    from lathe.testing.tiny_vlm import build_tiny_vlm
+
+    image = str(Path(__file__).resolve().parents[2] / "data" / "lathe_shapes" / "images" / "red_circle.png")
+    session = ChatSession()
+    session.load_config(build_config({"model_name_or_path": str(build_tiny_vlm("qwen2_vl")), "template": "qwen2_vl",
+                                      "do_sample": False, "max_new_tokens": 3}, purpose="infer"))
+    text = session.attach("What is it?", [image])
+    assert text == "<image>What is it?" and session.media["image"] == [image]
+    pieces = list(session.stream([{"role": "user", "content": text}], "", "", {"max_new_tokens": 3}))
+    assert pieces and all(isinstance(p, str) for p in pieces)
+    with pytest.raises(LatheError, match="not an image, video or audio"):
+        session.attach("x", ["notes.txt"])
+    session.load_config(build_config({"model_name_or_path": str(tiny_llama), "template": "chatml"}, purpose="infer"))
+    assert session.media["image"] == []
+    with pytest.raises(LatheError, match="text model"):
+        session.attach("x", [image])

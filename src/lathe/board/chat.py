@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import threading
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import gradio as gr
@@ -26,18 +27,53 @@ from .widgets import Widgets
 SAMPLING = ("do_sample", "temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty")
 
 
+# File endings of the media a chat may attach, by kind (what PyAV and Pillow decode).
+MEDIA_ENDINGS = {
+    "image": (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"),
+    "video": (".mp4", ".avi", ".mov", ".mkv", ".webm"),
+    "audio": (".wav", ".mp3", ".flac", ".ogg", ".m4a"),
+}
+PLACEHOLDER = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
+
+
+def media_kind(path: str) -> str:
+    ending = Path(path).suffix.lower()
+    for kind, endings in MEDIA_ENDINGS.items():
+        if ending in endings:
+            return kind
+    known = ", ".join(e for endings in MEDIA_ENDINGS.values() for e in endings)
+    raise LatheError(f"{Path(path).name}: not an image, video or audio file lathe knows ({known}).")
+
+
 class ChatSession:
-    """Holds the loaded engine; load / unload / stream."""
+    """Holds the loaded engine and the conversation's media; load / unload / attach / stream."""
 
     def __init__(self) -> None:
         self.engine = None
         self.lock = threading.Lock()
+        self.media: dict[str, list[str]] = {kind: [] for kind in PLACEHOLDER}
+
+    def attach(self, text: str, paths: list[str]) -> str:
+        """Keep uploaded files for this conversation; the message with a placeholder for each, in front."""
+        kinds = [media_kind(p) for p in paths]
+        taken = getattr(self.engine, "media_kinds", ())
+        for kind in kinds:
+            if kind not in taken:
+                raise LatheError(f"the loaded model does not take {kind}s" + (
+                    f" (it takes {', '.join(taken)})" if taken else " (it is a text model)"))
+        for kind, path in zip(kinds, paths):
+            self.media[kind].append(path)
+        return "".join(PLACEHOLDER[k] for k in kinds) + text
+
+    def clear(self) -> None:
+        self.media = {kind: [] for kind in PLACEHOLDER}
 
     def load_config(self, cfg) -> str:
         from ..infer.engine import create_engine
 
         with self.lock:
             self.engine = None
+            self.clear()
             gc.collect()
             self.engine = create_engine(cfg)
         adapters = cfg.model.adapter_name_or_path
@@ -46,13 +82,15 @@ class ChatSession:
     def unload(self) -> None:
         with self.lock:
             self.engine = None
+        self.clear()
         gc.collect()
 
     def stream(self, history: list[dict], system: str, tools: str, gen: dict[str, Any]) -> Iterator[str]:
         if self.engine is None:
             raise LatheError("no model loaded")
         messages = [{"role": m["role"], "content": _text(m["content"])} for m in history]
-        yield from self.engine.stream_chat(messages, system=system or "", tools=tools or "", **gen)
+        media = {f"{kind}s": paths for kind, paths in self.media.items() if paths}
+        yield from self.engine.stream_chat(messages, system=system or "", tools=tools or "", **media, **gen)
 
 
 def _text(content: Any) -> str:
@@ -115,6 +153,7 @@ def build_chat_panel(w: Widgets, session: ChatSession, load_fn: Callable[..., An
         with gr.Column(scale=4):
             chatbot = gr.Chatbot(elem_id="chatbot", height=420, label="Chat")
             message = w.ui(gr.Textbox(label=t("message", lang), lines=2, elem_id="chat-message"), "message")
+            attach = w.ui(gr.File(label=t("attach", lang), file_count="multiple", elem_id="chat-attach"), "attach")
             with gr.Row():
                 send = w.ui(gr.Button(t("send", lang), variant="primary", elem_id="chat-send"), "send", "value")
                 clear = w.ui(gr.Button(t("clear", lang), elem_id="chat-clear"), "clear", "value")
@@ -125,33 +164,39 @@ def build_chat_panel(w: Widgets, session: ChatSession, load_fn: Callable[..., An
             with w.ui(gr.Accordion(t("sampling", lang), open=True), "sampling"):
                 sampling = [w.field(f) for f in fields]
 
-    def respond(history, text, system_text, tools_text, *sampling_values):
+    def respond(history, text, files, system_text, tools_text, *sampling_values):
         history = list(history or [])
-        if not text or not text.strip():
-            yield history, text, gr.skip()
+        paths = [str(getattr(f, "name", f)) for f in (files or [])]
+        if (not text or not text.strip()) and not paths:
+            yield history, text, files, gr.skip()
             return
         try:
             if session.engine is None:
                 raise LatheError(t("msg_no_model", lang))
             tools_json = check_tools(tools_text)
             gen = sampling_kwargs(fields, list(sampling_values))
+            text = session.attach(text or "", paths) if paths else text
         except LatheError as e:
-            yield history, text, f"**{t('msg_error', lang)}:** {e}"
+            yield history, text, files, f"**{t('msg_error', lang)}:** {e}"
             return
         history.append({"role": "user", "content": text})
         answer = {"role": "assistant", "content": ""}
-        yield history + [answer], "", ""
+        yield history + [answer], "", None, ""
         try:
             for piece in session.stream(history, system_text, tools_json, gen):
                 answer = {"role": "assistant", "content": answer["content"] + piece}
-                yield history + [answer], "", gr.skip()
+                yield history + [answer], "", None, gr.skip()
         except LatheError as e:
-            yield history + [answer], "", f"**{t('msg_error', lang)}:** {e}"
+            yield history + [answer], "", None, f"**{t('msg_error', lang)}:** {e}"
 
-    inputs = [chatbot, message, system, tools, *sampling]
-    send.click(respond, inputs, [chatbot, message, status])
-    message.submit(respond, inputs, [chatbot, message, status])
-    clear.click(lambda: [], None, chatbot)
+    def clear_all():
+        session.clear()
+        return []
+
+    inputs = [chatbot, message, attach, system, tools, *sampling]
+    send.click(respond, inputs, [chatbot, message, attach, status])
+    message.submit(respond, inputs, [chatbot, message, attach, status])
+    clear.click(clear_all, None, chatbot)
 
     if load_fn is not None:
         def load(*args):
