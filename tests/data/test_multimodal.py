@@ -441,3 +441,11 @@ def test_qlora_on_a_vlm_quantizes_the_language_model_only(tmp_path):
     kinds = {name: type(module).__name__ for name, module in model.named_modules()}
     assert any(k.startswith("Linear4bit") or k == "Linear4bit" for n, k in kinds.items() if "language_model" in n)
     assert not any("4bit" in k for n, k in kinds.items() if ".visual." in n)
+
+
+def test_data_preview_shows_the_expanded_image_tokens_counted(tmp_path):
+    from lathe.config import load_config
+    from lathe.data.preview import preview
+
+    text = preview(load_config(write_config(tmp_path, tiny_vlm("qwen2_vl"))), n=1)
+    assert "<|vision_start|><|image_pad|>x" in text and "<|vision_end|>What shape is in the picture?" in text

@@ -7,6 +7,8 @@ of the whole data set (rows kept and skipped, lengths, truncation, share of lear
 
 from __future__ import annotations
 
+import re
+
 import statistics
 from typing import TYPE_CHECKING
 
@@ -30,11 +32,21 @@ def _setup(cfg: "RunConfig"):
     template.fix_tokenizer(tokenizer)
     add_config_tokens(tokenizer, cfg.model)
     check_template_options(cfg, template)
-    return tokenizer, template
+    from .media.encode import media_for_run
+
+    return tokenizer, template, media_for_run(cfg, tokenizer, template)
+
+
+# A special token repeated many times in a row (an image's hundreds of pad tokens) is shown once with its count.
+REPEATED = re.compile(r"(<[^<>\s]{1,40}>|\[IMG\])\1{3,}")
+
+
+def _collapse(text: str) -> str:
+    return REPEATED.sub(lambda m: f"{m.group(1)}x{len(m.group(0)) // len(m.group(1))}", text)
 
 
 def render_marked(tokenizer, input_ids: list[int], labels: list[int], style: str = "plain") -> str:
-    """The decoded sample with every learned run of tokens wrapped in markers."""
+    """The decoded sample with every learned run of tokens wrapped in markers (media tokens counted, not listed)."""
     open_mark, close_mark = MARK[style]
     out, run, learning = [], [], None
     for token, label in zip(input_ids, labels):
@@ -48,7 +60,7 @@ def render_marked(tokenizer, input_ids: list[int], labels: list[int], style: str
     if run:
         text = tokenizer.decode(run, skip_special_tokens=False)
         out.append(f"{open_mark}{text}{close_mark}" if learning else text)
-    return "".join(out)
+    return _collapse("".join(out))
 
 
 def _names(cfg: "RunConfig") -> tuple[str, str]:
@@ -75,11 +87,11 @@ def sequences(row: dict) -> list[tuple[str, list[int], list[int]]]:
 
 
 def preview(cfg: "RunConfig", n: int = 3, style: str = "plain") -> str:
-    tokenizer, template = _setup(cfg)
+    tokenizer, template, media = _setup(cfg)
     report = DataReport()
     kind, names = _names(cfg)
     samples = load_mixed_samples(names, cfg, report)[:n]
-    data = tokenize_samples(samples, cfg, tokenizer, template, report, keep_meta=True)
+    data = tokenize_samples(samples, cfg, tokenizer, template, report, keep_meta=True, media=media)
     lines = [f"{kind}: {names}; stage {cfg.finetuning.stage}; template: {template.name}; learned tokens are shown "
              f"{MARK[style][0]}like this{MARK[style][1]}", ""]
     for i, row in enumerate(data):
@@ -101,10 +113,11 @@ def _percentile(values: list[int], q: float) -> int:
 
 
 def stats(cfg: "RunConfig") -> str:
-    tokenizer, template = _setup(cfg)
+    tokenizer, template, media = _setup(cfg)
     report = DataReport()
     kind, names = _names(cfg)
-    data = tokenize_samples(load_mixed_samples(names, cfg, report), cfg, tokenizer, template, report, keep_meta=True)
+    data = tokenize_samples(load_mixed_samples(names, cfg, report), cfg, tokenizer, template, report, keep_meta=True,
+                            media=media)
     rows = [sequences(row) for row in data]
     lines = [f"{kind}: {names} (stage {cfg.finetuning.stage}, template {template.name}, cutoff_len {cfg.data.cutoff_len})"]
     lines += report.lines()

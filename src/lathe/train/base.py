@@ -192,15 +192,9 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
 
 def run_media(cfg: "RunConfig", tokenizer, template):
     """The media context of a run whose model takes images, video or audio (data/media); None for a text model."""
-    from ..model.load import load_model_config
-    from ..model.multimodal import is_multimodal, load_processor
+    from ..data.media.encode import media_for_run
 
-    config = load_model_config(cfg.model)
-    if not is_multimodal(config):
-        return None
-    from ..data.media.encode import media_context
-
-    return media_context(cfg, load_processor(cfg.model, tokenizer), template, config.model_type)
+    return media_for_run(cfg, tokenizer, template)
 
 
 def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, eval_perplexity: bool = False,

@@ -86,6 +86,18 @@ def media_context(cfg: "RunConfig", processor: Any, template: Any, model_type: s
     return MediaContext(plugin, processor, opts, call_kwargs(cfg, plugin, processor, opts))
 
 
+def media_for_run(cfg: "RunConfig", tokenizer: Any, template: Any) -> MediaContext | None:
+    """The media context of a run (training, evaluation, preview) whose model takes images, video or audio;
+    None for a text model. The processor shares the run's tokenizer, as the template fixed it."""
+    from ...model.load import load_model_config
+    from ...model.multimodal import is_multimodal, load_processor
+
+    config = load_model_config(cfg.model)
+    if not is_multimodal(config):
+        return None
+    return media_context(cfg, load_processor(cfg.model, tokenizer), template, config.model_type)
+
+
 def media_of(batch: Mapping[str, list], i: int) -> dict[str, list[str]]:
     """kind -> the media paths of sample `i` of a batch of columns (empty where the batch has no such column)."""
     return {kind: list((batch.get(COLUMNS[kind]) or [None] * (i + 1))[i] or []) for kind in KINDS}
