@@ -30,7 +30,8 @@ from ..errors import LatheError
 from ..model.adapters.common import split_names
 from ..model.generation import generation_kwargs, stop_token_ids
 from ..registry import INFER_BACKENDS, Choice
-from .media import MEDIA_ARGS, Expanded, expand, gather, generate_inputs, has_media, has_placeholders, inference_media
+from ..data.media.encode import media_for_run
+from .media import MEDIA_ARGS, Expanded, expand, gather, generate_inputs, has_media, has_placeholders
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -254,7 +255,7 @@ class HuggingFaceEngine(BaseEngine):
     def __init__(self, cfg: "RunConfig") -> None:
         tokenizer, template, self.model = load_inference_model(cfg)
         super().__init__(cfg, tokenizer, template)
-        self.media = inference_media(cfg, tokenizer, template, self.model.config)  # None: a text model
+        self.media = media_for_run(cfg, tokenizer, template)  # None: a text model
         self.media_kinds = self.media.plugin.kinds if self.media is not None else ()
 
     def no_media_reason(self) -> str:

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..data.media.encode import PLACEHOLDER_RE, MediaContext
 from ..data.media.plugins import KINDS, PLACEHOLDERS
 from ..data.sample import PROMPT_ROLES, USER
 from ..errors import LatheError
-
-if TYPE_CHECKING:
-    from ..config import RunConfig
 
 # The keyword of each kind in `chat(...)` / `stream_chat(...)`, in the order the converter places them.
 MEDIA_ARGS = {"image": "images", "video": "videos", "audio": "audios"}
@@ -116,13 +113,3 @@ def generate_inputs(context: MediaContext, items: Mapping[str, Sequence[Any]], i
     if types is not None:
         out[context.plugin.token_types] = torch.tensor(types, dtype=torch.long)
     return out
-
-
-def inference_media(cfg: "RunConfig", tokenizer: Any, template: Any, config: Any) -> MediaContext | None:
-    """The media context of a served model that takes images, video or audio; None for a text model."""
-    from ..data.media.encode import media_context
-    from ..model.multimodal import is_multimodal, load_processor
-
-    if not is_multimodal(config):
-        return None
-    return media_context(cfg, load_processor(cfg.model, tokenizer), template, config.model_type)
