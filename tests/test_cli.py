@@ -196,3 +196,21 @@ def test_plan_splits_memory_as_the_configs_deepspeed_stage_says(capsys, sft_conf
     assert main(["plan", str(sft_config()), f"deepspeed={root}/examples/deepspeed/ds_z3_config.json",
                  "--devices", "2"]) == 0
     assert "2 devices (zero3)" in capsys.readouterr().out
+
+
+def test_train_logs_where_the_time_to_the_first_step_went(sft_config, capfd):
+    """One line per run: the interpreter and lathe, torch + transformers (the floor), the Trainer's stack, the
+    config, tokenizer, data, model, Trainer and the first step, each timed, summing to the whole."""
+    import re
+
+    from lathe import startup
+
+    assert main(["train", str(sft_config(max_steps=2))]) == 0
+    out = capfd.readouterr()
+    line = re.search(r"start-up: .*\(s\)", out.err + out.out).group(0)
+    phases = re.findall(r"([A-Za-z +]+?) (\d+\.\d)(?:,| \(s\))", line.split(": ", 2)[2])
+    assert [p.strip() for p, _ in phases] == ["python + lathe", "torch + transformers", "Trainer + peft", "config",
+                                              "tokenizer", "data", "model", "trainer", "first step"]
+    total = float(re.search(r"start-up: (\d+\.\d) s", line).group(1))
+    assert abs(sum(float(t) for _, t in phases) - total) < 0.1 * len(phases)
+    assert startup.reported()

@@ -50,8 +50,20 @@ def cmd_train(args: list[str]) -> int:
 
         print(train_help())
         return 0
+    from . import startup
+
+    startup.reset()
+    startup.mark("python + lathe")
+    import torch  # noqa: F401  (timed apart: the floor every run pays)
+    import transformers  # noqa: F401
+
+    startup.mark("torch + transformers")
+    import transformers.training_args  # noqa: F401  (the Trainer's stack: peft, torch._dynamo, ...; read by the config)
+
+    startup.mark("Trainer + peft")
     path, overrides = _split_config_args(args)
     cfg = _config(path, overrides)  # checked here, before any process is spawned
+    startup.mark("config")
     from .config.engines import requested_engine
     from .distributed import ray
     from .distributed.launch import launch, should_launch

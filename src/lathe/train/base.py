@@ -169,8 +169,11 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     check_run_callbacks(cfg)
     args = run_arguments(cfg)
     resume = prepare_output_dir(cfg)
+    from .. import startup
+
     tokenizer = load_tokenizer(cfg.model)
     check_causal_lm(cfg.model)  # before the data: a model that cannot be built fails in seconds
+    startup.mark("tokenizer")
     template = run_template(cfg, tokenizer)
     from_template = template.fix_tokenizer(tokenizer)
     warn_template_mismatch(cfg, template, from_template)
@@ -180,6 +183,7 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     # process writes it (local=False); otherwise each machine's own main process does.
     with args.main_process_first(desc="preprocessing", local=not cfg.data.data_shared_file_system):
         data = get_dataset(cfg, tokenizer, template, media)
+    startup.mark("data")
     save_run_config(cfg)
     model = load_model(cfg, tokenizer)
     if cfg.training.do_train and gradient_checkpointing_wanted(cfg, model):
@@ -187,6 +191,7 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     model = apply_method(model, cfg, new_token_rows=bool(added) or cfg.model.resize_vocab)
     if cfg.model.print_param_status:
         log_param_status(model)
+    startup.mark("model")
     return RunSetup(args, resume, tokenizer, template, data, model, media)
 
 
@@ -205,11 +210,12 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, eval
     through here, so logging, checkpoints and saving behave the same in all of them.
     `eval_perplexity` adds exp(eval_loss) to the evaluation metrics.
     """
+    from .. import startup
     from ..config.engines import requested_engine
     from ..distributed import ShardingCallback
     from ..distributed.sequence_parallel import prepare as prepare_sequence_parallel
     from ..distributed.sequence_parallel import sequence_parallel_size
-    from .callbacks import JsonlLogCallback, early_stopping_callbacks
+    from .callbacks import JsonlLogCallback, StartupCallback, early_stopping_callbacks
     from .checkpoints import check_writable, checkpoint_bytes
     from .optim import optimizer_setup
     from .profiler import profiler_callbacks
@@ -237,11 +243,13 @@ def build_and_train(cfg: "RunConfig", run: RunSetup, trainer_cls, collator, eval
         # a multimodal model's processor (with the run's tokenizer) is saved beside it, so the output loads with
         # AutoProcessor; the Trainer pads nothing itself (every stage passes its collator)
         processing_class=run.media.processor if run.media is not None else run.tokenizer,
-        callbacks=[JsonlLogCallback(), ShardingCallback(requested_engine(cfg)), *early_stopping_callbacks(cfg),
+        callbacks=[JsonlLogCallback(), StartupCallback(), ShardingCallback(requested_engine(cfg)),
+                   *early_stopping_callbacks(cfg),
                    *profiler_callbacks(cfg, model), *swanlab_callbacks(cfg)],
         **trainer_kwargs,
     )
     add_config_reporter(trainer, cfg)  # after the trackers' callbacks, which start their runs first
+    startup.mark("trainer")
     metrics = train_and_save(trainer, cfg, run.resume, eval_perplexity)
     log_streamed_report(run.data)
     return trainer, metrics

@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 from ..errors import LatheError
+from ..process import is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,20 @@ def append_log_record(output_dir: str | Path, record: dict) -> None:
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(output_dir) / LOG_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+class StartupCallback(TrainerCallback):
+    """Logs where the time to the first step went (lathe.startup), when the first step ends."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        from .. import startup
+
+        if startup.reported():
+            return
+        startup.mark("first step")
+        line = startup.summary()
+        if line and is_main_process():
+            logger.info("%s", line)
 
 
 class JsonlLogCallback(TrainerCallback):
