@@ -449,3 +449,13 @@ def test_data_preview_shows_the_expanded_image_tokens_counted(tmp_path):
 
     text = preview(load_config(write_config(tmp_path, tiny_vlm("qwen2_vl"))), n=1)
     assert "<|vision_start|><|image_pad|>x" in text and "<|vision_end|>What shape is in the picture?" in text
+
+
+def test_freeze_method_on_a_vlm_trains_the_last_language_layers_only(tmp_path):
+    from lathe.config import load_config
+    from lathe.train import run_stage
+
+    cfg = load_config(write_config(tmp_path, tiny_vlm("qwen2_vl"), finetuning_type="freeze", freeze_trainable_layers=1,
+                                   max_steps=2, learning_rate=1e-3))
+    trainable = {n for n, p in run_stage(cfg).model.named_parameters() if p.requires_grad}
+    assert trainable and all("language_model.layers.1." in n for n in trainable), sorted(trainable)[:5]
