@@ -27,9 +27,7 @@ if TYPE_CHECKING:
 class KTOTrainer(MeanLossTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         f = self.finetuning
-        main = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "labels": inputs["labels"]}
-        kl_batch = {"input_ids": inputs["kl_input_ids"], "attention_mask": inputs["kl_attention_mask"],
-                    "labels": inputs["kl_labels"]}
+        main, kl_batch = split_kl(inputs)
         policy, counts = self.sequence_logps(model, main)
         with torch.no_grad():  # the reference point carries no gradient
             policy_kl, _ = self.sequence_logps(model, kl_batch)
@@ -51,6 +49,20 @@ class KTOTrainer(MeanLossTrainer):
             metrics["rewards/rejected"] = rejected_rewards
         self.store_metrics(**metrics)
         return (loss, {"kl": kl}) if return_outputs else loss
+
+
+TEXT = ("input_ids", "attention_mask", "labels")
+
+
+def split_kl(inputs: dict) -> tuple[dict, dict]:
+    """The batch's own rows and its KL rows (prompt i with answer i+1), each with the media tensors.
+
+    A KL row's prompt is its own sample's, so its media are the same; what follows the ids (a multimodal
+    model's per-token types) comes with a `kl_` prefix from the collator and replaces the rows' own."""
+    media = {k: v for k, v in inputs.items() if k not in (*TEXT, "kto_tags") and not k.startswith("kl_")}
+    kl_own = {k[len("kl_"):]: v for k, v in inputs.items() if k.startswith("kl_")}
+    main = {**media, **{k: inputs[k] for k in TEXT}}
+    return main, {**media, **kl_own}
 
 
 def run_kto(cfg: "RunConfig") -> StageResult:
