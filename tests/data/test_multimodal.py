@@ -459,3 +459,27 @@ def test_freeze_method_on_a_vlm_trains_the_last_language_layers_only(tmp_path):
                                    max_steps=2, learning_rate=1e-3))
     trainable = {n for n, p in run_stage(cfg).model.named_parameters() if p.requires_grad}
     assert trainable and all("language_model.layers.1." in n for n in trainable), sorted(trainable)[:5]
+
+
+def test_multimodal_rows_tokenize_the_same_in_forked_shards(tmp_path, monkeypatch):
+    """Large data (or preprocessing_num_workers above 1) goes through forked workers, shard by shard: each
+    worker expands its rows' media with the processor it inherited, to the same ids as in one process."""
+    from lathe.config import load_config
+    from lathe.data import encode
+    from lathe.data.loader import get_dataset, run_template
+    from lathe.data.media.encode import media_for_run
+    from lathe.model.load import load_tokenizer
+
+    def tokenized(name: str, **extra):
+        cfg = load_config(write_config(tmp_path / name, tiny_vlm("qwen2_vl"), overwrite_cache=True, **extra))
+        tokenizer = load_tokenizer(cfg.model)
+        template = run_template(cfg, tokenizer)
+        template.fix_tokenizer(tokenizer)
+        data = get_dataset(cfg, tokenizer, template, media_for_run(cfg, tokenizer, template)).train
+        return [(list(row["input_ids"]), list(row["images"])) for row in data]
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    alone = tokenized("one")
+    monkeypatch.setattr(encode, "SHARD_ROWS", 10)  # 27 rows: 3 shards over 2 workers
+    assert tokenized("two", preprocessing_num_workers=2) == alone and len(alone) == 27
