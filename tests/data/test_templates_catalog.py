@@ -80,6 +80,7 @@ MULTIMODAL_MEDIA = {
     "llava_next_qwen": "llava_next", "llava_next_yi": "llava_next", "llava_next_video": "llava_next_video",
     "llava_next_video_mistral": "llava_next_video", "llava_next_video_yi": "llava_next_video",
     "pixtral": "pixtral", "ministral3": "pixtral", "intern_vl": "intern_vl", "glm4v": "glm4v", "glm4_5v": "glm4v",
+    "mllama": "mllama", "paligemma": "paligemma", "paligemma_chat": "paligemma",
 }
 # Those written from LLaMA-Factory's definitions (templates_published.yaml): "unverified" in docs/templates.md.
 MULTIMODAL_PUBLISHED = set(MULTIMODAL_MEDIA) - {"qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "qwen2_audio",
@@ -142,6 +143,10 @@ EXPECTED = {
                  "<|end_of_turn|>GPT4 Correct User: Q2<|end_of_turn|>GPT4 Correct Assistant: A2<|end_of_turn|>",
                  [" A1<|end_of_turn|>", " A2<|end_of_turn|>"]),
     "openchat-3.6": (LLAMA3_OPENCHAT, ["A1<|eot_id|>", "A2<|eot_id|>"]),
+    "paligemma": ("<s>SQ1\nA1</s>Q2\nA2</s>", ["A1</s>", "A2</s>"]),  # the images go before <s> (media plugin)
+    "paligemma_chat": (("<s><start_of_turn>user\nSQ1<end_of_turn>\n<start_of_turn>model\nA1<end_of_turn>\n"
+                        "<start_of_turn>user\nQ2<end_of_turn>\n<start_of_turn>model\nA2<end_of_turn>"),
+                       ["A1<end_of_turn>", "A2<end_of_turn>"]),
     "phi": ("<|system|>\nS<|end|>\n<|user|>\nQ1<|end|>\n<|assistant|>\nA1<|end|>\n<|user|>\nQ2<|end|>\n<|assistant|>\nA2<|end|>",
             ["A1<|end|>", "A2<|end|>"]),
     "phi4": ("<|im_start|>system<|im_sep|>S<|im_end|><|im_start|>user<|im_sep|>Q1<|im_end|><|im_start|>assistant<|im_sep|>"
@@ -166,7 +171,7 @@ SAME_TEXT = {  # templates that render TWO_TURNS with a given system prompt exac
     "vicuna": ["llava", "llava_next", "llava_next_video"],
     "deepseek3": ["deepseekr1"],
     # LLaMA-Factory's multimodal templates whose text is a text template's (their slots are the same)
-    "llama3": ["llava_next_llama3"],
+    "llama3": ["llava_next_llama3", "mllama"],
     "mistral": ["llava_next_mistral", "llava_next_video_mistral"],
     "ministral": ["pixtral", "ministral3"],
     "glmz1": ["glm4v"],

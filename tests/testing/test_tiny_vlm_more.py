@@ -38,6 +38,7 @@ EXPECTED_IMAGE_TOKENS = {
     "pixtral": 12,  # resized to 56x42, patch 14: 3 rows of 4 (+ 2 [IMG_BREAK], 1 [IMG_END])
     "internvl": 4,  # one 56 px tile, 16 patches pixel-shuffled by 0.5
     "idefics3": 20,  # 2x2 tiles of 4 + a global view of 4
+    "smolvlm": 20,  # as idefics3
     "mllama": 1,  # the image stays one token; the model reads it through cross attention
     "llama4": 12,  # 2x1 tiles of 4 `<|patch|>` + the global tile of 4
 }

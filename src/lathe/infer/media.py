@@ -103,13 +103,20 @@ def expand(context: MediaContext, messages: Sequence[dict], media: Mapping[str, 
     return Expanded(expanded, items)
 
 
-def generate_inputs(context: MediaContext, items: Mapping[str, Sequence[Any]], ids: Sequence[int]) -> dict[str, Any]:
-    """The media keyword arguments of `model.generate` for one prompt: the processor's tensors, and the per-token
-    modality ids where the family takes them (as data/media/collate.py makes a training batch's)."""
-    import torch
+def arrange_prompt(context: MediaContext, ids: list[int]) -> list[int]:
+    """The prompt ids in the family's order (`MediaPlugin.arrange`, as training's encode.py reorders a sample:
+    PaliGemma's images before `<bos>`); unchanged for the others. The list is reordered in place and returned."""
+    if context.plugin.arrange is not None:
+        ids[:] = [ids[i] for i in context.plugin.arrange(context.processor, ids).tolist()]
+    return ids
 
-    out = context.plugin.features(context.processor, items, context.kwargs)
-    types = context.plugin.token_type_ids(context.processor, [list(ids)])
-    if types is not None:
-        out[context.plugin.token_types] = torch.tensor(types, dtype=torch.long)
-    return out
+
+def generate_inputs(context: MediaContext, items: Mapping[str, Sequence[Any]], ids: list[int]) -> dict[str, Any]:
+    """The media keyword arguments of `model.generate` for one prompt: the processor's tensors, and the per-token
+    inputs where the family takes them (modality ids, mllama's cross-attention mask), made as data/media/collate.py
+    makes a training batch's (a batch of one row, no labels).
+
+    `ids` (the encoded prompt) is first put in the family's order, in place (`arrange_prompt`), so the caller
+    generates from the ids training saw; its length does not change."""
+    arrange_prompt(context, ids)
+    return context.plugin.batch_inputs(context.processor, [items], [list(ids)], context.kwargs)

@@ -13,8 +13,8 @@ Chat templates: where /work/shared/tokenizers holds the vendor's text the templa
 byte-identical (LLaVA-NeXT-Mistral) or renders the same (LLaVA-OneVision, plus video parts);
 Mistral Small 3.1's is reduced to its message layout (no tools) and renders the same text for
 plain conversations; the rest follow the vendors' processor templates as transformers' own tests
-carry them, or (PaliGemma, which ships none) LLaMA-Factory's layout. SmolVLM is not here: its
-processor requires the `num2words` package, which lathe's environment lacks.
+carry them, or (PaliGemma, which ships none) LLaMA-Factory's layout. SmolVLM's processor needs the
+`num2words` package (lathe's `multimodal` and `dev` extras carry it).
 """
 
 from __future__ import annotations
@@ -547,6 +547,49 @@ def _idefics3_processor(tok):
                              chat_template=IDEFICS3_TEMPLATE)
 
 
+# --- SmolVLM ---------------------------------------------------------------------------------------
+# Idefics3's recipe (56 px tiles, 4 `<image>` tokens each, a 2x2 grid plus a global view) with SmolVLM's classes
+# and its video processor: each video frame one 56 px global view after a "Frame from MM:SS:" line. Its
+# processor needs the `num2words` package (frame counts in words).
+
+SMOLVLM_TOKENS = (*IDEFICS3_TOKENS, "<video>", "<|im_start|>")
+
+# HuggingFaceTB/SmolVLM2-*-Instruct: "<|im_start|>User:<image>text<end_of_utterance>\nAssistant: ...", as
+# transformers' SmolVLM processor writes it (DEFAULT_CHAT_TEMPLATE), videos as `<video>`.
+SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'] is string %}{{': ' + message['content']}}{% else %}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% elif line['type'] == 'video' %}{{ '<video>' }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def _smolvlm_tok(tok):
+    return _roles(tok, bos_token="<|im_start|>", eos_token="<end_of_utterance>")
+
+
+def _smolvlm_config(tok):
+    from transformers import SmolVLMConfig
+
+    _smolvlm_tok(tok)
+    vision = {"model_type": "smolvlm_vision", **_vision(image_size=56)}
+    return SmolVLMConfig(vision_config=vision, text_config=_llama_text(tok), scale_factor=2,
+                         tie_word_embeddings=False, **_ids(tok, image_token_id="<image>"))
+
+
+def _smolvlm_processor(tok):
+    from transformers import SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
+
+    # Real SmolVLM2: longest_edge 512 x 4 tiles of 512; videos one 512 px view per frame.
+    image = SmolVLMImageProcessor(size={"longest_edge": 112}, max_image_size={"longest_edge": 56},
+                                  do_image_splitting=True)
+    video = SmolVLMVideoProcessor(size={"longest_edge": 56}, max_image_size={"longest_edge": 56})
+    return SmolVLMProcessor(image_processor=image, tokenizer=_smolvlm_tok(tok), video_processor=video,
+                            image_seq_len=4, chat_template=SMOLVLM_TEMPLATE)
+
+
 # --- Llama 3.2 Vision (mllama) -----------------------------------------------------------------------
 # Images never enter the token stream as features: one `<|image|>` stays one token, and cross-attention
 # layers (here layer 1) read the tiles through `cross_attention_mask`.
@@ -642,6 +685,8 @@ MORE_FAMILIES: dict[str, VlmFamily] = {
                           ("image", "video"), named_tokens=INTERNVL_NAMED),
     "idefics3": VlmFamily("Idefics3ForConditionalGeneration", _idefics3_config, _idefics3_processor, "idefics3",
                           ("image",), IDEFICS3_TOKENS),
+    "smolvlm": VlmFamily("SmolVLMForConditionalGeneration", _smolvlm_config, _smolvlm_processor, "smolvlm",
+                         ("image", "video"), SMOLVLM_TOKENS),
     "mllama": VlmFamily("MllamaForConditionalGeneration", _mllama_config, _mllama_processor, "mllama", ("image",),
                         MLLAMA_TOKENS),
     "llama4": VlmFamily("Llama4ForConditionalGeneration", _llama4_config, _llama4_processor, "llama4", ("image",),

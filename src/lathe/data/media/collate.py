@@ -2,7 +2,9 @@
 
 The media tensors are made here, per batch, from the paths the tokenized samples keep (plugins.py says why they
 are not cached). `rows` says which sample each row of the batch is: a preference batch is [chosen..., rejected...],
-so each sample's media come twice, in that order, as the model meets their placeholders.
+so each sample's media come twice, in that order, as the model meets their placeholders. The family's plugin makes
+the tensors from the rows' items and the padded ids (`MediaPlugin.batch_inputs`): most families take one flat list
+of the batch's items, mllama takes them per row with a per-token cross-attention mask.
 """
 
 from __future__ import annotations
@@ -35,16 +37,12 @@ class MediaCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         paths = [{kind: list(f.get(COLUMNS[kind]) or []) for kind in KINDS} for f in features]
         batch = self.inner([{k: v for k, v in f.items() if k not in COLUMNS.values()} for f in features])
-        items: dict[str, list[Any]] = {kind: [] for kind in KINDS}
-        for row in self.rows(len(features)):
-            for kind in KINDS:
-                items[kind].extend(self.media.load(kind, path) for path in paths[row][kind])
-        features = self.media.plugin.features(self.media.processor, items, self.media.kwargs)
+        rows = [{kind: [self.media.load(kind, path) for path in paths[row][kind]] for kind in KINDS}
+                for row in self.rows(len(features))]
+        media = self.media.plugin.batch_inputs(self.media.processor, rows, batch["input_ids"], self.media.kwargs,
+                                               labels=batch.get("labels"))
         if self.dtype is not None:
-            features = {k: v.to(self.dtype) if torch.is_tensor(v) and v.is_floating_point() else v
-                        for k, v in features.items()}
-        batch.update(features)
-        types = self.media.plugin.token_type_ids(self.media.processor, batch["input_ids"])
-        if types is not None:
-            batch[self.media.plugin.token_types] = torch.tensor(types, dtype=torch.long)
+            media = {k: v.to(self.dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+                     for k, v in media.items()}
+        batch.update(media)
         return batch

@@ -152,6 +152,8 @@ def encode_with_media(batch: dict[str, list], *, inner: Callable[..., dict[str, 
             messages[i] = [{**m, "content": PLACEHOLDER_RE.sub("", m["content"])} for m in messages[i]]
     out = inner({**batch, "messages": messages}, **inner_kwargs)
     out["_drop"] = [own or theirs for own, theirs in zip(drops, out["_drop"])]
+    if media.plugin.arrange is not None:
+        _arrange(out, media, has_media=[any(media_of(batch, i).values()) for i in range(n)])
     masked = media.media_token_ids
     if len(masked):
         for key in [k for k in out if k == "labels" or k.endswith("_labels")]:
@@ -159,6 +161,20 @@ def encode_with_media(batch: dict[str, list], *, inner: Callable[..., dict[str, 
     for kind in KINDS:
         out[COLUMNS[kind]] = [media_of(batch, i)[kind] for i in range(n)]
     return out
+
+
+def _arrange(out: dict[str, list], media: MediaContext, has_media: list[bool]) -> None:
+    """The plugin's reordering of each sample with media (`MediaPlugin.arrange`), applied alike to its ids and to
+    every per-token column beside them (`labels`, `attention_mask`; `chosen_*` / `rejected_*` of pairs)."""
+    for ids_key in [k for k in out if k.endswith("input_ids")]:
+        prefix = ids_key[: -len("input_ids")]
+        keys = [prefix + name for name in ("input_ids", "labels", "attention_mask") if prefix + name in out]
+        for i, ids in enumerate(out[ids_key]):
+            if not has_media[i] or not len(ids):
+                continue
+            order = media.plugin.arrange(media.processor, ids)
+            for key in keys:
+                out[key][i] = np.asarray(out[key][i])[order]
 
 
 def _ids_key(labels_key: str) -> str:

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 KINDS = ("image", "video", "audio")
 PLACEHOLDERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}  # as LLaMA-Factory's data writes them
 COLUMNS = {"image": "images", "video": "videos", "audio": "audios"}  # the sample's column of each kind
-# What a processor's __call__ returns for the text: made by lathe's own tokenization instead.
-TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "text_replacement_offsets"})
+# What a processor's __call__ returns for the text: made by lathe's own tokenization (and the plugin's hooks) instead.
+TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "text_replacement_offsets",
+                       "labels", "cross_attention_mask"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +44,19 @@ class MediaPlugin(Choice):
     names no plugin. `token_types`: the per-token key the model takes besides input_ids (`mm_token_type_ids`,
     Gemma 3's `token_type_ids`), made from the ids by the processor's `create_mm_token_type_ids`. `mrope`: the
     model derives 3-D position ids from the media grids, so samples cannot share a packed row.
+
+    Hooks for the families the generic path does not fit (each None / default for the others):
+    - `expands=False`: the processor's placeholder stays one token (mllama reads images through cross-attention),
+      so an item's replacement is the token itself; such processors give no replacement offsets.
+    - `batch_features(plugin, processor, rows, input_ids, kwargs) -> dict`: the media tensors of a batch built per
+      row (`rows[i]`: kind -> the loaded items of row i) together with per-token tensors from the batch's padded
+      `input_ids` (mllama: pixel values (batch, images, tiles, ...) and `cross_attention_mask` (batch, seq,
+      images, tiles)), where one processor call over all the batch's items cannot say which row holds what.
+    - `arrange(processor, ids) -> order`: a permutation of one tokenized sample's positions, applied to its ids,
+      labels and mask after the template's encoding (PaliGemma: its images before `<bos>`); lengths never change,
+      so truncation to `cutoff_len` already counted every token.
+    - `types_of(processor, input_ids, labels) -> rows of ints`: the `token_types` values, made from the batch's
+      ids and labels (None: the processor's `create_mm_token_type_ids`; labels are None at inference).
     """
 
     prompt: Mapping[str, str]
@@ -50,8 +64,12 @@ class MediaPlugin(Choice):
     token_types: str | None = None
     mrope: bool = False
     audio_in_video: bool = False  # `use_audio_in_video`: the family also hears each video's sound track
+    expands: bool = True
     adjust_image: Callable[[Any], Any] | None = field(default=None, compare=False)  # after lathe's own scaling
     call_kwargs: Callable[[Any, Any], dict[str, Any]] = field(default=lambda processor, opts: {}, compare=False)
+    batch_features: Callable[..., dict[str, Any]] | None = field(default=None, compare=False)
+    arrange: Callable[[Any, Any], Any] | None = field(default=None, compare=False)
+    types_of: Callable[[Any, Any, Any], list[list[int]]] | None = field(default=None, compare=False)
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -73,6 +91,8 @@ class MediaPlugin(Choice):
                      ) -> dict[str, list[str]]:
         """kind -> the text each item becomes, in order: the processor's own expansion of its placeholder.
         `kwargs`: the processor-call options of the run (`MediaContext.kwargs`)."""
+        if not self.expands:
+            return {kind: [self.token(processor, kind)] * len(media.get(kind) or ()) for kind in self.kinds}
         texts = "".join(self.token(processor, kind) * len(media.get(kind) or ()) for kind in self.kinds)
         out = processor(text=[texts], return_text_replacement_offsets=True, **self.processor_inputs(media), **kwargs)
         found: dict[str, list[str]] = {kind: [] for kind in self.kinds}
@@ -110,11 +130,33 @@ class MediaPlugin(Choice):
             inputs["audio"] = list(media["audio"])
         return inputs
 
-    def token_type_ids(self, processor: Any, input_ids: Sequence[Sequence[int]]) -> list[list[int]] | None:
-        """The per-token modality ids the model takes (`token_types`), from the batch's ids; None when it takes none."""
+    def token_type_ids(self, processor: Any, input_ids: Sequence[Sequence[int]], labels: Any = None
+                       ) -> list[list[int]] | None:
+        """The per-token modality ids the model takes (`token_types`), from the batch's ids (and labels, where the
+        family's types follow what is learned); None when it takes none."""
         if self.token_types is None:
             return None
+        if self.types_of is not None:
+            return self.types_of(processor, input_ids, labels)
         return processor.create_mm_token_type_ids([list(map(int, ids)) for ids in input_ids])
+
+    def batch_inputs(self, processor: Any, rows: Sequence[Mapping[str, Sequence[Any]]], input_ids: Any,
+                     kwargs: Mapping[str, Any], labels: Any = None) -> dict[str, Any]:
+        """Every media input of a padded batch: the tensors of its rows' items (`rows[i]`: kind -> the loaded items
+        of row i, in the order the row's placeholders meet them) and the per-token types. The collator and
+        `generate` both call this, so training and inference feed the model alike."""
+        import torch
+
+        if self.batch_features is not None:
+            out = self.batch_features(self, processor, rows, input_ids, kwargs)
+        else:
+            items = {kind: [item for row in rows for item in row.get(kind) or ()] for kind in KINDS}
+            out = self.features(processor, items, kwargs)
+        ids = input_ids.tolist() if hasattr(input_ids, "tolist") else input_ids
+        types = self.token_type_ids(processor, ids, labels)
+        if types is not None:
+            out[self.token_types] = torch.tensor(types, dtype=torch.long)
+        return out
 
 
 MEDIA_PLUGINS: Registry = Registry("media plugin", "template", __name__)
@@ -206,8 +248,9 @@ for _name, _help, _kinds, _types, _token_types in (
     ("pixtral", "Pixtral / Mistral Small 3.1: images at their own size, rows of patches", ("image",),
      ("mistral3", "pixtral"), None),
     ("llama4", "Llama 4: images as tiles", ("image",), ("llama4",), None),
-    ("idefics3", "Idefics3 / SmolVLM: images split into tiles plus a global view", ("image",),
-     ("idefics3", "smolvlm"), None),
+    ("idefics3", "Idefics3: images split into tiles plus a global view", ("image",), ("idefics3",), None),
+    ("smolvlm", "SmolVLM / SmolVLM2: images as Idefics3's tiles, video as timestamped frames", ("image", "video"),
+     ("smolvlm",), None),
 ):
     MEDIA_PLUGINS.register(MediaPlugin(name=_name, help=_help, prompt=dict.fromkeys(_kinds, _BARE), model_types=_types,
                                        token_types=_token_types))
@@ -244,4 +287,90 @@ MEDIA_PLUGINS.register(MediaPlugin(
     model_types=("qwen2_5_omni_thinker",), mrope=True, call_kwargs=_omni, adjust_image=adjust_for_qwen_vl,
     prompt={"image": "<|vision_bos|>{token}<|vision_eos|>", "video": "<|vision_bos|>{token}<|vision_eos|>",
             "audio": "<|audio_bos|>{token}<|audio_eos|>"},
+))
+
+
+def _mllama_batch(plugin: MediaPlugin, processor: Any, rows: Sequence[Mapping[str, Sequence[Any]]], input_ids: Any,
+                  kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Llama 3.2 Vision: each `<|image|>` stays one token and the text layers read the image tiles through
+    cross-attention, so the tensors are per row of the batch: pixel values (batch, images, tiles, 3, H, W), the
+    aspect ratio of each (`aspect_ratio_ids`, `aspect_ratio_mask`), and `cross_attention_mask` (batch, seq,
+    images, tiles) saying which tokens see which image: from an image's token to the next image's, or to the end
+    (transformers' own `get_cross_attention_token_mask`, read on the batch's padded ids). A row without images
+    gets padding slots (aspect ratio 0, no tile seen), as the processor pads a row with fewer images; its
+    tokens see no image."""
+    import torch
+    from transformers.models.mllama.processing_mllama import (
+        convert_sparse_cross_attention_mask_to_dense,
+        get_cross_attention_token_mask,
+    )
+
+    images = [list(row.get("image") or ()) for row in rows]
+    taken = [i for i, row in enumerate(images) if row]
+    if not taken:
+        return {}
+    out = processor.image_processor([images[i] for i in taken], return_tensors="pt", **kwargs)
+    out.pop("num_tiles", None)
+    slots = out["pixel_values"].shape[1]
+    pixels = out["pixel_values"].new_zeros((len(rows), *out["pixel_values"].shape[1:]))
+    ratio_ids = out["aspect_ratio_ids"].new_zeros((len(rows), slots))
+    ratio_mask = out["aspect_ratio_mask"].new_zeros((len(rows), *out["aspect_ratio_mask"].shape[1:]))
+    ratio_mask[:, :, 0] = 1  # a padding slot, as the image processor writes one
+    index = torch.tensor(taken)
+    pixels[index], ratio_ids[index], ratio_mask[index] = (out["pixel_values"], out["aspect_ratio_ids"],
+                                                          out["aspect_ratio_mask"])
+    ids = input_ids.tolist() if hasattr(input_ids, "tolist") else [list(map(int, r)) for r in input_ids]
+    spans = [get_cross_attention_token_mask(row, processor.image_token_id) for row in ids]
+    for row, (found, items) in enumerate(zip(spans, images)):
+        if len(found) != len(items):
+            raise LatheError(f"media plugin `{plugin.name}`: row {row} of the batch holds {len(found)} "
+                             f"{processor.image_token} token(s) for {len(items)} image(s) (cut by cutoff_len?).")
+    tiles = [[int(ratio_mask[row, slot].sum()) for slot in range(len(items))] for row, items in enumerate(images)]
+    spans = [found or [[0, 0]] for found in spans]  # a row without images: one empty span, no token sees a tile
+    mask = convert_sparse_cross_attention_mask_to_dense(
+        spans, num_tiles=[t or [0] for t in tiles], max_num_tiles=processor.image_processor.max_image_tiles,
+        length=max(len(row) for row in ids))
+    return {"pixel_values": pixels, "aspect_ratio_ids": ratio_ids, "aspect_ratio_mask": ratio_mask,
+            "cross_attention_mask": torch.from_numpy(mask[:, :, :slots])}
+
+
+MEDIA_PLUGINS.register(MediaPlugin(
+    name="mllama", help="Llama 3.2 Vision: images through cross-attention; one <|image|> token each",
+    prompt={"image": _BARE}, model_types=("mllama",), expands=False, batch_features=_mllama_batch,
+))
+
+
+def _images_first(processor: Any, ids: Any) -> Any:
+    """PaliGemma: every image token moves before the rest (`<bos>`, the prompt), in order, as its processor lays
+    out a prompt and LLaMA-Factory prepends them to the ids; the text keeps its order."""
+    import numpy as np
+
+    ids = np.asarray(ids)
+    image = ids == processor.image_token_id
+    return np.concatenate([np.flatnonzero(image), np.flatnonzero(~image)])
+
+
+def _prefix_types(processor: Any, input_ids: Any, labels: Any) -> list[list[int]]:
+    """PaliGemma's prefix-LM types: 0 for the prefix (images, `<bos>`, the prompt), which attends both ways, 1 from
+    the first learned token on (the answer), causal, as its processor writes them for a prompt and its suffix.
+    Learned tokens are never in the prefix: a prefix token sees the tokens after it, so a learned one there would
+    be seen before it is predicted (with `train_on_prompt` the prefix is the images alone). At inference (no
+    labels) the whole prompt is the prefix and each generated token is 1 (the model adds them)."""
+    from lathe.data.sample import IGNORE_INDEX
+
+    rows = input_ids.tolist() if hasattr(input_ids, "tolist") else [list(r) for r in input_ids]
+    if labels is None:
+        return [[0] * len(row) for row in rows]
+    labels = labels.tolist() if hasattr(labels, "tolist") else [list(r) for r in labels]
+    types = []
+    for row, learned in zip(rows, labels):
+        first = next((i for i, label in enumerate(learned) if label != IGNORE_INDEX), len(row))
+        types.append([0] * first + [1] * (len(row) - first))
+    return types
+
+
+MEDIA_PLUGINS.register(MediaPlugin(
+    name="paligemma", help="PaliGemma 1 / 2: images before <bos>, a bidirectional prefix (token_type_ids)",
+    prompt={"image": _BARE}, model_types=("paligemma",), token_types="token_type_ids", arrange=_images_first,
+    types_of=_prefix_types,
 ))
