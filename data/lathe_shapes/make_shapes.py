@@ -1,5 +1,5 @@
-"""Writes lathe's own small multimodal data: images of coloured shapes, an SFT set about them and a
-preference set (chosen / rejected answers) for DPO. Run from the repository root:
+"""Writes lathe's own small multimodal data: images of coloured shapes, an SFT set about them, a
+preference set (chosen / rejected answers) for DPO and the same answers labelled for KTO. Run from the repository root:
 
     python data/lathe_shapes/make_shapes.py
 
@@ -70,6 +70,11 @@ def main() -> None:
                     "chosen": {"from": "gpt", "value": f"It is {color}."},
                     "rejected": {"from": "gpt", "value": f"It is {wrong_color}."},
                     "images": [name]})
+    kto = [{"messages": [{"role": "user", "content": row["conversations"][0]["value"]},
+                         {"role": "assistant", "content": row[side]["value"]}],
+            "label": side == "chosen", "images": row["images"]}
+           for row in dpo for side in ("chosen", "rejected")]  # each pair as two labelled answers
+    (HERE / "lathe_shapes_kto.json").write_text(json.dumps(kto, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     (HERE / "lathe_shapes_sft.json").write_text(json.dumps(sft, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     (HERE / "lathe_shapes_dpo.json").write_text(json.dumps(dpo, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 

@@ -344,9 +344,10 @@ def test_llama_factory_multimodal_examples_train_on_its_demo_data(tmp_path, exam
     assert seen[-1] < seen[0]
 
 
-def test_dpo_on_image_preferences_trains_and_kto_refuses_media(tmp_path):
+def test_dpo_and_kto_on_image_preferences_train(tmp_path):
     """lathe_shapes_dpo: the image comes with the chosen and with the rejected row; the reference is the
-    adapter switched off. KTO's mismatched KL rows are not paired with media yet: refused by name."""
+    adapter switched off. KTO (lathe_shapes_kto, its chosen / rejected answers as labelled rows): the KL rows
+    pair each prompt and its image with the next sample's answer, their token types made from their own ids."""
     from lathe.config import load_config
     from lathe.train import run_stage
 
@@ -356,10 +357,11 @@ def test_dpo_on_image_preferences_trains_and_kto_refuses_media(tmp_path):
     run_stage(cfg)
     seen = losses(Path(cfg.training.output_dir))
     assert len(seen) == 3 and all(np.isfinite(seen)) and seen[-1] < seen[0]
-    cfg = load_config(write_config(tmp_path, model, stage="kto", dataset="lathe_shapes_dpo", max_steps=1,
-                                   overwrite_cache=True))
-    with pytest.raises(LatheError, match="does not take images"):
-        run_stage(cfg)
+    cfg = load_config(write_config(tmp_path, model, stage="kto", dataset="lathe_shapes_kto", max_steps=3,
+                                   learning_rate=1e-2, per_device_train_batch_size=4))
+    run_stage(cfg)
+    seen = losses(Path(cfg.training.output_dir))
+    assert len(seen) == 3 and all(np.isfinite(seen))
 
 
 def test_reward_model_on_image_pairs_trains(tmp_path):
@@ -483,3 +485,26 @@ def test_multimodal_rows_tokenize_the_same_in_forked_shards(tmp_path, monkeypatc
     alone = tokenized("one")
     monkeypatch.setattr(encode, "SHARD_ROWS", 10)  # 27 rows: 3 shards over 2 workers
     assert tokenized("two", preprocessing_num_workers=2) == alone and len(alone) == 27
+
+
+def test_a_sample_whose_image_tokens_cutoff_len_would_cut_is_dropped_with_the_reason(tmp_path):
+    """Truncation keeps a prompt's end; an image at its start would lose tokens the model matches against its
+    pixels. Such a sample is dropped and counted (with what to change), never trained half-imaged."""
+    from lathe.config import load_config
+    from lathe.data.loader import get_dataset, run_template
+    from lathe.data.media.encode import media_for_run
+    from lathe.model.load import load_tokenizer
+
+    cfg = load_config(write_config(tmp_path, tiny_vlm("qwen2_vl"), cutoff_len=40, overwrite_cache=True))
+    tokenizer = load_tokenizer(cfg.model)
+    template = run_template(cfg, tokenizer)
+    template.fix_tokenizer(tokenizer)
+    media = media_for_run(cfg, tokenizer, template)
+    bundle = get_dataset(cfg, tokenizer, template, media)
+    assert any(reason.startswith("media cut by cutoff_len (its images take") for reason in bundle.report.dropped)
+    pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    media.expansion("image", str(SHAPES / "red_circle.png"))
+    per_image = media.placeholder_count("image", str(SHAPES / "red_circle.png"))  # every shape is 96x72
+    assert len(bundle.train) > 0
+    for row in bundle.train:  # what is kept has every image whole
+        assert sum(1 for t in row["input_ids"] if t == pad) == per_image * len(row["images"])

@@ -78,7 +78,10 @@ class DPOTrainer(MeanLossTrainer):
 
 
 def run_dpo(cfg: "RunConfig") -> StageResult:
-    return run_with_reference(cfg, DPOTrainer, PairwiseCollator, PREFERENCE_LOSSES[cfg.finetuning.pref_loss].reference)
+    from ..data.media.collate import pair_rows
+
+    return run_with_reference(cfg, DPOTrainer, PairwiseCollator, PREFERENCE_LOSSES[cfg.finetuning.pref_loss].reference,
+                              rows=pair_rows)
 
 
 def check_dpo(cfg: "RunConfig") -> None:

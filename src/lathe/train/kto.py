@@ -70,6 +70,6 @@ def run_kto(cfg: "RunConfig") -> StageResult:
 
 
 KTO = STAGES.register(Stage(
-    name="kto", help="answers labelled desirable or not", run=run_kto, processor=FEEDBACK,
+    name="kto", help="answers labelled desirable or not", media=True, run=run_kto, processor=FEEDBACK,
     check=check_reference_options,
 ))

@@ -190,15 +190,16 @@ def reference_logps(model, ref, batch: dict[str, torch.Tensor]):
     return sequence_logps(logits, batch["labels"])
 
 
-def run_with_reference(cfg: "RunConfig", trainer_cls, collator_cls, needs_reference: bool = True):
-    """A preference stage (dpo, kto): the run, its reference model, its Trainer; the StageResult."""
+def run_with_reference(cfg: "RunConfig", trainer_cls, collator_cls, needs_reference: bool = True, rows=None):
+    """A preference stage (dpo, kto): the run, its reference model, its Trainer; the StageResult.
+
+    `rows`: which sample each row of a batch is, for a multimodal model's media (data/media/collate.py; a
+    pair batch is its chosen rows, then its rejected rows)."""
     from .base import build_and_train, setup_run
     from .stage import StageResult
 
-    from ..data.media.collate import pair_rows
-
     run = setup_run(cfg)  # (the ref_model_* options were checked with the config: the stage's check)
     ref = build_reference(cfg, run.model, run.tokenizer, needs_reference)
-    collator = run.collator(collator_cls(run.tokenizer.pad_token_id), pair_rows)  # media: chosen rows, then rejected
+    collator = run.collator(collator_cls(run.tokenizer.pad_token_id), rows)
     trainer, metrics = build_and_train(cfg, run, trainer_cls, collator, finetuning=cfg.finetuning, ref_model=ref)
     return StageResult(metrics, trainer.model, run.tokenizer, extras={"ref_model": ref})

@@ -41,8 +41,21 @@ class MediaCollator:
                 for row in self.rows(len(features))]
         media = self.media.plugin.batch_inputs(self.media.processor, rows, batch["input_ids"], self.media.kwargs,
                                                labels=batch.get("labels"))
+        if "kl_input_ids" in batch:  # KTO: its KL rows pair each prompt (and its media) with another answer
+            media.update(self.kl_inputs(rows, batch))
         if self.dtype is not None:
             media = {k: v.to(self.dtype) if torch.is_tensor(v) and v.is_floating_point() else v
                      for k, v in media.items()}
         batch.update(media)
         return batch
+
+    def kl_inputs(self, rows: list[dict[str, list]], batch: dict[str, Any]) -> dict[str, Any]:
+        """The per-token media inputs of KTO's KL rows (`kl_` + name), made from their own ids: a KL row's media
+        are its prompt's, so the media tensors themselves are the batch's."""
+        plugin, processor, ids = self.media.plugin, self.media.processor, batch["kl_input_ids"]
+        if plugin.batch_features is None:
+            types = plugin.token_type_ids(processor, ids.tolist(), batch.get("kl_labels"))
+            return {} if types is None else {f"kl_{plugin.token_types}": torch.tensor(types, dtype=torch.long)}
+        full = plugin.batch_inputs(processor, rows, ids, self.media.kwargs, labels=batch.get("kl_labels"))
+        return {f"kl_{k}": v for k, v in full.items()
+                if torch.is_tensor(v) and v.dim() >= 2 and tuple(v.shape[:2]) == tuple(ids.shape)}

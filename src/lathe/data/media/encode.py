@@ -41,6 +41,7 @@ class MediaContext:
     kwargs: dict[str, Any] = field(default_factory=dict)  # of every processor call (plugins.call_kwargs)
     _expansions: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
     _media_ids: set[int] = field(default_factory=set, repr=False)
+    _placeholders: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # the model's tokens per item
 
     def load(self, kind: str, path: str) -> Any:
         item = LOADERS[kind](path, self.opts)
@@ -57,7 +58,13 @@ class MediaContext:
             text = self.plugin.prompt[kind].format(token=replacement)
             self._expansions[key] = text
             self._note_media_tokens(text)
+            self._placeholders[key] = replacement.count(self.plugin.token(self.processor, kind))
         return self._expansions[key]
+
+    def placeholder_count(self, kind: str, path: str) -> int:
+        """How many of the processor's own `kind` tokens an item expanded to (what the model matches its features
+        against; `expansion` first)."""
+        return self._placeholders[(kind, path)]
 
     def _note_media_tokens(self, text: str) -> None:
         """Remember the special tokens of an expansion: they are never learned."""
@@ -82,7 +89,11 @@ def media_context(cfg: "RunConfig", processor: Any, template: Any, model_type: s
                          f"`{getattr(template, 'name', '')}` has a media plugin in lathe; set `template` to the "
                          f"family's (media plugins: {', '.join(MEDIA_PLUGINS)}; docs/multimodal.md).")
     check_media_run(cfg, plugin)
-    opts = MediaOptions.from_args(cfg.data)
+    from dataclasses import replace
+
+    from ...hub import offline_requested
+
+    opts = replace(MediaOptions.from_args(cfg.data), allow_remote=not offline_requested())  # URLs only online
     return MediaContext(plugin, processor, opts, call_kwargs(cfg, plugin, processor, opts))
 
 
@@ -152,6 +163,7 @@ def encode_with_media(batch: dict[str, list], *, inner: Callable[..., dict[str, 
             messages[i] = [{**m, "content": PLACEHOLDER_RE.sub("", m["content"])} for m in messages[i]]
     out = inner({**batch, "messages": messages}, **inner_kwargs)
     out["_drop"] = [own or theirs for own, theirs in zip(drops, out["_drop"])]
+    _drop_cut_media(out, batch, media)
     if media.plugin.arrange is not None:
         _arrange(out, media, has_media=[any(media_of(batch, i).values()) for i in range(n)])
     masked = media.media_token_ids
@@ -161,6 +173,28 @@ def encode_with_media(batch: dict[str, list], *, inner: Callable[..., dict[str, 
     for kind in KINDS:
         out[COLUMNS[kind]] = [media_of(batch, i)[kind] for i in range(n)]
     return out
+
+
+def _drop_cut_media(out: dict[str, list], batch: dict[str, list], media: MediaContext) -> None:
+    """Drop the samples whose media tokens truncation to `cutoff_len` cut: the model needs all of an item's
+    tokens or none of its features, and a mismatch would stop training mid-epoch."""
+    token_ids = {kind: media.processor.tokenizer.convert_tokens_to_ids(media.plugin.token(media.processor, kind))
+                 for kind in media.plugin.kinds}
+    for i in range(len(out["_drop"])):
+        items = media_of(batch, i)
+        if out["_drop"][i] or not any(items.values()):
+            continue
+        for ids_key in [k for k in out if k.endswith("input_ids")]:
+            ids = np.asarray(out[ids_key][i])
+            for kind, paths in items.items():
+                wanted = sum(media.placeholder_count(kind, p) for p in paths)
+                if paths and int((ids == token_ids[kind]).sum()) != wanted:
+                    out["_drop"][i] = (f"media cut by cutoff_len (its {kind}s take {wanted} tokens; raise cutoff_len "
+                                       f"or lower {kind}_max_pixels)" if kind != "audio" else
+                                       f"media cut by cutoff_len (its audio takes {wanted} tokens; raise cutoff_len)")
+                    break
+            if out["_drop"][i]:
+                break
 
 
 def _arrange(out: dict[str, list], media: MediaContext, has_media: list[bool]) -> None:
