@@ -145,7 +145,8 @@ def _need_gradio(command: str) -> None:
 def cmd_webui(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lathe webui", description="The Board: lathe in the browser.")
     parser.add_argument("--workdir", default="lathe_board", help="folder for the Board's run configs, logs and locks")
-    parser.add_argument("--lang", default="en", help="language of the page at start (en, zh)")
+    parser.add_argument("--lang", default=None, help="language of every page (en, zh, ru, ko, ja); default: the one "
+                        "last picked in the menu, else the browser's, else English")
     ns = parser.parse_args(args)
     _need_gradio("webui")
     from .board.app import run_webui

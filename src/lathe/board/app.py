@@ -29,6 +29,7 @@ from .eval_tab import build_eval_tab  # noqa: E402
 from .export_tab import build_export_tab  # noqa: E402
 from .locales import DEFAULT_LANG, languages, t  # noqa: E402
 from .runner import Runner  # noqa: E402
+from .user_settings import REMEMBERED_FIELDS, UserSettings, start_language  # noqa: E402
 from .widgets import Widgets  # noqa: E402
 
 QUANTIZATION_BITS = ["", "4", "8"]
@@ -40,11 +41,29 @@ def _template_names() -> list[str]:
     return ["", *list_templates()]
 
 
-def create_board(workdir: str | Path = "lathe_board", lang: str = DEFAULT_LANG) -> gr.Blocks:
-    """The full Board: top bar (model and method) and the Train / Evaluate / Chat / Export tabs."""
+def check_language(lang: str | None) -> str | None:
+    """`--lang` as given, refused up front when the Board does not speak it (not a silent English page)."""
+    offered = languages()
+    if lang is not None and lang not in offered:
+        raise LatheError(f"--lang {lang}: the Board speaks {', '.join(offered)}; pick one of them, or leave --lang "
+                         "out to follow the browser's language.")
+    return lang
+
+
+def create_board(workdir: str | Path = "lathe_board", lang: str | None = None) -> gr.Blocks:
+    """The full Board: top bar (model and method) and the Train / Evaluate / Chat / Export tabs.
+
+    `lang` fixes the language every page opens in; None lets each page open in the language last
+    picked in the menu (remembered in `workdir`), else in its browser's language (Accept-Language)
+    when the Board speaks it, else in English. The menu switches it at any time.
+    """
     from .train_tab import build_train_tab
 
+    forced = check_language(lang)
     runner = Runner(workdir)
+    settings = UserSettings(runner.workdir)
+    # The page is built in the likeliest language; each opening page then switches to its own.
+    lang = start_language(forced, settings.get("lang"), None)
     ctx = BoardContext(runner, ChatSession(), Widgets(lang))
     w = ctx.w
     top_by_name = {f.name: f for f in train_form() if f.section == "top"}
@@ -52,10 +71,12 @@ def create_board(workdir: str | Path = "lathe_board", lang: str = DEFAULT_LANG) 
     with gr.Blocks(title=t("title", lang), analytics_enabled=False) as app:
         app.lathe_runner = runner  # stopped by `run_webui` when the Board stops
         app.lathe_widgets = w  # what the language switch relabels
+        app.lathe_settings = settings  # what the Board remembers between starts
         with gr.Row():
             lang_pick = gr.Dropdown(choices=[(v, k) for k, v in languages().items()], value=lang,
                                     label=t("lang", lang), elem_id="lang", scale=1)
             w.ui(lang_pick, "lang")
+            ctx.lang_pick = lang_pick
             catalog = w.ui(gr.Dropdown(choices=["", *model_names()], value="", label=t("catalog", lang),
                                        info=t("catalog_info", lang), allow_custom_value=True, filterable=True,
                                        elem_id="catalog", scale=2), "catalog", "info")
@@ -93,7 +114,33 @@ def create_board(workdir: str | Path = "lathe_board", lang: str = DEFAULT_LANG) 
 
         catalog.change(pick, catalog, [model, template])
         lang_pick.change(lambda code: w.relabel(code), lang_pick, w.relabel_targets())
+        remember_settings(app, forced, lang_pick, settings, {name: w.components[name] for name in REMEMBERED_FIELDS})
     return app
+
+
+def remember_settings(app: gr.Blocks, forced_lang: str | None, lang_pick, settings: UserSettings,
+                      fields: dict[str, Any]) -> None:
+    """Give a page opening anew its language and the remembered fields; remember what changes.
+
+    Only a language picked in the menu (`.input`, a user's act) is remembered, not the one a
+    browser asked for; the fields are remembered whenever their value changes.
+    """
+    names = list(fields)
+
+    def on_open(request: gr.Request):
+        header = request.headers.get("accept-language") if request is not None else None
+        code = start_language(forced_lang, settings.get("lang"), header)
+        return [code, *[settings.get(name) or gr.skip() for name in names]]
+
+    def remember(name: str):
+        def on_change(value) -> None:
+            settings.update(**{name: value})
+        return on_change
+
+    app.load(on_open, None, [lang_pick, *fields.values()], show_progress="hidden")
+    lang_pick.input(remember("lang"), lang_pick, None, show_progress="hidden")
+    for name, comp in fields.items():
+        comp.change(remember(name), comp, None, show_progress="hidden", trigger_mode="always_last")
 
 
 def create_webchat(cfg: Any, lang: str = DEFAULT_LANG) -> gr.Blocks:
@@ -146,7 +193,7 @@ def launch(app: gr.Blocks, runner: Runner | None = None) -> None:
             pass
 
 
-def run_webui(workdir: str = "lathe_board", lang: str = DEFAULT_LANG) -> None:
+def run_webui(workdir: str = "lathe_board", lang: str | None = None) -> None:
     app = create_board(workdir, lang)
     launch(app, app.lathe_runner)
 

@@ -28,6 +28,9 @@ class BoardContext:
     session: ChatSession
     w: Widgets
     top: list[FormField] = field(default_factory=list)
+    # The language menu: handlers take its value as their last input, so that the messages they
+    # return speak the language the page shows now (each page has its own), not the one it was built in.
+    lang_pick: Any = None
 
     @property
     def top_components(self) -> list[Any]:

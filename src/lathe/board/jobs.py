@@ -38,14 +38,15 @@ def wire_job(ctx: BoardContext, button, inputs: list[Any], make: Callable[..., t
     timer = gr.Timer(1.0, active=False)
 
     def start(*values):
+        *values, code = values  # the language menu comes last
         try:
             kind, raw, target, extra_args = make(*values)
             run = ctx.runner.start(kind, raw, target, extra_args)
         except LatheError as e:
-            return error_md(lang, e), gr.skip(), gr.skip()
-        return f"{t('msg_started', lang)}: `{' '.join(run.cmd)}`", run.key, gr.Timer(active=True)
+            return error_md(code, e), gr.skip(), gr.skip()
+        return f"{t('msg_started', code)}: `{' '.join(run.cmd)}`", run.key, gr.Timer(active=True)
 
-    def tick(run_key):
+    def tick(run_key, code):
         run = ctx.runner.get(run_key)
         if run is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False)
@@ -53,7 +54,7 @@ def wire_job(ctx: BoardContext, button, inputs: list[Any], make: Callable[..., t
         if state == "running":
             return gr.skip(), run.log_tail(), gr.skip(), gr.skip()
         metrics = read_metrics(run.key, results_name) if results_name and state == "finished" else None
-        return f"{t('state_' + state, lang)}: `{run.key}`", run.log_tail(), metrics, gr.Timer(active=False)
+        return f"{t('state_' + state, code)}: `{run.key}`", run.log_tail(), metrics, gr.Timer(active=False)
 
-    button.click(start, inputs, [status, key, timer])
-    timer.tick(tick, key, [status, log_box, results, timer])
+    button.click(start, [*inputs, ctx.lang_pick], [status, key, timer])
+    timer.tick(tick, [key, ctx.lang_pick], [status, log_box, results, timer])

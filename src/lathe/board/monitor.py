@@ -42,22 +42,24 @@ def loss_frame(records: list[dict[str, Any]]):
     return pd.DataFrame({"step": [p[0] for p in points], "loss": [p[1] for p in points]})
 
 
-def progress_html(records: list[dict[str, Any]], state: str, label: str | None = None) -> str:
-    """A progress bar with steps, percentage, elapsed time and ETA.
+def progress_html(records: list[dict[str, Any]], state: str, label: str | None = None, lang: str = "en") -> str:
+    """A progress bar with steps, percentage, elapsed time and ETA, its words in `lang`.
 
     `state` (idle/running/finished/failed/aborted) and the number of loss points are also
     kept as data attributes, for scripts and the browser test; `label` is the state in words.
     """
+    from .locales import t
+
     last = records[-1] if records else {}
     pct = float(last.get("percentage", 100.0 if state == "finished" and records else 0.0))
     steps = f"{last.get('current_steps', 0)}/{last.get('total_steps', '?')}"
-    parts = [f"{steps} steps", f"{pct:.0f}%"]
+    parts = [f"{steps} {t('prog_steps', lang)}", f"{pct:.0f}%"]
     if "elapsed_time" in last:
-        parts.append(f"elapsed {last['elapsed_time']}")
+        parts.append(f"{t('prog_elapsed', lang)} {last['elapsed_time']}")
     if last.get("remaining_time") and state == "running":
-        parts.append(f"ETA {last['remaining_time']}")
+        parts.append(f"{t('prog_eta', lang)} {last['remaining_time']}")
     if "loss" in last:
-        parts.append(f"loss {last['loss']:.4f}")
+        parts.append(f"{t('prog_loss', lang)} {last['loss']:.4f}")
     text = html.escape(" · ".join(parts))
     return (
         f'<div id="lathe-progress" data-state="{html.escape(state)}" data-points="{len(loss_points(records))}">'

@@ -103,7 +103,7 @@ def build_train_tab(ctx: BoardContext) -> None:
         start = w.ui(gr.Button(t("start", lang), variant="primary", elem_id="train-start"), "start", "value")
         abort = w.ui(gr.Button(t("abort", lang), variant="stop", elem_id="train-abort"), "abort", "value")
     status = gr.Markdown(elem_id="train-status")
-    progress = gr.HTML(progress_html([], "idle"), elem_id="train-progress")
+    progress = gr.HTML(progress_html([], "idle", t("state_idle", lang), lang), elem_id="train-progress")
     with gr.Row():
         loss_plot = w.ui(gr.LinePlot(loss_frame([]), x="step", y="loss", label=t("loss", lang), elem_id="loss-plot",
                                      height=260), "loss")
@@ -132,31 +132,34 @@ def build_train_tab(ctx: BoardContext) -> None:
         check_config(raw, purpose="train")
         return raw
 
+    # Each handler gets the language menu's value last (`code`): its messages speak the page's language.
     def on_preview(*args):
+        *args, code = args
         try:
             raw = validated(args)
         except LatheError as e:
-            return error_md(lang, e), gr.skip(), gr.skip()
+            return error_md(code, e), gr.skip(), gr.skip()
         folder = ctx.runner.run_folder(str(Path(raw["output_dir"]).expanduser().resolve()))
         return "", to_yaml(raw), " ".join(command("train", folder / CONFIG_NAME))
 
     def on_start(*args):
+        *args, code = args
         try:
             raw = validated(args)
             run = ctx.runner.start("train", raw, raw["output_dir"])
         except LatheError as e:
-            return error_md(lang, e), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return (f"{t('msg_started', lang)}: `{' '.join(run.cmd)}`", to_yaml(raw), " ".join(run.cmd), run.key,
-                gr.Timer(active=True), progress_html([], "running"))
+            return error_md(code, e), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (f"{t('msg_started', code)}: `{' '.join(run.cmd)}`", to_yaml(raw), " ".join(run.cmd), run.key,
+                gr.Timer(active=True), progress_html([], "running", t("state_running", code), code))
 
-    def on_abort(key):
+    def on_abort(key, code):
         run = ctx.runner.get(key)
         if run is None or not run.running():
-            return t("msg_nothing", lang)
+            return t("msg_nothing", code)
         threading.Thread(target=ctx.runner.stop, args=(run,), daemon=True).start()
-        return t("msg_aborted", lang)
+        return t("msg_aborted", code)
 
-    def on_tick(key):
+    def on_tick(key, code):
         run = ctx.runner.get(key)
         if run is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(), gr.skip()
@@ -165,23 +168,24 @@ def build_train_tab(ctx: BoardContext) -> None:
         done = state != "running"
         message = gr.skip()
         if done:
-            message = f"{t('state_' + state, lang)}: `{run.key}`"
+            message = f"{t('state_' + state, code)}: `{run.key}`"
         choices = ["", *checkpoints(run.key)]
-        return (progress_html(records, state, t(f"state_{state}", lang)), loss_frame(records),
+        return (progress_html(records, state, t(f"state_{state}", code), code), loss_frame(records),
                 run.log_tail(), gr.Timer(active=not done), message, gr.update(choices=choices))
 
     def on_dataset_dir(folder):
         return gr.update(choices=dataset_names(folder))
 
-    def on_data_preview(folder, names):
+    def on_data_preview(folder, names, code):
         try:
             if not names:
                 raise LatheError("pick at least one dataset to preview.")
             return gr.update(value=preview_rows(folder, names), visible=True), ""
         except LatheError as e:
-            return gr.update(visible=False), error_md(lang, e)
+            return gr.update(visible=False), error_md(code, e)
 
     def on_save(path, *args):
+        *args, code = args
         try:
             raw = collect(args)
             target = Path(path).expanduser()
@@ -190,31 +194,32 @@ def build_train_tab(ctx: BoardContext) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(to_yaml(raw), encoding="utf-8")
         except (LatheError, OSError) as e:
-            return error_md(lang, e)
-        return f"{t('msg_saved', lang)}: `{target}`"
+            return error_md(code, e)
+        return f"{t('msg_saved', code)}: `{target}`"
 
-    def on_load(path):
+    def on_load(path, code):
         try:
             raw = read_config_file(Path(path).expanduser())
             raw.pop("do_train", None)
             values, extra_text = raw_to_values(form_fields, raw)
             parse_extra(extra_text)
         except LatheError as e:
-            return [gr.skip()] * (len(form_components) + 1) + [error_md(lang, e)]
+            return [gr.skip()] * (len(form_components) + 1) + [error_md(code, e)]
         updates = []
         for f in form_fields:
             if f.multi:
                 updates.append(gr.update(value=values[f.name], choices=dataset_names(raw.get("dataset_dir", "data"))))
             else:
                 updates.append(values[f.name])
-        return updates + [extra_text, f"{t('msg_loaded_cfg', lang)}: `{path}`"]
+        return updates + [extra_text, f"{t('msg_loaded_cfg', code)}: `{path}`"]
 
-    preview_cmd.click(on_preview, inputs, [status, yaml_view, cmd_view])
-    start.click(on_start, inputs, [status, yaml_view, cmd_view, run_key, timer, progress])
-    abort.click(on_abort, run_key, status)
-    timer.tick(on_tick, run_key, [progress, loss_plot, log_box, timer, status, resume])
+    lang_pick = ctx.lang_pick
+    preview_cmd.click(on_preview, [*inputs, lang_pick], [status, yaml_view, cmd_view])
+    start.click(on_start, [*inputs, lang_pick], [status, yaml_view, cmd_view, run_key, timer, progress])
+    abort.click(on_abort, [run_key, lang_pick], status)
+    timer.tick(on_tick, [run_key, lang_pick], [progress, loss_plot, log_box, timer, status, resume])
     dataset_dir.change(on_dataset_dir, dataset_dir, dataset)
     output_dir.change(lambda out: gr.update(choices=["", *checkpoints(out or "")], value=""), output_dir, resume)
-    preview_btn.click(on_data_preview, [dataset_dir, dataset], [rows_view, status])
-    save_btn.click(on_save, [cfg_path, *inputs], status)
-    load_btn.click(on_load, cfg_path, [*form_components, extra, status])
+    preview_btn.click(on_data_preview, [dataset_dir, dataset, lang_pick], [rows_view, status])
+    save_btn.click(on_save, [cfg_path, *inputs, lang_pick], status)
+    load_btn.click(on_load, [cfg_path, lang_pick], [*form_components, extra, status])
