@@ -28,7 +28,7 @@ DATA = SHARED / "data"
 # The local demo set of each stage's kind of data, for examples whose data is on the hub.
 LOCAL_DATA = {"pt": "c4_demo", "sft": "alpaca_en_demo", "rm": "dpo_en_demo", "dpo": "dpo_en_demo",
               "kto": "kto_en_demo", "ppo": "alpaca_en_demo"}
-# What a refusal may name: an option lathe refuses, or a multimodal template (until that support lands).
+# What a refusal may name: an option lathe refuses, or a multimodal template lathe has no media plugin for.
 REFUSALS = ("lathe does not run: ", "is a multimodal one", "cannot run with this lathe")
 
 

@@ -98,7 +98,7 @@ def create_board(workdir: str | Path = "lathe_board", lang: str | None = None) -
                     raw = ctx.top_raw(list(values))
                     return check_config(raw, purpose="infer")
 
-                build_chat_panel(w, ctx.session, load_cfg, ctx.top_components)
+                build_chat_panel(w, ctx.session, load_cfg, ctx.top_components, lang_pick=ctx.lang_pick)
             with w.ui(gr.Tab(t("tab_export", lang), elem_id="tab-export"), "tab_export"):
                 build_export_tab(ctx)
 

@@ -137,13 +137,19 @@ def sampling_kwargs(fields: list[FormField], values: list[Any]) -> dict[str, Any
 
 
 def build_chat_panel(w: Widgets, session: ChatSession, load_fn: Callable[..., Any] | None = None,
-                     load_inputs: list[Any] | None = None) -> dict[str, Any]:
+                     load_inputs: list[Any] | None = None, lang_pick: Any = None) -> dict[str, Any]:
     """Chatbot, message box, system prompt, tools, sampling; Load/Unload when `load_fn` is given.
 
     `load_fn(*load_inputs)` returns a RunConfig to load (the Board builds it from its form);
-    without it the session must already hold an engine (`lathe webchat`).
+    without it the session must already hold an engine (`lathe webchat`). `lang_pick`: the Board's language
+    menu, whose value the messages follow (else the page's language).
     """
     lang = w.lang
+    picked = [lang_pick] if lang_pick is not None else []
+
+    def split(values: tuple) -> tuple[tuple, str]:
+        """(the handler's own inputs, the language): the menu's value comes last when there is a menu."""
+        return (values[:-1], values[-1] or lang) if picked else (values, lang)
     status = gr.Markdown(elem_id="chat-status")
     if load_fn is not None:
         with gr.Row():
@@ -151,7 +157,7 @@ def build_chat_panel(w: Widgets, session: ChatSession, load_fn: Callable[..., An
             unload_btn = w.ui(gr.Button(t("unload_model", lang), elem_id="chat-unload"), "unload_model", "value")
     with gr.Row():
         with gr.Column(scale=4):
-            chatbot = gr.Chatbot(elem_id="chatbot", height=420, label="Chat")
+            chatbot = w.ui(gr.Chatbot(elem_id="chatbot", height=420, label=t("tab_chat", lang)), "tab_chat")
             message = w.ui(gr.Textbox(label=t("message", lang), lines=2, elem_id="chat-message"), "message")
             attach = w.ui(gr.File(label=t("attach", lang), file_count="multiple", elem_id="chat-attach"), "attach")
             with gr.Row():
@@ -164,7 +170,8 @@ def build_chat_panel(w: Widgets, session: ChatSession, load_fn: Callable[..., An
             with w.ui(gr.Accordion(t("sampling", lang), open=True), "sampling"):
                 sampling = [w.field(f) for f in fields]
 
-    def respond(history, text, files, system_text, tools_text, *sampling_values):
+    def respond(history, text, files, system_text, tools_text, *rest):
+        sampling_values, lang = split(rest)
         history = list(history or [])
         paths = [str(getattr(f, "name", f)) for f in (files or [])]
         if (not text or not text.strip()) and not paths:
@@ -193,13 +200,14 @@ def build_chat_panel(w: Widgets, session: ChatSession, load_fn: Callable[..., An
         session.clear()
         return []
 
-    inputs = [chatbot, message, attach, system, tools, *sampling]
+    inputs = [chatbot, message, attach, system, tools, *sampling, *picked]
     send.click(respond, inputs, [chatbot, message, attach, status])
     message.submit(respond, inputs, [chatbot, message, attach, status])
     clear.click(clear_all, None, chatbot)
 
     if load_fn is not None:
-        def load(*args):
+        def load(*values):
+            args, lang = split(values)
             try:
                 cfg = load_fn(*args)
                 name = session.load_config(cfg)
@@ -209,10 +217,11 @@ def build_chat_panel(w: Widgets, session: ChatSession, load_fn: Callable[..., An
                 return f"**{t('msg_error', lang)}:** {type(e).__name__}: {e}"
             return f"{t('msg_loaded', lang)}: `{name}`"
 
-        def unload():
+        def unload(*values):
+            _, lang = split(values)
             session.unload()
             return t("msg_unloaded", lang)
 
-        load_btn.click(load, load_inputs or [], status)
-        unload_btn.click(unload, None, status)
+        load_btn.click(load, [*(load_inputs or []), *picked], status)
+        unload_btn.click(unload, picked or None, status)
     return {"chatbot": chatbot, "message": message, "status": status, "system": system, "tools": tools}
