@@ -273,9 +273,14 @@ def main(argv: list[str] | None = None) -> None:
         path = build_tiny_model(args.arch, args.tokenizer, cache_dir=args.cache_dir, **kwargs)
     except LatheError as err:
         parser.exit(2, f"error: {err}\n")
-    if args.out is not None:
-        shutil.copytree(path, args.out, dirs_exist_ok=True)
-        path = args.out
+    print_folder(path, args.out)
+
+
+def print_folder(path: Path, out: Path | None) -> None:
+    """The command lines' last step: copy the cached folder to `out` when asked, and print where it is."""
+    if out is not None:
+        shutil.copytree(path, out, dirs_exist_ok=True)
+        path = out
     print(path)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -484,10 +483,9 @@ def main(argv: list[str] | None = None) -> None:
         path = build_tiny_vlm(args.family, cache_dir=args.cache_dir)
     except LatheError as err:
         parser.exit(2, f"error: {err}\n")
-    if args.out is not None:
-        shutil.copytree(path, args.out, dirs_exist_ok=True)
-        path = args.out
-    print(path)
+    from lathe.testing.tiny import print_folder
+
+    print_folder(path, args.out)
 
 
 # More families (written separately) register into FAMILIES; absent in a checkout without them.
