@@ -508,3 +508,17 @@ def test_a_sample_whose_image_tokens_cutoff_len_would_cut_is_dropped_with_the_re
     assert len(bundle.train) > 0
     for row in bundle.train:  # what is kept has every image whole
         assert sum(1 for t in row["input_ids"] if t == pad) == per_image * len(row["images"])
+
+
+@pytest.mark.parametrize("name,part", [
+    ("model.visual.blocks.0.attn.qkv.weight", "vision"), ("model.visual.merger.mlp.0.weight", "projector"),
+    ("model.vision_tower.encoder.layers.0.mlp.fc1.weight", "vision"),
+    ("model.multi_modal_projector.linear_1.weight", "projector"),
+    ("model.embed_vision.embedding_projection.weight", "projector"),  # Gemma 3n
+    ("model.audio_tower.conformer.0.attention.weight", "vision"),  # encoders (image or audio) freeze together
+    ("model.language_model.layers.0.self_attn.q_proj.weight", "language"), ("lm_head.weight", "language"),
+])
+def test_parts_are_told_apart_by_module_name(name, part):
+    from lathe.model.multimodal import part_of
+
+    assert part_of(name) == part

@@ -1,7 +1,7 @@
 """Parity of lathe's media plugins with each family's own processor, beyond the Qwen families.
 
-For every tiny family with a lathe media plugin, one and two images (and a video where the family takes
-video): lathe's ids (the template's encoding of `expand_messages`' output, as training tokenizes) equal the
+For every tiny family with a lathe media plugin, one and two images (and a video, or an audio clip, where the
+family takes it): lathe's ids (the template's encoding of `expand_messages`' output, as training tokenizes) equal the
 processor's own, and `plugin.features` gives the processor's own tensors.
 
 Two references, per family:
@@ -52,6 +52,7 @@ class Case:
     mode: str  # "chat" | "call" (see the module docstring)
     system: str | None = None  # given where the vendor template writes a default lathe's has not
     video: bool = False
+    audio: bool = False
 
 
 CASES = [
@@ -69,6 +70,7 @@ CASES = [
     Case("mllama", "mllama", "mllama", "chat"),
     Case("paligemma", "paligemma", "paligemma", "suffix"),
     Case("smolvlm", None, "smolvlm", "call", video=True),
+    Case("gemma3n", "gemma3n", "gemma3n", "chat", audio=True),
 ]
 
 
@@ -96,10 +98,26 @@ def video_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def audio_file(tmp_path_factory) -> Path:
+    """A 1.5 s mono 440 Hz tone at 8 kHz (resampled to 16 kHz when loaded), written with the standard library."""
+    import wave
+
+    path = tmp_path_factory.mktemp("audio") / "tone.wav"
+    t = np.arange(12000) / 8000
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes((np.sin(2 * np.pi * 440 * t) * 20000).astype("<i2").tobytes())
+    return path
+
+
 _CONTEXTS: dict[str, tuple] = {}
 
 
-NEEDS = {"smolvlm": "num2words"}  # a family's processor that needs a package of the `multimodal` extra
+# a family's processor (or model: Gemma 3n's timm vision tower) that needs a package of the `multimodal` extra
+NEEDS = {"smolvlm": "num2words", "gemma3n": "timm"}
 
 
 def context(case: Case):
@@ -139,7 +157,7 @@ def chat_parts(case: Case, kinds: list[str], items: list) -> list[dict]:
 def processor_media(kinds: list[str], items: list, plugin=None) -> dict:
     out: dict = {}
     for kind, item in zip(kinds, items):
-        out.setdefault({"image": "images", "video": "videos"}[kind], []).append(item)
+        out.setdefault({"image": "images", "video": "videos", "audio": "audio"}[kind], []).append(item)
     if plugin is not None and plugin.name == "smolvlm" and "videos" in out:  # its prompt has frame timestamps
         from transformers.video_utils import VideoMetadata
 
@@ -153,7 +171,8 @@ def lathe_ids(case: Case, ctx: MediaContext, template, kinds: list[str], paths: 
     """What training tokenizes: the placeholders expanded by the plugin, then the template's encoding, then the
     plugin's reordering (encode.py); with the labels of the default `train_on_prompt: false` (None: no template)."""
     media = {"image": [p for k, p in zip(kinds, paths) if k == "image"],
-             "video": [p for k, p in zip(kinds, paths) if k == "video"], "audio": []}
+             "video": [p for k, p in zip(kinds, paths) if k == "video"],
+             "audio": [p for k, p in zip(kinds, paths) if k == "audio"]}
     tokenizer = ctx.processor.tokenizer
     if template is None:  # no lathe template: expand the family's own rendered text, placeholder by placeholder
         text = ctx.processor.apply_chat_template(chat_parts(case, kinds, [None] * len(kinds)), tokenize=False)
@@ -230,15 +249,16 @@ def check(case: Case, kinds: list[str], paths: list[str]) -> None:
 
 def params():
     for case in CASES:
-        shapes = [["image"], ["image", "image"]] + ([["video"]] if case.video else [])
+        shapes = [["image"], ["image", "image"]] + ([["video"]] if case.video else []) + (
+            [["audio"], ["image", "audio"]] if case.audio else [])
         for kinds in shapes:
             yield pytest.param(case, kinds, id=f"{case.family}-{'+'.join(kinds)}")
 
 
 @pytest.mark.parametrize("case, kinds", list(params()))
-def test_ids_and_tensors_equal_the_processor_own(case, kinds, video_file):
+def test_ids_and_tensors_equal_the_processor_own(case, kinds, video_file, audio_file):
     images = iter(str(p) for p in IMAGES)
-    paths = [str(video_file) if kind == "video" else next(images) for kind in kinds]
+    paths = [str({"video": video_file, "audio": audio_file}[kind]) if kind != "image" else next(images) for kind in kinds]
     check(case, kinds, paths)
 
 

@@ -27,7 +27,8 @@ MEDIA_CONFIGS = ("vision_config", "audio_config", "thinker_config")
 # Module-name patterns of each part; the projector is tested first (Qwen's merger sits inside `visual`).
 PARTS = (
     ("projector", re.compile(r"(^|\.)(multi_modal_projector|mm_projector|connector|visual\.merger|"
-                             r"visual\.deepstack_merger_list|audio_tower\.proj|vision_tower\.merger)(\.|$)")),
+                             r"visual\.deepstack_merger_list|audio_tower\.proj|vision_tower\.merger|"
+                             r"embed_vision|embed_audio)(\.|$)")),  # embed_*: Gemma 3n's
     ("vision", re.compile(r"(^|\.)(visual|vision_tower|vision_model|vision_encoder|audio_tower|audio_encoder|"
                           r"vision_embed_tokens|image_newline)(\.|$)")),
     ("language", re.compile(r"(^|\.)(language_model|lm_head|embed_tokens)(\.|$)")),
@@ -159,7 +160,7 @@ def image_tokens(config: Any, max_pixels: int) -> int | None:
 # that stay unquantized in a multimodal model: the encoders and projectors, small and mostly frozen, where
 # 4-bit weights would only lose precision; and the output head, which transformers keeps out by default.
 QUANTIZATION_SKIPS = [r".*(visual|vision_tower|vision_model|vision_encoder|audio_tower|multi_modal_projector|"
-                      r"mm_projector|connector)", "lm_head"]
+                      r"mm_projector|connector|embed_vision|embed_audio)", "lm_head"]
 
 
 def skip_encoders_in_quantization(quant: Any) -> None:

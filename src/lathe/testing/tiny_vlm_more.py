@@ -14,13 +14,15 @@ byte-identical (LLaVA-NeXT-Mistral) or renders the same (LLaVA-OneVision, plus v
 Mistral Small 3.1's is reduced to its message layout (no tools) and renders the same text for
 plain conversations; the rest follow the vendors' processor templates as transformers' own tests
 carry them, or (PaliGemma, which ships none) LLaMA-Factory's layout. SmolVLM's processor needs the
-`num2words` package (lathe's `multimodal` and `dev` extras carry it).
+`num2words` package, Gemma 3n's model (images and audio; `EXTRA_FAMILIES`) the `timm` package (lathe's
+`multimodal` and `dev` extras carry both).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lathe.errors import LatheError
 from lathe.testing.tiny_vlm import FAMILIES, TEXT, VlmFamily, _ids, _text
 
 if TYPE_CHECKING:
@@ -657,6 +659,72 @@ def _llama4_processor(tok):
                            chat_template=LLAMA4_TEMPLATE)
 
 
+# --- Gemma 3n (images and audio) -------------------------------------------------------------------
+# The vision tower is timm's MobileNetV5 encoder (`pip install timm`), named by its timm architecture in the config;
+# `model_args` shrink it (channels x 0.05; the fusion adapter pooled to 2x2), so a 64 px image gives 4 soft tokens of
+# 2048 channels (timm fixes the encoder's width). Audio: a 1-layer, 32-wide conformer on the real 128-mel features;
+# the processor writes the real 188 audio tokens per clip (30 s at most), the model pads the encoder's output to them.
+# The model tells media tokens apart by id: those from the vision embedder's `vocab_offset` (`<end_of_image>`,
+# `<image_soft_token>`; real 262144) up to the audio embedder's (`<end_of_audio>`, `<audio_soft_token>`; real 262272)
+# are vision tokens, those above are audio tokens. So these four are the tokenizer's last, in that order, and both
+# offsets point at them (the real vocabulary's layout, with its 128-id gaps closed). The tiny tokenizer adds its named
+# tokens first, in order, then the plain ones: every token is named here (the turn markers as `sot_token` /
+# `eot_token`), so that none lands after the media ones.
+
+GEMMA3N_NAMED = (("bos_token", "<bos>"), ("eos_token", "<eos>"), ("pad_token", "<pad>"),
+                 ("sot_token", "<start_of_turn>"), ("eot_token", "<end_of_turn>"),
+                 ("boi_token", "<start_of_image>"), ("boa_token", "<start_of_audio>"),
+                 ("eoi_token", "<end_of_image>"), ("image_token", "<image_soft_token>"),
+                 ("eoa_token", "<end_of_audio>"), ("audio_token", "<audio_soft_token>"))
+GEMMA3N_IMAGE_TOKENS = 4  # msfa_output_resolution ** 2
+GEMMA3N_AUDIO_TOKENS = 188  # the real count: the feature extractor cuts clips at 30 s
+
+# google/gemma-3n-E4B-it: Gemma 3's template with `<image_soft_token>` / `<audio_soft_token>` per item (the processor
+# wraps each in `\n\n<start_of_...>` ... `<end_of_...>\n\n`); the vendor's also takes a system prompt given as a
+# plain string, which this copy (like GEMMA3_TEMPLATE) does not.
+_GEMMA3_IMAGE_ITEM = "            {%- if item['type'] == 'image' -%}\n                {{ '<start_of_image>' }}\n"
+if _GEMMA3_IMAGE_ITEM not in GEMMA3_TEMPLATE:
+    raise LatheError("GEMMA3_TEMPLATE changed: update GEMMA3N_TEMPLATE in lathe.testing.tiny_vlm_more to match.")
+GEMMA3N_TEMPLATE = GEMMA3_TEMPLATE.replace(
+    _GEMMA3_IMAGE_ITEM,
+    "            {%- if item['type'] == 'audio' -%}\n                {{ '<audio_soft_token>' }}\n"
+    "            {%- elif item['type'] == 'image' -%}\n                {{ '<image_soft_token>' }}\n")
+
+
+def _gemma3n_config(tok):
+    from transformers import Gemma3nConfig
+
+    _gemma_tok(tok)
+    ids = _ids(tok, boi_token_id="<start_of_image>", eoi_token_id="<end_of_image>", image_token_id="<image_soft_token>",
+               boa_token_id="<start_of_audio>", eoa_token_id="<end_of_audio>", audio_token_id="<audio_soft_token>")
+    if sorted(ids.values())[-4:] != [ids["eoi_token_id"], ids["image_token_id"], ids["eoa_token_id"],
+                                     ids["audio_token_id"]] or ids["audio_token_id"] != len(tok) - 1:
+        raise LatheError("The tiny Gemma 3n tokenizer must end with <end_of_image>, <image_soft_token>, "
+                         "<end_of_audio>, <audio_soft_token> (the model reads media tokens by id range).")
+    vision_offset, audio_offset = ids["eoi_token_id"], ids["eoa_token_id"]
+    text = {**_text(tok), "head_dim": HEAD_DIM, "sliding_window": 64, "tie_word_embeddings": True,
+            "layer_types": ["sliding_attention", "full_attention"], "num_kv_shared_layers": 0,
+            "vocab_size_per_layer_input": vision_offset, "hidden_size_per_layer_input": 8, "laurel_rank": 4,
+            "altup_num_inputs": 2}
+    vision = {"architecture": "mobilenetv5_300m_enc", "hidden_size": 2048, "vocab_offset": vision_offset,
+              "model_args": {"channel_multiplier": 0.05, "msfa_output_resolution": 2}}
+    audio = {"hidden_size": 32, "conf_num_attention_heads": 2, "conf_num_hidden_layers": 1,
+             "sscp_conv_channel_size": [8, 8], "vocab_offset": audio_offset}
+    return Gemma3nConfig(text_config=text, vision_config=vision, audio_config=audio,
+                         vision_soft_tokens_per_image=GEMMA3N_IMAGE_TOKENS,
+                         audio_soft_tokens_per_image=GEMMA3N_AUDIO_TOKENS, tie_word_embeddings=True, **ids)
+
+
+def _gemma3n_processor(tok):
+    from transformers import Gemma3nAudioFeatureExtractor, Gemma3nProcessor, SiglipImageProcessor
+
+    # Real: 768x768, rescaled to [0, 1] and not normalized (MobileNetV5's mean 0, std 1); 128-mel audio at 16 kHz.
+    image = SiglipImageProcessor(size={"height": 64, "width": 64}, do_normalize=False)
+    return Gemma3nProcessor(feature_extractor=Gemma3nAudioFeatureExtractor(), image_processor=image,
+                            tokenizer=_gemma_tok(tok), image_seq_length=GEMMA3N_IMAGE_TOKENS,
+                            audio_seq_length=GEMMA3N_AUDIO_TOKENS, chat_template=GEMMA3N_TEMPLATE)
+
+
 # --- registry --------------------------------------------------------------------------------------
 # `template`: LLaMA-Factory's name. LLaMA-Factory has no OneVision or Idefics3 entry: OneVision's ChatML
 # layout is `llava_next_qwen` (which adds a default system the vendor template lacks); Idefics3 is named
@@ -694,3 +762,12 @@ MORE_FAMILIES: dict[str, VlmFamily] = {
 }
 
 FAMILIES.update(MORE_FAMILIES)
+
+# Families whose model needs a package beyond transformers (Gemma 3n: timm, in lathe's `multimodal` extra), kept out
+# of MORE_FAMILIES, whose tests build every entry.
+EXTRA_FAMILIES: dict[str, VlmFamily] = {
+    "gemma3n": VlmFamily("Gemma3nForConditionalGeneration", _gemma3n_config, _gemma3n_processor, "gemma3n",
+                         ("image", "audio"), named_tokens=GEMMA3N_NAMED),
+}
+
+FAMILIES.update(EXTRA_FAMILIES)

@@ -278,6 +278,15 @@ MEDIA_PLUGINS.register(MediaPlugin(
 ))
 
 
+# Gemma 3n: its chat template writes `<image_soft_token>` / `<audio_soft_token>` bare; the processor wraps each in
+# `\n\n<start_of_image>` ... `<end_of_image>\n\n` (256 image, 188 audio tokens in the real model). The model tells
+# media tokens apart by id range, so it takes no token types (the processor's `token_type_ids` go unused).
+MEDIA_PLUGINS.register(MediaPlugin(
+    name="gemma3n", help="Gemma 3n: images (a timm MobileNetV5 tower: needs timm) and audio",
+    prompt={"image": _BARE, "audio": _BARE}, model_types=("gemma3n",), call_kwargs=_audio_rate,
+))
+
+
 def _omni(processor: Any, opts: Any) -> dict[str, Any]:
     return {**_fps(processor, opts), **_audio_rate(processor, opts)}
 
