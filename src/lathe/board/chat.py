@@ -4,21 +4,36 @@ It drives the same engine (`create_engine`) as `lathe chat` and `lathe api` (tem
 tokens exactly as in training) and streams its pieces into a Gradio chatbot. One engine per
 Board process: a model is large, and two browser tabs chatting share it (the engine's lock
 serialises generation).
+
+Next to the sampling settings: a thinking switch (`enable_thinking`) and `skip_special_tokens`, which
+apply to the next message without reloading (`chat_options` swaps the engine's template and config
+for that one answer), and, in the Board, the backend the Load button uses (`infer_backend`, only
+those whose package is installed). A tool call the model makes is kept as a `function` turn and a
+tool result typed with the role "observation" as an `observation` turn, shown as titled blocks
+(gradio's message metadata), so the next prompt renders them as the template trained them.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import gc
+import importlib.util
 import json
+import re
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import gradio as gr
 
 from ..config.coercion import coerce, type_hints
 from ..config.options import GeneratingArguments
+from ..data.sample import ASSISTANT, FUNCTION, OBSERVATION, USER
 from ..errors import LatheError
+from ..registry import INFER_BACKENDS
 from .form import FormField, group_fields
 from .locales import t
 from .widgets import Widgets
@@ -34,6 +49,66 @@ MEDIA_ENDINGS = {
     "audio": (".wav", ".mp3", ".flac", ".ogg", ".m4a"),
 }
 PLACEHOLDER = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
+# A chatbot message whose metadata id starts so is a lathe turn gradio has no role for (`<prefix><role>-<n>`).
+TURN_ID = "lathe-"
+FENCE = re.compile(r"^```(?:json)?\n(.*)\n```$", re.DOTALL)
+
+
+def installed_backends() -> list[str]:
+    """The `infer_backend` names this machine can run: those without a package, or whose package is installed."""
+    return [name for name, backend in INFER_BACKENDS.items()
+            if not getattr(backend, "package", None) or importlib.util.find_spec(backend.package) is not None]
+
+
+def with_backend(cfg, backend: str | None):
+    """The config the Load button loads, with the backend picked (refused by name when not installed)."""
+    if not backend or backend == cfg.model.infer_backend:
+        return cfg
+    offered = installed_backends()
+    if backend not in offered:
+        raise LatheError(f"infer_backend `{backend}` is not installed here; pick one of {', '.join(offered)}.")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, infer_backend=backend))
+
+
+def thinking_template(template, enabled: bool):
+    """`template` rendering prompts with thinking on or off (itself when that changes nothing).
+
+    A registered template has `with_options`; the tokenizer's own jinja template takes
+    `enable_thinking=False` as a keyword, as resolve_template gives it when the config says so.
+    """
+    if hasattr(template, "with_options"):
+        return template.with_options(enable_thinking=enabled)
+    kwargs = getattr(template, "chat_template_kwargs", None)
+    if kwargs is None:
+        return template
+    wanted = {k: v for k, v in kwargs.items() if k != "enable_thinking"}
+    if not enabled:
+        wanted["enable_thinking"] = False
+    if wanted == kwargs:
+        return template
+    changed = copy.copy(template)
+    changed.chat_template_kwargs = wanted
+    return changed
+
+
+@contextmanager
+def chat_options(engine, enable_thinking: bool | None = None, skip_special_tokens: bool | None = None):
+    """The engine renders and decodes one answer with these options, then gets its own back.
+
+    The config is frozen, so a copy with the other `skip_special_tokens` stands in for it (the
+    streamers read it when they start); the template is swapped for its thinking variant.
+    """
+    saved_template, saved_cfg = engine.template, engine.cfg
+    try:
+        if enable_thinking is not None:
+            engine.template = thinking_template(saved_template, bool(enable_thinking))
+        gen = saved_cfg.generating
+        if skip_special_tokens is not None and bool(skip_special_tokens) != gen.skip_special_tokens:
+            engine.cfg = dataclasses.replace(
+                saved_cfg, generating=dataclasses.replace(gen, skip_special_tokens=bool(skip_special_tokens)))
+        yield engine
+    finally:
+        engine.template, engine.cfg = saved_template, saved_cfg
 
 
 def media_kind(path: str) -> str:
@@ -51,6 +126,7 @@ class ChatSession:
     def __init__(self) -> None:
         self.engine = None
         self.lock = threading.Lock()
+        self.answering = threading.Lock()  # one answer at a time: its options are set on the shared engine
         self.media: dict[str, list[str]] = {kind: [] for kind in PLACEHOLDER}
 
     def attach(self, text: str, paths: list[str]) -> str:
@@ -85,12 +161,30 @@ class ChatSession:
         self.clear()
         gc.collect()
 
-    def stream(self, history: list[dict], system: str, tools: str, gen: dict[str, Any]) -> Iterator[str]:
+    def option_defaults(self) -> dict[str, bool]:
+        """The loaded config's thinking and special-token settings (the schema's before a model is loaded)."""
         if self.engine is None:
+            return {"enable_thinking": True, "skip_special_tokens": GeneratingArguments().skip_special_tokens}
+        cfg = self.engine.cfg
+        return {"enable_thinking": cfg.data.enable_thinking, "skip_special_tokens": cfg.generating.skip_special_tokens}
+
+    def stream(self, history: list[dict], system: str, tools: str, gen: dict[str, Any],
+               enable_thinking: bool | None = None, skip_special_tokens: bool | None = None) -> Iterator[str]:
+        """Yield the answer's pieces; returns the engine's final Response (tool calls parsed), if it gives one."""
+        engine = self.engine
+        if engine is None:
             raise LatheError("no model loaded")
-        messages = [{"role": m["role"], "content": _text(m["content"])} for m in history]
+        messages = to_messages(history)
         media = {f"{kind}s": paths for kind, paths in self.media.items() if paths}
-        yield from self.engine.stream_chat(messages, system=system or "", tools=tools or "", **media, **gen)
+        with self.answering, chat_options(engine, enable_thinking, skip_special_tokens):
+            return (yield from engine.stream_chat(messages, system=system or "", tools=tools or "", **media, **gen))
+
+    def tool_calls(self, response: Any, text: str, tools: str) -> list | None:
+        """The tool calls of an answer (None for plain text, or when no tools were given)."""
+        if not tools or self.engine is None:
+            return None
+        calls = getattr(response, "tool_calls", None)
+        return calls or self.engine.template.parse_tool_calls(text) or None
 
 
 def _text(content: Any) -> str:
@@ -102,6 +196,41 @@ def _text(content: Any) -> str:
     if isinstance(content, dict):
         return str(content.get("text") or content.get("value") or "")
     return str(content)
+
+
+def to_messages(history: list[dict]) -> list[dict]:
+    """Chatbot messages -> lathe's conversation: titled tool blocks back to `function` / `observation` turns."""
+    out = []
+    for m in history:
+        meta = m.get("metadata") or {}
+        turn = str(meta.get("id") or "")
+        role, content = m["role"], _text(m["content"])
+        if turn.startswith(TURN_ID + FUNCTION):
+            role, content = FUNCTION, _unfence(content)
+        elif turn.startswith(TURN_ID + OBSERVATION):
+            role = OBSERVATION
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _unfence(text: str) -> str:
+    found = FENCE.match(text.strip())
+    return found.group(1) if found else text
+
+
+def function_message(calls: list, index: int, lang: str) -> dict[str, Any]:
+    """A tool call as a chatbot block titled with the tools called; its content is the `function` turn's JSON."""
+    data = [{"name": c.name, "arguments": c.args} for c in calls]
+    turn = json.dumps(data[0] if len(data) == 1 else data, ensure_ascii=False, indent=2)
+    names = ", ".join(c.name for c in calls)
+    return {"role": ASSISTANT, "content": f"```json\n{turn}\n```",
+            "metadata": {"title": f"🛠️ {t('tool_call', lang)}: {names}", "id": f"{TURN_ID}{FUNCTION}-{index}"}}
+
+
+def observation_message(text: str, index: int, lang: str) -> dict[str, Any]:
+    """A tool result typed by the user, shown as a titled block; sent as an `observation` turn."""
+    return {"role": USER, "content": text,
+            "metadata": {"title": f"📋 {t('tool_result', lang)}", "id": f"{TURN_ID}{OBSERVATION}-{index}"}}
 
 
 def check_tools(text: str) -> str:
@@ -122,6 +251,17 @@ def check_tools(text: str) -> str:
 def sampling_fields() -> list[FormField]:
     by_name = {f.name: f for f in group_fields("generating")}
     return [by_name[name] for name in SAMPLING]
+
+
+def switch_fields() -> list[FormField]:
+    """The thinking switch (a data option: it shapes the template) and skip_special_tokens, as checkboxes."""
+    thinking = next(f for f in group_fields("data") if f.name == "enable_thinking")
+    skip = next(f for f in group_fields("generating") if f.name == "skip_special_tokens")
+    return [thinking, skip]
+
+
+def backend_field() -> FormField:
+    return next(f for f in group_fields("model") if f.name == "infer_backend")
 
 
 def sampling_kwargs(fields: list[FormField], values: list[Any]) -> dict[str, Any]:
@@ -158,7 +298,11 @@ def build_chat_panel(w: Widgets, session: ChatSession, load_fn: Callable[..., An
     with gr.Row():
         with gr.Column(scale=4):
             chatbot = w.ui(gr.Chatbot(elem_id="chatbot", height=420, label=t("tab_chat", lang)), "tab_chat")
-            message = w.ui(gr.Textbox(label=t("message", lang), lines=2, elem_id="chat-message"), "message")
+            with gr.Row():
+                message = w.ui(gr.Textbox(label=t("message", lang), lines=2, elem_id="chat-message", scale=4),
+                               "message")
+                role = w.ui(gr.Radio(choices=[USER, OBSERVATION], value=USER, label=t("chat_role", lang),
+                                     info=t("chat_role_info", lang), elem_id="chat-role", scale=1), "chat_role", "info")
             attach = w.ui(gr.File(label=t("attach", lang), file_count="multiple", elem_id="chat-attach"), "attach")
             with gr.Row():
                 send = w.ui(gr.Button(t("send", lang), variant="primary", elem_id="chat-send"), "send", "value")
@@ -167,10 +311,16 @@ def build_chat_panel(w: Widgets, session: ChatSession, load_fn: Callable[..., An
             system = w.ui(gr.Textbox(label=t("system", lang), lines=2, elem_id="chat-system"), "system")
             tools = w.ui(gr.Textbox(label=t("tools", lang), lines=3, elem_id="chat-tools"), "tools")
             fields = sampling_fields()
+            switches = switch_fields()
+            defaults = session.option_defaults()
+            with gr.Row():
+                toggles = [w.field(f, prefix="chat-", value=defaults[f.name]) for f in switches]
+            if load_fn is not None:
+                backend = w.field(backend_field(), choices=installed_backends(), prefix="chat-")
             with w.ui(gr.Accordion(t("sampling", lang), open=True), "sampling"):
                 sampling = [w.field(f) for f in fields]
 
-    def respond(history, text, files, system_text, tools_text, *rest):
+    def respond(history, text, files, role_name, system_text, tools_text, thinking, skip_special, *rest):
         sampling_values, lang = split(rest)
         history = list(history or [])
         paths = [str(getattr(f, "name", f)) for f in (files or [])]
@@ -186,30 +336,45 @@ def build_chat_panel(w: Widgets, session: ChatSession, load_fn: Callable[..., An
         except LatheError as e:
             yield history, text, files, f"**{t('msg_error', lang)}:** {e}"
             return
-        history.append({"role": "user", "content": text})
-        answer = {"role": "assistant", "content": ""}
+        if role_name == OBSERVATION:
+            history.append(observation_message(text, len(history), lang))
+        else:
+            history.append({"role": USER, "content": text})
+        answer = {"role": ASSISTANT, "content": ""}
         yield history + [answer], "", None, ""
+        pieces = session.stream(history, system_text, tools_json, gen, enable_thinking=bool(thinking),
+                                skip_special_tokens=bool(skip_special))
         try:
-            for piece in session.stream(history, system_text, tools_json, gen):
-                answer = {"role": "assistant", "content": answer["content"] + piece}
+            while True:
+                try:
+                    piece = next(pieces)
+                except StopIteration as done:
+                    response = done.value
+                    break
+                answer = {"role": ASSISTANT, "content": answer["content"] + piece}
                 yield history + [answer], "", None, gr.skip()
+            calls = session.tool_calls(response, getattr(response, "text", answer["content"]), tools_json)
+            if calls:
+                yield history + [function_message(calls, len(history), lang)], "", None, gr.skip()
         except LatheError as e:
             yield history + [answer], "", None, f"**{t('msg_error', lang)}:** {e}"
+        finally:
+            pieces.close()
 
     def clear_all():
         session.clear()
         return []
 
-    inputs = [chatbot, message, attach, system, tools, *sampling, *picked]
+    inputs = [chatbot, message, attach, role, system, tools, *toggles, *sampling, *picked]
     send.click(respond, inputs, [chatbot, message, attach, status])
     message.submit(respond, inputs, [chatbot, message, attach, status])
     clear.click(clear_all, None, chatbot)
 
     if load_fn is not None:
         def load(*values):
-            args, lang = split(values)
+            (*args, backend_name), lang = split(values)
             try:
-                cfg = load_fn(*args)
+                cfg = with_backend(load_fn(*args), backend_name)
                 name = session.load_config(cfg)
             except LatheError as e:
                 return f"**{t('msg_error', lang)}:** {e}"
@@ -222,6 +387,7 @@ def build_chat_panel(w: Widgets, session: ChatSession, load_fn: Callable[..., An
             session.unload()
             return t("msg_unloaded", lang)
 
-        load_btn.click(load, [*(load_inputs or []), *picked], status)
+        load_btn.click(load, [*(load_inputs or []), backend, *picked], status)
         unload_btn.click(unload, picked or None, status)
-    return {"chatbot": chatbot, "message": message, "status": status, "system": system, "tools": tools}
+    return {"chatbot": chatbot, "message": message, "status": status, "system": system, "tools": tools,
+            "role": role, "enable_thinking": toggles[0], "skip_special_tokens": toggles[1]}

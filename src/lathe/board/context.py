@@ -1,12 +1,21 @@
-"""What the Board's tabs share: the runner, the chat session, the widgets and the top bar.
+"""What the Board's tabs share: the runner, the chat session, the widgets, the top bar and the run folders.
 
 The top bar (model, adapter, method, template, quantization, RoPE, attention) belongs to every
 tab: training reads it, and chat / evaluate / export load the model it names.
+
+Run folders follow LLaMA Board's layout, `<save root>/<model>/<method>/<run>` (save root `saves`,
+relative to where the Board runs): a new run is `train_<timestamp>`, and the folders already there
+are the model's past runs (offered as output folders to go on with) and, where they hold an
+adapter, the adapters to load. `<model>` is the last part of the model's path or hub id
+(`Qwen/Qwen2.5-0.5B` -> `Qwen2.5-0.5B`), so a hub id and its downloaded folder share their runs.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import LatheError
@@ -14,6 +23,65 @@ from .chat import ChatSession
 from .form import FormField, values_to_raw
 from .runner import Run, Runner
 from .widgets import Widgets
+
+SAVE_ROOT = "saves"
+RUN_MARKERS = ("trainer_log.jsonl", "adapter_config.json", "config.json")  # files a run folder holds
+ADAPTER_FILE = "adapter_config.json"
+
+
+def model_folder_name(model: str | None) -> str:
+    """The folder name of a model under the save root: the last part of its path or hub id, made safe."""
+    name = Path(str(model or "").strip().rstrip("/\\")).name
+    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "model"
+
+
+def save_dir(model: str | None, method: str | None, root: str | Path = SAVE_ROOT) -> Path:
+    """`<root>/<model>/<method>`: where the runs of one model and finetuning method go."""
+    return Path(root) / model_folder_name(model) / (str(method or "").strip() or "lora")
+
+
+def new_run_dir(model: str | None, method: str | None, root: str | Path = SAVE_ROOT) -> str:
+    """A fresh output folder, `<root>/<model>/<method>/train_<timestamp>`."""
+    return str(save_dir(model, method, root) / f"train_{time.strftime('%Y-%m-%d-%H-%M-%S')}")
+
+
+def _is_run(folder: Path) -> bool:
+    if any((folder / name).is_file() for name in RUN_MARKERS):
+        return True
+    return any(p.is_dir() and p.name.split("-")[-1].isdigit() for p in folder.glob("checkpoint-*"))
+
+
+def past_runs(model: str | None, method: str | None, root: str | Path = SAVE_ROOT) -> list[str]:
+    """The run folders of this model and method (a training log, an adapter, a model or checkpoints), newest first."""
+    base = save_dir(model, method, root)
+    if not base.is_dir():
+        return []
+    found = [p for p in base.iterdir() if p.is_dir() and _is_run(p)]
+    return [str(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+def adapter_runs(model: str | None, method: str | None, root: str | Path = SAVE_ROOT) -> list[str]:
+    """The past runs of this model and method that hold an adapter (`adapter_config.json`), newest first."""
+    return [run for run in past_runs(model, method, root) if (Path(run) / ADAPTER_FILE).is_file()]
+
+
+def output_choices(model: str | None, method: str | None, current: str | None,
+                   root: str | Path = SAVE_ROOT) -> tuple[list[str], str]:
+    """(choices, value) of the output-folder menu: a fresh run name, then the past runs.
+
+    The current value stays when it is already a folder of this model and method (a remembered
+    or a picked run); otherwise the fresh name replaces it, as a new model or method starts a new run.
+    """
+    fresh = new_run_dir(model, method, root)
+    runs = past_runs(model, method, root)
+    current = (current or "").strip()
+    base = save_dir(model, method, root)
+    keep = bool(current) and Path(current).parent == base
+    value = current if keep else fresh
+    choices = [value, *[r for r in runs if r != value]]
+    if keep and value not in runs:  # a fresh name kept: no second fresh one next to it
+        return choices, value
+    return ([fresh] if fresh != value else []) + choices, value
 
 
 def error_md(lang: str, error: Exception) -> str:
@@ -31,6 +99,7 @@ class BoardContext:
     # The language menu: handlers take its value as their last input, so that the messages they
     # return speak the language the page shows now (each page has its own), not the one it was built in.
     lang_pick: Any = None
+    save_root: str = SAVE_ROOT  # where run folders go: <save_root>/<model>/<method>/<run>
 
     @property
     def top_components(self) -> list[Any]:

@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
+from ..config import training as trainer_options
 from ..config.coercion import type_hints
 from ..config.load import SECRET_KEYS
 from ..config.options import GROUPS, choices_of, help_of
-from ..config import training as trainer_options
 from ..registry import METHODS, OPTIMIZERS
 
 # Sections of the Train tab, in display order (`sections()`): these, with a panel per finetuning
@@ -54,8 +54,9 @@ TRAINING_FIELDS: dict[str, str] = {
     "neftune_noise_alpha": "extras", "report_to": "extras", "per_device_eval_batch_size": "more",
 }
 
-# Options picked from the names in dataset_info.json (a multi-select, written as a comma list).
-MULTI = ("dataset", "eval_dataset")
+# Comma lists picked from known names (a multi-select that also takes typed values): datasets from
+# dataset_info.json, adapters from the folders of past runs (`context.adapter_runs`).
+MULTI = ("dataset", "eval_dataset", "adapter_name_or_path")
 
 # Groups whose fields make up the Train tab; generating/export/evaluation have their own tabs.
 TRAIN_GROUPS = ("model", "data", "finetuning", "run")
@@ -75,7 +76,7 @@ class FormField:
     choices: tuple[str, ...] | None = None
     optional: bool = False
     section: str = "more"
-    multi: bool = False  # a comma list picked from known names (datasets)
+    multi: bool = False  # a comma list picked from known names (datasets, adapter folders)
 
     # ------------------------------------------------------------ widget <-> config
 
@@ -122,7 +123,7 @@ class FormField:
         return False
 
 
-def _number_text(value: float | int) -> str:
+def _number_text(value: float) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:

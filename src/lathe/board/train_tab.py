@@ -1,5 +1,9 @@
 """The Train tab: the form (generated from the schema), preview, save/load, start/abort, live view.
 
+The output folder is a menu of this model's past runs under `saves/<model>/<method>/` plus a fresh
+`train_<timestamp>` name (or any folder typed in), and the top bar's adapters are picked from the
+past runs that hold one (`context.py` keeps that layout); both follow the model and method chosen.
+
 Start validates the form through `build_config` (as `lathe train` does), writes the YAML and
 runs `lathe train <yaml>` in a child process; a timer then reads the run's trainer_log.jsonl
 for the progress bar and the loss curve, and its console output for the log tail.
@@ -8,7 +12,6 @@ for the progress bar and the loss curve, and its console output for the log tail
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,8 @@ import gradio as gr
 from ..config.load import read_config_file
 from ..errors import LatheError
 from .checks import check_config
-from .context import BoardContext, error_md, split_args
-from .form import FormField, sections, parse_extra, raw_to_values, to_yaml, train_form, values_to_raw
+from .context import BoardContext, adapter_runs, error_md, output_choices, split_args
+from .form import FormField, parse_extra, raw_to_values, sections, to_yaml, train_form, values_to_raw
 from .locales import t
 from .monitor import checkpoints, loss_frame, progress_html, read_log
 from .runner import CONFIG_NAME, command
@@ -40,8 +43,8 @@ def dataset_names(dataset_dir: str) -> list[str]:
 
 def preview_rows(dataset_dir: str, names: list[str], n: int = 3) -> list[dict[str, Any]]:
     """The first rows of each local dataset, as stored (hub datasets are not fetched for this)."""
-    from ..data.readers import read_rows
     from ..data.dataset_info import get_dataset_attrs
+    from ..data.readers import read_rows
 
     rows: list[dict[str, Any]] = []
     for attr in get_dataset_attrs(names, Path(dataset_dir).expanduser()):
@@ -54,10 +57,6 @@ def preview_rows(dataset_dir: str, names: list[str], n: int = 3) -> list[dict[st
                 break
             rows.append({"dataset": attr.name, **{k: v for k, v in row.items() if v not in (None, "", [])}})
     return rows
-
-
-def default_output_dir() -> str:
-    return f"saves/board-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def build_train_tab(ctx: BoardContext) -> None:
@@ -81,7 +80,10 @@ def build_train_tab(ctx: BoardContext) -> None:
     with gr.Row():
         for name in ("cutoff_len", "max_samples", "val_size"):
             w.field(basic[name])
-        output_dir = w.field(basic["output_dir"], value=default_output_dir(), scale=2)
+        top = {f.name: f for f in ctx.top}
+        out_choices, out_value = output_choices(top["model_name_or_path"].default, top["finetuning_type"].default,
+                                                None, ctx.save_root)
+        output_dir = w.field(basic["output_dir"], choices=out_choices, value=out_value, scale=2)
         w.field(basic["overwrite_output_dir"])
     rows_view = w.ui(gr.JSON(label=t("preview_rows", lang), visible=False, elem_id="data-rows"), "preview_rows")
     grid(by_section["training"])
@@ -207,7 +209,10 @@ def build_train_tab(ctx: BoardContext) -> None:
             return [gr.skip()] * (len(form_components) + 1) + [error_md(code, e)]
         updates = []
         for f in form_fields:
-            if f.multi:
+            if f.name == "adapter_name_or_path":
+                known = adapter_runs(raw.get("model_name_or_path"), raw.get("finetuning_type"), ctx.save_root)
+                updates.append(gr.update(value=values[f.name], choices=sorted({*known, *values[f.name]})))
+            elif f.multi:
                 updates.append(gr.update(value=values[f.name], choices=dataset_names(raw.get("dataset_dir", "data"))))
             else:
                 updates.append(values[f.name])
@@ -223,3 +228,35 @@ def build_train_tab(ctx: BoardContext) -> None:
     preview_btn.click(on_data_preview, [dataset_dir, dataset, lang_pick], [rows_view, status])
     save_btn.click(on_save, [cfg_path, *inputs, lang_pick], status)
     load_btn.click(on_load, [cfg_path, lang_pick], [*form_components, extra, status])
+    wire_run_folders(ctx, output_dir)
+
+
+def wire_run_folders(ctx: BoardContext, output_dir: Any) -> None:
+    """Keep the output-folder menu and the top bar's adapter menu on the model and method picked.
+
+    A new model or method offers its own past runs and a fresh run name; opening a menu
+    re-reads the folders, so a run that has just finished is there without a restart.
+    """
+    comps = ctx.w.components
+    model, method, adapters = comps["model_name_or_path"], comps["finetuning_type"], comps["adapter_name_or_path"]
+
+    def on_pick(model_path, method_name, current_out, current_adapters):
+        choices, value = output_choices(model_path, method_name, current_out, ctx.save_root)
+        known = adapter_runs(model_path, method_name, ctx.save_root)
+        picked = [a for a in (current_adapters or []) if a]
+        return (gr.update(choices=choices, value=value),
+                gr.update(choices=[*known, *[a for a in picked if a not in known]]))
+
+    def on_open_outputs(model_path, method_name, current_out):
+        choices, _ = output_choices(model_path, method_name, current_out, ctx.save_root)
+        current = (current_out or "").strip()
+        return gr.update(choices=choices if not current or current in choices else [current, *choices])
+
+    def on_open_adapters(model_path, method_name, current_adapters):
+        known = adapter_runs(model_path, method_name, ctx.save_root)
+        return gr.update(choices=[*known, *[a for a in (current_adapters or []) if a and a not in known]])
+
+    for comp in (model, method):
+        comp.change(on_pick, [model, method, output_dir, adapters], [output_dir, adapters], show_progress="hidden")
+    output_dir.focus(on_open_outputs, [model, method, output_dir], output_dir, show_progress="hidden")
+    adapters.focus(on_open_adapters, [model, method, adapters], adapters, show_progress="hidden")
