@@ -34,15 +34,6 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     fi
 fi
 
-constraints="$VENV/torch-constraints.txt"
-"$PY" -W ignore -c "import torch; print('torch==' + torch.__version__)" > "$constraints"
-echo "[setup] pinned $(cat "$constraints")"
-
-target="."
-[ -n "$EXTRA" ] && target=".[$EXTRA]"
-"${PIP[@]}" -c "$constraints" -e "$target"
-echo "[setup] lathe installed in $VENV"
-
 # torchvision, for the video processors of multimodal models (images work without it). Its PyPI wheels are
 # CUDA builds that fail to import beside the CPU torch, so without CUDA: a local wheel of the matching release
 # from $LATHE_WHEELHOUSE (default ../shared/wheels, where one exists), else PyTorch's CPU index.
@@ -62,3 +53,15 @@ if [ "$EXTRA" = "dev" ] || [ "$EXTRA" = "multimodal" ]; then
         fi
     fi
 fi
+
+constraints="$VENV/torch-constraints.txt"
+"$PY" -W ignore -c "import torch; print('torch==' + torch.__version__)" > "$constraints"
+# A working torchvision is pinned too: a package that asks for it (timm) must not swap in PyPI's CUDA-linked build.
+"$PY" -W ignore -c "import torchvision; print('torchvision==' + torchvision.__version__)" >> "$constraints" 2>/dev/null \
+    || true
+echo "[setup] pinned $(tr '\n' ' ' < "$constraints")"
+
+target="."
+[ -n "$EXTRA" ] && target=".[$EXTRA]"
+"${PIP[@]}" -c "$constraints" -e "$target"
+echo "[setup] lathe installed in $VENV"
