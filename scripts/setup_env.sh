@@ -57,8 +57,9 @@ fi
 constraints="$VENV/torch-constraints.txt"
 "$PY" -W ignore -c "import torch; print('torch==' + torch.__version__)" > "$constraints"
 # A working torchvision is pinned too: a package that asks for it (timm) must not swap in PyPI's CUDA-linked build.
-"$PY" -W ignore -c "import torchvision; print('torchvision==' + torchvision.__version__)" >> "$constraints" 2>/dev/null \
-    || true
+# (the installed distribution's version: a repackaged wheel's module may report another)
+"$PY" -W ignore -c "import importlib.metadata as m, torchvision; print('torchvision==' + m.version('torchvision'))" \
+    >> "$constraints" 2>/dev/null || true
 echo "[setup] pinned $(tr '\n' ' ' < "$constraints")"
 
 target="."
