@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config.options import FinetuningArguments
 from ..errors import LatheError
 from .chat import ChatSession
 from .form import FormField, values_to_raw
@@ -29,6 +30,9 @@ RUN_MARKERS = ("trainer_log.jsonl", "adapter_config.json", "config.json")  # fil
 ADAPTER_FILE = "adapter_config.json"
 
 
+DEFAULT_METHOD = FinetuningArguments.finetuning_type  # the config's default method, for a form without one
+
+
 def model_folder_name(model: str | None) -> str:
     """The folder name of a model under the save root: the last part of its path or hub id, made safe."""
     name = Path(str(model or "").strip().rstrip("/\\")).name
@@ -37,7 +41,7 @@ def model_folder_name(model: str | None) -> str:
 
 def save_dir(model: str | None, method: str | None, root: str | Path = SAVE_ROOT) -> Path:
     """`<root>/<model>/<method>`: where the runs of one model and finetuning method go."""
-    return Path(root) / model_folder_name(model) / (str(method or "").strip() or "lora")
+    return Path(root) / model_folder_name(model) / (str(method or "").strip() or DEFAULT_METHOD)
 
 
 def new_run_dir(model: str | None, method: str | None, root: str | Path = SAVE_ROOT) -> str:
