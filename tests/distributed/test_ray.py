@@ -60,6 +60,7 @@ def ray_train(path: Path, *overrides: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow  # a local Ray cluster and three runs (about a minute): `make test-slow`
 @pytest.mark.skipif(not HAS_RAY, reason="Ray is not installed (pip install 'lathe[ray]'): the Ray launcher cannot run")
 def test_two_ray_workers_equal_one_process_and_resume(ray_yaml, tmp_path, monkeypatch):
     out, records, one = tmp_path / "ray_out", tmp_path / "ray_records", tmp_path / "one"
