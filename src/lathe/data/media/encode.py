@@ -147,8 +147,8 @@ def encode_with_media(batch: dict[str, list], *, inner: Callable[..., dict[str, 
     `refuse`: the stage cannot train on media; a sample that has some stops the run with this message."""
     n = len(batch["messages"])
     messages, drops = list(batch["messages"]), [""] * n
-    for i in range(n):
-        items = media_of(batch, i)
+    rows = [media_of(batch, i) for i in range(n)]  # each sample's media paths, read once
+    for i, items in enumerate(rows):
         has_placeholder = any(PLACEHOLDER_RE.search(m["content"]) for m in messages[i])
         if not any(items.values()) and not has_placeholder:
             continue
@@ -163,25 +163,24 @@ def encode_with_media(batch: dict[str, list], *, inner: Callable[..., dict[str, 
             messages[i] = [{**m, "content": PLACEHOLDER_RE.sub("", m["content"])} for m in messages[i]]
     out = inner({**batch, "messages": messages}, **inner_kwargs)
     out["_drop"] = [own or theirs for own, theirs in zip(drops, out["_drop"])]
-    _drop_cut_media(out, batch, media)
+    _drop_cut_media(out, rows, media)
     if media.plugin.arrange is not None:
-        _arrange(out, media, has_media=[any(media_of(batch, i).values()) for i in range(n)])
+        _arrange(out, media, has_media=[any(items.values()) for items in rows])
     masked = media.media_token_ids
     if len(masked):
         for key in [k for k in out if k == "labels" or k.endswith("_labels")]:
             out[key] = [_unlearn(ids, labels, masked) for ids, labels in zip(out[_ids_key(key)], out[key])]
     for kind in KINDS:
-        out[COLUMNS[kind]] = [media_of(batch, i)[kind] for i in range(n)]
+        out[COLUMNS[kind]] = [items[kind] for items in rows]
     return out
 
 
-def _drop_cut_media(out: dict[str, list], batch: dict[str, list], media: MediaContext) -> None:
+def _drop_cut_media(out: dict[str, list], rows: list[dict[str, list[str]]], media: MediaContext) -> None:
     """Drop the samples whose media tokens truncation to `cutoff_len` cut: the model needs all of an item's
     tokens or none of its features, and a mismatch would stop training mid-epoch."""
     token_ids = {kind: media.processor.tokenizer.convert_tokens_to_ids(media.plugin.token(media.processor, kind))
                  for kind in media.plugin.kinds}
-    for i in range(len(out["_drop"])):
-        items = media_of(batch, i)
+    for i, items in enumerate(rows):
         if out["_drop"][i] or not any(items.values()):
             continue
         for ids_key in [k for k in out if k.endswith("input_ids")]:
