@@ -42,7 +42,14 @@ def test_terms_by_hand(shape_and_cfg):
     assert e.weights == shape.total * 4 and e.gradients == shape.total * 4 and e.optimizer == shape.total * 8
     assert e.static / shape.total == 16  # the classic 16 bytes per parameter of fp32 AdamW
     assert e.logits == 2 * 16 * shape.vocab * 8
-    assert activation_bytes(shape, 2, 16, 4, False) == 32 * (34 * 64 + 5 * 4 * 16) * 2 * 2
+    # 2 layers of hidden 64, KV width 32, MLP 256: (8 x 64 + 6 x 32 + 4 x 256) values per token, fp32
+    layer = 32 * (8 * 64 + 6 * 32 + 4 * 256) * 4
+    assert activation_bytes(shape, 2, 16, 4, False) == 2 * layer
+    assert activation_bytes(shape, 2, 16, 4, False, scores=True) == 2 * (layer + 32 * 5 * 4 * 16 * 4 // 2)
+    assert activation_bytes(shape, 2, 16, 4, False, tiled=True) == 2 * 32 * (8 * 64 + 6 * 32) * 4
+    kept = 32 * 64 * 4  # a checkpointed layer keeps its input
+    assert activation_bytes(shape, 2, 16, 4, True) == 2 * kept + layer
+    assert activation_bytes(shape, 2, 16, 4, 1) == max(layer + kept, kept + layer)
     q4 = estimate(shape, "qlora", batch=1, seq=8)
     q8 = estimate(shape, "qlora8", batch=1, seq=8)
     lora = estimate(shape, "lora", batch=1, seq=8)

@@ -143,9 +143,7 @@ def test_tool_calling_data_trains(sft_config):
     assert result.metrics["train_loss"] > 0
 
 
-def test_defaults_flatten_batches_and_checkpoint_only_when_memory_needs_it(sft_config, monkeypatch, caplog):
-    import logging
-
+def test_defaults_flatten_batches_and_checkpoint_only_when_memory_needs_it(sft_config, monkeypatch):
     import torch
 
     from lathe.model import memory as plan
@@ -158,11 +156,10 @@ def test_defaults_flatten_batches_and_checkpoint_only_when_memory_needs_it(sft_c
     assert not padding_free(load_config(sft_config(padding_free=False)), model)
     assert not padding_free(cfg, torch.nn.Linear(2, 2))  # a module that cannot keep samples apart
 
-    caplog.set_level(logging.INFO, logger="lathe")
-    assert not plan.gradient_checkpointing_wanted(cfg, model)
-    assert "gradient checkpointing off" in caplog.text
+    assert plan.checkpointing_plan(cfg, model).layers == 0
     monkeypatch.setattr(plan, "free_memory", lambda: 1024)
-    assert plan.gradient_checkpointing_wanted(cfg, model)
-    assert plan.gradient_checkpointing_wanted(load_config(sft_config(disable_gradient_checkpointing=False)), model)
+    assert plan.checkpointing_plan(cfg, model).layers == 2  # every layer, and the MLP tiled: it still does not fit
+    assert plan.checkpointing_plan(cfg, model).tiled_mlp
+    assert plan.checkpointing_plan(load_config(sft_config(disable_gradient_checkpointing=False)), model).layers == 2
     monkeypatch.setattr(plan, "free_memory", lambda: 10**12)
-    assert not plan.gradient_checkpointing_wanted(load_config(sft_config(disable_gradient_checkpointing=True)), model)
+    assert plan.checkpointing_plan(load_config(sft_config(disable_gradient_checkpointing=True)), model).layers == 0

@@ -124,12 +124,21 @@ class ModelArguments:
     shift_attn: bool = opt(False, "LongLoRA S2-Attn while training (llama family): attention within groups of cutoff_len/4 tokens.")
     train_from_scratch: bool = opt(False, "Start from random weights built from the model's config.")
     use_unsloth: bool = opt(False, "Load and add LoRA through unsloth's FastLanguageModel (needs unsloth and a CUDA GPU).")
-    use_unsloth_gc: bool = opt(False, "With use_unsloth: unsloth's gradient checkpointing that offloads activations to CPU.")
+    use_unsloth_gc: bool = opt(
+        False, "Gradient checkpointing whose saved layer inputs wait in CPU memory (LLaMA-Factory's name; with "
+        "use_unsloth, unsloth's own). Without use_unsloth it is offload_activations.")
     enable_liger_kernel: bool = opt(False, "Liger's fused Triton kernels (needs liger-kernel and a CUDA GPU).")
     disable_gradient_checkpointing: bool = opt(
         False, "true: no gradient checkpointing; false: always on. Unset: on only when a batch's activations would not fit in memory without it."
     )
     use_reentrant_gc: bool = opt(True, "Use the re-entrant variant of gradient checkpointing.")
+    offload_activations: bool = opt(
+        False, "GPU runs: checkpoint every layer and keep the checkpointed layer inputs in pinned host memory until the "
+        "backward pass (frees layers x tokens x hidden of GPU memory; costs a copy each way per layer).")
+    tiled_mlp: bool | None = opt(
+        None, "Run each layer's MLP over tiles of the sequence, recomputed in the backward pass (keeps 4 x ffn values "
+        "per token out of memory; the MLP's forward runs twice). Unset: on when even checkpointing every layer would "
+        "not fit the memory.")
     low_cpu_mem_usage: bool = opt(True, "Load weights without building a random-init copy first.")
     adapter_folder: str | None = opt(None, "Sub-folder inside each adapter_name_or_path that holds the adapter files (peft's subfolder).")
     new_special_tokens_config: str | None = opt(
@@ -188,8 +197,8 @@ class ModelArguments:
         if self.quantization_device_map is not None and self.quantization_bit == 8 and self.quantization_method == "bnb":
             raise LatheError(f"{source}: `quantization_device_map: auto` with bitsandbytes needs `quantization_bit: 4` "
                              f"(8-bit weights cannot be split over devices).")
-        if self.use_unsloth_gc and not self.use_unsloth:
-            raise LatheError(f"{source}: `use_unsloth_gc` is unsloth's offloaded gradient checkpointing; it needs `use_unsloth: true`.")
+        if self.offload_activations or self.use_unsloth_gc and not self.use_unsloth:
+            self._check_offload(source)
         if self.use_unsloth:
             import torch
 
@@ -206,6 +215,18 @@ class ModelArguments:
                     f"{source}: `enable_liger_kernel` needs the liger-kernel package and a CUDA GPU "
                     f"(Triton has no CPU backend); pip install liger-kernel on a GPU machine, or remove it."
                 )
+
+
+    def _check_offload(self, source: str) -> None:
+        import torch
+
+        key = "offload_activations" if self.offload_activations else "use_unsloth_gc"
+        if self.disable_gradient_checkpointing:
+            raise LatheError(f"{source}: `{key}` keeps the inputs of checkpointed layers in host memory; it needs gradient "
+                             f"checkpointing, which `disable_gradient_checkpointing: true` turns off. Remove one of them.")
+        if not torch.accelerator.is_available():
+            raise LatheError(f"{source}: `{key}` moves checkpointed activations from GPU memory to host memory; this "
+                             f"machine has no GPU, so they are in host memory already. Remove it.")
 
 
 @dataclass(frozen=True)

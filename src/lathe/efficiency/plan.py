@@ -6,8 +6,9 @@ counts are exact; memory is the sum of documented terms (docs/efficiency.md):
     weights      params x bytes of their dtype (quantized linear weights: bits/8 + scales)
     gradients    trainable x 4 (trainable weights are kept in fp32)
     optimizer    AdamW: trainable x 8 (two fp32 moments); GaLore: the projected moments
-    activations  per layer and token: hidden x dtype bytes with gradient checkpointing,
-                 else (34 x hidden + 5 x heads x seq) x dtype bytes / 2 (Korthikanti et al. 2022)
+    activations  per layer and token: (8 x hidden + 6 x kv + 4 x ffn) x dtype bytes, plus attention
+                 scores where the attention is eager; hidden x dtype bytes for a checkpointed layer
+                 (model/memory.py says which tensors, and what a tiled MLP drops)
     logits       batch x seq x vocab x 4 bytes x 2 (fp32 logits and their gradient); where the
                  training loop chunks the output layer (train/chunked_logits.py: scored logits of
                  at least 64 MiB), one chunk's logits and gradient (chunk x vocab x 4 x 2) plus the
@@ -29,7 +30,8 @@ import torch
 
 from ..config.options import FinetuningArguments
 from ..errors import LatheError
-from ..model.memory import DTYPE_BYTES, GiB, Shape, activation_bytes, checkpointing_choice, model_shape, planned_logits, size
+from ..model.memory import (DTYPE_BYTES, GiB, Shape, activation_bytes, checkpointing_choice, eager_attention,
+                            model_shape, planned_logits, size)
 from ..registry import METHODS, OPTIMIZERS
 from .variants import VARIANTS, Variant, variant
 
@@ -73,8 +75,8 @@ class Estimate:
 
 
 def estimate(shape: Shape, name: str | Variant, *, batch: int, seq: int, dtype_bytes: int = 4, checkpointing: bool = True,
-             lora_rank: int = 8, freeze_layers: int = 2, galore_rank: int = 16, devices: int = 1,
-             shard: str = "none") -> Estimate:
+             scores: bool = False, tiled: bool = False, lora_rank: int = 8, freeze_layers: int = 2, galore_rank: int = 16,
+             devices: int = 1, shard: str = "none") -> Estimate:
     """Peak memory per device of one training step of a variant (a name of `variants.VARIANTS`; see the module docstring).
 
     The method says how many parameters it trains (`Method.planned_trainable`), an adapter's
@@ -105,7 +107,7 @@ def estimate(shape: Shape, name: str | Variant, *, batch: int, seq: int, dtype_b
         optimizer //= devices
         if shard in ("zero3", "fsdp"):
             weights //= devices
-    act = activation_bytes(shape, batch, seq, dtype_bytes, checkpointing)
+    act = activation_bytes(shape, batch, seq, dtype_bytes, checkpointing, scores=scores, tiled=tiled)
     return Estimate(v.name, trainable, weights, gradients, optimizer, act, planned_logits(shape, batch, seq))
 
 
@@ -161,7 +163,7 @@ def plan_kwargs(cfg: "RunConfig", devices: int = 1, shard: str = "none") -> dict
     f = cfg.finetuning
     return dict(seq=cfg.data.cutoff_len, dtype_bytes=DTYPE_BYTES[resolve_dtype(cfg)],
                 checkpointing=bool(checkpointing_choice(cfg)),  # unset: off, as where memory is plenty
-                lora_rank=f.lora_rank,
+                scores=eager_attention(cfg), tiled=cfg.model.tiled_mlp is True, lora_rank=f.lora_rank,
                 freeze_layers=abs(f.freeze_trainable_layers), galore_rank=f.galore_rank, devices=devices, shard=shard)
 
 
@@ -203,6 +205,8 @@ def plan(cfg: "RunConfig", memory: int | None, devices: int = 1, shard: str = "n
         f"{'total':>9} {'B/param':>8}" + ("  fits   max batch  max cutoff" if memory else ""),
     ]
     no_seq = {k: v for k, v in kwargs.items() if k != "seq"}
+    if checkpointing_choice(cfg) is None:  # the run checkpoints and tiles as the memory needs: at its longest, all of it
+        no_seq.update(checkpointing=True, tiled=cfg.model.tiled_mlp is not False)
     for method in plannable_names():
         e = estimate(shape, method, batch=batch, **kwargs)
         row = (f"{method:<8} {e.trainable:>14,} {size(e.weights):>9} {size(e.gradients):>8} {size(e.optimizer):>8} "
@@ -214,7 +218,8 @@ def plan(cfg: "RunConfig", memory: int | None, devices: int = 1, shard: str = "n
     lines += ["", "B/param counts weights, gradients and optimizer state; activations and logits grow with the batch;",
               f"total adds {OVERHEAD // 1024**2} MiB of framework working memory. Logits are chunked where big "
               "(train/chunked_logits.py).",
-              *(["max cutoff: the longest cutoff_len that fits the memory at this batch."] if memory else []),
+              *(["max cutoff: the longest cutoff_len that fits the memory at this batch (with every layer checkpointed "
+                 "and the MLP tiled, as the run does when memory needs it, unless the config decides)."] if memory else []),
               "Formulas: docs/efficiency.md. Estimates: measure with a short run before renting hardware.",
               *media_lines(cfg, model)]
     if memory:

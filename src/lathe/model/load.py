@@ -376,16 +376,27 @@ def _keep_partition_dtype(model: "PreTrainedModel", dtype) -> None:
             data.data = data.data.to(dtype)
 
 
-def enable_gradient_checkpointing(model: "PreTrainedModel", use_reentrant: bool) -> None:
-    """Trade compute for memory; the re-entrant variant needs inputs that require grad."""
+def enable_gradient_checkpointing(model: "PreTrainedModel", use_reentrant: bool, layers: int | None = None,
+                                  offload: bool = False) -> None:
+    """Trade compute for memory on the first `layers` decoder layers (None: all); the re-entrant variant needs
+    inputs that require grad. `offload`: the checkpointed inputs wait in pinned host memory (transformers' own)."""
+    from .adapters.common import decoder_layers
+
     if not getattr(model, "supports_gradient_checkpointing", False):
         logger.warning("%s does not support gradient checkpointing; training without it.", type(model).__name__)
         return
     kwargs = {"use_reentrant": use_reentrant}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, offload=offload)
+    elif offload:
+        raise LatheError("Offloading checkpointed activations needs transformers >= 5.20 (`activation_checkpointing_enable`"
+                         "(offload=True)); upgrade transformers or remove `offload_activations` / `use_unsloth_gc`.")
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if layers is not None:
+        for index, layer in enumerate(decoder_layers(model)[1]):
+            if hasattr(layer, "gradient_checkpointing"):
+                layer.gradient_checkpointing = index < layers
     if use_reentrant:
         model.enable_input_require_grads()
     model.config.use_cache = False

@@ -2,12 +2,18 @@
 
 Terms (docs/efficiency.md):
 
-    activations  per layer and token: hidden x dtype bytes with gradient checkpointing,
-                 else (34 x hidden + 5 x heads x seq) x dtype bytes / 2 (Korthikanti et al. 2022)
+    activations  per layer and token, what the backward pass needs of a decoder layer:
+                 (8 x hidden + 6 x kv + 4 x ffn) x dtype bytes (norm inputs and outputs, q/k/v
+                 before and after RoPE, the attention output; the MLP's gate, up, activation and
+                 product), plus 5 x heads x seq x dtype bytes / 2 of attention scores where the
+                 attention is eager (sdpa and flash kernels never hold them); a tiled MLP
+                 (model/tiled_mlp.py) drops the 4 x ffn; a checkpointed layer keeps only its
+                 input (hidden x dtype bytes) and one layer is recomputed at a time
     logits       batch x seq x vocab x 4 bytes x 2 (fp32 logits and their gradient)
 
-The run uses them to decide whether gradient checkpointing is needed (`gradient_checkpointing_wanted`);
-`lathe plan` (efficiency/plan.py) adds weights, gradients and optimizer states per method.
+The run uses them to decide how many layers to checkpoint and whether to tile the MLP
+(`checkpointing_plan`); `lathe plan` (efficiency/plan.py) adds weights, gradients and optimizer
+states per method.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ class Shape:
     layers: int
     heads: int
     vocab: int
+    kv: int = 0  # width of the key (and value) projection: KV heads x head size; 0 = hidden
+    ffn: int = 0  # the MLP's inner width; 0 = 4 x hidden
 
     @property
     def linear_params(self) -> int:
@@ -68,17 +76,40 @@ def model_shape(model: torch.nn.Module) -> Shape:
         layers=len(layers),
         heads=config.num_attention_heads,
         vocab=config.vocab_size,
+        kv=_kv_width(config),
+        ffn=getattr(config, "intermediate_size", None) or 4 * config.hidden_size,
     )
 
 
-def activation_bytes(shape: Shape, batch: int, seq: int, dtype_bytes: int, checkpointing: bool) -> int:
-    tokens = batch * seq
-    if checkpointing:  # only each layer's input is kept; one layer is recomputed at a time
-        per_token_layer = shape.hidden * dtype_bytes
-        recompute = tokens * (34 * shape.hidden + 5 * shape.heads * seq) * dtype_bytes // 2
-        return tokens * per_token_layer * shape.layers + recompute
-    per_token_layer = (34 * shape.hidden + 5 * shape.heads * seq) * dtype_bytes // 2
-    return tokens * per_token_layer * shape.layers
+def _kv_width(config) -> int:
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return (getattr(config, "num_key_value_heads", None) or heads) * head_dim
+
+
+def layer_bytes(shape: Shape, batch: int, seq: int, dtype_bytes: int, *, scores: bool = False,
+                tiled: bool = False) -> int:
+    """What one decoder layer keeps for its backward pass without checkpointing (see the module docstring)."""
+    kv = shape.kv or shape.hidden
+    mlp = 0 if tiled else 4 * (shape.ffn or 4 * shape.hidden)
+    kept = batch * seq * (8 * shape.hidden + 6 * kv + mlp) * dtype_bytes
+    if scores:
+        kept += batch * seq * 5 * shape.heads * seq * dtype_bytes // 2
+    return kept
+
+
+def activation_bytes(shape: Shape, batch: int, seq: int, dtype_bytes: int, checkpointing: bool | int, *,
+                     scores: bool = False, tiled: bool = False) -> int:
+    """Peak activation memory with `checkpointing` layers checkpointed (True: all, False: none).
+
+    The first k layers are the checkpointed ones: the backward pass has freed the others' activations
+    by the time it recomputes those, so the peak is the larger of the two moments."""
+    k = shape.layers if checkpointing is True else int(checkpointing)
+    full = layer_bytes(shape, batch, seq, dtype_bytes, scores=scores, tiled=tiled)
+    if k == 0:
+        return shape.layers * full
+    kept = batch * seq * shape.hidden * dtype_bytes  # a checkpointed layer's input
+    return max((shape.layers - k) * full + k * kept, k * kept + full)
 
 
 def logits_bytes(shape: Shape, batch: int, seq: int) -> int:
@@ -119,47 +150,143 @@ def size(n: int) -> str:
 
 
 def free_memory() -> int | None:
-    """Bytes free on the training device now: CUDA's free memory, or the kernel's MemAvailable on a CPU."""
+    """Bytes free on the training device now: CUDA's free memory; on a CPU the kernel's MemAvailable,
+    capped by what the process's memory cgroup still allows (a container's or a job's limit)."""
     if torch.cuda.is_available():
         return int(torch.cuda.mem_get_info()[0])
+    free = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                free = int(line.split()[1]) * 1024
     except OSError:
         pass
+    allowed = cgroup_available()
+    if allowed is not None:
+        free = allowed if free is None else min(free, allowed)
+    return free
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def cgroup_available(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = CGROUP_ROOT) -> int | None:
+    """Bytes the process's memory cgroup (and its parents) still allow: limit minus usage, counting
+    inactive page cache as free (the kernel reclaims it before it kills); None without a limit."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):  # v1: the memory hierarchy
+            return _tightest(root / "memory", path, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+    for line in lines:
+        if line.startswith("0::"):  # v2: the unified hierarchy
+            return _tightest(root, line[3:], "memory.max", "memory.current", "inactive_file")
     return None
 
 
-ACTIVATION_SHARE = 0.5  # of the free memory, for one batch's activations and logits without checkpointing
+def _tightest(base: Path, path: str, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    """The smallest headroom among the cgroup at `path` and its ancestors that set a limit."""
+    best = None
+    parts = [p for p in path.strip("/").split("/") if p]
+    for depth in range(len(parts), -1, -1):
+        folder = base.joinpath(*parts[:depth])
+        try:
+            raw = (folder / limit_file).read_text().strip()
+            if raw == "max" or int(raw) >= NO_LIMIT:
+                continue
+            usage = int((folder / usage_file).read_text())
+            stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines() if " " in line)
+            headroom = int(raw) - usage + int(stat.get(inactive_key, 0))
+        except (OSError, ValueError):
+            continue
+        best = headroom if best is None else min(best, headroom)
+    return None if best is None else max(0, best)
+
+
+ACTIVATION_SHARE = 0.5  # of the free memory, for one batch's activations and logits
 
 
 def checkpointing_choice(cfg: "RunConfig") -> bool | None:
-    """Gradient checkpointing as the config decides it: on, off, or None (unset: memory decides)."""
+    """Gradient checkpointing as the config decides it: on, off, or None (unset: memory decides).
+    Offloading checkpointed activations means checkpointing every layer."""
     if "disable_gradient_checkpointing" in cfg.explicit:
         return not cfg.model.disable_gradient_checkpointing
+    if offloads_activations(cfg):
+        return True
     return None
 
 
-def gradient_checkpointing_wanted(cfg: "RunConfig", model: torch.nn.Module) -> bool:
-    """Whether to trade compute for memory: as the config says, or (unset) only when memory needs it.
+def offloads_activations(cfg: "RunConfig") -> bool:
+    """`offload_activations`, or LLaMA-Factory's `use_unsloth_gc` without unsloth (the same thing there)."""
+    return cfg.model.offload_activations or (cfg.model.use_unsloth_gc and not cfg.model.use_unsloth)
 
-    Recomputing every layer in the backward pass costs about a third of a step. LLaMA-Factory
-    always pays it; lathe pays it when a batch's activations and logits without checkpointing
-    (the plan's formulas, `per_device_train_batch_size` x `cutoff_len`) would take more than
-    half of the device's free memory, and says which way it went and why.
+
+def eager_attention(cfg: "RunConfig") -> bool:
+    """Whether the attention holds its scores (`flash_attn: disabled`); sdpa and flash kernels do not."""
+    return cfg.model.flash_attn == "disabled"
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """How a run trades compute for memory: which layers it recomputes and whether the MLP runs in tiles."""
+
+    layers: int  # the first `layers` decoder layers are checkpointed (0: none)
+    tiled_mlp: bool
+    offload: bool  # checkpointed inputs wait in host memory (GPU runs)
+    why: str
+
+    def describe(self, total: int) -> str:
+        which = "off" if not self.layers else "on" if self.layers >= total else f"on for {self.layers} of {total} layers"
+        tiles = ", MLP in tiles" if self.tiled_mlp else ""
+        offload = ", checkpointed activations offloaded to host memory" if self.offload else ""
+        return f"gradient checkpointing {which}{tiles}{offload} ({self.why})"
+
+
+def checkpointing_plan(cfg: "RunConfig", model: torch.nn.Module) -> Checkpointing:
+    """How many layers to checkpoint and whether to tile the MLP: as the config says, or (unset) as
+    little as memory allows.
+
+    Recomputing a layer in the backward pass costs about a third of its step time, and
+    recomputing an MLP tile about a fifth. LLaMA-Factory checkpoints every layer always; lathe
+    estimates a batch's activations and logits (the plan's formulas, `per_device_train_batch_size`
+    x `cutoff_len`) and, while they would take more than half of the free memory, checkpoints
+    one more layer; when even every layer checkpointed does not fit, the MLP runs in tiles too
+    (`tiled_mlp` unset). It logs which way it went and why.
     """
     from .load import resolve_dtype
 
-    chosen = checkpointing_choice(cfg)
-    if chosen is not None:
-        return chosen
     shape = model_shape(model)
     batch, seq = cfg.training.per_device_train_batch_size, cfg.data.cutoff_len
-    needed = activation_bytes(shape, batch, seq, DTYPE_BYTES[resolve_dtype(cfg)], False) + planned_logits(shape, batch, seq)
+    dtype = DTYPE_BYTES[resolve_dtype(cfg)]
+    scores = eager_attention(cfg)
+    tiled = cfg.model.tiled_mlp
+
+    def needed(layers: int, tiles: bool) -> int:
+        return activation_bytes(shape, batch, seq, dtype, layers, scores=scores, tiled=tiles) + planned_logits(shape, batch, seq)
+
+    offload = offloads_activations(cfg)
+    chosen = checkpointing_choice(cfg)
     free = free_memory()
-    wanted = free is None or needed > free * ACTIVATION_SHARE
-    where = "free memory unknown" if free is None else f"{size(needed)} of activations for a {batch} x {seq} batch, {size(free)} free"
-    logger.info("gradient checkpointing %s (%s); `disable_gradient_checkpointing: true/false` decides it yourself.",
-                "on" if wanted else "off", where)
-    return wanted
+    budget = None if free is None else int(free * ACTIVATION_SHARE)
+    where = "free memory unknown" if free is None else f"{size(free)} free"
+    if chosen is not None:
+        layers = shape.layers if chosen else 0
+        auto_tiles = tiled is None and layers and budget is not None and needed(layers, False) > budget
+        tiles = bool(tiled or auto_tiles)
+        why = "as configured" + (f"; {size(needed(layers, False))} of activations, {where}" if auto_tiles else "")
+        return Checkpointing(layers, tiles, offload and bool(layers), why)
+    tiles = bool(tiled)
+    if budget is None:
+        return Checkpointing(shape.layers, tiles, False, where)
+    for layers in range(shape.layers + 1):
+        if needed(layers, tiles) <= budget:
+            return Checkpointing(layers, tiles, False,
+                                 f"{size(needed(layers, tiles))} of activations for a {batch} x {seq} batch, {where}")
+    tiles = tiled is not False
+    return Checkpointing(shape.layers, tiles, False,
+                         f"{size(needed(shape.layers, tiles))} of activations for a {batch} x {seq} batch even so, "
+                         f"{where}: it may not fit")

@@ -164,7 +164,8 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     from ..model.adapters import apply_method
     from ..model.load import add_config_tokens, check_causal_lm, enable_gradient_checkpointing
     from ..model.load import load_model, load_tokenizer
-    from ..model.memory import gradient_checkpointing_wanted
+    from ..model.memory import checkpointing_plan, model_shape
+    from ..model.tiled_mlp import tile_mlps
 
     check_run_callbacks(cfg)
     args = run_arguments(cfg)
@@ -186,8 +187,15 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     startup.mark("data")
     save_run_config(cfg)
     model = load_model(cfg, tokenizer)
-    if cfg.training.do_train and gradient_checkpointing_wanted(cfg, model):
-        enable_gradient_checkpointing(model, cfg.model.use_reentrant_gc)
+    if cfg.training.do_train:
+        plan = checkpointing_plan(cfg, model)
+        total = model_shape(model).layers
+        logger.info("%s; `disable_gradient_checkpointing` and `tiled_mlp` decide it yourself.", plan.describe(total))
+        if plan.layers:
+            enable_gradient_checkpointing(model, cfg.model.use_reentrant_gc, plan.layers if plan.layers < total else None,
+                                          plan.offload)
+        if plan.tiled_mlp:
+            tile_mlps(model, asked=bool(cfg.model.tiled_mlp))
     model = apply_method(model, cfg, new_token_rows=bool(added) or cfg.model.resize_vocab)
     if cfg.model.print_param_status:
         log_param_status(model)
