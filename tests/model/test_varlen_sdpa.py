@@ -61,3 +61,17 @@ def test_models_with_more_than_causal_attention_are_left_alone():
     assert not varlen_sdpa.usable(SimpleNamespace(model_type="gemma2", sliding_window=None))
     assert varlen_sdpa.segments(torch.arange(6)[None]) is None  # one sample: plain causal sdpa
     assert varlen_sdpa.segments(torch.tensor([[0, 1, 2, 0, 1]])) == [0, 3, 5]
+
+
+def test_one_unpadded_row_gets_no_mask():
+    """A packed row's block-diagonal mask (length squared booleans) is never built; padded batches keep sdpa's."""
+    assert varlen_sdpa.varlen_mask(1, 8, 8, attention_mask=torch.ones(1, 8, dtype=torch.long)) is None
+    assert varlen_sdpa.varlen_mask(1, 8, 8) is None
+    padded = varlen_sdpa.varlen_mask(2, 4, 4, attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]))
+    assert padded is not None and padded.shape == (2, 1, 4, 4)
+    from transformers.masking_utils import sdpa_mask
+
+    cached = dict(q_offset=6, kv_offset=0, attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1, 1, 1, 1]]))
+    assert torch.equal(varlen_sdpa.varlen_mask(1, 3, 9, **cached), sdpa_mask(1, 3, 9, **cached))  # with a cache
+    assert varlen_sdpa._packed(torch.tensor([[0, 1, 2, 0, 1]]), torch.zeros(1, 1, 5, 2))
+    assert not varlen_sdpa._packed(torch.arange(3, 8)[None], torch.zeros(1, 1, 5, 2))

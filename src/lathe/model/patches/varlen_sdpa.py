@@ -11,8 +11,13 @@ the mask transformers built, for anything else: padded batches, several rows, ge
 with a cache, and models whose attention is more than causal (sliding windows, soft-capping),
 which are not registered for it at all.
 
-Registered under its own name through transformers' `AttentionInterface`; no library
-function is replaced.
+Its mask function (`varlen_mask`) builds no mask for one unpadded row without a cache:
+transformers would otherwise materialise the row's block-diagonal mask, length squared
+booleans (4 GiB at 64k tokens), that this attention never reads. Everything else gets
+exactly sdpa's mask.
+
+Registered under its own name through transformers' `AttentionInterface` and
+`AttentionMaskInterface`; no library function is replaced.
 """
 
 from __future__ import annotations
@@ -48,6 +53,11 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     if (position_ids is not None and query.shape[0] == 1 and key.shape[2] == length
             and position_ids.shape[-1] == length and kwargs.get("sliding_window") is None):
         bounds = segments(position_ids)
+    if bounds is None and attention_mask is None and _packed(position_ids, query):
+        from ...errors import LatheError
+
+        raise LatheError("lathe_sdpa: a packed row whose position ids do not restart at 0 for each sample; its samples "
+                         "cannot be kept apart. Pack with lathe's data pipeline, or set `flash_attn: sdpa`.")
     if bounds is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -61,6 +71,26 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
+def _packed(position_ids, query) -> bool:
+    """Whether a one-row batch holds several samples by its position ids (any step other than +1)."""
+    if position_ids is None or query.shape[0] != 1 or position_ids.shape[-1] != query.shape[2]:
+        return False
+    return bool((position_ids[0].diff() != 1).any())
+
+
+def varlen_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+                attention_mask=None, **kwargs):
+    """No mask for one unpadded row without a cache (varlen_sdpa separates its samples by position ids);
+    sdpa's own mask otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    if (batch_size == 1 and q_length == kv_length and not q_offset and not kv_offset
+            and (attention_mask is None or bool(attention_mask.all()))):
+        return None
+    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                     kv_offset=kv_offset, attention_mask=attention_mask, **kwargs)
+
+
 def usable(config) -> bool:
     """Only decoders whose attention is causal softmax and nothing more (see the module docstring)."""
     if getattr(config, "model_type", None) not in PLAIN_CAUSAL:
@@ -72,8 +102,8 @@ def usable(config) -> bool:
 
 def register() -> str:
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(NAME, varlen_sdpa)
-    AttentionMaskInterface.register(NAME, sdpa_mask)  # the fallback gets exactly sdpa's mask
+    AttentionMaskInterface.register(NAME, varlen_mask)
     return NAME
