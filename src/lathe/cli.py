@@ -29,7 +29,7 @@ commands:
   export CONFIG [key=value ...]  merge adapters into the base model, save it (+ Ollama Modelfile) to export_dir
   eval CONFIG [--ppl] [k=v ...]  multiple-choice benchmark (task, task_dir, n_shot, lang), or perplexity on `dataset`
   expand --model M --num-expand N --out DIR   LLaMA Pro: add N identity blocks (then use_llama_pro)
-  plan CONFIG [--device-memory 24GiB] [--devices N] [--shard zero2|zero3|fsdp]
+  plan CONFIG [--device-memory 24GiB] [--devices N] [--shard zero2|zero3|fsdp] [--cutoff]
                                  memory each method needs, from the model's config alone (no weights)
   bench CONFIG [--methods full,lora,...] [--steps N] [--output DIR]
                                  train each method N steps in its own process: peak memory, tokens/s, perplexity
@@ -209,9 +209,11 @@ def cmd_plan(args: list[str]) -> int:
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--shard", choices=("none", "zero2", "zero3", "fsdp"), default="none",
                         help="how weights/optimizer are split across --devices (default: the config's deepspeed/fsdp)")
+    parser.add_argument("--cutoff", action="store_true",
+                        help="count every sample as cutoff_len tokens instead of reading the data for its longest")
     parser.add_argument("overrides", nargs="*")
     ns = parser.parse_intermixed_args(args)  # key=value overrides may come after the flags
-    from .efficiency.plan import parse_memory, plan
+    from .efficiency.plan import data_lengths, parse_memory, plan
 
     cfg = _config(ns.config, ns.overrides)
     memory = parse_memory(ns.device_memory) if ns.device_memory else None
@@ -221,7 +223,7 @@ def cmd_plan(args: list[str]) -> int:
 
         stage = deepspeed_stage(cfg)
         shard = "fsdp" if fsdp_requested(cfg) else {2: "zero2", 3: "zero3"}.get(stage or 0, "none")
-    print(plan(cfg, memory, devices=ns.devices, shard=shard))
+    print(plan(cfg, memory, devices=ns.devices, shard=shard, lengths=None if ns.cutoff else data_lengths(cfg)))
     return 0
 
 

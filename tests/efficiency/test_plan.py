@@ -82,3 +82,31 @@ def test_plan_cli(sft_config, capsys):
     for method in ("full", "freeze", "galore", "lora", "qlora", "qlora8"):
         assert f"\n{method} " in out
     assert "fits" in out and "B/param" in out
+
+
+def test_plan_reads_the_real_sample_lengths(sft_config, capsys):
+    """Samples shorter than cutoff_len make a smaller step than the cutoff: the plan reads the data for the
+    longest one (as training then reads it, cached); --cutoff keeps the worst case."""
+    from lathe.data.lengths import longest_sample, rows_per_sample
+    from lathe.efficiency.plan import data_lengths
+    from lathe.train.base import read_data
+
+    cfg = load_config(sft_config(cutoff_len=4096))
+    lengths = data_lengths(cfg)
+    train = read_data(cfg).data.train
+    longest = max(len(row["input_ids"]) for row in train)
+    assert lengths.seq == longest_sample(train) == longest < 4096 and lengths.rows == rows_per_sample(train) == 1
+    assert f"the longest of {len(train):,} samples is {longest:,} tokens (cutoff_len 4,096)" in lengths.note
+    assert main(["plan", str(sft_config(cutoff_len=4096))]) == 0
+    assert f"x {longest:,} tokens" in capsys.readouterr().out
+    assert main(["plan", str(sft_config(cutoff_len=4096)), "--cutoff"]) == 0
+    assert "x 4,096 tokens" in capsys.readouterr().out
+    assert data_lengths(load_config(sft_config(dataset_dir="/nonexistent"))).note.startswith(
+        "every sample counted as cutoff_len (the data could not be read here")
+
+
+def test_pairwise_data_counts_two_sequences_per_sample(sft_config):
+    from lathe.efficiency.plan import data_lengths
+
+    lengths = data_lengths(load_config(sft_config(stage="dpo", dataset="lathe_pairs", cutoff_len=4096)))
+    assert lengths.rows == 2 and "chosen and rejected in one batch" in lengths.note

@@ -156,22 +156,55 @@ def parse_memory(text: str) -> int:
     return int(value * scale)
 
 
-def plan_kwargs(cfg: "RunConfig", devices: int = 1, shard: str = "none") -> dict:
+@dataclass(frozen=True)
+class Lengths:
+    """How long a step's sequences are: the longest sample (at most cutoff_len), and sequences per sample."""
+
+    seq: int
+    rows: int = 1
+    note: str = ""  # where the numbers come from, for the plan's header
+
+
+def data_lengths(cfg: "RunConfig") -> Lengths:
+    """The run's real longest sample, read and tokenized as `lathe train` reads it (and cached for it);
+    every sample `cutoff_len` long where the config names no data or it cannot be read here."""
+    cutoff = cfg.data.cutoff_len
+    if not cfg.data.dataset or cfg.data.streaming:
+        why = "no dataset in the config" if not cfg.data.dataset else "streaming data is not read ahead"
+        return Lengths(cutoff, note=f"every sample counted as cutoff_len ({why})")
+    from ..data.lengths import longest_sample, rows_per_sample
+    from ..train.base import read_data
+
+    try:
+        train = read_data(cfg).data.train
+    except (LatheError, OSError) as e:
+        return Lengths(cutoff, note=f"every sample counted as cutoff_len (the data could not be read here: {e})")
+    longest = longest_sample(train)
+    if longest is None:
+        return Lengths(cutoff, note="every sample counted as cutoff_len")
+    rows = rows_per_sample(train)
+    pairs = ", chosen and rejected in one batch" if rows == 2 else ""
+    return Lengths(min(longest, cutoff), rows,
+                   f"the longest of {len(train):,} samples is {longest:,} tokens (cutoff_len {cutoff:,}){pairs}")
+
+
+def plan_kwargs(cfg: "RunConfig", devices: int = 1, shard: str = "none", lengths: Lengths | None = None) -> dict:
     """`estimate`'s keyword arguments (all but the variant and batch) as the config sets them."""
     from ..model.load import resolve_dtype
 
     f = cfg.finetuning
-    return dict(seq=cfg.data.cutoff_len, dtype_bytes=DTYPE_BYTES[resolve_dtype(cfg)],
+    return dict(seq=lengths.seq if lengths else cfg.data.cutoff_len, dtype_bytes=DTYPE_BYTES[resolve_dtype(cfg)],
                 checkpointing=bool(checkpointing_choice(cfg)),  # unset: off, as where memory is plenty
                 scores=eager_attention(cfg), tiled=cfg.model.tiled_mlp is True, lora_rank=f.lora_rank,
                 freeze_layers=abs(f.freeze_trainable_layers), galore_rank=f.galore_rank, devices=devices, shard=shard)
 
 
-def plan_totals(cfg: "RunConfig", names: list[str]) -> dict[str, int]:
+def plan_totals(cfg: "RunConfig", names: list[str], lengths: Lengths | None = None) -> dict[str, int]:
     """Estimated peak bytes per variant for the config's batch (what `lathe bench` sets beside its measurements)."""
     shape = model_shape(meta_model(cfg))
-    kwargs = plan_kwargs(cfg)
-    return {n: estimate(shape, n, batch=cfg.training.per_device_train_batch_size, **kwargs).total for n in names}
+    kwargs = plan_kwargs(cfg, lengths=lengths)
+    rows = lengths.rows if lengths else 1
+    return {n: estimate(shape, n, batch=cfg.training.per_device_train_batch_size * rows, **kwargs).total for n in names}
 
 
 def media_lines(cfg: "RunConfig", model) -> list[str]:
@@ -190,16 +223,20 @@ def media_lines(cfg: "RunConfig", model) -> list[str]:
             "parts not frozen (freeze_vision_tower, freeze_multi_modal_projector)."]
 
 
-def plan(cfg: "RunConfig", memory: int | None, devices: int = 1, shard: str = "none") -> str:
+def plan(cfg: "RunConfig", memory: int | None, devices: int = 1, shard: str = "none",
+         lengths: Lengths | None = None) -> str:
+    """The plan's table. `lengths`: the data's real sequence lengths (`data_lengths`); None: cutoff_len."""
     model = meta_model(cfg)
     shape = model_shape(model)
     t = cfg.training
-    kwargs = plan_kwargs(cfg, devices, shard)
-    batch = t.per_device_train_batch_size
+    kwargs = plan_kwargs(cfg, devices, shard, lengths)
+    rows = lengths.rows if lengths else 1
+    batch = t.per_device_train_batch_size * rows
     lines = [
         f"model {cfg.model.model_name_or_path}: {shape.total:,} parameters, {shape.layers} layers, hidden {shape.hidden}, "
-        f"vocab {shape.vocab}; batch {batch} x {cfg.data.cutoff_len} tokens, gradient checkpointing "
+        f"vocab {shape.vocab}; batch {batch} x {kwargs['seq']:,} tokens, gradient checkpointing "
         f"{'on' if kwargs['checkpointing'] else 'off'}" + (f", {devices} devices ({shard})" if devices > 1 else ""),
+        *([f"sequences: {lengths.note}"] if lengths and lengths.note else []),
         "",
         f"{'method':<8} {'trainable':>14} {'weights':>9} {'grads':>8} {'optim':>8} {'activ.':>8} {'logits':>8} "
         f"{'total':>9} {'B/param':>8}" + ("  fits   max batch  max cutoff" if memory else ""),

@@ -246,21 +246,22 @@ class Checkpointing:
         return f"gradient checkpointing {which}{tiles}{offload} ({self.why})"
 
 
-def checkpointing_plan(cfg: "RunConfig", model: torch.nn.Module) -> Checkpointing:
+def checkpointing_plan(cfg: "RunConfig", model: torch.nn.Module, seq: int | None = None, rows: int = 1) -> Checkpointing:
     """How many layers to checkpoint and whether to tile the MLP: as the config says, or (unset) as
     little as memory allows.
 
     Recomputing a layer in the backward pass costs about a third of its step time, and
     recomputing an MLP tile about a fifth. LLaMA-Factory checkpoints every layer always; lathe
     estimates a batch's activations and logits (the plan's formulas, `per_device_train_batch_size`
-    x `cutoff_len`) and, while they would take more than half of the free memory, checkpoints
-    one more layer; when even every layer checkpointed does not fit, the MLP runs in tiles too
-    (`tiled_mlp` unset). It logs which way it went and why.
+    x `rows` sequences of the longest sample `seq`, at most `cutoff_len`) and, while they would
+    take more than half of the free memory, checkpoints one more layer; when even every layer
+    checkpointed does not fit, the MLP runs in tiles too (`tiled_mlp` unset).
     """
     from .load import resolve_dtype
 
     shape = model_shape(model)
-    batch, seq = cfg.training.per_device_train_batch_size, cfg.data.cutoff_len
+    batch = cfg.training.per_device_train_batch_size * rows
+    seq = min(seq, cfg.data.cutoff_len) if seq else cfg.data.cutoff_len
     dtype = DTYPE_BYTES[resolve_dtype(cfg)]
     scores = eager_attention(cfg)
     tiled = cfg.model.tiled_mlp

@@ -6,6 +6,7 @@ wraps it with lathe's conventions so a stage module only wires its data, model a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -154,23 +155,25 @@ def log_param_status(model) -> None:
                     name, tuple(param.shape), str(param.dtype).removeprefix("torch."), param.device, param.requires_grad)
 
 
-def setup_run(cfg: "RunConfig") -> RunSetup:
-    """Tokenizer -> template -> data -> model -> method, in the order that fails cheapest first.
+@dataclass
+class RunData:
+    """The tokenizer as the run uses it, its template, the tokens it added, its media context and its data."""
 
-    The data is read and tokenized before the weights load, so a data problem costs seconds.
-    The run's Trainer arguments are made first: with ZeRO-3 they make the model load partitioned.
-    """
-    from ..data.loader import get_dataset, run_template, warn_template_mismatch
-    from ..model.adapters import apply_method
-    from ..model.load import add_config_tokens, check_causal_lm, enable_gradient_checkpointing
-    from ..model.load import load_model, load_tokenizer
-    from ..model.memory import checkpointing_plan, model_shape
-    from ..model.tiled_mlp import tile_mlps
+    tokenizer: Any
+    template: Any
+    added: int
+    media: Any
+    data: Any  # lathe.data.loader.DatasetBundle
 
-    check_run_callbacks(cfg)
-    args = run_arguments(cfg)
-    resume = prepare_output_dir(cfg)
+
+def read_data(cfg: "RunConfig", args=None) -> RunData:
+    """Tokenizer -> template -> data, as a run reads them (`lathe plan` too, for the samples' real lengths).
+
+    `args`: the run's Trainer arguments; with them, one process per machine (or per shared file
+    system) tokenizes and the others read its cache."""
     from .. import startup
+    from ..data.loader import get_dataset, run_template, warn_template_mismatch
+    from ..model.load import add_config_tokens, check_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)
     check_causal_lm(cfg.model)  # before the data: a model that cannot be built fails in seconds
@@ -182,13 +185,36 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     media = run_media(cfg, tokenizer, template)
     # Others then read the cache: with a file system all machines share, only the global main
     # process writes it (local=False); otherwise each machine's own main process does.
-    with args.main_process_first(desc="preprocessing", local=not cfg.data.data_shared_file_system):
+    first = (args.main_process_first(desc="preprocessing", local=not cfg.data.data_shared_file_system)
+             if args is not None else contextlib.nullcontext())
+    with first:
         data = get_dataset(cfg, tokenizer, template, media)
     startup.mark("data")
+    return RunData(tokenizer, template, added, media, data)
+
+
+def setup_run(cfg: "RunConfig") -> RunSetup:
+    """Tokenizer -> template -> data -> model -> method, in the order that fails cheapest first.
+
+    The data is read and tokenized before the weights load, so a data problem costs seconds.
+    The run's Trainer arguments are made first: with ZeRO-3 they make the model load partitioned.
+    """
+    from .. import startup
+    from ..data.lengths import longest_sample, rows_per_sample
+    from ..model.adapters import apply_method
+    from ..model.load import enable_gradient_checkpointing, load_model
+    from ..model.memory import checkpointing_plan, model_shape
+    from ..model.tiled_mlp import tile_mlps
+
+    check_run_callbacks(cfg)
+    args = run_arguments(cfg)
+    resume = prepare_output_dir(cfg)
+    read = read_data(cfg, args)
+    tokenizer, data = read.tokenizer, read.data
     save_run_config(cfg)
     model = load_model(cfg, tokenizer)
     if cfg.training.do_train:
-        plan = checkpointing_plan(cfg, model)
+        plan = checkpointing_plan(cfg, model, seq=longest_sample(data.train), rows=rows_per_sample(data.train))
         total = model_shape(model).layers
         logger.info("%s; `disable_gradient_checkpointing` and `tiled_mlp` decide it yourself.", plan.describe(total))
         if plan.layers:
@@ -196,11 +222,11 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
                                           plan.offload)
         if plan.tiled_mlp:
             tile_mlps(model, asked=bool(cfg.model.tiled_mlp))
-    model = apply_method(model, cfg, new_token_rows=bool(added) or cfg.model.resize_vocab)
+    model = apply_method(model, cfg, new_token_rows=bool(read.added) or cfg.model.resize_vocab)
     if cfg.model.print_param_status:
         log_param_status(model)
     startup.mark("model")
-    return RunSetup(args, resume, tokenizer, template, data, model, media)
+    return RunSetup(args, resume, tokenizer, read.template, data, model, read.media)
 
 
 def run_media(cfg: "RunConfig", tokenizer, template):
