@@ -78,34 +78,46 @@ def run_method(name: str, config: str | None, overrides: list[str], steps: int, 
 
 
 def planned(config: str | None, overrides: list[str], names: list[str]) -> dict[str, int]:
-    """`lathe plan`'s total for each method that has a plan row (estimated with the run's batch and cutoff)."""
+    """`lathe plan`'s total for each method that has a plan row (the run's batch of its longest samples)."""
     from ..config import load_config
-    from .plan import plan_totals, plannable
+    from .plan import data_lengths, plan_totals, plannable
 
     cfg = load_config(config, overrides)
-    return plan_totals(cfg, [n for n in names if plannable(VARIANTS[n])])
+    return plan_totals(cfg, [n for n in names if plannable(VARIANTS[n])], data_lengths(cfg))
+
+
+def _split(r: dict) -> str:
+    """A run's host memory at its sampled peak as `anon / file` MiB (measure.ResidentSplit); - where not measured."""
+    if "peak_anon" not in r:
+        return "-"
+    return f"{r['peak_anon'] / 1024**2:,.0f} / {(r['peak_file'] + r['peak_shmem']) / 1024**2:,.0f}"
 
 
 def table(results: dict[str, dict], plans: dict[str, int], steps: int) -> str:
     MiB = 1024**2
     kind = next((r["memory_kind"] for r in results.values() if "memory_kind" in r), "peak memory")
-    lines = [f"| method | trainable params | peak memory MiB ({kind}) | plan MiB | effective tokens/s | "
-             f"train loss | perplexity (training samples) | note |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [(f"| method | trainable params | peak memory MiB ({kind}) | host RSS anon / file MiB | plan MiB | "
+              "effective tokens/s | train loss | perplexity (training samples) | note |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, r in results.items():
         plan = plans.get(name)
         if "error" in r:
-            lines.append(f"| {name} | - | - | {_fmt(plan and round(plan / MiB))} | - | - | - | not run: {r['error']} |")
+            lines.append(f"| {name} | - | - | - | {_fmt(plan and round(plan / MiB))} | - | - | - | "
+                         f"not run: {r['error']} |")
             continue
         ppl = r.get("perplexity")
         lines.append(
-            f"| {name} | {r['trainable']:,} | {r['peak_memory'] / MiB:,.0f} | {_fmt(plan and round(plan / MiB))} | "
+            f"| {name} | {r['trainable']:,} | {r['peak_memory'] / MiB:,.0f} | {_split(r)} | "
+            f"{_fmt(plan and round(plan / MiB))} | "
             f"{_fmt(r.get('tokens_per_second'))} | {_fmt(r.get('train_loss') and round(r['train_loss'], 4))} | "
             f"{_fmt(ppl and round(ppl, 3))} | {VARIANTS[name].help} |")
     lines.append("")
     lines.append(f"{steps} steps per method, same data and seed, each in its own process. Effective tokens/s: "
                  "non-padding tokens over the training loop's runtime. Perplexity: the training data under the "
-                 "trained model, scored after training.")
+                 "trained model, scored after training. Host RSS anon / file: the resident set over the baseline at "
+                 "its peak (sampled every 10 ms), split into anonymous pages and file-backed ones (shared memory "
+                 "counted with file); file pages, such as a memory-mapped checkpoint's, are reclaimable, so the "
+                 "anonymous part is what a memory limit must hold.")
     return "\n".join(lines)
 
 

@@ -23,6 +23,16 @@ activations (docs/efficiency.md), and how much depends on the order of frees, no
 method. Pinned, each large tensor is its own mapping, returned when freed, so the resident
 peak follows the tensors' memory: the CPU counterpart of CUDA's max allocated, and the
 quantity `lathe plan` estimates. `MALLOC_MMAP_THRESHOLD_=131072` does the same for `lathe train`.
+
+What a memory limit must hold (`ResidentSplit`): the resident size counts file-backed pages (a
+memory-mapped safetensors checkpoint, the shared libraries) beside anonymous ones (tensors, the
+heap). File pages are clean and reclaimable: under a cgroup or container limit the kernel drops
+them and reads them again, so only the anonymous part (and shared memory, which has no file to
+go back to) must fit. A thread samples RssAnon / RssFile / RssShmem every 10 ms and keeps the
+split at the highest resident size it saw (`peak_anon`, `peak_file`, `peak_shmem`, summing to
+`sampled_peak`, which the exact VmHWM peak bounds from above) and the highest anonymous size on its
+own (`max_anon`): all over the baseline's split (`baseline_anon`, ...), like `peak_memory`.
+benchmarks/memory_limit.py checks them against the smallest cgroup limit a run survives.
 """
 
 from __future__ import annotations
@@ -63,6 +73,82 @@ def _status_kib(field: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+SPLIT_FIELDS = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"}
+
+
+def resident_split() -> dict[str, int] | None:
+    """This process's resident size and its anonymous / file-backed / shared-memory parts, in bytes.
+
+    From /proc/self/status (cheap counters, unlike smaps_rollup, which walks every mapping);
+    None where it lacks them (not Linux, or a kernel before 4.5).
+    """
+    values: dict[str, int] = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                name = line.split(":", 1)[0]
+                if name in SPLIT_FIELDS:
+                    values[SPLIT_FIELDS[name]] = int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return values if len(values) == len(SPLIT_FIELDS) else None
+
+
+class ResidentSplit:
+    """The resident set's anonymous / file / shmem split at its sampled peak, and the anonymous peak itself.
+
+    Sampled by a thread every `interval` seconds (the kernel keeps no high-water mark per kind);
+    see the module docstring for why the split matters. `result()` is {} where /proc lacks the fields.
+    """
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.baseline: dict[str, int] | None = None
+        self.at_peak: dict[str, int] | None = None
+        self.max_anon = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _take(self) -> None:
+        now = resident_split()
+        if now is None:
+            return
+        if self.at_peak is None or now["rss"] > self.at_peak["rss"]:
+            self.at_peak = now
+        self.max_anon = max(self.max_anon, now["anon"])
+
+    def start(self) -> None:
+        self.baseline = resident_split()
+        if self.baseline is None:
+            return
+        self._take()
+
+        def sample() -> None:
+            while not self._stop.wait(self.interval):
+                self._take()
+
+        self._thread = threading.Thread(target=sample, name="resident-split", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            self._take()
+
+    def result(self) -> dict[str, int]:
+        """Bytes over the baseline: the split at the sampled peak, its sum, the anonymous peak; and the baseline."""
+        self.stop()
+        base, peak = self.baseline, self.at_peak
+        if base is None or peak is None:
+            return {}
+        return {"peak_anon": peak["anon"] - base["anon"], "peak_file": peak["file"] - base["file"],
+                "peak_shmem": peak["shmem"] - base["shmem"], "sampled_peak": peak["rss"] - base["rss"],
+                "max_anon": self.max_anon - base["anon"], "baseline_anon": base["anon"],
+                "baseline_file": base["file"], "baseline_shmem": base["shmem"]}
 
 
 class PeakMemory:
@@ -170,10 +256,14 @@ def measure(config: str | None, overrides: list[str], perplexity: bool = True) -
     cfg = load_config(config, overrides)
     _import_run_modules(cfg)
     pinned = pin_malloc_threshold()
-    meter = PeakMemory()
+    meter, split = PeakMemory(), ResidentSplit()
     meter.start()
+    split.start()
     start = time.perf_counter()
-    result = run_stage(cfg)
+    try:
+        result = run_stage(cfg)
+    finally:
+        split.stop()
     seconds = time.perf_counter() - start
     peak = meter.peak()
     out = Path(cfg.training.output_dir)
@@ -185,6 +275,7 @@ def measure(config: str | None, overrides: list[str], perplexity: bool = True) -
         "tokens_per_second": round(tokens / runtime, 2) if runtime else None,
         "loss": loss, "train_loss": result.metrics.get("train_loss"),
         "trainable": trainable, "total_params": total,
+        **split.result(),  # host memory split, also on a GPU run (where peak_memory is the device's)
     }
     del result
     if perplexity:
