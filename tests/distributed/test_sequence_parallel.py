@@ -97,6 +97,28 @@ def test_two_processes_holding_half_a_sequence_equal_one_holding_all(sp_config, 
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
+def test_each_process_runs_its_slice_of_the_output_layer_in_chunks(sp_config, tmp_path, demo_tokenizer_dir):
+    """With Qwen's vocabulary a 128-token slice's logits pass the chunking threshold: each process's
+    slice goes through the chunked output layer, and the losses and weights still equal one process's."""
+    from lathe.testing.tiny import build_tiny_model
+
+    model = build_tiny_model("llama", demo_tokenizer_dir, hidden_size=32, num_heads=4, num_kv_heads=2,
+                             vocab_size=151936)
+    config = sp_config(model_name_or_path=str(model), finetuning_type="lora", stage="pt", dataset="lathe_docs",
+                       template=None, cutoff_len=256, max_steps=2)
+    two, one = tmp_path / "two", tmp_path / "one"
+    proc = lathe_train(config, "sequence_parallel_size=2", f"output_dir={two}", processes=2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "chunked logits: on" in proc.stderr
+    proc = lathe_train(config, f"output_dir={one}", f"deepspeed={Z0}", processes=1)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for a, b in zip(logged(two), logged(one), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    a, b = weights(two), weights(one)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
 # ---------------------------------------------------------------- refused up front, with the key named
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -140,12 +141,44 @@ class LearnedLogitsMixin(ChunkedHeadMixin):
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._sequence_parallel(model) and "shift_labels" in inputs:
+            return self._sequence_parallel_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = self.learned_inputs(model, inputs)
         head = self.learned_head(model, inputs, model_loss=True)
         if head is not None:
             return self.chunked_model_loss(model, head, inputs, return_outputs, num_items_in_batch)
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
+
+    def _sequence_parallel(self, model) -> bool:
+        pc = getattr(getattr(self, "accelerator", None), "parallelism_config", None)
+        return bool(model.training and pc is not None and pc.sp_backend == "deepspeed" and pc.sp_enabled)
+
+    def _sequence_parallel_loss(self, model, inputs, return_outputs, num_items_in_batch):
+        """Each process's slice of the sequence, its output layer in chunks where big; transformers'
+        `deepspeed_sp_compute_loss` then weighs the slices' means by their tokens over the group.
+
+        DeepSpeed's loader hands each process its slice with `shift_labels` (already shifted, as the
+        sequence was cut after shifting) and no `labels`; the plain path would make the slice's logits whole.
+        """
+        from transformers.integrations.deepspeed import deepspeed_sp_compute_loss
+
+        head = self.chunked_head(model, inputs, inputs["shift_labels"].numel(), model_loss=True)
+        if head is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+        def slice_mean(**batch):  # stands in for the model: its mean token loss over this slice
+            from .chunked_logits import chunked_token_losses, final_hidden
+            from .losses.sft import reduce_tokens
+
+            hidden, _ = final_hidden(model, model_inputs(batch))
+            losses = chunked_token_losses(hidden, head, batch["shift_labels"])
+            return SimpleNamespace(loss=reduce_tokens(losses.total, losses.nll.numel(), None))
+
+        pc = self.accelerator.parallelism_config
+        loss = deepspeed_sp_compute_loss(self.accelerator, slice_mean, dict(inputs), False, pc)
+        return (loss, {"loss": loss}) if return_outputs else loss
 
     def learned_inputs(self, model, inputs: dict[str, Any]) -> dict[str, Any]:
         """`inputs` with `logits_to_keep` and their targets where this model and step allow it."""
