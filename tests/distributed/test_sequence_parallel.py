@@ -97,6 +97,33 @@ def test_two_processes_holding_half_a_sequence_equal_one_holding_all(sp_config, 
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
+@pytest.mark.slow  # four processes on two cores: about two minutes
+def test_sequence_parallel_composes_with_data_parallel(sp_config, tmp_path):
+    """4 processes in 2 groups of 2 (each group cuts its sequences in two; the groups take different
+    samples) equal 2 data-parallel processes holding whole sequences: the same losses and weights.
+
+    DeepSpeed's loader gathers a group's samples and runs them one after the other, so the groups
+    see the samples in another order than plain data parallelism; with every sample the same, the
+    order cannot matter and any mis-scaled gradient (averaged over 4 instead of 2 groups, or summed
+    over a group twice) shows in the weights."""
+    row = {"instruction": "Name the tool that fine-tunes language models.", "input": "", "output": "lathe, of course."}
+    (tmp_path / "same.json").write_text(json.dumps([row] * 16))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"same": {"file_name": "same.json"}}))
+    config = sp_config(finetuning_type="lora", max_steps=2, dataset="same", dataset_dir=str(tmp_path))
+    four, two = tmp_path / "four", tmp_path / "two"
+    proc = lathe_train(config, "sequence_parallel_size=2", f"output_dir={four}", processes=4)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = lathe_train(config, f"output_dir={two}", processes=2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got, want = logged(four), logged(two)
+    assert [r["current_steps"] for r in got] == [1, 2]
+    for a, b in zip(got, want, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    a, b = weights(four), weights(two)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
 def test_each_process_runs_its_slice_of_the_output_layer_in_chunks(sp_config, tmp_path, demo_tokenizer_dir):
     """With Qwen's vocabulary a 128-token slice's logits pass the chunking threshold: each process's
     slice goes through the chunked output layer, and the losses and weights still equal one process's."""
