@@ -194,6 +194,17 @@ def test_conversion_follows_llama_factory_placeholder_rules_and_counts_bad_rows(
     assert "rows 2" not in result.report() and "row 2" in result.report() and "no_such.png" in result.report()
 
 
+def test_an_entry_without_media_columns_keeps_placeholders_as_text():
+    """Documentation or code that mentions `<image>` is text where the entry declares no images (LLaMA-Factory's
+    pre-training keeps it too); it used to skip the row as "placeholders and media differ"."""
+    attr = DatasetAttr.from_entry("docs", {"file_name": "x.json", "columns": {"prompt": "instruction",
+                                                                              "response": "output"}})
+    result = convert_rows(attr, [{"instruction": "What does <image> do in a prompt?", "output": "It marks a picture."}])
+    assert not result.skip_counts and len(result.samples) == 1
+    assert result.samples[0]["messages"][0]["content"] == "What does <image> do in a prompt?"
+    assert "images" not in result.samples[0]
+
+
 def test_unreadable_media_drop_the_row_with_reason_and_media_tokens_are_never_learned(tmp_path):
     ctx, template = context("qwen2_vl", "qwen2_vl")
     broken = tmp_path / "broken.png"

@@ -228,13 +228,17 @@ def _media_paths(value: Any, column: str) -> list[str]:
 def _add_media(attr: DatasetAttr, row: Mapping[str, Any], sample: Sample) -> None:
     """The row's media paths (resolved against the entry's media_dir), with LLaMA-Factory's placeholder rules:
     a row with media and no placeholder gets them at the start of its first user turn; otherwise the counts
-    must match. A local file that does not exist skips the row here, where its index is known."""
+    must match. A local file that does not exist skips the row here, where its index is known. An entry without
+    that media column has no media of the kind, so its placeholder is plain text (documentation that mentions
+    `<image>`); a multimodal model's run still refuses it where the processor would expand it (media/encode.py)."""
     from lathe.data.media.load import resolve_path
 
     found = False
     for key, placeholder in MEDIA_KINDS:
         column = getattr(attr.columns, key)
-        paths = [resolve_path(p, attr.media_dir) for p in _media_paths(row.get(column), column)] if column else []
+        if not column:
+            continue
+        paths = [resolve_path(p, attr.media_dir) for p in _media_paths(row.get(column), column)]
         for path in paths:
             if "://" not in path and not path.startswith("data:") and not Path(path).is_file():
                 raise RowError("missing media file", path)

@@ -29,7 +29,7 @@ from . import dedup
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-PROCESSOR_VERSION = 1  # bump when tokenization or packing changes its output
+PROCESSOR_VERSION = 2  # bump when tokenization or packing changes its output
 FULL_HASH_LIMIT = 256 * 2**20
 EDGE = 2**20
 REPORT_FILE = "report.json"
