@@ -35,6 +35,11 @@ METHODS = {
     "qlora_4bit": ({"quantization_bit": 4, "flash_attn": "sdpa"}, "bitsandbytes", False),
     "unsloth": ({"use_unsloth": True}, "unsloth", True),
     "liger": ({"enable_liger_kernel": True, "flash_attn": "sdpa"}, "liger_kernel", True),
+    # memory for long sequences (docs/efficiency.md): every layer checkpointed, then its inputs in host
+    # memory, then the MLP in tiles; each should cost less GPU memory than the one before it
+    "lora_gc_all": ({"flash_attn": "sdpa", "disable_gradient_checkpointing": False}, None, False),
+    "lora_offload": ({"flash_attn": "sdpa", "offload_activations": True}, None, True),
+    "lora_offload_tiled": ({"flash_attn": "sdpa", "offload_activations": True, "tiled_mlp": True}, None, True),
 }
 
 
