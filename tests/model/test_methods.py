@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,34 @@ def test_llama_pro_refusals(sft_config, tiny_llama, tmp_path):
         expand_model(str(tiny_llama), 3, str(tmp_path / "x"))
     with pytest.raises(LatheError, match="freeze"):
         load_config(sft_config(use_llama_pro=True))  # lora run
+
+
+def _mapped_files(tensor: torch.Tensor) -> set[str]:
+    """The files whose mapping holds this tensor's first byte (/proc/self/maps)."""
+    address = tensor.data_ptr()
+    files = set()
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if start <= address < end and len(fields) > 5:
+            files.add(fields[5])
+    return files
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc/self/maps")
+def test_quantized_load_keeps_full_precision_tensors_file_backed(sft_config, tiny_llama):
+    """After quantizing, the embeddings, norms and head leave transformers' mapping of the whole checkpoint for a
+    copy-on-write mapping of their own bytes: reclaimable under a memory limit, private once written."""
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is in the dev extras; absent here")
+    cfg = load_config(sft_config(quantization_bit=4))
+    model = load_model(cfg, load_tokenizer(cfg.model))
+    embedding = model.get_input_embeddings().weight
+    assert str(tiny_llama / "model.safetensors") in _mapped_files(embedding)
+    plain = load_model(load_config(sft_config()), load_tokenizer(cfg.model))
+    torch.testing.assert_close(embedding, plain.get_input_embeddings().weight, rtol=0, atol=0)
+    norm = model.model.norm.weight
+    with torch.no_grad():
+        norm.add_(1.0)  # a write lands in a private copy, never in the checkpoint
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(tiny_llama / "model.safetensors")["model.norm.weight"], plain.model.norm.weight)

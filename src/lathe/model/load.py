@@ -281,7 +281,7 @@ def load_model(cfg: "RunConfig", tokenizer: "PreTrainedTokenizerBase") -> "PreTr
     resize_embeddings(model, tokenizer)
     special_tokens.initialize_rows(model, tokenizer, m, special_tokens.new_token_ids(tokenizer, m))
     if quant is not None:
-        release_checkpoint_mapping(model)
+        release_checkpoint_mapping(model, m.model_name_or_path)
     quantized = quantize_loaded(model, cfg, kwargs["dtype"]) or quant is not None or prequantized is not None
     if quantized and cfg.training.do_train:
         from peft import prepare_model_for_kbit_training
@@ -305,20 +305,73 @@ def device_map_kwargs(cfg: "RunConfig") -> dict[str, Any]:
     return {"device_map": "auto", "offload_folder": m.offload_folder}
 
 
-def release_checkpoint_mapping(model: torch.nn.Module) -> int:
-    """Copy the unquantized CPU tensors of a quantized load out of the memory-mapped checkpoint.
+def release_checkpoint_mapping(model: torch.nn.Module, checkpoint: str | None = None) -> int:
+    """Free the memory-mapped checkpoint behind the unquantized CPU tensors of a quantized load.
 
     transformers maps the safetensors file; after quantizing on the fly, the embeddings, norms
     and head that stay in full precision are still views into that mapping, which keeps every
     page read while quantizing resident: ~400 MiB over the plan for a 105M model on a CPU.
-    Owning copies let the mapping go. Returns the number of tensors copied.
+    Each such tensor gets storage of its own: where `checkpoint` (a local folder) holds it
+    byte for byte, a copy-on-write mapping of just its bytes (`checkpoint_views`), so it stays
+    file-backed: reclaimable under a memory limit, resident only where read (an embedding's
+    looked-up rows), and written pages (a tensor that later trains) become private copies.
+    Otherwise an owning copy. Returns the number of tensors given new storage.
     """
-    copied = 0
+    views = checkpoint_views(checkpoint) if checkpoint else {}
+    names = {id(t): n for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    released = 0
     for tensor in [*model.parameters(), *model.buffers()]:
         if type(tensor) in (torch.nn.Parameter, torch.Tensor) and tensor.device.type == "cpu" and tensor.is_floating_point():
-            tensor.data = tensor.data.clone()
-            copied += 1
-    return copied
+            view = views.get(names.get(id(tensor)))
+            same = (view is not None and view.dtype == tensor.dtype and view.shape == tensor.shape
+                    and torch.equal(view.flatten()[:64], tensor.data.flatten()[:64]))
+            tensor.data = view() if same else tensor.data.clone()
+            released += 1
+    return released
+
+
+class _CheckpointView:
+    """Where one tensor's bytes lie in a safetensors file; called, a copy-on-write mapping of them."""
+
+    def __init__(self, path: Path, offset: int, dtype: torch.dtype, shape: tuple[int, ...]):
+        self.path, self.offset, self.dtype, self.shape = path, offset, dtype, torch.Size(shape)
+
+    def flatten(self) -> torch.Tensor:
+        return self().flatten()
+
+    def __call__(self) -> torch.Tensor:
+        import numpy as np
+
+        size = self.shape.numel() * self.dtype.itemsize
+        raw = np.memmap(self.path, dtype=np.uint8, mode="c", offset=self.offset, shape=(size,))
+        return torch.from_numpy(raw).view(self.dtype).view(self.shape)
+
+
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def checkpoint_views(folder: str) -> dict[str, _CheckpointView]:
+    """Every floating-point tensor of the safetensors files in a local model folder, by name (the format:
+    an 8-byte little-endian header length, a JSON header of dtype, shape and byte offsets, then the data)."""
+    import json
+    import struct
+
+    views: dict[str, _CheckpointView] = {}
+    for path in sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []:
+        try:
+            with open(path, "rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(length))
+        except (OSError, ValueError, struct.error):
+            continue
+        for name, info in header.items():
+            dtype = SAFETENSORS_DTYPES.get(info.get("dtype")) if isinstance(info, dict) else None
+            if dtype is None:
+                continue
+            begin, end = info["data_offsets"]
+            if end - begin == math.prod(info["shape"]) * dtype.itemsize and begin % dtype.itemsize == 0:
+                views[name] = _CheckpointView(path, 8 + length + begin, dtype, tuple(info["shape"]))
+    return views
 
 
 def apply_rope_scaling(config, rope_type: str | None, cutoff_len: int) -> None:
