@@ -213,3 +213,16 @@ def test_free_memory_counts_the_cgroup_limit(tmp_path, version):
         (root / "job/memory.stat").write_text("anon 1\ninactive_file 0\n")
         assert memory.cgroup_available(proc, root) == 2**29
     assert memory.cgroup_available(tmp_path / "absent", root) is None
+
+
+def test_sequence_parallel_processes_plan_for_their_slice(sft_config, monkeypatch):
+    """Each of N processes holding a slice of the sequence needs the memory of seq / N tokens, not seq."""
+    cfg, model = _model(sft_config, cutoff_len=512)
+    split = load_config(sft_config(cutoff_len=512, sequence_parallel_size=2, deepspeed=str(
+        memory.Path(__file__).parents[2] / "examples/deepspeed/ds_z0_config.json")))
+    shape = memory.model_shape(model)
+    batch = cfg.training.per_device_train_batch_size
+    half = memory.activation_bytes(shape, batch, 256, 4, 0) + memory.planned_logits(shape, batch, 256)
+    monkeypatch.setattr(memory, "free_memory", lambda: 2 * half)
+    assert memory.checkpointing_plan(split, model).layers == 0  # its half fits
+    assert memory.checkpointing_plan(cfg, model).layers > 0  # the whole sequence does not

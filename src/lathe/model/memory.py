@@ -19,6 +19,7 @@ states per method.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -253,7 +254,8 @@ def checkpointing_plan(cfg: "RunConfig", model: torch.nn.Module, seq: int | None
     Recomputing a layer in the backward pass costs about a third of its step time, and
     recomputing an MLP tile about a fifth. LLaMA-Factory checkpoints every layer always; lathe
     estimates a batch's activations and logits (the plan's formulas, `per_device_train_batch_size`
-    x `rows` sequences of the longest sample `seq`, at most `cutoff_len`) and, while they would
+    x `rows` sequences of the longest sample `seq`, at most `cutoff_len`, cut over the
+    `sequence_parallel_size` processes that share it) and, while they would
     take more than half of the free memory, checkpoints one more layer; when even every layer
     checkpointed does not fit, the MLP runs in tiles too (`tiled_mlp` unset).
     """
@@ -262,6 +264,7 @@ def checkpointing_plan(cfg: "RunConfig", model: torch.nn.Module, seq: int | None
     shape = model_shape(model)
     batch = cfg.training.per_device_train_batch_size * rows
     seq = min(seq, cfg.data.cutoff_len) if seq else cfg.data.cutoff_len
+    seq = math.ceil(seq / cfg.run.sequence_parallel_size)  # each process of a group holds its slice
     dtype = DTYPE_BYTES[resolve_dtype(cfg)]
     scores = eager_attention(cfg)
     tiled = cfg.model.tiled_mlp
