@@ -50,8 +50,16 @@ def test_flattened_row_equals_the_padded_batch(tiny_llama):
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
     for name, grad in reference_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6)
-    padded_again, _ = run(model, padded)  # padded batches take the masked sdpa path unchanged
-    torch.testing.assert_close(padded_again, reference, rtol=1e-6, atol=1e-7)
+    calls.clear()
+    torch.nn.functional.scaled_dot_product_attention = counting
+    try:  # right-padded rows: each over its own tokens, no length-squared mask
+        padded_again, padded_grads = run(model, padded)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+    assert sorted(set(calls)) == sorted(set(lengths))
+    torch.testing.assert_close(padded_again, reference, rtol=1e-5, atol=1e-6)
+    for name, grad in reference_grads.items():
+        torch.testing.assert_close(padded_grads[name], grad, rtol=1e-4, atol=1e-6)
 
 
 def test_models_with_more_than_causal_attention_are_left_alone():
@@ -67,8 +75,10 @@ def test_one_unpadded_row_gets_no_mask():
     """A packed row's block-diagonal mask (length squared booleans) is never built; padded batches keep sdpa's."""
     assert varlen_sdpa.varlen_mask(1, 8, 8, attention_mask=torch.ones(1, 8, dtype=torch.long)) is None
     assert varlen_sdpa.varlen_mask(1, 8, 8) is None
-    padded = varlen_sdpa.varlen_mask(2, 4, 4, attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]))
-    assert padded is not None and padded.shape == (2, 1, 4, 4)
+    right = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    assert torch.equal(varlen_sdpa.varlen_mask(2, 4, 4, attention_mask=right), right.bool())  # rows run alone
+    left = varlen_sdpa.varlen_mask(2, 4, 4, attention_mask=torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]]))
+    assert left is not None and left.shape == (2, 1, 4, 4)  # left padding (generation): sdpa's mask
     from transformers.masking_utils import sdpa_mask
 
     cached = dict(q_offset=6, kv_offset=0, attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1, 1, 1, 1]]))
