@@ -65,6 +65,8 @@ def test_overrides_may_follow_the_flags(capsys, sft_config, monkeypatch):
     code, out, _ = run(capsys, "data", "stats", str(sft_config()), "--color", "never", "cutoff_len=16")
     assert code == 0 and "cutoff_len 16" in out
     code, out, _ = run(capsys, "plan", str(sft_config()), "--device-memory", "1GiB", "cutoff_len=64")
+    assert code == 0 and "(cutoff_len 64)" in out  # the data's longest sample, read under this cutoff
+    code, out, _ = run(capsys, "plan", str(sft_config()), "--device-memory", "1GiB", "--cutoff", "cutoff_len=64")
     assert code == 0 and "x 64 tokens" in out
     from lathe.efficiency import bench
 
