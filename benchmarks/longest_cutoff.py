@@ -236,20 +236,31 @@ def measured(command: list[str], log: Path, env: dict, cap: int, timeout: float,
                     kill_tree(root)
                     break
                 time.sleep(SAMPLE_S)
-            rc = proc.wait()
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # anything the tool left behind in its session
-            except ProcessLookupError:
-                pass
+            rc = settle(proc)
         wall = time.perf_counter() - start
         stats = cgroup.stats()
     finally:
         cgroup.remove()
+    return {"rc": rc, "wall_s": round(wall, 1), "peak_rss": peak, **stats, "error": outcome(verdict, stats, rc, cap)}
+
+
+def settle(proc: subprocess.Popen) -> int:
+    """Wait for the run, then kill anything it left behind in its session; its exit code."""
+    rc = proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return rc
+
+
+def outcome(verdict: str | None, stats: dict, rc: int, cap: int) -> str | None:
+    """Why a run is over the limit (the monitor's verdict, the kernel's OOM kill, a failed exit), or None."""
     if verdict is None and stats["cgroup_oom_kills"]:
-        verdict = f"killed by the kernel at the cgroup limit ({cap / 2**30:g} GiB)"
-    elif verdict is None and rc:
-        verdict = f"exit code {rc}"
-    return {"rc": rc, "wall_s": round(wall, 1), "peak_rss": peak, **stats, "error": verdict}
+        return f"killed by the kernel at the cgroup limit ({cap / 2**30:g} GiB)"
+    if verdict is None and rc:
+        return f"exit code {rc}"
+    return verdict
 
 
 def final_loss(out: Path) -> float | None:

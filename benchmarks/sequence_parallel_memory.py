@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -45,8 +44,10 @@ from longest_cutoff import (
     MemoryCgroup,
     kill_tree,
     machine,
+    outcome,
     prepare_data,
     prepare_model,
+    settle,
 )
 
 ROOT = HERE.parent
@@ -166,20 +167,12 @@ def measured(command: list[str], log: Path, env: dict, cap: int, timeout: float,
                     kill_tree(tree.root)
                     break
                 time.sleep(SAMPLE_S)
-            rc = proc.wait()
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # anything left behind in its session
-            except ProcessLookupError:
-                pass
+            rc = settle(proc)
         wall = time.perf_counter() - start
         stats = cgroup.stats()
     finally:
         cgroup.remove()
-    if verdict is None and stats["cgroup_oom_kills"]:
-        verdict = f"killed by the kernel at the cgroup limit ({cap / 2**30:g} GiB)"
-    elif verdict is None and rc:
-        verdict = f"exit code {rc}"
-    return {"rc": rc, "wall_s": round(wall, 1), **tree.summary(), **stats, "error": verdict}
+    return {"rc": rc, "wall_s": round(wall, 1), **tree.summary(), **stats, "error": outcome(verdict, stats, rc, cap)}
 
 
 def losses(out: Path) -> list[float]:
