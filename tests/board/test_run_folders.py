@@ -107,3 +107,19 @@ def test_a_loaded_config_offers_its_models_adapters(board, tmp_path):
     names = [c for c in board.lathe_widgets.components]
     adapter = next(u for u in updates if isinstance(u, dict) and u.get("value") == [run, "/x/other"])
     assert adapter["choices"] == sorted([run, "/x/other"]) and "adapter_name_or_path" in names
+
+
+def test_predict_and_eval_folders_follow_the_model_and_method(board):
+    """Evaluate & Predict writes where the Train tab does, `saves/<model>/<method>/predict_<time>` (eval_<time>),
+    renamed with the model and method unless the user typed a folder of their own."""
+    from lathe.board.context import follows_model
+
+    stamp = r"_\d{4}(-\d\d){5}$"
+    predict = next(c for c in board.blocks.values() if getattr(c, "elem_id", None) == "f-predict-output_dir")
+    evaluate = next(c for c in board.blocks.values() if getattr(c, "elem_id", None) == "f-eval-save_dir")
+    assert re.match(r"saves/model/lora/predict" + stamp, predict.value)
+    assert re.match(r"saves/model/lora/eval" + stamp, evaluate.value)
+    renamed = _handler(board, "follow_predict_folder")("org/tiny", "freeze", predict.value)
+    assert re.match(r"saves/tiny/freeze/predict" + stamp, renamed["value"])
+    assert _handler(board, "follow_eval_folder")("org/tiny", "lora", "/data/my-eval") == gr.update()  # typed: kept
+    assert follows_model("", "eval") and not follows_model("saves/x/lora/train_2026-01-01-00-00-00", "eval")

@@ -44,9 +44,19 @@ def save_dir(model: str | None, method: str | None, root: str | Path = SAVE_ROOT
     return Path(root) / model_folder_name(model) / (str(method or "").strip() or DEFAULT_METHOD)
 
 
-def new_run_dir(model: str | None, method: str | None, root: str | Path = SAVE_ROOT) -> str:
-    """A fresh output folder, `<root>/<model>/<method>/train_<timestamp>`."""
-    return str(save_dir(model, method, root) / f"train_{time.strftime('%Y-%m-%d-%H-%M-%S')}")
+RUN_KINDS = ("train", "predict", "eval")  # what a folder under <root>/<model>/<method> holds, by its name's prefix
+
+
+def new_run_dir(model: str | None, method: str | None, root: str | Path = SAVE_ROOT, kind: str = "train") -> str:
+    """A fresh output folder, `<root>/<model>/<method>/<kind>_<timestamp>` (kind: train, predict or eval)."""
+    return str(save_dir(model, method, root) / f"{kind}_{time.strftime('%Y-%m-%d-%H-%M-%S')}")
+
+
+def follows_model(folder: str | None, kind: str) -> bool:
+    """Whether an output folder is still one the Board named (empty, or `<kind>_<timestamp>`), so a new
+    model or method may rename it; a folder the user typed is left alone."""
+    name = Path(str(folder or "").strip()).name
+    return not name or re.fullmatch(rf"{kind}_\d{{4}}(-\d\d){{5}}", name) is not None
 
 
 def _is_run(folder: Path) -> bool:

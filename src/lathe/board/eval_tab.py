@@ -6,7 +6,6 @@ job (jobs.py): `lathe train` with do_predict, or `lathe eval`.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import gradio as gr
 from ..errors import LatheError
 from ..train.sft import SFT
 from .checks import check_config
-from .context import BoardContext, split_args
+from .context import BoardContext, follows_model, new_run_dir, split_args
 from .form import FormField, group_fields, training_fields, values_to_raw
 from .jobs import by_name, named, wire_job
 from .locales import t
@@ -52,7 +51,7 @@ def build_eval_tab(ctx: BoardContext) -> None:
         comps += [w.field(f, prefix="predict-") for f in predict_fields[1:4]]
     with gr.Row():
         comps += [w.field(f, prefix="predict-") for f in predict_fields[4:]]
-        out_dir = w.field(train["output_dir"], prefix="predict-", value=f"saves/predict-{time.strftime('%Y%m%d-%H%M%S')}")
+        out_dir = w.field(train["output_dir"], prefix="predict-", value=initial_dir(ctx, "predict"))
     predict_btn = w.ui(gr.Button(t("predict", lang), variant="primary", elem_id="predict-start"), "predict", "value")
     dataset_dir.change(lambda d: gr.update(choices=dataset_names(d)), dataset_dir, comps[0])
 
@@ -71,7 +70,7 @@ def build_eval_tab(ctx: BoardContext) -> None:
         task_dir = w.field(fields["task_dir"], prefix="eval-")
         task = w.field(fields["task"], choices=benchmark_tasks(fields["task_dir"].default), prefix="eval-")
         rest = [w.field(fields[n], prefix="eval-") for n in ("n_shot", "lang", "batch_size")]
-        save_dir = w.field(fields["save_dir"], prefix="eval-", value=f"saves/eval-{time.strftime('%Y%m%d-%H%M%S')}")
+        save_dir = w.field(fields["save_dir"], prefix="eval-", value=initial_dir(ctx, "eval"))
     eval_btn = w.ui(gr.Button(t("choice_eval", lang), variant="primary", elem_id="eval-start"), "choice_eval", "value")
     task_dir.change(lambda d: gr.update(choices=benchmark_tasks(d)), task_dir, task)
     eval_fields = [fields[n] for n in ("task_dir", "task", "n_shot", "lang", "batch_size", "save_dir")]
@@ -82,6 +81,30 @@ def build_eval_tab(ctx: BoardContext) -> None:
         return "eval", raw, raw["save_dir"], ()
 
     wire_job(ctx, eval_btn, [*ctx.top_components, task_dir, task, *rest, save_dir], make_eval, "results.json", "eval")
+    follow_model(ctx, out_dir, "predict")
+    follow_model(ctx, save_dir, "eval")
+
+
+def initial_dir(ctx: BoardContext, kind: str) -> str:
+    """`<save_root>/<model>/<method>/<kind>_<timestamp>` for the model and method the top bar starts with."""
+    comps = ctx.w.components
+    return new_run_dir(comps["model_name_or_path"].value, comps["finetuning_type"].value, ctx.save_root, kind)
+
+
+def follow_model(ctx: BoardContext, folder: Any, kind: str) -> None:
+    """A new model or method in the top bar renames `folder` after it, as the Train tab's run folders,
+    unless the user typed a folder of their own."""
+    comps = ctx.w.components
+    model, method = comps["model_name_or_path"], comps["finetuning_type"]
+
+    def rename(model_path, method_name, current):
+        if not follows_model(current, kind):
+            return gr.update()
+        return gr.update(value=new_run_dir(model_path, method_name, ctx.save_root, kind))
+
+    rename.__name__ = f"follow_{kind}_folder"  # one handler name per folder (the Board's tests find them by name)
+    for comp in (model, method):
+        comp.change(rename, [model, method, folder], folder, show_progress="hidden")
 
 
 def predict_config(top: dict[str, Any], fields: list[FormField], values: list[Any], dataset_dir: str,
