@@ -56,6 +56,14 @@ def test_terms_by_hand(shape_and_cfg):
     assert q4.weights < q8.weights < lora.weights
     frozen = estimate(shape, "freeze", batch=1, seq=8, freeze_layers=1)
     assert frozen.trainable == shape.layer_params[-1]
+    # the backward pass stops below the first layer that trains: one layer's activations, not two
+    last = estimate(shape, "freeze", batch=1, seq=8, freeze_layers=1, checkpointing=False)
+    assert last.activations * 2 == estimate(shape, "freeze", batch=1, seq=8, freeze_layers=-1,
+                                            checkpointing=False).activations
+    # without gradient accumulation the gradients replace the activations at the peak instead of adding to them
+    assert e.total == e.weights + e.optimizer + max(e.gradients, e.activations + e.logits) + e.overhead
+    summed = estimate(shape, "full", batch=2, seq=16, dtype_bytes=4, checkpointing=False, accumulates=True)
+    assert summed.total == summed.static + summed.activations + summed.logits + summed.overhead
     z3 = estimate(shape, "full", batch=1, seq=8, devices=4, shard="zero3")
     assert z3.weights == shape.total * 4 // 4 and z3.optimizer == shape.total * 8 // 4
     assert logits_bytes(shape, 1, 1) == shape.vocab * 8

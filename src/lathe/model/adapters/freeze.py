@@ -62,5 +62,8 @@ def _check(cfg) -> None:
 FREEZE = METHODS.register(Method(
     name="freeze", help="some layers", apply=apply_freeze, check=_check,
     planned_trainable=lambda shape, f: sum(shape.layer_params[-abs(f.freeze_trainable_layers):]),
+    # the last k layers train (k > 0): the backward pass stops below them; the first k (k < 0): it goes through all
+    planned_backward_layers=lambda shape, f: min(shape.layers, f.freeze_trainable_layers) if f.freeze_trainable_layers > 0
+    else shape.layers,
     options=("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules", "use_llama_pro"),
 ))

@@ -26,7 +26,9 @@ class Method(Choice):
     - `trainer_defaults`: Trainer arguments it needs unless the config sets them;
     - `after_save(model, cfg)`: a step of the final save beyond `save_pretrained` (PiSSA's conversion);
     - `planned_trainable(shape, finetuning)`: the parameters it trains, from the model's shape alone
-      (`lathe plan`; None: not estimated).
+      (`lathe plan`; None: not estimated);
+    - `planned_backward_layers(shape, finetuning)`: the decoder layers whose activations the backward
+      pass needs (autograd keeps none below the first layer that trains); None: all of them.
     """
 
     apply: Callable[..., Any] = field(compare=False)
@@ -36,3 +38,4 @@ class Method(Choice):
     trainer_defaults: Mapping[str, Any] = field(default_factory=dict)
     after_save: Callable[[Any, "RunConfig"], None] | None = field(default=None, compare=False)
     planned_trainable: Callable[..., int] | None = field(default=None, compare=False)
+    planned_backward_layers: Callable[..., int] | None = field(default=None, compare=False)
