@@ -124,6 +124,7 @@ def test_sequence_parallel_composes_with_data_parallel(sp_config, tmp_path):
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
+@pytest.mark.slow  # about a minute: two torchrun launches with a 152k-vocabulary model
 def test_each_process_runs_its_slice_of_the_output_layer_in_chunks(sp_config, tmp_path, demo_tokenizer_dir):
     """With Qwen's vocabulary a 128-token slice's logits pass the chunking threshold: each process's
     slice goes through the chunked output layer, and the losses and weights still equal one process's."""
