@@ -44,9 +44,6 @@ def save_dir(model: str | None, method: str | None, root: str | Path = SAVE_ROOT
     return Path(root) / model_folder_name(model) / (str(method or "").strip() or DEFAULT_METHOD)
 
 
-RUN_KINDS = ("train", "predict", "eval")  # what a folder under <root>/<model>/<method> holds, by its name's prefix
-
-
 def new_run_dir(model: str | None, method: str | None, root: str | Path = SAVE_ROOT, kind: str = "train") -> str:
     """A fresh output folder, `<root>/<model>/<method>/<kind>_<timestamp>` (kind: train, predict or eval)."""
     return str(save_dir(model, method, root) / f"{kind}_{time.strftime('%Y-%m-%d-%H-%M-%S')}")
