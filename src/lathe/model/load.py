@@ -323,9 +323,9 @@ def release_checkpoint_mapping(model: torch.nn.Module, checkpoint: str | None = 
     for tensor in [*model.parameters(), *model.buffers()]:
         if type(tensor) in (torch.nn.Parameter, torch.Tensor) and tensor.device.type == "cpu" and tensor.is_floating_point():
             view = views.get(names.get(id(tensor)))
-            same = (view is not None and view.dtype == tensor.dtype and view.shape == tensor.shape
-                    and torch.equal(view.flatten()[:64], tensor.data.flatten()[:64]))
-            tensor.data = view() if same else tensor.data.clone()
+            mapped = view() if view is not None and view.dtype == tensor.dtype and view.shape == tensor.shape else None
+            same = mapped is not None and torch.equal(mapped.flatten()[:64], tensor.data.flatten()[:64])
+            tensor.data = mapped if same else tensor.data.clone()
             released += 1
     return released
 
@@ -335,9 +335,6 @@ class _CheckpointView:
 
     def __init__(self, path: Path, offset: int, dtype: torch.dtype, shape: tuple[int, ...]):
         self.path, self.offset, self.dtype, self.shape = path, offset, dtype, torch.Size(shape)
-
-    def flatten(self) -> torch.Tensor:
-        return self().flatten()
 
     def __call__(self) -> torch.Tensor:
         import numpy as np
