@@ -142,7 +142,7 @@ def test_checkpointing_decided_per_layer(sft_config, monkeypatch):
     monkeypatch.setattr(memory, "free_memory", lambda: 2 * budget_for(1))
     plan = memory.checkpointing_plan(cfg, model)
     assert (plan.layers, plan.tiled_mlp) == (1, False)
-    assert "on for 1 of 2 layers" in plan.describe(shape.layers)
+    assert "on for 1 of 2 layers" in plan.describe()
     monkeypatch.setattr(memory, "free_memory", lambda: 2 * budget_for(0))
     assert memory.checkpointing_plan(cfg, model).layers == 0
     monkeypatch.setattr(memory, "free_memory", lambda: 2 * budget_for(2, tiled=True))

@@ -236,11 +236,13 @@ class Checkpointing:
     """How a run trades compute for memory: which layers it recomputes and whether the MLP runs in tiles."""
 
     layers: int  # the first `layers` decoder layers are checkpointed (0: none)
+    total: int  # the model's decoder layers
     tiled_mlp: bool
     offload: bool  # checkpointed inputs wait in host memory (GPU runs)
     why: str
 
-    def describe(self, total: int) -> str:
+    def describe(self) -> str:
+        total = self.total
         which = "off" if not self.layers else "on" if self.layers >= total else f"on for {self.layers} of {total} layers"
         tiles = ", MLP in tiles" if self.tiled_mlp else ""
         offload = ", checkpointed activations offloaded to host memory" if self.offload else ""
@@ -282,15 +284,15 @@ def checkpointing_plan(cfg: "RunConfig", model: torch.nn.Module, seq: int | None
         auto_tiles = tiled is None and layers and budget is not None and needed(layers, False) > budget
         tiles = bool(tiled or auto_tiles)
         why = "as configured" + (f"; {size(needed(layers, False))} of activations, {where}" if auto_tiles else "")
-        return Checkpointing(layers, tiles, offload and bool(layers), why)
+        return Checkpointing(layers, shape.layers, tiles, offload and bool(layers), why)
     tiles = bool(tiled)
     if budget is None:
-        return Checkpointing(shape.layers, tiles, False, where)
+        return Checkpointing(shape.layers, shape.layers, tiles, False, where)
     for layers in range(shape.layers + 1):
         if needed(layers, tiles) <= budget:
-            return Checkpointing(layers, tiles, False,
+            return Checkpointing(layers, shape.layers, tiles, False,
                                  f"{size(needed(layers, tiles))} of activations for a {batch} x {seq} batch, {where}")
     tiles = tiled is not False
-    return Checkpointing(shape.layers, tiles, False,
+    return Checkpointing(shape.layers, shape.layers, tiles, False,
                          f"{size(needed(shape.layers, tiles))} of activations for a {batch} x {seq} batch even so, "
                          f"{where}: it may not fit")

@@ -203,7 +203,7 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     from ..data.lengths import longest_sample, rows_per_sample
     from ..model.adapters import apply_method
     from ..model.load import enable_gradient_checkpointing, load_model
-    from ..model.memory import checkpointing_plan, model_shape
+    from ..model.memory import checkpointing_plan
     from ..model.tiled_mlp import tile_mlps
 
     check_run_callbacks(cfg)
@@ -215,11 +215,10 @@ def setup_run(cfg: "RunConfig") -> RunSetup:
     model = load_model(cfg, tokenizer)
     if cfg.training.do_train:
         plan = checkpointing_plan(cfg, model, seq=longest_sample(data.train), rows=rows_per_sample(data.train))
-        total = model_shape(model).layers
-        logger.info("%s; `disable_gradient_checkpointing` and `tiled_mlp` decide it yourself.", plan.describe(total))
+        logger.info("%s; `disable_gradient_checkpointing` and `tiled_mlp` decide it yourself.", plan.describe())
         if plan.layers:
-            enable_gradient_checkpointing(model, cfg.model.use_reentrant_gc, plan.layers if plan.layers < total else None,
-                                          plan.offload)
+            enable_gradient_checkpointing(model, cfg.model.use_reentrant_gc,
+                                          plan.layers if plan.layers < plan.total else None, plan.offload)
         if plan.tiled_mlp:
             tile_mlps(model, asked=bool(cfg.model.tiled_mlp))
     model = apply_method(model, cfg, new_token_rows=bool(read.added) or cfg.model.resize_vocab)
