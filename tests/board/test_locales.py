@@ -105,7 +105,7 @@ def test_messages_speak_the_language_the_menu_shows_now(board):
     assert abort.fn(None, "ru") == "Ничего не запущено."
     preview = _fn(board, "on_data_preview")
     assert preview.inputs[-1] is lang_pick
-    _, message = preview.fn("data", [], "ko")
+    *_, message = preview.fn(*[c.value for c in preview.inputs[:-1]], "ko")  # the form as built: no model yet
     assert message.startswith("**오류:**")
     for name in ("on_preview", "on_start", "on_tick", "on_save", "on_load", "start", "tick"):
         assert all(f.inputs[-1] is lang_pick for f in board.fns.values() if f.name == name), name

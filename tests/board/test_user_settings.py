@@ -59,20 +59,22 @@ def test_the_board_remembers_model_folders_and_language_between_starts(tmp_path)
     lang_pick = next(c for c, kind, key in w.labels if key == "lang")
     # What the page's events do: the user picks Korean in the menu and types a model and folders.
     _fn(app, "on_change", lang_pick)("ko")
+    hub = next(c for c, kind, key in w.labels if key == "hub")
+    _fn(app, "on_change", hub)("modelscope")
     for name, value in (("model_name_or_path", "/models/tiny"), ("template", "chatml"), ("dataset_dir", "my_data"),
                         ("output_dir", "saves/run1")):
         _fn(app, "on_change", w.components[name])(value)
     assert yaml.safe_load((workdir / SETTINGS_NAME).read_text()) == {
-        "lang": "ko", "model_name_or_path": "/models/tiny", "template": "chatml", "dataset_dir": "my_data",
-        "output_dir": "saves/run1"}
+        "lang": "ko", "hub": "modelscope", "model_name_or_path": "/models/tiny", "template": "chatml",
+        "dataset_dir": "my_data", "output_dir": "saves/run1"}
 
     # The next start: built in Korean, and a page opening gets the values back, whatever its browser says.
     app = create_board(workdir)
     assert app.lathe_widgets.lang == "ko"
-    code, model, template, dataset_dir, output_dir = _fn(app, "on_open")(
+    code, hub_name, model, template, dataset_dir, output_dir = _fn(app, "on_open")(
         gr.Request(headers={"accept-language": "ja"}))
-    assert (code, model, template, dataset_dir, output_dir) == ("ko", "/models/tiny", "chatml", "my_data",
-                                                                "saves/run1")
+    assert (code, hub_name, model, template, dataset_dir, output_dir) == (
+        "ko", "modelscope", "/models/tiny", "chatml", "my_data", "saves/run1")
     # --lang still decides the language; an empty remembered value leaves the field at its default.
     UserSettings(workdir).update(output_dir=None)
     app = create_board(workdir, lang="ru")

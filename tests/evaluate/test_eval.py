@@ -30,6 +30,10 @@ def test_sample_task_scores_every_subject(tiny_llama, tmp_path):
     assert saved["Average"] == results["Average"]
     answers = json.loads((tmp_path / "r" / "answers.json").read_text())
     assert len(answers["geography"]) == 5 and answers["geography"][0]["predict"] in "ABCD"
+    progress = [json.loads(line) for line in (tmp_path / "r" / "progress.jsonl").read_text().splitlines()]
+    batches = progress[-1]["total_steps"]  # per subject, its questions in batches (the Board's progress bar)
+    assert progress[0]["current_steps"] == 0 and progress[-1]["current_steps"] == batches >= 3
+    assert progress[-1]["percentage"] == 100 and progress[-1]["finished"] and progress[-1]["phase"] == "benchmark"
     assert run_choice_eval(eval_cfg(tiny_llama)) == results  # deterministic: logits, no sampling
 
 
@@ -72,3 +76,15 @@ def test_perplexity(tiny_llama, tmp_path):
     sft = build_config({"model_name_or_path": str(tiny_llama), "dataset": "lathe_identity", "template": "chatml",
                         "dataset_dir": str(ROOT / "data")}, purpose="infer")
     assert run_perplexity(sft)["samples"] == 57
+
+
+def test_save_dir_of_an_aborted_run_is_taken_again(tmp_path):
+    """A save_dir holding only the progress of a run that stopped is reused; one holding results is refused."""
+    from lathe.evaluate.choice import check_save_dir
+
+    check_save_dir(str(tmp_path / "new"))
+    (tmp_path / "progress.jsonl").write_text('{"current_steps": 1}\n')
+    check_save_dir(str(tmp_path))
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(LatheError, match="exists already"):
+        check_save_dir(str(tmp_path))

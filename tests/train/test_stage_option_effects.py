@@ -13,7 +13,6 @@ import json
 import math
 import sys
 import types
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest

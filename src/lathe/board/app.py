@@ -23,10 +23,12 @@ from ..errors import LatheError  # noqa: E402
 from ..model.catalog import lookup, model_names  # noqa: E402
 from .chat import ChatSession, build_chat_panel  # noqa: E402
 from .checks import check_config  # noqa: E402
+from .compare_tab import build_compare_tab  # noqa: E402
 from .context import BoardContext  # noqa: E402
 from .form import TOP, train_form  # noqa: E402
 from .eval_tab import build_eval_tab  # noqa: E402
 from .export_tab import build_export_tab  # noqa: E402
+from .launch import HUBS, current_hub, hub_env, hub_id, swap_hub  # noqa: E402
 from .locales import DEFAULT_LANG, languages, t  # noqa: E402
 from .runner import Runner  # noqa: E402
 from .user_settings import REMEMBERED_FIELDS, UserSettings, start_language  # noqa: E402
@@ -80,6 +82,9 @@ def create_board(workdir: str | Path = "lathe_board", lang: str | None = None) -
             catalog = w.ui(gr.Dropdown(choices=["", *model_names()], value="", label=t("catalog", lang),
                                        info=t("catalog_info", lang), allow_custom_value=True, filterable=True,
                                        elem_id="catalog", scale=2), "catalog", "info")
+            hub = w.ui(gr.Dropdown(choices=list(HUBS), value=current_hub(), label=t("hub", lang),
+                                   info=t("hub_info", lang), elem_id="hub", scale=1), "hub", "info")
+            ctx.hub = hub
             model = w.field(top_by_name["model_name_or_path"], scale=3)
             w.field(top_by_name["adapter_name_or_path"], scale=3)
         with gr.Row():
@@ -95,26 +100,35 @@ def create_board(workdir: str | Path = "lathe_board", lang: str | None = None) -
                 build_eval_tab(ctx)
             with w.ui(gr.Tab(t("tab_chat", lang), elem_id="tab-chat"), "tab_chat"):
                 def load_cfg(*values):
+                    *values, hub_name = values
                     raw = ctx.top_raw(list(values))
-                    return check_config(raw, purpose="infer")
+                    return check_config(raw, purpose="infer"), hub_env(hub_name)
 
-                build_chat_panel(w, ctx.session, load_cfg, ctx.top_components, lang_pick=ctx.lang_pick)
+                build_chat_panel(w, ctx.session, load_cfg, [*ctx.top_components, hub], lang_pick=ctx.lang_pick)
             with w.ui(gr.Tab(t("tab_export", lang), elem_id="tab-export"), "tab_export"):
                 build_export_tab(ctx)
+            with w.ui(gr.Tab(t("tab_compare", lang), elem_id="tab-compare"), "tab_compare"):
+                build_compare_tab(ctx)
 
         registered = set(_template_names())
 
-        def pick(name):
-            """The model's hub id and default template; a template lathe lacks yet (or none) leaves it empty,
-            so the run uses the tokenizer's own chat template."""
+        def pick(name, hub_name):
+            """The model's id on the hub picked (Hugging Face's where that hub lacks it) and its default template;
+            a template lathe lacks yet (or none) leaves it empty, so the run uses the tokenizer's own chat template."""
             entry = lookup(name or "")
             if entry is None:
                 return gr.skip(), gr.skip()
-            return entry.path, entry.template if entry.template in registered else ""
+            return hub_id(entry, hub_name) or entry.path, entry.template if entry.template in registered else ""
 
-        catalog.change(pick, catalog, [model, template])
+        def on_hub(hub_name, current):
+            """The same catalog model on the hub picked; a local folder or an id the catalog lacks stays."""
+            return swap_hub(current, hub_name) or gr.skip()
+
+        catalog.change(pick, [catalog, hub], [model, template])
+        hub.input(on_hub, [hub, model], model)
         lang_pick.change(lambda code: w.relabel(code), lang_pick, w.relabel_targets())
-        remember_settings(app, forced, lang_pick, settings, {name: w.components[name] for name in REMEMBERED_FIELDS})
+        remember_settings(app, forced, lang_pick, settings,
+                          {"hub": hub, **{name: w.components[name] for name in REMEMBERED_FIELDS}})
     return app
 
 

@@ -35,6 +35,7 @@ from ..data.sample import ASSISTANT, FUNCTION, OBSERVATION, USER
 from ..errors import LatheError
 from ..registry import INFER_BACKENDS
 from .form import FormField, group_fields
+from .launch import environment
 from .locales import t
 from .widgets import Widgets
 
@@ -374,8 +375,10 @@ def build_chat_panel(w: Widgets, session: ChatSession, load_fn: Callable[..., An
         def load(*values):
             (*args, backend_name), lang = split(values)
             try:
-                cfg = with_backend(load_fn(*args), backend_name)
-                name = session.load_config(cfg)
+                loaded = load_fn(*args)  # a config, or (config, variables to load it under: the hub's)
+                cfg, env = loaded if isinstance(loaded, tuple) else (loaded, {})
+                with environment(env):
+                    name = session.load_config(with_backend(cfg, backend_name))
             except LatheError as e:
                 return f"**{t('msg_error', lang)}:** {e}"
             except Exception as e:  # a model that fails to load: show why, keep the Board alive

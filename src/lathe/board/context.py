@@ -56,7 +56,8 @@ def follows_model(folder: str | None, kind: str) -> bool:
     return not name or re.fullmatch(rf"{kind}_\d{{4}}(-\d\d){{5}}", name) is not None
 
 
-def _is_run(folder: Path) -> bool:
+def is_run(folder: Path) -> bool:
+    """Whether a folder is a run's output: a training log, an adapter, a model, or checkpoints."""
     if any((folder / name).is_file() for name in RUN_MARKERS):
         return True
     return any(p.is_dir() and p.name.split("-")[-1].isdigit() for p in folder.glob("checkpoint-*"))
@@ -67,7 +68,7 @@ def past_runs(model: str | None, method: str | None, root: str | Path = SAVE_ROO
     base = save_dir(model, method, root)
     if not base.is_dir():
         return []
-    found = [p for p in base.iterdir() if p.is_dir() and _is_run(p)]
+    found = [p for p in base.iterdir() if p.is_dir() and is_run(p)]
     return [str(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
@@ -110,6 +111,7 @@ class BoardContext:
     # The language menu: handlers take its value as their last input, so that the messages they
     # return speak the language the page shows now (each page has its own), not the one it was built in.
     lang_pick: Any = None
+    hub: Any = None  # the hub menu (launch.HUBS): runs get its USE_*_HUB variables
     save_root: str = SAVE_ROOT  # where run folders go: <save_root>/<model>/<method>/<run>
 
     @property

@@ -1,17 +1,24 @@
-"""The Evaluate & Predict tab: predict with generation (BLEU/ROUGE) and multiple-choice benchmarks.
+"""The Evaluate & Predict tab: predict with generation (BLEU/ROUGE), the loss on a dataset, and
+multiple-choice benchmarks.
 
 Its fields are generated from the schema groups evaluation and generating; each button runs a
-job (jobs.py): `lathe train` with do_predict, or `lathe eval`.
+job (jobs.py), with its progress bar and Abort: `lathe train` with do_predict, `lathe train`
+with do_eval (eval_loss and its perplexity), or `lathe eval`.
+
+An aborted prediction starts over when rerun: generated_predictions.jsonl is written line by line,
+but a rerun writes it anew (train/predict.py), so the note after an abort says so.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from ..errors import LatheError
+from ..evaluate.choice import check_save_dir
 from ..train.sft import SFT
 from .checks import check_config
 from .context import BoardContext, follows_model, new_run_dir, split_args
@@ -20,6 +27,8 @@ from .jobs import by_name, named, wire_job
 from .locales import t
 
 PREDICT_FILE = "predict_results.json"
+EVAL_FILE = "eval_results.json"
+LOSS_KIND = "eval_loss"  # the loss job's folders: <save_root>/<model>/<method>/eval_loss_<timestamp>
 
 
 def benchmark_tasks(task_dir: str) -> list[str]:
@@ -62,7 +71,26 @@ def build_eval_tab(ctx: BoardContext) -> None:
         raw = predict_config(ctx.top_raw(top_values), predict_fields, values, folder, out)
         return "predict", raw, out, ()
 
-    wire_job(ctx, predict_btn, [*ctx.top_components, *comps, dataset_dir, out_dir], make_predict, PREDICT_FILE, "predict")
+    wire_job(ctx, predict_btn, [*ctx.top_components, *comps, dataset_dir, out_dir], make_predict, PREDICT_FILE,
+             "predict", aborted_note="predict_starts_over")
+
+    # ---- the loss (and perplexity) on a dataset
+    loss_fields = predict_fields[:4]
+    with gr.Row():
+        loss_comps = [w.field(loss_fields[0], choices=dataset_names("data"), prefix="loss-", scale=2)]
+        loss_comps += [w.field(f, prefix="loss-") for f in loss_fields[1:]]
+        loss_dir = w.field(train["output_dir"], prefix="loss-", value=initial_dir(ctx, LOSS_KIND))
+    loss_btn = w.ui(gr.Button(t("eval_loss_job", lang), variant="primary", elem_id="loss-start"), "eval_loss_job",
+                    "value")
+    dataset_dir.change(lambda d: gr.update(choices=dataset_names(d)), dataset_dir, loss_comps[0])
+
+    def make_loss(*args):
+        top_values, values, (folder, out) = split_args(args, n_top, len(loss_fields), 2)
+        raw = loss_config(ctx.top_raw(top_values), loss_fields, values, folder, out)
+        return "predict", raw, out, ()
+
+    wire_job(ctx, loss_btn, [*ctx.top_components, *loss_comps, dataset_dir, loss_dir], make_loss, EVAL_FILE, "loss",
+             results=with_perplexity)
 
     # ---- multiple-choice benchmark
     fields = by_name(evaluation)
@@ -82,6 +110,7 @@ def build_eval_tab(ctx: BoardContext) -> None:
 
     wire_job(ctx, eval_btn, [*ctx.top_components, task_dir, task, *rest, save_dir], make_eval, "results.json", "eval")
     follow_model(ctx, out_dir, "predict")
+    follow_model(ctx, loss_dir, LOSS_KIND)
     follow_model(ctx, save_dir, "eval")
 
 
@@ -120,6 +149,27 @@ def predict_config(top: dict[str, Any], fields: list[FormField], values: list[An
     return raw
 
 
+def loss_config(top: dict[str, Any], fields: list[FormField], values: list[Any], dataset_dir: str,
+                output_dir: str) -> dict[str, Any]:
+    """`lathe train` with do_eval and no training: eval_loss on eval_dataset, in eval_results.json."""
+    raw = dict(top)
+    raw.update(values_to_raw(fields, named(fields, values)))
+    raw.update({"stage": SFT.name, "do_train": False, "do_eval": True, "dataset_dir": dataset_dir,
+                "output_dir": output_dir})
+    if not raw.get("eval_dataset"):
+        raise LatheError("`eval_dataset` is required: pick the dataset to measure the loss on.")
+    check_config(raw, purpose="train")
+    return raw
+
+
+def with_perplexity(metrics: dict[str, Any]) -> dict[str, Any]:
+    """eval_loss (and eval_<name>_loss per dataset) with its perplexity, exp(loss), beside it."""
+    out = dict(metrics)
+    for key in [k for k in metrics if k.startswith("eval_") and k.endswith("_loss")]:
+        out.setdefault(key[:-len("loss")] + "perplexity", math.exp(min(float(metrics[key]), 700.0)))
+    return out
+
+
 def eval_config(top: dict[str, Any], fields: list[FormField], values: list[Any]) -> dict[str, Any]:
     """`lathe eval`: a multiple-choice benchmark; results.json in a new save_dir."""
     raw = dict(top)
@@ -128,7 +178,6 @@ def eval_config(top: dict[str, Any], fields: list[FormField], values: list[Any])
         raise LatheError("`task` is required: pick a benchmark (a folder of task_dir).")
     if not raw.get("save_dir"):
         raise LatheError("`save_dir` is required: the new folder for results.json.")
-    if Path(raw["save_dir"]).expanduser().exists():
-        raise LatheError(f"`save_dir`: {raw['save_dir']} exists already; choose a new folder.")
+    check_save_dir(raw["save_dir"])  # a new folder, or the progress of an aborted run only
     check_config(raw, purpose="infer")
     return raw

@@ -25,12 +25,13 @@ from ..config import training as trainer_options
 from ..config.coercion import type_hints
 from ..config.load import SECRET_KEYS
 from ..config.options import GROUPS, choices_of, help_of
-from ..registry import METHODS, OPTIMIZERS
+from ..registry import METHODS, OPTIMIZERS, STAGES
 
 # Sections of the Train tab, in display order (`sections()`): these, with a panel per finetuning
-# method that has options of its own between "extras" and "rlhf". A field lands in the first
-# section whose rule matches it (see `section_of`); the rest of a group goes to "more".
-FIXED_SECTIONS = ("top", "basic", "training", "extras", "rlhf", "efficient", "more")
+# method that has options of its own between "extras" and "rlhf", and one per stage with options of
+# its own after "rlhf" (shown while that stage is picked). A field lands in the first section whose
+# rule matches it (see `section_of`); the rest of a group goes to "more".
+FIXED_SECTIONS = ("top", "basic", "training", "extras", "rlhf", "multimodal", "efficient", "more")
 
 # lathe schema fields shown in the top bar / the first rows, by name.
 TOP = ("model_name_or_path", "adapter_name_or_path", "finetuning_type", "template", "quantization_bit",
@@ -41,6 +42,10 @@ EXTRAS = ("packing", "neat_packing", "train_on_prompt", "mask_history", "resize_
           "enable_thinking", "plot_loss", "disable_gradient_checkpointing", "default_system")
 # The options of the preference and RL stages, by prefix (shared by several stages, so no stage lists them).
 RLHF_PREFIXES = ("pref_", "dpo_", "simpo_", "kto_", "ref_model", "reward_model", "ppo_")
+# Options that matter only for a model that takes images, video or audio (shown when the model does).
+MULTIMODAL = ("media_dir", "image_max_pixels", "image_min_pixels", "image_do_pan_and_scan", "crop_to_patches",
+              "video_max_pixels", "video_min_pixels", "video_fps", "video_maxlen", "use_audio_in_video",
+              "audio_sampling_rate", "freeze_vision_tower", "freeze_multi_modal_projector", "freeze_language_model")
 
 # Hugging Face training fields the Board shows (their type, default and help come from the
 # library); anything else goes through the "extra options" YAML box.
@@ -178,16 +183,38 @@ def section_of(name: str) -> str:
             return method.name
     if name.startswith(RLHF_PREFIXES):
         return "rlhf"
+    if name in MULTIMODAL:
+        return "multimodal"
+    for stage in stage_sections():  # a stage's own options in its panel (the first stage that lists them)
+        if name in STAGES[stage].options:
+            return stage
     if any(name == o.flag or name in o.options for o in OPTIMIZERS.values()):
         return "efficient"
     return "more"
 
 
+def stage_sections() -> tuple[str, ...]:
+    """The stages with a panel of their own options: those listing an option no earlier stage lists."""
+    seen: set[str] = set()
+    out = []
+    for name, stage in STAGES.items():
+        if set(stage.options) - seen:
+            out.append(name)
+        seen |= set(stage.options)
+    return tuple(out)
+
+
 def sections() -> tuple[str, ...]:
     """The Train tab's sections in display order."""
     methods = tuple(name for name, method in METHODS.items() if method.options)
-    i = FIXED_SECTIONS.index("rlhf")
-    return (*FIXED_SECTIONS[:i], *methods, *FIXED_SECTIONS[i:])
+    i, j = FIXED_SECTIONS.index("rlhf"), FIXED_SECTIONS.index("rlhf") + 1
+    return (*FIXED_SECTIONS[:i], *methods, FIXED_SECTIONS[i], *stage_sections(), *FIXED_SECTIONS[j:])
+
+
+def stage_shows(section: str, stage: str | None, fields: list[FormField]) -> bool:
+    """Whether a stage's panel is shown for the stage picked: it is, when that stage takes one of its options."""
+    picked = STAGES.get(stage or "")
+    return picked is not None and any(f.name in picked.options for f in fields)
 
 
 def group_fields(group: str) -> list[FormField]:

@@ -2,17 +2,24 @@
 
 The training process writes one JSON line per logging step (`train/callbacks.py`); the Board
 only reads that file, so it shows the same numbers for a run it started and for one started
-from a shell in the same folder.
+from a shell in the same folder. GRPO / RLOO runs also log their rewards there and a few
+sampled completions per logging step in `completions.jsonl`, read by `reward_frame` and
+`latest_completions` for the Train tab's watch (watch.py).
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 from ..train.callbacks import LOG_FILE
+
+COMPLETIONS_FILE = "completions.jsonl"  # train/grpo.py's COMPLETIONS_FILE (not imported: that module pulls in trl)
+PROMPT_CHARS = 400  # the end of a long prompt is shown (the question sits there, after the template's preamble)
 
 
 def read_log(output_dir: str | Path) -> list[dict[str, Any]]:
@@ -42,11 +49,13 @@ def loss_frame(records: list[dict[str, Any]]):
     return pd.DataFrame({"step": [p[0] for p in points], "loss": [p[1] for p in points]})
 
 
-def progress_html(records: list[dict[str, Any]], state: str, label: str | None = None, lang: str = "en") -> str:
+def progress_html(records: list[dict[str, Any]], state: str, label: str | None = None, lang: str = "en",
+                  dom_id: str = "lathe-progress") -> str:
     """A progress bar with steps, percentage, elapsed time and ETA, its words in `lang`.
 
     `state` (idle/running/finished/failed/aborted) and the number of loss points are also
-    kept as data attributes, for scripts and the browser test; `label` is the state in words.
+    kept as data attributes, for scripts and the browser test; `label` is the state in words;
+    `dom_id` tells the bars of one page apart (the Train tab's and each job's).
     """
     from .locales import t
 
@@ -62,7 +71,7 @@ def progress_html(records: list[dict[str, Any]], state: str, label: str | None =
         parts.append(f"{t('prog_loss', lang)} {last['loss']:.4f}")
     text = html.escape(" · ".join(parts))
     return (
-        f'<div id="lathe-progress" data-state="{html.escape(state)}" data-points="{len(loss_points(records))}">'
+        f'<div id="{html.escape(dom_id)}" data-state="{html.escape(state)}" data-points="{len(loss_points(records))}">'
         f'<div style="background:#e5e7eb;border-radius:4px;height:14px">'
         f'<div style="background:#2563eb;width:{min(max(pct, 0), 100):.1f}%;height:14px;border-radius:4px"></div></div>'
         f"<div><b>{html.escape(label or state)}</b> · {text}</div></div>"
@@ -85,3 +94,105 @@ def read_metrics(folder: str | Path, name: str) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+# ---------------------------------------------------------------- runs started elsewhere; GRPO / RLOO
+
+
+def log_is_live(output_dir: str | Path, within_s: float = 30.0) -> bool:
+    """Whether a run is writing `output_dir/trainer_log.jsonl` now: written to in the last `within_s`
+    seconds, and its last record short of 100%."""
+    path = Path(output_dir).expanduser() / LOG_FILE
+    try:
+        if time.time() - path.stat().st_mtime > within_s:
+            return False
+    except OSError:
+        return False
+    records = read_log(path.parent)
+    return bool(records) and float(records[-1].get("percentage", 0.0)) < 100.0
+
+
+def throughput_text(records: list[dict[str, Any]]) -> str:
+    """The newest tokens/s the log holds ("1,234.5"), or "—" (none yet, or a stage that does not count tokens)."""
+    for record in reversed(records):
+        value = record.get("throughput")
+        if isinstance(value, (int, float)):
+            return f"{value:,.1f}"
+    return "—"
+
+
+def reward_frame(records: list[dict[str, Any]]):
+    """step, reward, series: the mean reward ("reward") and each reward function's mean, in long
+    format for one LinePlot coloured by series."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        if "current_steps" not in r or "reward" not in r:
+            continue
+        rows.append((r["current_steps"], float(r["reward"]), "reward"))
+        for key, value in r.items():
+            if key.startswith("rewards/") and key.endswith("/mean") and isinstance(value, (int, float)):
+                rows.append((r["current_steps"], float(value), key[len("rewards/"):-len("/mean")]))
+    return pd.DataFrame(rows, columns=["step", "reward", "series"])
+
+
+def _tail_lines(path: Path, chunk: int) -> tuple[list[bytes], bool]:
+    """The last complete lines held in the file's last `chunk` bytes, and whether that reached its start."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        end = fh.tell()
+        fh.seek(max(0, end - chunk))
+        data = fh.read()
+    lines = data.split(b"\n")
+    whole = end <= chunk
+    if not whole:
+        lines = lines[1:]  # the first one is cut
+    return [line for line in lines if line.strip()], whole
+
+
+def latest_completions(output_dir: str | Path, n: int = 4) -> list[dict[str, Any]]:
+    """The last logging step's sampled completions (at most `n`) from `completions.jsonl`.
+
+    Only the file's end is read (it grows every logging step); a half-written last line is skipped.
+    """
+    path = Path(output_dir).expanduser() / COMPLETIONS_FILE
+    chunk = 64 * 1024
+    while True:
+        try:
+            lines, whole = _tail_lines(path, chunk)
+        except OSError:
+            return []
+        rows = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(row, dict) and "step" in row:
+                rows.append(row)
+        if rows:
+            last = rows[-1]["step"]
+            group = [r for r in rows if r["step"] == last]
+            if whole or len(group) < len(rows):  # the step before shows too: the group is complete
+                return group[:n]
+        elif whole:
+            return []
+        chunk *= 4
+
+
+def completions_frame(rows: list[dict[str, Any]]):
+    """The samples as a table: step, reward, each reward function's score, prompt (its end), completion."""
+    import pandas as pd
+
+    fixed = ("step", "reward", "prompt", "completion")
+    funcs = list(dict.fromkeys(k for row in rows for k in row if k not in fixed))
+    columns = ["step", "reward", *funcs, "prompt", "completion"]
+    table = []
+    for row in rows:
+        prompt = str(row.get("prompt", ""))
+        if len(prompt) > PROMPT_CHARS:
+            prompt = "…" + prompt[-PROMPT_CHARS:]
+        table.append([row.get("step"), row.get("reward"), *[row.get(f) for f in funcs], prompt,
+                      str(row.get("completion", ""))])
+    return pd.DataFrame(table, columns=columns)

@@ -47,6 +47,11 @@ def command(kind: str, config_path: str | Path, extra: tuple[str, ...] = ()) -> 
     return ["lathe", kind, str(config_path), *extra]
 
 
+def shell_line(cmd: list[str], env: dict[str, str] | None = None) -> str:
+    """`VAR=value ... lathe train file`: the command with the variables the Board sets for it, as typed in a shell."""
+    return " ".join([*(f"{k}={v}" for k, v in (env or {}).items()), *cmd])
+
+
 def launch_argv(cmd: list[str]) -> list[str]:
     """`lathe ...` run with this Board's own interpreter (the same install, whatever PATH says)."""
     assert cmd[0] == "lathe"
@@ -70,8 +75,13 @@ class Run:
     folder: Path  # the Board's files for this run: config.yaml, running_log.txt
     cmd: list[str]
     process: subprocess.Popen
+    env: dict[str, str] = field(default_factory=dict)  # variables set for this run (launch, hub)
     started: float = field(default_factory=time.time)
     aborted: bool = False
+
+    @property
+    def line(self) -> str:
+        return shell_line(self.cmd, self.env)
 
     @property
     def log_path(self) -> Path:
@@ -124,8 +134,9 @@ class Runner:
 
     # ------------------------------------------------------------ start / stop
 
-    def start(self, kind: str, raw: dict[str, Any], target: str, extra_args: tuple[str, ...] = ()) -> Run:
-        """Write the config, start `lathe <command>` on it; refuses a busy target folder."""
+    def start(self, kind: str, raw: dict[str, Any], target: str, extra_args: tuple[str, ...] = (),
+              env: dict[str, str] | None = None) -> Run:
+        """Write the config, start `lathe <command>` on it with `env` added; refuses a busy target folder."""
         key = str(Path(target).expanduser().resolve())
         with self.lock:
             reason = self.busy(key)
@@ -137,16 +148,16 @@ class Runner:
             config_path.write_text(to_yaml(raw), encoding="utf-8")
             subcommand = "train" if kind in ("train", "predict") else kind
             cmd = command(subcommand, config_path, extra_args)
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
             log = open(folder / LOG_NAME, "w", encoding="utf-8")
             try:
                 process = subprocess.Popen(
                     launch_argv(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=env, start_new_session=True,
+                    env=child_env, start_new_session=True,
                 )
             finally:
                 log.close()
-            run = Run(kind, key, folder, cmd, process)
+            run = Run(kind, key, folder, cmd, process, dict(env or {}))
             self.runs[key] = run
             self._lock_file(key).parent.mkdir(parents=True, exist_ok=True)
             self._lock_file(key).write_text(json.dumps({"pid": process.pid, "target": key}))

@@ -5,8 +5,12 @@ The output folder is a menu of this model's past runs under `saves/<model>/<meth
 past runs that hold one (`context.py` keeps that layout); both follow the model and method chosen.
 
 Start validates the form through `build_config` (as `lathe train` does), writes the YAML and
-runs `lathe train <yaml>` in a child process; a timer then reads the run's trainer_log.jsonl
-for the progress bar and the loss curve, and its console output for the log tail.
+runs `lathe train <yaml>` in a child process, with the variables the launch controls and the hub
+menu set (launch.py); a form the plan says will not fit is started only on a second press
+(plan_panel.py). A timer then reads the run's trainer_log.jsonl for the progress bar and the loss
+curve, its console output for the log tail, and its memory, tokens/s and GRPO samples (watch.py);
+the same timer follows a run started from a shell in the output folder picked. A stage's own
+options and the multimodal ones sit in panels shown while that stage or such a model is picked.
 """
 
 from __future__ import annotations
@@ -21,14 +25,20 @@ from ..config.load import read_config_file
 from ..errors import LatheError
 from .checks import check_config
 from .context import BoardContext, adapter_runs, error_md, output_choices, split_args
-from .form import FormField, parse_extra, raw_to_values, sections, to_yaml, train_form, values_to_raw
+from .data_preview import build_data_preview
+from .form import (FormField, parse_extra, raw_to_values, sections, stage_sections, stage_shows, to_yaml, train_form,
+                   values_to_raw)
+from .launch import DS_STAGES, check_launch, devices_text, environment, gpu_count, hub_env
 from .locales import t
 from .monitor import checkpoints, loss_frame, progress_html, read_log
-from .runner import CONFIG_NAME, command
+from .plan_panel import build_plan_panel
+from .runner import CONFIG_NAME, command, shell_line
+from .watch import build_watch, folder_is_live
 
 # Written to every Board config even at their defaults, so the file reads on its own.
 ALWAYS = ("model_name_or_path", "stage", "finetuning_type", "template", "dataset_dir", "dataset", "output_dir")
 COLUMNS = 4
+FOLLOW_SECONDS = 5.0  # how often the tab looks for a run started elsewhere in the output folder picked
 
 
 def dataset_names(dataset_dir: str) -> list[str]:
@@ -39,24 +49,6 @@ def dataset_names(dataset_dir: str) -> list[str]:
         return sorted(load_registry(Path(dataset_dir or "data").expanduser()))
     except (LatheError, OSError, ValueError):
         return []
-
-
-def preview_rows(dataset_dir: str, names: list[str], n: int = 3) -> list[dict[str, Any]]:
-    """The first rows of each local dataset, as stored (hub datasets are not fetched for this)."""
-    from ..data.dataset_info import get_dataset_attrs
-    from ..data.readers import read_rows
-
-    rows: list[dict[str, Any]] = []
-    for attr in get_dataset_attrs(names, Path(dataset_dir).expanduser()):
-        if attr.load_from != "file":
-            rows.append({"dataset": attr.name, "note": f"loaded from {attr.load_from}; not previewed offline"})
-            continue
-        data = read_rows(attr, Path(dataset_dir).expanduser(), streaming=True)
-        for i, row in enumerate(data):
-            if i >= n:
-                break
-            rows.append({"dataset": attr.name, **{k: v for k, v in row.items() if v not in (None, "", [])}})
-    return rows
 
 
 def build_train_tab(ctx: BoardContext) -> None:
@@ -85,14 +77,31 @@ def build_train_tab(ctx: BoardContext) -> None:
                                                 None, ctx.save_root)
         output_dir = w.field(basic["output_dir"], choices=out_choices, value=out_value, scale=2)
         w.field(basic["overwrite_output_dir"])
-    rows_view = w.ui(gr.JSON(label=t("preview_rows", lang), visible=False, elem_id="data-rows"), "preview_rows")
+    data_view = build_data_preview(ctx)
     grid(by_section["training"])
+    panels: dict[str, Any] = {}
     for section in sections()[sections().index("extras"):]:
-        with w.ui(gr.Accordion(t(f"sec_{section}", lang), open=False), f"sec_{section}"):
+        shown = section not in stage_sections() or stage_shows(section, basic["stage"].default, by_section[section])
+        with w.ui(gr.Accordion(t(f"sec_{section}", lang), open=False, visible=shown, elem_id=f"sec-{section}"),
+                  f"sec_{section}") as panel:
             grid(by_section[section])
             if section == "extras":
                 extra = w.ui(gr.Code(label=t("extra_yaml", lang), language="yaml", elem_id="extra-yaml",
                                      interactive=True), "extra_yaml")
+        panels[section] = panel
+    gpus = gpu_count()
+    with gr.Row():
+        w.ui(gr.Textbox(value=devices_text(gpus), label=t("devices", lang), interactive=False, elem_id="devices"),
+             "devices")
+        processes = w.ui(gr.Textbox(value=str(max(gpus, 1)), label=t("processes", lang), info=t("processes_info", lang),
+                                    elem_id="processes", max_lines=1), "processes", "info")
+        ds_stage = w.ui(gr.Dropdown(choices=list(DS_STAGES), value="none", label=t("ds_stage", lang),
+                                    info=t("ds_stage_info", lang), elem_id="ds-stage"), "ds_stage", "info")
+        ds_offload = w.ui(gr.Checkbox(value=False, label=t("ds_offload", lang), info=t("ds_offload_info", lang),
+                                      elem_id="ds-offload"), "ds_offload", "info")
+        use_fsdp = w.ui(gr.Checkbox(value=False, label=t("use_fsdp", lang), info=t("use_fsdp_info", lang),
+                                    visible=gpus > 0, elem_id="use-fsdp"), "use_fsdp", "info")
+    launch_controls = [processes, ds_stage, ds_offload, use_fsdp]
     with gr.Row():
         resume = w.ui(gr.Dropdown(choices=[""], value="", label=t("resume", lang), info=t("resume_info", lang),
                                   allow_custom_value=True, elem_id="resume", scale=2), "resume", "info")
@@ -100,12 +109,48 @@ def build_train_tab(ctx: BoardContext) -> None:
                                    elem_id="cfg-path", scale=2), "cfg_path")
         save_btn = w.ui(gr.Button(t("save_cfg", lang), elem_id="save-cfg"), "save_cfg", "value")
         load_btn = w.ui(gr.Button(t("load_cfg", lang), elem_id="load-cfg"), "load_cfg", "value")
+    form_fields = ctx.top + fields
+    form_components = ctx.top_components + [w.components[f.name] for f in fields]
+    inputs = [*form_components, extra, resume]
+    run_inputs = [*inputs, *launch_controls, ctx.hub]  # what a run needs beyond its config: how it is launched
+
+    def collect(args: tuple[Any, ...]) -> dict[str, Any]:
+        values, (extra_text, resume_path) = split_args(args, len(form_fields), 2)
+        raw = {"do_train": True}
+        raw.update(values_to_raw(form_fields, dict(zip([f.name for f in form_fields], values)), extra_text, ALWAYS))
+        if resume_path:
+            raw["resume_from_checkpoint"] = resume_path
+        return raw
+
+    def launched(args) -> tuple[dict[str, Any], dict[str, str]]:
+        """The validated config with the launch's keys (deepspeed / fsdp), and the variables the run gets."""
+        *args, n_proc, stage, offload, fsdp, hub_name = args
+        raw = collect(tuple(args))
+        launch = check_launch(n_proc, stage, offload, fsdp, gpus)
+        both = sorted(set(launch.config(ctx.runner.workdir)) & set(raw))
+        if both:
+            raise LatheError(f"extra options: {', '.join(both)} is set by the launch controls (processes, DeepSpeed stage, FSDP); set it there.")
+        raw.update(launch.config(ctx.runner.workdir))
+        check_config(raw, purpose="train")
+        return raw, {**launch.env(), **hub_env(hub_name)}
+
+    def planned(args) -> tuple[dict[str, Any], int, dict[str, str]]:
+        """What Start would run, for the plan panel: the config with its launch keys, its processes, its hub."""
+        raw, env = launched(args)
+        return raw, int(env.get("NPROC_PER_NODE", 1)), hub_env(args[-1])
+
+    def previewed(args) -> tuple[dict[str, Any], dict[str, str]]:
+        """The form's config for the data preview, and the hub its tokenizer comes from."""
+        return launched(args)[0], hub_env(args[-1])
+
+    plan_panel = build_plan_panel(ctx, run_inputs, planned)
     with gr.Row():
         preview_cmd = w.ui(gr.Button(t("preview_cmd", lang), elem_id="preview-cmd"), "preview_cmd", "value")
         start = w.ui(gr.Button(t("start", lang), variant="primary", elem_id="train-start"), "start", "value")
         abort = w.ui(gr.Button(t("abort", lang), variant="stop", elem_id="train-abort"), "abort", "value")
     status = gr.Markdown(elem_id="train-status")
     progress = gr.HTML(progress_html([], "idle", t("state_idle", lang), lang), elem_id="train-progress")
+    watch = build_watch(ctx)  # memory gauge, tokens/s, and a GRPO run's rewards and samples
     with gr.Row():
         loss_plot = w.ui(gr.LinePlot(loss_frame([]), x="step", y="loss", label=t("loss", lang), elem_id="loss-plot",
                                      height=260), "loss")
@@ -116,43 +161,31 @@ def build_train_tab(ctx: BoardContext) -> None:
         cmd_view = w.ui(gr.Code(label=t("command", lang), language="shell", elem_id="cmd-line"), "command")
     run_key = gr.State(None)
     timer = gr.Timer(1.0, active=False)
-
-    form_fields = ctx.top + fields
-    form_components = ctx.top_components + [w.components[f.name] for f in fields]
-    inputs = [*form_components, extra, resume]
-
-    def collect(args: tuple[Any, ...]) -> dict[str, Any]:
-        values, (extra_text, resume_path) = split_args(args, len(form_fields), 2)
-        raw = {"do_train": True}
-        raw.update(values_to_raw(form_fields, dict(zip([f.name for f in form_fields], values)), extra_text, ALWAYS))
-        if resume_path:
-            raw["resume_from_checkpoint"] = resume_path
-        return raw
-
-    def validated(args) -> dict[str, Any]:
-        raw = collect(args)
-        check_config(raw, purpose="train")
-        return raw
+    follow = gr.Timer(FOLLOW_SECONDS)
 
     # Each handler gets the language menu's value last (`code`): its messages speak the page's language.
     def on_preview(*args):
         *args, code = args
         try:
-            raw = validated(args)
+            raw, env = launched(args)
         except LatheError as e:
             return error_md(code, e), gr.skip(), gr.skip()
         folder = ctx.runner.run_folder(str(Path(raw["output_dir"]).expanduser().resolve()))
-        return "", to_yaml(raw), " ".join(command("train", folder / CONFIG_NAME))
+        return "", to_yaml(raw), shell_line(command("train", folder / CONFIG_NAME), env)
 
     def on_start(*args):
-        *args, code = args
+        *args, memory_text, warned, code = args
         try:
-            raw = validated(args)
-            run = ctx.runner.start("train", raw, raw["output_dir"])
+            raw, env = launched(args)
+            with environment(hub_env(args[-1])):
+                warning, warned = plan_panel.guard(raw, code, memory_text, warned, int(env.get("NPROC_PER_NODE", 1)))
+            if warning:  # it will not fit: said once; Start again with the same form starts it anyway
+                return warning, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), warned
+            run = ctx.runner.start("train", raw, raw["output_dir"], env=env)
         except LatheError as e:
-            return error_md(code, e), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return (f"{t('msg_started', code)}: `{' '.join(run.cmd)}`", to_yaml(raw), " ".join(run.cmd), run.key,
-                gr.Timer(active=True), progress_html([], "running", t("state_running", code), code))
+            return error_md(code, e), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), None
+        return (f"{t('msg_started', code)}: `{run.line}`", to_yaml(raw), run.line, run.key,
+                gr.Timer(active=True), progress_html([], "running", t("state_running", code), code), None)
 
     def on_abort(key, code):
         run = ctx.runner.get(key)
@@ -161,10 +194,16 @@ def build_train_tab(ctx: BoardContext) -> None:
         threading.Thread(target=ctx.runner.stop, args=(run,), daemon=True).start()
         return t("msg_aborted", code)
 
-    def on_tick(key, code):
-        run = ctx.runner.get(key)
-        if run is None:
-            return gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(), gr.skip()
+    def on_tick(key, out, form_stage, code):
+        folder = str(Path(out).expanduser().resolve()) if out else None
+        run = ctx.runner.get(key) or ctx.runner.get(folder)  # this page's run, or this Board's in the folder picked
+        if run is None:  # a run from a shell (or another Board) writing the folder picked: the same log, read
+            live = folder_is_live(folder)
+            records = read_log(folder) if folder else []
+            state = "running" if live else ("finished" if records and float(records[-1].get("percentage", 0)) >= 100
+                                            else "idle")
+            return (progress_html(records, state, t(f"state_{state}", code), code), loss_frame(records), gr.skip(),
+                    gr.Timer(active=live), gr.skip(), gr.skip(), *watch.update(None, folder, form_stage, code))
         state = ctx.state_of(run)
         records = read_log(run.key)
         done = state != "running"
@@ -173,18 +212,17 @@ def build_train_tab(ctx: BoardContext) -> None:
             message = f"{t('state_' + state, code)}: `{run.key}`"
         choices = ["", *checkpoints(run.key)]
         return (progress_html(records, state, t(f"state_{state}", code), code), loss_frame(records),
-                run.log_tail(), gr.Timer(active=not done), message, gr.update(choices=choices))
+                run.log_tail(), gr.Timer(active=not done), message, gr.update(choices=choices),
+                *watch.update(run, folder, form_stage, code))
+
+    def on_follow(out, key):
+        """Every few seconds: wake the live view when a run started elsewhere writes the folder picked."""
+        if ctx.runner.get(key) is None and folder_is_live(out):
+            return gr.Timer(active=True)
+        return gr.skip()
 
     def on_dataset_dir(folder):
         return gr.update(choices=dataset_names(folder))
-
-    def on_data_preview(folder, names, code):
-        try:
-            if not names:
-                raise LatheError("pick at least one dataset to preview.")
-            return gr.update(value=preview_rows(folder, names), visible=True), ""
-        except LatheError as e:
-            return gr.update(visible=False), error_md(code, e)
 
     def on_save(path, *args):
         *args, code = args
@@ -219,16 +257,64 @@ def build_train_tab(ctx: BoardContext) -> None:
         return updates + [extra_text, f"{t('msg_loaded_cfg', code)}: `{path}`"]
 
     lang_pick = ctx.lang_pick
-    preview_cmd.click(on_preview, [*inputs, lang_pick], [status, yaml_view, cmd_view])
-    start.click(on_start, [*inputs, lang_pick], [status, yaml_view, cmd_view, run_key, timer, progress])
+    preview_cmd.click(on_preview, [*run_inputs, lang_pick], [status, yaml_view, cmd_view])
+    start.click(on_start, [*run_inputs, plan_panel.memory, plan_panel.warned, lang_pick],
+                [status, yaml_view, cmd_view, run_key, timer, progress, plan_panel.warned])
     abort.click(on_abort, [run_key, lang_pick], status)
-    timer.tick(on_tick, [run_key, lang_pick], [progress, loss_plot, log_box, timer, status, resume])
+    timer.tick(on_tick, [run_key, output_dir, w.components["stage"], lang_pick],
+               [progress, loss_plot, log_box, timer, status, resume, *watch.outputs])
+    follow.tick(on_follow, [output_dir, run_key], timer, show_progress="hidden")
     dataset_dir.change(on_dataset_dir, dataset_dir, dataset)
     output_dir.change(lambda out: gr.update(choices=["", *checkpoints(out or "")], value=""), output_dir, resume)
-    preview_btn.click(on_data_preview, [dataset_dir, dataset, lang_pick], [rows_view, status])
+    data_view.wire(preview_btn, run_inputs, previewed, status)
     save_btn.click(on_save, [cfg_path, *inputs, lang_pick], status)
     load_btn.click(on_load, [cfg_path, lang_pick], [*form_components, extra, status])
     wire_run_folders(ctx, output_dir)
+    wire_panels(ctx, panels, by_section)
+    ds_stage.change(lambda stage: gr.update(value=False) if stage in ("none", "0") else gr.skip(), ds_stage,
+                    ds_offload, show_progress="hidden")
+
+
+def wire_panels(ctx: BoardContext, panels: dict[str, Any], by_section: dict[str, list[FormField]]) -> None:
+    """Show a stage's own panel (GRPO's rewards and sampling, SFT's losses) while that stage is picked, and the
+    multimodal panel while the model takes media (or may: a hub id the catalog lacks)."""
+    comps = ctx.w.components
+    stage_panels = [s for s in stage_sections() if s in panels]
+
+    def on_stage(stage):
+        return [gr.update(visible=stage_shows(s, stage, by_section[s])) for s in stage_panels]
+
+    def on_model(model_path):
+        return gr.update(visible=takes_media(model_path))
+
+    comps["stage"].change(on_stage, comps["stage"], [panels[s] for s in stage_panels], show_progress="hidden")
+    comps["model_name_or_path"].change(on_model, comps["model_name_or_path"], panels["multimodal"],
+                                       show_progress="hidden")
+
+
+def takes_media(model: str | None) -> bool:
+    """Whether the model takes images, video or audio: its folder's config.json, else the catalog's word for a
+    hub id; True when neither can tell (a hub id the catalog lacks), so the options are never out of reach."""
+    import json
+    from types import SimpleNamespace
+
+    from ..model.catalog import for_model_id
+    from ..model.multimodal import MEDIA_CONFIGS, is_multimodal
+
+    path = Path(str(model or "").strip()).expanduser()
+    if not str(model or "").strip():
+        return False
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return True
+        return is_multimodal(SimpleNamespace(**{k: data.get(k) for k in (*MEDIA_CONFIGS, "model_type")}))
+    if path.is_dir():
+        return False
+    entry = for_model_id(str(model))
+    return True if entry is None else entry.multimodal
 
 
 def wire_run_folders(ctx: BoardContext, output_dir: Any) -> None:

@@ -1,6 +1,6 @@
 """What the Board remembers from one start to the next: `<workdir>/user_config.yaml`.
 
-The language picked in the menu, the last model (path and template) and the last folders
+The language picked in the menu, the hub models come from, the last model (path and template) and the last folders
 (dataset_dir, output_dir) live in the Board's work folder, next to its runs, as LLaMA Board
 keeps `user_config.yaml` in its cache folder. A page opening anew gets them back. Only these
 keys are kept, as plain text; nothing secret is ever written (tokens are never Board fields).
@@ -18,12 +18,14 @@ from typing import Any
 
 import yaml
 
+from .launch import HUBS
 from .locales import DEFAULT_LANG, languages, pick_language
 
 SETTINGS_NAME = "user_config.yaml"
 # What is remembered: the language, and the values of these Board fields (by config key).
 REMEMBERED_FIELDS = ("model_name_or_path", "template", "dataset_dir", "output_dir")
-REMEMBERED = ("lang", *REMEMBERED_FIELDS)
+REMEMBERED_MENUS = ("hub",)  # Board menus that are no config key
+REMEMBERED = ("lang", *REMEMBERED_MENUS, *REMEMBERED_FIELDS)
 
 
 class UserSettings:
@@ -47,7 +49,10 @@ class UserSettings:
         if not isinstance(data, dict):
             _warn(f"{self.path} is not a `key: value` mapping; starting without remembered settings.")
             return {}
-        return {k: str(v) for k, v in data.items() if k in REMEMBERED and isinstance(v, (str, int, float)) and str(v)}
+        values = {k: str(v) for k, v in data.items() if k in REMEMBERED and isinstance(v, (str, int, float)) and str(v)}
+        if values.get("hub") not in (None, *HUBS):  # a hand-edited name the menu lacks: not given back
+            _warn(f"{self.path}: hub {values.pop('hub')!r} is none of {', '.join(HUBS)}; not remembered.")
+        return values
 
     def get(self, key: str) -> str | None:
         return self._values.get(key)

@@ -104,30 +104,46 @@ def answer_batch(model, tokenizer, prompts: list[list[int]], letter_ids: list[in
     return [CHOICES[i] for i in logits.argmax(-1).tolist()]
 
 
-def run_choice_eval(cfg: "RunConfig") -> dict:
+def check_save_dir(save_dir: str | None) -> None:
+    """A new folder, or the folder of a run that stopped before its results (holding only its progress.jsonl):
+    no result is overwritten."""
+    from ..train.callbacks import PROGRESS_FILE
+
+    folder = Path(save_dir).expanduser() if save_dir else None
+    if folder is not None and folder.exists() and (not folder.is_dir()
+                                                   or {p.name for p in folder.iterdir()} != {PROGRESS_FILE}):
+        raise LatheError(f"save_dir {save_dir} exists already; choose a new folder so no result is overwritten.")
+
+
+def run_choice_eval(cfg: RunConfig) -> dict:
+    """Answer every question of the task; progress (a record per batch, throttled) goes to save_dir/progress.jsonl."""
     from ..infer.engine import load_inference_model
+    from ..train.callbacks import ProgressLog
 
     e = cfg.evaluation
     if not e.task:
         raise LatheError("`task` is required, e.g. `task: mmlu_test` (a folder in task_dir plus the split).")
-    if e.save_dir and Path(e.save_dir).exists():
-        raise LatheError(f"save_dir {e.save_dir} exists already; choose a new folder so no result is overwritten.")
+    check_save_dir(e.save_dir)
     if e.n_shot < 0 or e.batch_size <= 0:
         raise LatheError("`n_shot` must be >= 0 and `batch_size` > 0.")
     mapping, split, folder = load_task(e.task_dir, e.task)
+    subjects = [(subject, info, read_questions(folder / "dev" / f"{subject}.csv")[: e.n_shot],
+                 read_questions(folder / split / f"{subject}.csv")) for subject, info in mapping.items()]
     tokenizer, template, model = load_inference_model(cfg)
     letter_ids = choice_token_ids(tokenizer)
+    batches = sum(-(-len(questions) // e.batch_size) for *_, questions in subjects)
+    progress = ProgressLog(e.save_dir, "benchmark", batches).start() if e.save_dir else None
     per_subject: dict[str, float] = {}
     by_category: dict[str, list[bool]] = {}
     answers: dict[str, list[dict]] = {}
-    for subject, info in mapping.items():
-        dev = read_questions(folder / "dev" / f"{subject}.csv")[: e.n_shot]
-        questions = read_questions(folder / split / f"{subject}.csv")
+    for subject, info, dev, questions in subjects:
         prompts = [template.encode_prompt(tokenizer, build_messages(dev, q, info.get("name", subject), e.lang))
                    for q in questions]
         predicted: list[str] = []
         for start in range(0, len(prompts), e.batch_size):
             predicted += answer_batch(model, tokenizer, prompts[start : start + e.batch_size], letter_ids)
+            if progress is not None:
+                progress.advance()
         right = [p == q["answer"].strip() for p, q in zip(predicted, questions)]
         per_subject[subject] = 100 * sum(right) / max(len(right), 1)
         by_category.setdefault(info.get("category", "Other"), []).extend(right)
@@ -142,9 +158,10 @@ def run_choice_eval(cfg: "RunConfig") -> dict:
     }
     if e.save_dir:
         out = Path(e.save_dir)
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)  # progress.jsonl made it
         (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
         (out / "answers.json").write_text(json.dumps(answers, indent=2, ensure_ascii=False), encoding="utf-8")
+        progress.finish()  # after the results: a finished record means the results are there
     return results
 
 

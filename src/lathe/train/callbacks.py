@@ -1,4 +1,10 @@
-"""Training callbacks: the machine-readable log that the CLI, the Board and plots read; early stopping that says why."""
+"""Training callbacks: the machine-readable log that the CLI, the Board and plots read; early stopping that says why.
+
+Training writes `trainer_log.jsonl`; a pass that is not training (evaluation, prediction, a
+multiple-choice benchmark) writes its progress to `progress.jsonl` beside its results, in the
+same fields (current_steps, total_steps, percentage, elapsed_time, remaining_time), so the Board
+draws one progress bar for all of them, for a run it started and for one started from a shell.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import time
 from pathlib import Path
 
 from transformers import EarlyStoppingCallback, TrainerCallback
+from transformers.trainer_utils import has_length
 
 from ..errors import LatheError
 from ..process import is_main_process
@@ -15,6 +22,7 @@ from ..process import is_main_process
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "trainer_log.jsonl"
+PROGRESS_FILE = "progress.jsonl"
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -27,6 +35,63 @@ def append_log_record(output_dir: str | Path, record: dict) -> None:
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(output_dir) / LOG_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+class ProgressLog:
+    """The progress of one pass over batches, as JSON lines in `folder/progress.jsonl` (main process only).
+
+    `start()` begins the file anew with a step-0 record; `advance()` counts a batch and writes a
+    record at the first batch, at the last one and otherwise at most every `every_seconds` (a
+    long pass over tiny batches must not write a line per batch); `finish()` writes the closing
+    record (100%, `finished: true`). Each record names its `phase` (eval, predict, benchmark) once
+    it is known. `total` is the number of batches, or None when the loader has no length (then no
+    percentage until the end).
+    """
+
+    def __init__(self, folder: str | Path, phase: str | None, total: int | None, every_seconds: float = 1.0) -> None:
+        self.path = Path(folder) / PROGRESS_FILE
+        self.phase, self.total, self.every = phase, total, every_seconds
+        self.done = 0
+        self.begun = self.last_write = time.time()
+        self.main = is_main_process()
+
+    def start(self) -> ProgressLog:
+        if self.main:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("", encoding="utf-8")
+        self.begun = time.time()
+        self._write()
+        return self
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self.done == n or self.done == self.total or time.time() - self.last_write >= self.every:
+            self._write()
+
+    def finish(self) -> None:
+        if self.total is None or self.done < self.total:
+            self.total = self.done  # a loader without length, or one that ended early: this is the whole pass
+        self._write(final=True)
+
+    def record(self, final: bool = False) -> dict:
+        elapsed = time.time() - self.begun
+        out = {"phase": self.phase} if self.phase else {}
+        out.update(current_steps=self.done, elapsed_time=fmt_seconds(elapsed))
+        if self.total is not None:
+            share = self.done / self.total if self.total else 1.0  # an empty pass is a whole one
+            out.update(total_steps=self.total, percentage=round(100 * share, 2))
+            if self.done and not final:
+                out["remaining_time"] = fmt_seconds(elapsed / self.done * max(self.total - self.done, 0))
+        if final:
+            out["finished"] = True
+        return out
+
+    def _write(self, final: bool = False) -> None:
+        self.last_write = time.time()
+        if not self.main:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(self.record(final)) + "\n")
 
 
 class StartupCallback(TrainerCallback):
@@ -50,14 +115,46 @@ class JsonlLogCallback(TrainerCallback):
     tokens seen), throughput (tokens/s since the start of this run), elapsed_time and
     remaining_time (h:mm:ss), plus eval_loss on evaluation steps and every other number the
     stage logs (grad_norm, rewards/margins, accuracy, ...).
+
+    An evaluation or prediction outside training (`do_eval` / `do_predict` after it, or without
+    it) is counted batch by batch into `progress.jsonl` (`ProgressLog`); evaluations during
+    training are not, as the training record already places them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, progress_seconds: float = 1.0) -> None:
         self.start = 0.0
         self.start_step = 0
         self.start_tokens = 0
+        self.training = False
+        self.progress_seconds = progress_seconds
+        self.progress: ProgressLog | None = None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        # The Trainer passes no step number: batches are counted here; the loader's length is the total.
+        if self.training or not state.is_world_process_zero:
+            return
+        if self.progress is None:
+            total = len(eval_dataloader) if has_length(eval_dataloader) else None
+            self.progress = ProgressLog(args.output_dir, None, total, self.progress_seconds).start()
+        self.progress.advance()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._close_progress("eval")
+
+    def on_predict(self, args, state, control, **kwargs):
+        self._close_progress("predict")
+
+    def _close_progress(self, phase: str) -> None:
+        if self.progress is not None:  # the pass's name is known only at its end
+            self.progress.phase = phase
+            self.progress.finish()
+            self.progress = None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
         self.start = time.time()
         self.start_step = state.global_step
         self.start_tokens = state.num_input_tokens_seen or 0

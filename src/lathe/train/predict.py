@@ -23,6 +23,7 @@ from ..data.collate import left_pad
 from ..data.processors.supervised import first_learned
 from ..data.sample import IGNORE_INDEX
 from ..model.generation import generation_kwargs, stop_token_ids
+from .callbacks import ProgressLog
 from .metrics import similarity_scores
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ def predict(model, tokenizer, template, dataset, cfg: "RunConfig") -> dict[str, 
     batch = cfg.training.per_device_eval_batch_size
     out_path = Path(cfg.training.output_dir) / PREDICTIONS_FILE
     predictions, references = [], []
+    progress = ProgressLog(cfg.training.output_dir, "predict", -(-len(dataset) // batch)).start()  # the Board's bar
     with open(out_path, "w", encoding="utf-8") as f:
         for start in range(0, len(dataset), batch):
             rows = dataset[start : start + batch]
@@ -75,7 +77,9 @@ def predict(model, tokenizer, template, dataset, cfg: "RunConfig") -> dict[str, 
                 predictions.append(record["predict"])
                 references.append(record["label"])
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            progress.advance()
     metrics = {f"predict_{k}": v for k, v in similarity_scores(predictions, references).items()}
     metrics["predict_samples"] = len(predictions)
     logger.info("Wrote %d predictions to %s", len(predictions), out_path)
+    progress.finish()
     return metrics
