@@ -21,7 +21,7 @@ from tests.conftest import DATA, Killed, die_after_log_line
 DIGITS = """def digits(prompts, completions, **columns):
     return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
 """
-TIMING = ("elapsed_time", "remaining_time")  # wall-clock fields: the only ones allowed to differ
+TIMING = ("elapsed_time", "remaining_time", "throughput")  # wall-clock fields: the only ones allowed to differ
 
 
 

@@ -74,7 +74,8 @@ def test_a_reachable_reward_rises(grpo_config, variant):
     # the user's function, from the file next to the config, is logged under its name
     assert log[-1]["rewards/rewards.py:digits/mean"] == pytest.approx(log[-1]["reward"])
     assert {"completion_length", "completion_length_max", "clipped_share", "clip_ratio", "entropy",
-            "loss"} <= set(log[-1])
+            "loss", "throughput"} <= set(log[-1])
+    assert 0 < log[0]["total_tokens"] < log[-1]["total_tokens"]  # prompt + completion tokens sampled so far
     samples = Path(cfg.training.output_dir, "completions.jsonl").read_text().splitlines()
     assert {"step", "prompt", "completion", "reward", "rewards.py:digits"} <= set(json.loads(samples[-1]))
     assert result.extras["ref_model"] is None  # grpo_beta 0: no reference model

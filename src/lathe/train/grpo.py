@@ -103,12 +103,14 @@ class GRPORunner:
                                        num_warmup_steps=t.get_warmup_steps(updates), num_training_steps=updates)
         self.temperature = cfg.generating.temperature if cfg.generating.temperature > 0 else 1.0
         self.done, self.rewards_so_far = 0, []  # steps finished (a resumed run starts past 0) and their mean rewards
+        self.tokens_so_far = 0  # prompt + completion tokens sampled in those steps
 
     def resume(self, checkpoint: str) -> None:
         """Continue from `checkpoint`: weights, optimiser, scheduler, random states, the sampler's position."""
         self.done, extra = restore_loop_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler,
                                                    self.sampler.generator)
         self.rewards_so_far = list(extra.get("rewards", []))
+        self.tokens_so_far = int(extra.get("tokens", 0))
         if is_main_process():
             trim_logs(self.cfg.training.output_dir, self.done,
                       {LOG_FILE: "current_steps", COMPLETIONS_FILE: "step"})
@@ -175,7 +177,11 @@ class GRPORunner:
                  for i in range(0, len(r.ids), micro)]
         return torch.cat(parts)
 
-    def record(self, step: int, r: Rollout, stats: dict[str, float], elapsed: float) -> dict:
+    def record(self, step: int, r: Rollout, stats: dict[str, float], elapsed: float, tokens: int = 0,
+               new_tokens: int = 0) -> dict:
+        """One trainer_log.jsonl line. `tokens`: prompt and completion tokens sampled so far (a resumed run's
+        earlier steps too), `new_tokens` those of this process, whose rate is the throughput, as a Trainer
+        stage logs them (the Board's tokens/s)."""
         lengths = r.mask.sum(-1).float()
         record = {"current_steps": step, "total_steps": self.total_steps, "loss": round(stats["loss"], 6),
                   "reward": round(float(r.rewards.mean()), 6), "reward_std": round(float(r.rewards.std()), 6)}
@@ -187,6 +193,7 @@ class GRPORunner:
             "clipped_share": round(float(r.truncated.float().mean()), 4),
             **{k: round(v, 6) for k, v in stats.items() if k != "loss"},
             "lr": self.scheduler.get_last_lr()[0], "percentage": round(100 * step / self.total_steps, 2),
+            "total_tokens": tokens, "throughput": round(new_tokens / elapsed, 2) if elapsed > 0 else None,
             "elapsed_time": fmt_seconds(elapsed),
             "remaining_time": fmt_seconds(elapsed / max(step - self.done, 1) * (self.total_steps - step)),
         })
@@ -201,9 +208,10 @@ class GRPORunner:
     def train(self) -> dict[str, float]:
         out = Path(self.cfg.training.output_dir)
         prompts_per_step = self.batch // self.group
-        start, rewards = time.time(), self.rewards_so_far
+        start, rewards, tokens = time.time(), self.rewards_so_far, self.tokens_so_far
         for step in range(self.done + 1, self.total_steps + 1):
             batch, r, rounds = self.sampler.sample(prompts_per_step)
+            tokens += int(r.attn[:, :r.prompt_len].sum() + r.mask.sum())
             stats = self.update(batch) if batch is not None else {"loss": 0.0}
             if self.cfg.finetuning.dynamic_sampling:
                 kept = 0 if batch is None else len(batch.rewards)
@@ -211,7 +219,7 @@ class GRPORunner:
             rewards.append(float(r.rewards.mean()))
             logging_step = step % max(1, int(self.cfg.training.logging_steps)) == 0 or step == 1
             if is_main_process() and logging_step:
-                record = self.record(step, r, stats, time.time() - start)
+                record = self.record(step, r, stats, time.time() - start, tokens, tokens - self.tokens_so_far)
                 append_log_record(out, record)
                 with open(out / COMPLETIONS_FILE, "a", encoding="utf-8") as fh:
                     fh.writelines(json.dumps(sample, ensure_ascii=False) + "\n" for sample in self.samples(step, r))
@@ -220,7 +228,7 @@ class GRPORunner:
                             record["completion_length"])
             if self.save_every and step % self.save_every == 0 and is_main_process():
                 save_loop_checkpoint(self.cfg, step, self.total_steps, self.model, self.tokenizer, self.optimizer,
-                                     self.scheduler, self.sampler.generator, {"rewards": rewards})
+                                     self.scheduler, self.sampler.generator, {"rewards": rewards, "tokens": tokens})
         return reward_metrics(rewards, time.time() - start)
 
     def save(self) -> None:
