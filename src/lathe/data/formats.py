@@ -232,34 +232,35 @@ def _add_media(attr: DatasetAttr, row: Mapping[str, Any], sample: Sample) -> Non
     that media column has no media of the kind, so its placeholder is plain text (documentation that mentions
     `<image>`); a multimodal model's run still refuses it where the processor would expand it (media/encode.py)."""
     from lathe.data.media.load import resolve_path
+    from lathe.data.media.placement import Misplaced, answer_holding, place
 
-    found = False
+    media: dict[str, list[str]] = {}
     for key, placeholder in MEDIA_KINDS:
         column = getattr(attr.columns, key)
         if not column:
             continue
-        paths = [resolve_path(p, attr.media_dir) for p in _media_paths(row.get(column), column)]
-        for path in paths:
+        media[key] = [resolve_path(p, attr.media_dir) for p in _media_paths(row.get(column), column)]
+        for path in media[key]:
             if "://" not in path and not path.startswith("data:") and not Path(path).is_file():
                 raise RowError("missing media file", path)
-        texts = [m["content"] for m in sample["messages"]]
-        count = sum(text.count(placeholder) for text in texts)
-        if paths and count == 0:
-            first = next(i for i, m in enumerate(sample["messages"]) if m["role"] == USER)
-            message = sample["messages"][first]
-            sample["messages"][first] = {**message, "content": placeholder * len(paths) + message["content"]}
-        elif count != len(paths):
-            raise RowError("placeholders and media differ", f"{count} {placeholder} for {len(paths)} {key}")
-        for answer in (sample.get("chosen") or []) + (sample.get("rejected") or []):
-            if placeholder in answer["content"]:
-                raise RowError("media placeholder in an answer", f"{placeholder} in a chosen/rejected answer")
+    placeholders = dict(MEDIA_KINDS)
+    try:
+        sample["messages"] = place(sample["messages"], {placeholders[key]: len(paths) for key, paths in media.items()})
+    except Misplaced as e:
+        key = next(k for k, p in MEDIA_KINDS if p == e.placeholder)
+        if e.reason == "no_user_turn":
+            raise RowError("no user turn for the media", f"{e.items} {key} and no user turn to put them in") from None
+        raise RowError("placeholders and media differ", f"{e.found} {e.placeholder} for {e.items} {key}") from None
+    answers = (sample.get("chosen") or []) + (sample.get("rejected") or [])
+    if answer_holding(answers, [placeholders[key] for key in media]):
+        raise RowError("media placeholder in an answer", "a media placeholder in a chosen/rejected answer")
+    if not any(media.values()):
+        return
+    if answer_holding(sample["messages"], placeholders.values()):
+        raise RowError("media placeholder in an answer", "media belong to user turns")
+    for key, paths in media.items():
         if paths:
             sample[key] = paths  # type: ignore[literal-required]
-            found = True
-    if found:
-        for message in sample["messages"]:
-            if message["role"] not in PROMPT_ROLES and any(p in message["content"] for _, p in MEDIA_KINDS):
-                raise RowError("media placeholder in an answer", "media belong to user turns")
 
 
 def _roles(attr: DatasetAttr) -> dict[Any, str]:

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.media.encode import PLACEHOLDER_RE, MediaContext
+from ..data.media.placement import Misplaced, answer_holding
+from ..data.media.placement import place as place_media
 from ..data.media.plugins import KINDS, PLACEHOLDERS
-from ..data.sample import PROMPT_ROLES, USER
 from ..errors import LatheError
 
 # The keyword of each kind in `chat(...)` / `stream_chat(...)`, in the order the converter places them.
@@ -53,26 +54,23 @@ def has_placeholders(messages: Sequence[dict]) -> bool:
 
 
 def place(messages: Sequence[dict], media: Mapping[str, Sequence[Any]]) -> list[dict]:
-    """The messages with a placeholder for every item: a kind with items and no placeholder gets them at the start
-    of the first user turn; otherwise the counts must match. Placeholders belong to prompt turns (user, tool)."""
-    messages = [dict(m) for m in messages]
-    for message in messages:
-        if message["role"] not in PROMPT_ROLES and PLACEHOLDER_RE.search(str(message.get("content") or "")):
-            raise LatheError(f"A {message['role']} turn holds a media placeholder "
-                             f"({', '.join(PLACEHOLDERS.values())}): images, video and audio belong to user turns.")
-    for kind in KINDS:
-        items, placeholder = media.get(kind) or [], PLACEHOLDERS[kind]
-        count = sum(str(m.get("content") or "").count(placeholder) for m in messages)
-        if items and count == 0:
-            first = next((m for m in messages if m["role"] == USER), None)
-            if first is None:
-                raise LatheError(f"{len(items)} {kind}(s) given, but the conversation has no user turn to put them in.")
-            first["content"] = placeholder * len(items) + str(first.get("content") or "")
-        elif count != len(items):
-            raise LatheError(f"The messages hold {count} {placeholder} placeholder(s) for {len(items)} {kind}(s): "
-                             f"give one {kind} per {placeholder} (`{MEDIA_ARGS[kind]}=`), or none and they go at the "
-                             "start of the first user turn.")
-    return messages
+    """The messages with a placeholder for every item, by the dataset converter's rules (data/media/placement.py),
+    refused in a request's words."""
+    role = answer_holding(messages, PLACEHOLDERS.values())
+    if role is not None:
+        raise LatheError(f"A {role} turn holds a media placeholder ({', '.join(PLACEHOLDERS.values())}): images, "
+                         "video and audio belong to user turns.")
+    kind_of = {placeholder: kind for kind, placeholder in PLACEHOLDERS.items()}
+    try:
+        return place_media(messages, {PLACEHOLDERS[kind]: len(media.get(kind) or []) for kind in KINDS})
+    except Misplaced as e:
+        kind = kind_of[e.placeholder]
+        if e.reason == "no_user_turn":
+            raise LatheError(f"{e.items} {kind}(s) given, but the conversation has no user turn to put them in."
+                             ) from None
+        raise LatheError(f"The messages hold {e.found} {e.placeholder} placeholder(s) for {e.items} {kind}(s): "
+                         f"give one {kind} per {e.placeholder} (`{MEDIA_ARGS[kind]}=`), or none and they go at the "
+                         "start of the first user turn.") from None
 
 
 @dataclass
