@@ -566,3 +566,15 @@ def test_fix_tokenizer_on_a_matching_tokenizer_adds_nothing():
 def test_a_multimodal_template_is_refused_as_multimodal_not_unknown():
     with pytest.raises(LatheError, match="`minicpm_v` is a multimodal one"):
         get_template("minicpm_v")
+
+
+def test_the_multimodal_names_refused_are_those_lathe_lacks_and_the_docs_list():
+    """Registered multimodal templates leave the refused list; docs/templates.md names exactly those left."""
+    import re
+
+    from lathe.data.templates.named import MULTIMODAL_TEMPLATES
+
+    assert not MULTIMODAL_TEMPLATES & set(list_templates())
+    text = (Path(__file__).parents[2] / "docs" / "templates.md").read_text(encoding="utf-8")
+    listed = text.split("Still refused by name (no lathe media plugin yet):", 1)[1].split("\n\n", 1)[0]
+    assert set(re.findall(r"`(\w+)`", listed)) == MULTIMODAL_TEMPLATES

@@ -87,12 +87,8 @@ def list_templates() -> list[str]:
 # LLaMA-Factory's templates for image, video and audio models: those lathe has no media plugin for are refused by
 # name, so a config naming one learns why instead of reading "unknown template".
 MULTIMODAL_TEMPLATES = frozenset({
-    "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "qwen2_audio", "qwen2_omni", "qwen3_omni", "qwen3_omni_nothink",
-    "llava", "llava_next", "llava_next_llama3", "llava_next_mistral", "llava_next_qwen", "llava_next_yi",
-    "llava_next_video", "llava_next_video_mistral", "llava_next_video_yi", "video_llava", "yi_vl", "mllama",
-    "intern_vl", "paligemma", "paligemma_chat", "pixtral", "ministral3", "minicpm_v", "minicpm_v_4_6", "minicpm_o",
-    "glm4v", "glm4_5v", "glm_ocr", "dots_ocr", "ernie_vl", "keye_vl", "kimi_vl", "lfm2_vl", "mimo_vl", "moss_vl",
-    "granite3_vision", "youtu_vl",
+    "dots_ocr", "ernie_vl", "glm_ocr", "granite3_vision", "keye_vl", "kimi_vl", "lfm2_vl", "mimo_vl", "minicpm_o",
+    "minicpm_v", "minicpm_v_4_6", "moss_vl", "qwen3_omni", "qwen3_omni_nothink", "video_llava", "yi_vl", "youtu_vl",
 })
 
 
