@@ -440,6 +440,18 @@ def test_plan_counts_the_encoder_and_the_tokens_of_an_image(tmp_path):
     text = plan(cfg, None)
     # Qwen2-VL: 14-pixel patches merged 2x2, so 448x448 pixels are 16 x 16 = 256 tokens
     assert "vision 46,176 (frozen), projector 24,832 (trains)" in text and "about 256 tokens" in text
+    # full fine-tuning trains what the run trains: the whole model but the frozen vision tower
+    from lathe.efficiency.plan import estimate, meta_model, planned_shape
+    from lathe.model.adapters import apply_method, count_parameters
+    from lathe.model.load import load_model, load_tokenizer
+
+    shape = planned_shape(cfg)
+    assert shape.frozen == 46_176 and shape.total == sum(p.numel() for p in meta_model(cfg).parameters())
+    full = build_config({"model_name_or_path": str(tiny_vlm("qwen2_vl")), "template": "qwen2_vl",
+                         "dataset": "lathe_shapes", "output_dir": str(tmp_path), "finetuning_type": "full",
+                         "freeze_multi_modal_projector": False})
+    trained, _ = count_parameters(apply_method(load_model(full, load_tokenizer(full.model)), full))
+    assert estimate(shape, "full", batch=1, seq=8).trainable == trained == shape.total - 46_176
 
 
 def test_qlora_on_a_vlm_quantizes_the_language_model_only(tmp_path):

@@ -153,7 +153,7 @@ def plan_report(raw: dict[str, Any], memory: int | None = None, *, devices: int 
                      f"quantization / optimizer; it estimates {', '.join(planning.plannable_names())}.")
         return PlanReport(method=cfg.finetuning.finetuning_type, needed=None, fits=None, note="; ".join(notes),
                           **common)
-    shape = planning.model_shape(planning.meta_model(cfg))
+    shape = planning.planned_shape(cfg)
     needed = planning.estimate(shape, v, batch=batch, **kwargs).total
     relaxed = dict(kwargs)
     if checkpointing_choice(cfg) is None:  # the run checkpoints and tiles as memory needs (as the plan's max cutoff)

@@ -212,9 +212,23 @@ def plan_kwargs(cfg: "RunConfig", devices: int = 1, shard: str = "none", lengths
                 accumulates=cfg.training.gradient_accumulation_steps > 1)
 
 
+def planned_shape(cfg: "RunConfig", model: torch.nn.Module | None = None) -> Shape:
+    """The model's shape (built on the meta device when not given) with the parameters the config keeps frozen
+    whatever the method: a multimodal model's encoder and projector under freeze_vision_tower /
+    freeze_multi_modal_projector (full fine-tuning trains the rest)."""
+    from ..model.multimodal import frozen_parts, is_multimodal, part_params
+
+    model = meta_model(cfg) if model is None else model
+    shape = model_shape(model)
+    if not is_multimodal(model.config):
+        return shape
+    counts = part_params(model)
+    return dataclasses.replace(shape, frozen=sum(counts.get(part, 0) for part in frozen_parts(cfg)))
+
+
 def plan_totals(cfg: "RunConfig", names: list[str], lengths: Lengths | None = None) -> dict[str, int]:
     """Estimated peak bytes per variant for the config's batch (what `lathe bench` sets beside its measurements)."""
-    shape = model_shape(meta_model(cfg))
+    shape = planned_shape(cfg)
     kwargs = plan_kwargs(cfg, lengths=lengths)
     rows = lengths.rows if lengths else 1
     return {n: estimate(shape, n, batch=cfg.training.per_device_train_batch_size * rows, **kwargs).total for n in names}
@@ -232,15 +246,15 @@ def media_lines(cfg: "RunConfig", model) -> list[str]:
     tokens = image_tokens(model.config, cfg.data.image_max_pixels)
     per_image = (f"; an image of image_max_pixels ({cfg.data.image_max_pixels:,}) becomes about {tokens:,} tokens "
                  "of cutoff_len" if tokens else "")
-    return [f"multimodal: {parts}{per_image}. The table counts the whole model; `full` and `freeze` train only the "
-            "parts not frozen (freeze_vision_tower, freeze_multi_modal_projector)."]
+    return [f"multimodal: {parts}{per_image}. `full` trains the parts not frozen (freeze_vision_tower, "
+            "freeze_multi_modal_projector); the weights counted are the whole model's."]
 
 
 def plan(cfg: "RunConfig", memory: int | None, devices: int = 1, shard: str = "none",
          lengths: Lengths | None = None) -> str:
     """The plan's table. `lengths`: the data's real sequence lengths (`data_lengths`); None: cutoff_len."""
     model = meta_model(cfg)
-    shape = model_shape(model)
+    shape = planned_shape(cfg, model)
     t = cfg.training
     kwargs = plan_kwargs(cfg, devices, shard, lengths)
     rows = lengths.rows if lengths else 1

@@ -49,6 +49,7 @@ class Shape:
     vocab: int
     kv: int = 0  # width of the key (and value) projection: KV heads x head size; 0 = hidden
     ffn: int = 0  # the MLP's inner width; 0 = 4 x hidden
+    frozen: int = 0  # parameters no method trains: a multimodal model's frozen encoder / projector (plan.planned_shape)
 
     @property
     def linear_params(self) -> int:

@@ -15,5 +15,5 @@ def apply_full(model, cfg, new_token_rows: bool = False):
 
 FULL = METHODS.register(Method(
     name="full", help="every parameter", apply=apply_full, check=check_no_additional_target,
-    planned_trainable=lambda shape, f: shape.total,
+    planned_trainable=lambda shape, f: shape.total - shape.frozen,
 ))
