@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlparse
 
@@ -100,8 +101,9 @@ class OtherHub:
         """The dataset entry's `load_from` for this hub ("ms_hub"), as LLaMA-Factory names it."""
         return self.url_key.removesuffix("_url")
 
-    def active(self) -> bool:
-        return os.environ.get(self.env, "").lower() in {"1", "true", "yes", "on", "y"}
+    def active(self, environ: Mapping[str, str] | None = None) -> bool:
+        """Whether its switch is on in `environ` (default: this process's environment)."""
+        return (os.environ if environ is None else environ).get(self.env, "").lower() in {"1", "true", "yes", "on", "y"}
 
     def endpoint(self) -> str:
         return next((os.environ[var] for var in self.endpoint_envs if os.environ.get(var)), self.default_endpoint)

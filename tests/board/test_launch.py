@@ -10,7 +10,8 @@ import gradio as gr
 import pytest
 import yaml
 
-from lathe.board.launch import (Launch, check_launch, current_hub, deepspeed_config, environment, hub_env, swap_hub)
+from lathe.board.launch import (Launch, check_launch, current_hub, deepspeed_config, environment, hub_env,
+                                outer_environ, swap_hub)
 from lathe.errors import LatheError
 from tests.conftest import DATA, ROOT
 
@@ -42,10 +43,11 @@ def board(tmp_path, monkeypatch):
 
 
 def test_launch_controls_turn_into_the_launchers_variables_and_a_deepspeed_file(tmp_path):
-    assert Launch().env() == {} and Launch().config(tmp_path) == {} and Launch().describe() == "one process"
+    assert Launch().env() == {} and Launch().config(tmp_path) == {}
     launch = check_launch("2", "3", True, False, gpus=0)  # CPU processes talk over gloo
     assert launch.env() == {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"}
-    assert launch.describe() == "torchrun, 2 processes, DeepSpeed ZeRO-3 + CPU offload"
+    # one process on a machine of several GPUs: torchrun with one, not one per GPU
+    assert check_launch("1", "none", False, False, gpus=4).env() == {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "1"}
     path = Path(launch.config(tmp_path)["deepspeed"])
     assert path == tmp_path / "deepspeed" / "ds_z3_offload_config.json"
     # the same configs LLaMA-Factory's examples ship (sizes left to the Trainer: "auto")
@@ -63,13 +65,25 @@ def test_launch_controls_turn_into_the_launchers_variables_and_a_deepspeed_file(
     (("0", "none", False, False, 0), "give 1 or more"),
     (("4", "none", False, False, 2), "at most 2"),
     (("1", "1", False, False, 0), "pick one of none, 0, 2, 3"),
-    (("2", "2", False, True, 2), "pick one of them"),
-    (("2", "none", False, True, 0), "has none"),
     (("2", "0", True, False, 0), "pick stage 2 or 3"),
 ])
 def test_launch_controls_refuse_what_cannot_run(args, message):
     with pytest.raises(LatheError, match=message):
         check_launch(*args[:4], gpus=args[4])
+
+
+def test_a_board_started_under_torchrun_variables_runs_one_process_plainly(monkeypatch):
+    monkeypatch.setenv("FORCE_TORCHRUN", "1")
+    assert Launch().env() == {"FORCE_TORCHRUN": "0"}
+
+
+def test_engines_that_cannot_go_together_are_refused_by_the_configs_own_check(board, tiny_llama, tmp_path):
+    form = dict(model_name_or_path=str(tiny_llama), dataset_dir=str(DATA), dataset=["lathe_identity"],
+                output_dir=str(tmp_path / "out"))
+    message, *_ = _call(board, "on_preview", **{"ds-stage": "2", "use-fsdp": True}, **form)
+    assert "both shard the model" in message
+    message, *_ = _call(board, "on_preview", **{"use-fsdp": True}, **form)  # no GPU here
+    assert "no GPU is visible" in message
 
 
 def test_the_hub_menu_sets_the_hub_switch_and_swaps_catalog_ids(monkeypatch):
@@ -94,6 +108,8 @@ def test_the_hub_menu_sets_the_hub_switch_and_swaps_catalog_ids(monkeypatch):
 
     with environment({"USE_OPENMIND_HUB": "1"}):  # how the Board's own chat loads a model from the hub picked
         assert other_hub().env == "USE_OPENMIND_HUB"
+        # meanwhile a run another page starts sees the Board's own environment, not this block's
+        assert hub_env("huggingface") == {} and "USE_OPENMIND_HUB" not in outer_environ()
     assert other_hub() is None  # put back as it was
 
 
@@ -135,6 +151,9 @@ def test_runner_gives_the_run_its_variables(tmp_path, monkeypatch):
     run.process.wait(30)
     assert run.log_tail().strip() == "3"
     assert run.line == f"NPROC_PER_NODE=3 lathe train {run.folder / 'config.yaml'}"
+    from lathe.board.runner import shell_line
+
+    assert shell_line(["lathe", "train", "/a b/c.yaml"], {"X": "1 2"}) == "X='1 2' lathe train '/a b/c.yaml'"
 
 
 def test_a_stages_panel_shows_while_that_stage_is_picked(board):
@@ -163,10 +182,17 @@ def test_the_multimodal_panel_follows_the_model(board, tiny_llama):
     assert _fn(board, "on_model").fn(str(tiny_llama)) == gr.update(visible=False)
 
 
-def test_the_catalog_pick_uses_the_hub_picked(board):
+def test_the_catalog_pick_uses_the_hub_picked(board, tmp_path):
+    from lathe.model.catalog import load_catalog
+
     pick = _fn(board, "pick").fn
     assert pick("Gemma-2-2B-Instruct", "modelscope")[0] == "LLM-Research/gemma-2-2b-it"
     assert pick("Gemma-2-2B-Instruct", "huggingface")[0] == "google/gemma-2-2b-it"
+    hf_only = next(m for m in load_catalog().values() if not m.ms and not m.om)
+    assert pick(hf_only.name, "modelscope") == (hf_only.hf, pick(hf_only.name, "huggingface")[1], "huggingface")
+    message, *_ = _call(board, "on_preview", hub="modelscope", model_name_or_path=hf_only.hf, dataset_dir=str(DATA),
+                        dataset=["lathe_identity"], output_dir=str(tmp_path / "out"))
+    assert "is not on modelscope: pick another hub" in message
     on_hub = _fn(board, "on_hub").fn
     assert on_hub("modelers", "google/gemma-2-2b-it") == "LlamaFactory/gemma-2-2b-it"
     assert isinstance(on_hub("modelscope", "/models/tiny"), type(gr.skip()))

@@ -137,7 +137,7 @@ def test_the_panel_plans_the_form(form, tmp_path):
         ctx.lang_pick = gr.Dropdown(choices=["en"], value="en")
         box = gr.Textbox(value=json.dumps(form()))
         processes = gr.Number(value=1)
-        panel = build_plan_panel(ctx, [box, processes], lambda args: (json.loads(args[0]), int(args[1])))
+        panel = build_plan_panel(ctx, [box, processes], lambda args: (json.loads(args[0]), int(args[1]), {}))
     assert isinstance(panel.warned, gr.State) and panel.button.elem_id == "plan-run"
     on_plan = next(f.fn for f in app.fns.values() if f.name == "on_plan")
     text, verdict = on_plan("80GiB", json.dumps(form()), 1, "en")

@@ -87,3 +87,22 @@ def test_llamafactory_pairwise_examples(capsys, name):
     assert code == 0 and "--- sample 0 chosen:" in out and "--- sample 0 rejected:" in out
     code, out, _ = run(capsys, "data", "stats", str(config), *overrides)
     assert code == 0 and "tokens per sample (chosen)" in out and "4 of 4 rows kept" in out
+
+
+def test_samples_keep_their_numbers_when_earlier_ones_are_dropped(tmp_path, sft_config):
+    """A dpo page whose first samples have no pair: the kept ones are numbered as in the data, not from 0."""
+    import json
+
+    from lathe.config import load_config
+    from lathe.data.preview import preview_page
+    from tests.conftest import DATA
+
+    pairs = json.loads((DATA / "dataset_info.json").read_text())["lathe_pairs"]
+    (tmp_path / "plain.json").write_text(json.dumps([{"instruction": f"q{i}", "output": "a"} for i in range(3)]))
+    (tmp_path / "dataset_info.json").write_text(json.dumps(
+        {"plain": {"file_name": "plain.json"}, "pairs": {**pairs, "file_name": str(DATA / pairs["file_name"])}}))
+    cfg = load_config(sft_config(stage="dpo", dataset="plain,pairs", dataset_dir=str(tmp_path)))
+    page = preview_page(cfg, 0, 5)
+    assert page.dropped == {"no chosen/rejected pair (pairwise stages need ranking data)": 3}
+    assert [(s.index, s.part) for s in page.sequences] == [(3, "chosen"), (3, "rejected"), (4, "chosen"),
+                                                           (4, "rejected")]

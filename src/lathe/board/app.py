@@ -28,7 +28,7 @@ from .context import BoardContext  # noqa: E402
 from .form import TOP, train_form  # noqa: E402
 from .eval_tab import build_eval_tab  # noqa: E402
 from .export_tab import build_export_tab  # noqa: E402
-from .launch import HUBS, current_hub, hub_env, hub_id, swap_hub  # noqa: E402
+from .launch import HUBS, check_hub, current_hub, hub_env, hub_id, swap_hub  # noqa: E402
 from .locales import DEFAULT_LANG, languages, t  # noqa: E402
 from .runner import Runner  # noqa: E402
 from .user_settings import REMEMBERED_FIELDS, UserSettings, start_language  # noqa: E402
@@ -102,6 +102,7 @@ def create_board(workdir: str | Path = "lathe_board", lang: str | None = None) -
                 def load_cfg(*values):
                     *values, hub_name = values
                     raw = ctx.top_raw(list(values))
+                    check_hub(raw.get("model_name_or_path"), hub_name)
                     return check_config(raw, purpose="infer"), hub_env(hub_name)
 
                 build_chat_panel(w, ctx.session, load_cfg, [*ctx.top_components, hub], lang_pick=ctx.lang_pick)
@@ -113,18 +114,21 @@ def create_board(workdir: str | Path = "lathe_board", lang: str | None = None) -
         registered = set(_template_names())
 
         def pick(name, hub_name):
-            """The model's id on the hub picked (Hugging Face's where that hub lacks it) and its default template;
-            a template lathe lacks yet (or none) leaves it empty, so the run uses the tokenizer's own chat template."""
+            """The model's id on the hub picked and its default template; where that hub lacks the model, its
+            Hugging Face id and the hub menu back on Hugging Face. A template lathe lacks yet (or none) leaves the
+            template empty, so the run uses the tokenizer's own chat template."""
             entry = lookup(name or "")
             if entry is None:
-                return gr.skip(), gr.skip()
-            return hub_id(entry, hub_name) or entry.path, entry.template if entry.template in registered else ""
+                return gr.skip(), gr.skip(), gr.skip()
+            template_name = entry.template if entry.template in registered else ""
+            on_hub = hub_id(entry, hub_name)
+            return on_hub or entry.path, template_name, gr.skip() if on_hub else HUBS[0]
 
         def on_hub(hub_name, current):
             """The same catalog model on the hub picked; a local folder or an id the catalog lacks stays."""
             return swap_hub(current, hub_name) or gr.skip()
 
-        catalog.change(pick, [catalog, hub], [model, template])
+        catalog.change(pick, [catalog, hub], [model, template, hub])
         hub.input(on_hub, [hub, model], model)
         lang_pick.change(lambda code: w.relabel(code), lang_pick, w.relabel_targets())
         remember_settings(app, forced, lang_pick, settings,

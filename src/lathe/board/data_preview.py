@@ -93,20 +93,20 @@ class DataPreview:
     html: Any
     rows: Any
 
-    def wire(self, button: Any, inputs: list[Any], collect: Callable[[tuple[Any, ...]], dict[str, Any]],
+    def wire(self, button: Any, inputs: list[Any],
+             collect: Callable[[tuple[Any, ...]], tuple[dict[str, Any], dict[str, str]]],
              status: Any) -> None:
         """`button` (the tab's Preview data) shows the page picked; prev / next step through the pages.
 
-        `collect(values of inputs)` is the Train tab's form as raw config keys (or those and the variables
-        a run of it gets: the hub's); the language menu's value comes last, as for every handler.
+        `collect(values of inputs)` is the Train tab's form as (raw config keys, the variables a run of it
+        gets: the hub's); the language menu's value comes last, as for every handler.
         """
 
         def show(number, per_page, raw_rows, args, code):
             from ..data.preview import preview_page
 
             try:
-                collected = collect(tuple(args))
-                raw, env = collected if isinstance(collected, tuple) else (collected, {})
+                raw, env = collect(tuple(args))
                 with environment(env):  # a hub id's tokenizer from the hub the top bar picked
                     cfg = check_config(raw, purpose="train")
                     page = preview_page(cfg, int(number or 1) - 1, int(per_page or PER_PAGE))

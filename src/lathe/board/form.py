@@ -207,8 +207,8 @@ def stage_sections() -> tuple[str, ...]:
 def sections() -> tuple[str, ...]:
     """The Train tab's sections in display order."""
     methods = tuple(name for name, method in METHODS.items() if method.options)
-    i, j = FIXED_SECTIONS.index("rlhf"), FIXED_SECTIONS.index("rlhf") + 1
-    return (*FIXED_SECTIONS[:i], *methods, FIXED_SECTIONS[i], *stage_sections(), *FIXED_SECTIONS[j:])
+    i = FIXED_SECTIONS.index("rlhf")
+    return (*FIXED_SECTIONS[:i], *methods, FIXED_SECTIONS[i], *stage_sections(), *FIXED_SECTIONS[i + 1:])
 
 
 def stage_shows(section: str, stage: str | None, fields: list[FormField]) -> bool:

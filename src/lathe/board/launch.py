@@ -28,13 +28,6 @@ HUB_SWITCH = {"modelscope": OTHER_HUBS[0], "modelers": OTHER_HUBS[1]}  # lathe's
 HUB_FIELD = {"huggingface": "hf", "modelscope": "ms", "modelers": "om"}  # the catalog's key for each hub's id
 
 
-def gpu_count() -> int:
-    """CUDA devices this process sees (0 without CUDA); torch is imported only here, when asked."""
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def devices_text(gpus: int) -> str:
     """What the device box shows: the GPUs, or the CPU cores a run may use."""
     if gpus:
@@ -72,25 +65,30 @@ def deepspeed_config(stage: int, offload: bool) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Launch:
-    """One run's launch, as the Train tab's controls set it."""
+    """One run's launch, as the Train tab's controls set it, on a machine with `gpus` CUDA devices."""
 
     processes: int = 1
     ds_stage: str = "none"
     ds_offload: bool = False
     fsdp: bool = False
+    gpus: int = 0
 
     @property
     def distributed(self) -> bool:
         return self.processes > 1 or self.ds_stage != "none" or self.fsdp
 
     def env(self) -> dict[str, str]:
-        """The launcher's variables; one plain process sets none."""
-        if not self.distributed:
-            return {}
-        return {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(self.processes)}
+        """The launcher's variables. A run under torchrun gets its process count; so does one process on a
+        machine of several GPUs (lathe train would otherwise start one per GPU). One plain process sets
+        nothing, but switches off a FORCE_TORCHRUN the Board itself was started with."""
+        if self.distributed or self.gpus > 1:
+            return {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(self.processes)}
+        return {"FORCE_TORCHRUN": "0"} if outer_environ().get("FORCE_TORCHRUN") else {}
 
     def config(self, workdir: str | Path) -> dict[str, Any]:
-        """Config keys the launch adds: `deepspeed` (a JSON written under `workdir/deepspeed/`) or `fsdp`."""
+        """Config keys the launch adds: `deepspeed` (a JSON written under `workdir/deepspeed/`) and / or `fsdp`
+        (both asked for: `lathe train`'s own check refuses the pair, with its reason)."""
+        out: dict[str, Any] = {}
         if self.ds_stage != "none":
             stage = int(self.ds_stage)
             path = Path(workdir) / "deepspeed" / f"ds_z{stage}{'_offload' if self.ds_offload else ''}_config.json"
@@ -98,25 +96,15 @@ class Launch:
             text = json.dumps(deepspeed_config(stage, self.ds_offload), indent=2) + "\n"
             if not path.is_file() or path.read_text(encoding="utf-8") != text:
                 path.write_text(text, encoding="utf-8")
-            return {"deepspeed": str(path)}
+            out["deepspeed"] = str(path)
         if self.fsdp:
-            return {"fsdp": "full_shard auto_wrap" + (" offload" if self.ds_offload else "")}
-        return {}
-
-    def describe(self) -> str:
-        """The launch in words, for the page: 'torchrun, 2 processes, DeepSpeed ZeRO-3 + CPU offload'."""
-        if not self.distributed:
-            return "one process"
-        engine = "DDP"
-        if self.ds_stage != "none":
-            engine = f"DeepSpeed ZeRO-{self.ds_stage}" + (" + CPU offload" if self.ds_offload else "")
-        elif self.fsdp:
-            engine = "FSDP" + (" + CPU offload" if self.ds_offload else "")
-        return f"torchrun, {self.processes} process{'es' if self.processes > 1 else ''}, {engine}"
+            out["fsdp"] = "full_shard auto_wrap" + (" offload" if self.ds_offload else "")
+        return out
 
 
 def check_launch(processes: Any, ds_stage: str | None, ds_offload: bool, fsdp: bool, gpus: int) -> Launch:
-    """The launch the controls ask for, or a LatheError that says which control to change."""
+    """The launch the controls ask for, or a LatheError that says which control to change. Which engines go
+    together (DeepSpeed with FSDP, FSDP without a GPU) the config's own check decides (config/engines.py)."""
     try:
         count = int(str(processes).strip() or 1)
     except ValueError:
@@ -128,43 +116,46 @@ def check_launch(processes: Any, ds_stage: str | None, ds_offload: bool, fsdp: b
     stage = str(ds_stage or "none")
     if stage not in DS_STAGES:
         raise LatheError(f"DeepSpeed stage {stage!r}: pick one of {', '.join(DS_STAGES)}.")
-    if fsdp and stage != "none":
-        raise LatheError("DeepSpeed and FSDP both shard the model; pick one of them.")
-    if fsdp and not gpus:
-        raise LatheError("FSDP shards the model over GPUs, and this machine has none; use DDP or DeepSpeed instead.")
     if ds_offload and stage in ("none", "0") and not fsdp:
         raise LatheError("CPU offload moves ZeRO-2/3's (or FSDP's) sharded state to the CPU: pick stage 2 or 3 "
                          "(or FSDP), or untick offload.")
-    return Launch(count, stage, bool(ds_offload), bool(fsdp))
+    return Launch(count, stage, bool(ds_offload), bool(fsdp), gpus)
 
 
 # ---------------------------------------------------------------- hubs
 
 
 def hub_env(hub: str | None) -> dict[str, str]:
-    """The variables that make a run load from `hub`: its switch on, and any other switch this Board's own
+    """The variables that make a run load from `hub`: its switch on, and any other switch the Board's own
     environment has on turned off (a Board started with USE_MODELSCOPE_HUB=1 still runs a Hugging Face pick
     from Hugging Face). Nothing for Hugging Face in a plain environment, so the command stays plain."""
     hub = hub or HUBS[0]
     if hub not in HUBS:
         raise LatheError(f"hub {hub!r}: pick one of {', '.join(HUBS)}.")
-    env = {switch.env: "0" for name, switch in HUB_SWITCH.items() if name != hub and switch.active()}
+    outer = outer_environ()
+    env = {switch.env: "0" for name, switch in HUB_SWITCH.items() if name != hub and switch.active(outer)}
     if hub in HUB_SWITCH:
         env[HUB_SWITCH[hub].env] = "1"
     return env
 
 
 def current_hub() -> str:
-    """The hub this Board's own environment selects (USE_MODELSCOPE_HUB wins, as LLaMA-Factory's)."""
-    for name, switch in HUB_SWITCH.items():
-        if switch.active():
-            return name
-    return HUBS[0]
+    """The hub the Board's own environment selects (USE_MODELSCOPE_HUB wins, as LLaMA-Factory's)."""
+    outer = outer_environ()
+    return next((name for name, switch in HUB_SWITCH.items() if switch.active(outer)), HUBS[0])
 
 
 def hub_id(entry: CatalogModel, hub: str | None) -> str | None:
     """The catalog model's id on `hub` (None where that hub does not carry it)."""
     return getattr(entry, HUB_FIELD.get(hub or HUBS[0], "hf"), None)
+
+
+def check_hub(model: str | None, hub: str | None) -> None:
+    """Refuse a catalog model on a hub that does not carry it, before a run fails at its download."""
+    entry = for_model_id(model)
+    if entry is not None and hub_id(entry, hub) is None:
+        raise LatheError(f"`{model}` ({entry.name}) is not on {hub}: pick another hub in the top bar (it is on "
+                         f"{', '.join(h for h in HUBS if hub_id(entry, h))}).")
 
 
 def swap_hub(model: str | None, hub: str | None) -> str | None:
@@ -177,23 +168,38 @@ def swap_hub(model: str | None, hub: str | None) -> str | None:
 
 
 _ENVIRONMENT_LOCK = threading.Lock()
+_REPLACED: dict[str, str | None] = {}  # while `environment` holds: the values it replaced (None: was unset)
 
 
 @contextmanager
 def environment(values: dict[str, str]) -> Iterator[None]:
-    """Set `values` in this process's environment for the block (a model the Board loads itself, for chat,
-    reads the hub switch there as a child run does); one block at a time, the old values put back after."""
+    """Set `values` in this process's environment for the block: a model the Board loads itself (chat, plan,
+    preview) reads the hub switch there, as a child run does. One block at a time, the old values put back
+    after; `outer_environ` gives the environment without them meanwhile, for runs started from other pages."""
     if not values:
         yield
         return
     with _ENVIRONMENT_LOCK:
-        saved = {k: os.environ.get(k) for k in values}
+        _REPLACED.update({k: os.environ.get(k) for k in values})
         os.environ.update(values)
         try:
             yield
         finally:
-            for k, v in saved.items():
+            for k, v in _REPLACED.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+            _REPLACED.clear()
+
+
+def outer_environ() -> dict[str, str]:
+    """This process's environment as the Board was started with it: without what an `environment` block
+    holds right now for another page's load."""
+    env = dict(os.environ)
+    for k, v in dict(_REPLACED).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env

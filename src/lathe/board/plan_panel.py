@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import html
 import importlib.util
+import logging
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from .locales import t
 
 # What the planner may raise for a form it cannot plan (a hub model not downloaded, data not
 # readable here): Start goes on, as the run reports its own errors better than a guess would.
+logger = logging.getLogger(__name__)
 PLAN_ERRORS = (LatheError, OSError, ValueError, RuntimeError, ImportError)
 MAX_SUGGESTED_METHODS = 3
 
@@ -117,10 +119,11 @@ def plan_report(raw: dict[str, Any], memory: int | None = None, *, devices: int 
     """`lathe plan` for the Train tab's raw config, and the verdict for its own method and batch.
 
     `memory`: bytes per device (None: `device_memory()`). `devices`: the run's processes, one device each
-    (None: this machine's GPUs); with the config's deepspeed / fsdp they share weights and states. `read_data`: the data's longest sample, read
-    and tokenized as training reads it (and cached for it), as `lathe plan` does; False counts every
-    sample as cutoff_len and two sequences per sample (an upper bound, read nothing). A config error
-    raises LatheError; a method the plan cannot estimate gives fits=None and a note.
+    (None: this machine's GPUs); with the config's deepspeed / fsdp they share weights and states.
+    `read_data`: the data's longest sample, read and tokenized as training reads it (and cached for it),
+    as `lathe plan` does; False counts every sample as cutoff_len and two sequences per sample (an upper
+    bound, read nothing). A config error raises LatheError; a method the plan cannot estimate gives
+    fits=None and a note.
     """
     from ..distributed.launch import device_count
     from ..efficiency import plan as planning
@@ -178,7 +181,7 @@ def plan_report(raw: dict[str, Any], memory: int | None = None, *, devices: int 
         total = planning.estimate(shape, other, batch=batch, **relaxed).total
         if total <= memory:
             lighter.append((name, other.overrides, total))
-    lighter.sort(key=lambda item: -item[2])  # the smallest change from the form's own method first
+    lighter.sort(key=lambda item: -item[2])  # the one that fits with the most memory used first: the least given up
     return PlanReport(method=v.name, needed=needed, fits=False, note="; ".join(notes),
                       max_batch=planning.largest_batch(shape, v, memory, **relaxed) // lengths.rows,
                       max_cutoff=planning.longest_cutoff(shape, v, memory, batch=batch, **no_seq),
@@ -249,7 +252,8 @@ def guard(raw: dict[str, Any], code: str = "en", memory_text: str | None = None,
         return None, None
     try:
         warning = start_warning(raw, memory, code, devices)
-    except PLAN_ERRORS:
+    except PLAN_ERRORS as e:  # Start goes on; the log says why there was no plan
+        logger.warning("no plan before Start (%s: %s); starting without one", type(e).__name__, e)
         return None, None
     return (warning, key) if warning else (None, None)
 
@@ -293,19 +297,14 @@ class PlanPanel:
     verdict: Any
     warned: Any  # gr.State: the key of the form last warned about (`guard`'s second value)
 
-    @staticmethod
-    def guard(raw: dict[str, Any], code: str = "en", memory_text: str | None = None, warned: str | None = None,
-              devices: int | None = None) -> tuple[str | None, str | None]:
-        """`guard` (module level): for the Start handler, with this panel's memory box and `warned` state."""
-        return guard(raw, code, memory_text, warned, devices)
 
-
-def build_plan_panel(ctx: Any, inputs: list[Any], collect: Callable[[tuple[Any, ...]], Any]) -> PlanPanel:
+def build_plan_panel(ctx: Any, inputs: list[Any],
+                     collect: Callable[[tuple[Any, ...]], tuple[dict[str, Any], int, dict[str, str]]]) -> PlanPanel:
     """The "Will it fit?" accordion: device memory, a Plan button, the plan's table and its verdict.
 
-    `inputs` are the Train tab's components and `collect` turns their values into the raw config, or into
-    (raw config, processes, variables) where the launch controls say how many devices the run gets and the hub
-    menu where a hub id comes from, so the plan is of exactly what Start would run.
+    `inputs` are the Train tab's components and `collect` turns their values into (raw config, processes,
+    variables): the launch controls say how many devices the run gets and the hub menu where a hub id comes
+    from, so the plan is of exactly what Start would run.
     """
     w, lang = ctx.w, ctx.w.lang
     with w.ui(gr.Accordion(t("plan_title", lang), open=False, elem_id="plan-panel"), "plan_title") as accordion:
@@ -322,8 +321,7 @@ def build_plan_panel(ctx: Any, inputs: list[Any], collect: Callable[[tuple[Any, 
     def on_plan(memory_text, *args):
         *args, code = args
         try:
-            collected = collect(tuple(args))
-            raw, devices, env = (*collected, {})[:3] if isinstance(collected, tuple) else (collected, None, {})
+            raw, devices, env = collect(tuple(args))
             with environment(env):  # a hub id's config.json from the hub the top bar picked
                 report = plan_report(raw, parse_memory_text(memory_text), devices=devices)
         except PLAN_ERRORS as e:

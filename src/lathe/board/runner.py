@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from typing import Any
 
 from ..errors import LatheError
 from .form import to_yaml
+from .launch import outer_environ
 
 LOG_NAME = "running_log.txt"
 CONFIG_NAME = "config.yaml"
@@ -48,8 +50,9 @@ def command(kind: str, config_path: str | Path, extra: tuple[str, ...] = ()) -> 
 
 
 def shell_line(cmd: list[str], env: dict[str, str] | None = None) -> str:
-    """`VAR=value ... lathe train file`: the command with the variables the Board sets for it, as typed in a shell."""
-    return " ".join([*(f"{k}={v}" for k, v in (env or {}).items()), *cmd])
+    """`VAR=value ... lathe train file`: the command with the variables the Board sets for it, quoted as a shell
+    takes it (a work folder with spaces pastes as one argument)."""
+    return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items()), shlex.join(cmd)])
 
 
 def launch_argv(cmd: list[str]) -> list[str]:
@@ -148,7 +151,7 @@ class Runner:
             config_path.write_text(to_yaml(raw), encoding="utf-8")
             subcommand = "train" if kind in ("train", "predict") else kind
             cmd = command(subcommand, config_path, extra_args)
-            child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+            child_env = {**outer_environ(), **(env or {}), "PYTHONUNBUFFERED": "1"}  # not another page's hub
             log = open(folder / LOG_NAME, "w", encoding="utf-8")
             try:
                 process = subprocess.Popen(

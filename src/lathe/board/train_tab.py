@@ -22,16 +22,17 @@ from typing import Any
 import gradio as gr
 
 from ..config.load import read_config_file
+from ..distributed.launch import device_count
 from ..errors import LatheError
 from .checks import check_config
 from .context import BoardContext, adapter_runs, error_md, output_choices, split_args
 from .data_preview import build_data_preview
 from .form import (FormField, parse_extra, raw_to_values, sections, stage_sections, stage_shows, to_yaml, train_form,
                    values_to_raw)
-from .launch import DS_STAGES, check_launch, devices_text, environment, gpu_count, hub_env
+from .launch import DS_STAGES, Launch, check_hub, check_launch, devices_text, environment, hub_env
 from .locales import t
 from .monitor import checkpoints, loss_frame, progress_html, read_log
-from .plan_panel import build_plan_panel
+from .plan_panel import build_plan_panel, guard
 from .runner import CONFIG_NAME, command, shell_line
 from .watch import build_watch, folder_is_live
 
@@ -89,7 +90,7 @@ def build_train_tab(ctx: BoardContext) -> None:
                 extra = w.ui(gr.Code(label=t("extra_yaml", lang), language="yaml", elem_id="extra-yaml",
                                      interactive=True), "extra_yaml")
         panels[section] = panel
-    gpus = gpu_count()
+    gpus = device_count()
     with gr.Row():
         w.ui(gr.Textbox(value=devices_text(gpus), label=t("devices", lang), interactive=False, elem_id="devices"),
              "devices")
@@ -122,22 +123,25 @@ def build_train_tab(ctx: BoardContext) -> None:
             raw["resume_from_checkpoint"] = resume_path
         return raw
 
-    def launched(args) -> tuple[dict[str, Any], dict[str, str]]:
-        """The validated config with the launch's keys (deepspeed / fsdp), and the variables the run gets."""
+    def launched(args) -> tuple[dict[str, Any], dict[str, str], Launch]:
+        """The validated config with the launch's keys (deepspeed / fsdp), the variables the run gets, the launch."""
         *args, n_proc, stage, offload, fsdp, hub_name = args
         raw = collect(tuple(args))
+        check_hub(raw.get("model_name_or_path"), hub_name)
         launch = check_launch(n_proc, stage, offload, fsdp, gpus)
-        both = sorted(set(launch.config(ctx.runner.workdir)) & set(raw))
+        keys = launch.config(ctx.runner.workdir)
+        both = sorted(set(keys) & set(raw))
         if both:
-            raise LatheError(f"extra options: {', '.join(both)} is set by the launch controls (processes, DeepSpeed stage, FSDP); set it there.")
-        raw.update(launch.config(ctx.runner.workdir))
+            raise LatheError(f"extra options: {', '.join(both)} is set by the launch controls (processes, DeepSpeed "
+                             "stage, FSDP); set it there.")
+        raw.update(keys)
         check_config(raw, purpose="train")
-        return raw, {**launch.env(), **hub_env(hub_name)}
+        return raw, {**launch.env(), **hub_env(hub_name)}, launch
 
     def planned(args) -> tuple[dict[str, Any], int, dict[str, str]]:
         """What Start would run, for the plan panel: the config with its launch keys, its processes, its hub."""
-        raw, env = launched(args)
-        return raw, int(env.get("NPROC_PER_NODE", 1)), hub_env(args[-1])
+        raw, _, launch = launched(args)
+        return raw, launch.processes, hub_env(args[-1])
 
     def previewed(args) -> tuple[dict[str, Any], dict[str, str]]:
         """The form's config for the data preview, and the hub its tokenizer comes from."""
@@ -167,7 +171,7 @@ def build_train_tab(ctx: BoardContext) -> None:
     def on_preview(*args):
         *args, code = args
         try:
-            raw, env = launched(args)
+            raw, env, _ = launched(args)
         except LatheError as e:
             return error_md(code, e), gr.skip(), gr.skip()
         folder = ctx.runner.run_folder(str(Path(raw["output_dir"]).expanduser().resolve()))
@@ -176,9 +180,9 @@ def build_train_tab(ctx: BoardContext) -> None:
     def on_start(*args):
         *args, memory_text, warned, code = args
         try:
-            raw, env = launched(args)
+            raw, env, launch = launched(args)
             with environment(hub_env(args[-1])):
-                warning, warned = plan_panel.guard(raw, code, memory_text, warned, int(env.get("NPROC_PER_NODE", 1)))
+                warning, warned = guard(raw, code, memory_text, warned, launch.processes)
             if warning:  # it will not fit: said once; Start again with the same form starts it anyway
                 return warning, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), warned
             run = ctx.runner.start("train", raw, raw["output_dir"], env=env)
@@ -194,9 +198,17 @@ def build_train_tab(ctx: BoardContext) -> None:
         threading.Thread(target=ctx.runner.stop, args=(run,), daemon=True).start()
         return t("msg_aborted", code)
 
+    def shown_run(key, folder):
+        """The run the live view shows: this page's while it goes (or while its folder is the one picked),
+        else this Board's run in the folder picked; None leaves the folder to be read as a shell run's."""
+        run = ctx.runner.get(key)
+        if run is not None and (run.running() or run.key == folder):
+            return run
+        return ctx.runner.get(folder)
+
     def on_tick(key, out, form_stage, code):
         folder = str(Path(out).expanduser().resolve()) if out else None
-        run = ctx.runner.get(key) or ctx.runner.get(folder)  # this page's run, or this Board's in the folder picked
+        run = shown_run(key, folder)
         if run is None:  # a run from a shell (or another Board) writing the folder picked: the same log, read
             live = folder_is_live(folder)
             records = read_log(folder) if folder else []
@@ -217,7 +229,8 @@ def build_train_tab(ctx: BoardContext) -> None:
 
     def on_follow(out, key):
         """Every few seconds: wake the live view when a run started elsewhere writes the folder picked."""
-        if ctx.runner.get(key) is None and folder_is_live(out):
+        folder = str(Path(out).expanduser().resolve()) if out else None
+        if shown_run(key, folder) is None and folder_is_live(folder):
             return gr.Timer(active=True)
         return gr.skip()
 
@@ -309,6 +322,8 @@ def takes_media(model: str | None) -> bool:
         try:
             data = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, ValueError):
+            return True
+        if not isinstance(data, dict):
             return True
         return is_multimodal(SimpleNamespace(**{k: data.get(k) for k in (*MEDIA_CONFIGS, "model_type")}))
     if path.is_dir():

@@ -95,8 +95,9 @@ def tokenize_samples(samples: list[dict[str, Any]], cfg: "RunConfig", tokenizer,
     """Samples -> input_ids / attention_mask / labels for the run's stage; drops (and counts) samples
     with nothing to learn.
 
-    `keep_meta` keeps the `_truncated` column for previews. In this process the batches are
-    tokenized with every core of the Rust tokenizer (`table.encode_in_process`); large data and
+    `keep_meta` keeps the `_truncated` column for previews, and adds `_index`: each row's position among
+    `samples` (a packed stage's: its block's), which dropping samples would otherwise lose. In this process
+    the batches are tokenized with every core of the Rust tokenizer (`table.encode_in_process`); large data and
     worker processes go through `tokenize_in_shards` instead.
     """
     processor = STAGES[cfg.finetuning.stage].processor
@@ -106,6 +107,8 @@ def tokenize_samples(samples: list[dict[str, Any]], cfg: "RunConfig", tokenizer,
     meta = dataset.select_columns(["_drop", "_truncated"]).with_format("arrow")[:]  # not row by row
     report.dropped.update(Counter(r for r in meta["_drop"].to_pylist() if r))
     report.truncated += meta["_truncated"].to_pylist().count(True)
+    if keep_meta:
+        dataset = dataset.add_column("_index", list(range(len(dataset))))
     if report.dropped:
         dataset = dataset.filter(lambda drops: [not d for d in drops], input_columns="_drop", batched=True,
                                  desc="Dropping samples with nothing to learn")

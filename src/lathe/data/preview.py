@@ -73,7 +73,8 @@ def marked_segments(tokenizer, input_ids: list[int], labels: list[int]) -> list[
 def join_marked(segments: list[tuple[str, bool]], style: str = "plain") -> str:
     """Segments as one text, every learned run wrapped in the markers of `style` (see `MARK`)."""
     open_mark, close_mark = MARK[style]
-    return collapse_repeats("".join(f"{open_mark}{text}{close_mark}" if learned else text for text, learned in segments))
+    return collapse_repeats("".join(f"{open_mark}{text}{close_mark}" if learned else text
+                                    for text, learned in segments))
 
 
 def render_marked(tokenizer, input_ids: list[int], labels: list[int], style: str = "plain") -> str:
@@ -168,10 +169,11 @@ def preview_page(cfg: RunConfig, page: int = 0, per_page: int = 3) -> PreviewPag
     chosen = samples[first:first + per_page]
     data = tokenize_samples(chosen, cfg, tokenizer, template, report, keep_meta=True, media=media)
     shown = []
-    for i, row in enumerate(data):
+    for row in data:
         for name, ids, labels in sequences(row):
             shown.append(PreviewSequence(
-                index=first + i, part=name, tokens=len(ids), learned=sum(1 for t in labels if t != IGNORE_INDEX),
+                index=first + row["_index"], part=name, tokens=len(ids),
+                learned=sum(1 for t in labels if t != IGNORE_INDEX),
                 truncated=bool(row["_truncated"]), kto_tag=row.get("kto_tag"),
                 segments=marked_segments(tokenizer, ids, labels)))
     rows = [{k: v for k, v in sample.items() if v not in (None, "", [])} for sample in chosen]
