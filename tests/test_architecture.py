@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "lathe"
 # rank or below, never above. TYPE_CHECKING-only imports (annotations) are not counted.
 RANKS = {
     "(root)": 0, "errors": 0, "registry": 0, "hub": 0, "build_cache": 0, "heap": 0, "process": 0, "logs": 0,
-    "env": 0, "testing": 0, "threads": 0, "startup": 0,
+    "env": 0, "testing": 0, "threads": 0, "startup": 0, "sysmem": 0,
     "config": 1,
     "model": 2, "distributed": 2,
     "data": 3,

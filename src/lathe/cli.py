@@ -61,7 +61,9 @@ def cmd_train(args: list[str]) -> int:
     import transformers.training_args  # noqa: F401  (the Trainer's stack: peft, torch._dynamo, ...; read by the config)
 
     startup.mark("Trainer + peft")
-    path, overrides = _split_config_args(args)
+    from .config.read import split_config_args
+
+    path, overrides = split_config_args(args)
     cfg = _config(path, overrides)  # checked here, before any process is spawned
     startup.mark("config")
     from .config.engines import requested_engine
@@ -96,10 +98,6 @@ def _config(path, overrides, purpose: str = "train"):
     return cfg
 
 
-def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
-    return (args[0], args[1:]) if args and "=" not in args[0] else (None, args)
-
-
 def cmd_data(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lathe data", description="Inspect the data a config trains on.")
     parser.add_argument("action", choices=("preview", "stats"))
@@ -130,7 +128,10 @@ def cmd_chat(args: list[str]) -> int:
 def cmd_api(args: list[str]) -> int:
     from .infer.api import run_api
 
-    path, overrides = _split_config_args(args)
+    from .config.read import split_config_args
+
+
+    path, overrides = split_config_args(args)
     run_api(_config(path, overrides, purpose="infer"))
     return 0
 
@@ -156,7 +157,9 @@ def cmd_webui(args: list[str]) -> int:
 
 
 def cmd_webchat(args: list[str]) -> int:
-    path, overrides = _split_config_args(args)
+    from .config.read import split_config_args
+
+    path, overrides = split_config_args(args)
     cfg = _config(path, overrides, purpose="infer")
     _need_gradio("webchat")
     from .board.app import run_webchat
@@ -168,7 +171,10 @@ def cmd_webchat(args: list[str]) -> int:
 def cmd_export(args: list[str]) -> int:
     from .export.merge import run_export
 
-    path, overrides = _split_config_args(args)
+    from .config.read import split_config_args
+
+
+    path, overrides = split_config_args(args)
     out = run_export(_config(path, overrides, purpose="infer"))
     print(f"[lathe] exported to {out}")
     return 0
@@ -176,7 +182,9 @@ def cmd_export(args: list[str]) -> int:
 
 def cmd_eval(args: list[str]) -> int:
     ppl = "--ppl" in args
-    path, overrides = _split_config_args([a for a in args if a != "--ppl"])
+    from .config.read import split_config_args
+
+    path, overrides = split_config_args([a for a in args if a != "--ppl"])
     cfg = _config(path, overrides, purpose="infer")
     if ppl:
         from .evaluate.perplexity import run_perplexity

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,8 +16,18 @@ import pytest
 import yaml
 
 from lathe.board import monitor, watch
-from lathe.board.monitor import completions_frame, latest_completions, log_is_live, reward_frame, throughput_text
+from lathe.board.monitor import (
+    completions_frame,
+    last_record,
+    latest_completions,
+    log_is_live,
+    read_jsonl,
+    read_log,
+    reward_frame,
+    throughput_text,
+)
 from lathe.board.watch import (
+    Recent,
     Watch,
     build_watch,
     find_run_pid,
@@ -24,11 +35,11 @@ from lathe.board.watch import (
     gauge_html,
     gpu_memory,
     lathe_train_args,
-    machine_memory,
     process_tree,
-    process_tree_rss,
+    rss_of,
     train_output_dir,
 )
+from lathe.sysmem import cgroup_limit, machine_memory, process_rss
 
 HOLD = "import time; x = bytearray(50_000_000); time.sleep(8)"
 MB = 1_000_000
@@ -42,6 +53,12 @@ def _wait_for(check, timeout: float = 6.0):
             return value
         time.sleep(0.1)
     return check()
+
+
+@pytest.fixture(autouse=True)
+def fresh_scans(monkeypatch):
+    """Each test sees /proc and nvidia-smi as they are now, not a scan another test left for a few seconds."""
+    monkeypatch.setattr(watch, "RECENT", Recent(0.0))
 
 
 @pytest.fixture
@@ -63,19 +80,71 @@ def spawn():
 def test_a_process_trees_memory_counts_its_children_and_grandchildren(spawn):
     child = spawn([sys.executable, "-c", HOLD])
     parent = spawn([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {HOLD!r}])"])
-    assert _wait_for(lambda: process_tree_rss(child.pid) >= 50 * MB)
+    assert _wait_for(lambda: rss_of(process_tree(child.pid)) >= 50 * MB)
     assert _wait_for(lambda: len(process_tree(parent.pid)) == 2)  # the parent and the process it started
-    assert _wait_for(lambda: process_tree_rss(parent.pid) >= 50 * MB)
+    assert _wait_for(lambda: rss_of(process_tree(parent.pid)) >= 50 * MB)
     grandchild = [p for p in process_tree(parent.pid) if p != parent.pid]
-    assert process_tree_rss(parent.pid) > process_tree_rss(grandchild[0]) >= 50 * MB
+    assert rss_of(process_tree(parent.pid)) > rss_of(grandchild) >= 50 * MB
+    assert watch.process_start(parent.pid) <= watch.process_start(grandchild[0])
     child.kill()
     child.wait()
-    assert process_tree(child.pid) == [] and process_tree_rss(child.pid) == 0
+    assert process_tree(child.pid) == [] and rss_of(process_tree(child.pid)) == 0 == process_rss(child.pid)
+    assert watch.process_start(child.pid) is None
 
 
-def test_the_ram_total_is_the_machine_or_its_cgroup():
+def test_the_ram_total_is_the_machine_or_its_cgroup(tmp_path):
     total = machine_memory()
     assert total is None or total > 100 * MB
+    (tmp_path / "meminfo").write_text("MemTotal:       16384 kB\nMemAvailable:    8192 kB\n")
+    assert machine_memory(tmp_path / "meminfo") == min(16384 * 1024, cgroup_limit() or 1 << 62)
+
+    proc, root = tmp_path / "cgroup", tmp_path / "fs"  # v2: the tightest limit of the cgroup and its parents
+    proc.write_text("0::/a/b\n")
+    for folder, limit in (("", "max"), ("a", str(2 * 2**30)), ("a/b", str(3 * 2**30))):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / "memory.max").write_text(limit + "\n")
+    assert cgroup_limit(proc, root) == 2 * 2**30
+    proc.write_text("4:memory:/job\n")  # v1, "no limit" written as a number near 2**63
+    (root / "memory/job").mkdir(parents=True)
+    (root / "memory/job/memory.limit_in_bytes").write_text(str(2**63 - 4096))
+    assert cgroup_limit(proc, root) is None and cgroup_limit(tmp_path / "absent", root) is None
+
+
+def test_scans_and_nvidia_smi_answers_are_shared_for_a_few_seconds(monkeypatch):
+    """Every open page's timer asks once a second: one answer serves them all, each key on its own."""
+    recent = Recent(60.0)
+    calls = []
+    assert recent.get("a", lambda: calls.append("a") or 1) == 1 == recent.get("a", lambda: calls.append("a") or 2)
+    assert recent.get("b", lambda: calls.append("b") or 3) == 3 and calls == ["a", "b"]
+    recent.ttl = 0.0
+    assert recent.get("a", lambda: 4) == 4
+
+    monkeypatch.setattr(watch, "RECENT", Recent(60.0))
+    ran = []
+    monkeypatch.setattr(watch, "_run_nvidia_smi", lambda args: ran.append(args) or "0, GPU-a, 1\n")
+    assert watch.nvidia_smi(["-L"]) == watch.nvidia_smi(["-L"]) and ran == [("-L",)]
+    scans = []
+    monkeypatch.setattr(watch, "_scan_children", lambda proc: scans.append(proc) or {})
+    monkeypatch.setattr(watch, "_scan_train_runs", lambda proc: scans.append(proc) or {})
+    for _ in range(3):
+        process_tree(os.getpid())
+        assert find_run_pid("/nowhere") is None
+    assert len(scans) == 2  # one /proc scan of each kind, however many pages and folders ask
+
+    slow = Recent(60.0)  # a thread asking while another computes waits for that value
+    started, answers = [], []
+
+    def compute():
+        started.append(1)
+        time.sleep(0.2)
+        return len(started)
+
+    threads = [threading.Thread(target=lambda: answers.append(slow.get("k", compute))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [1, 1, 1, 1]
 
 
 def test_gpu_memory_from_nvidia_smi_and_none_without_it(monkeypatch):
@@ -167,6 +236,26 @@ def test_a_log_is_live_while_written_and_short_of_the_end(tmp_path):
     assert not log_is_live(folder) and log_is_live(folder, within_s=600)
     log.write_text(json.dumps({"current_steps": 10, "total_steps": 10, "percentage": 100.0}) + "\n")
     assert not log_is_live(folder)  # finished
+    # only the end is read: a long log whose last whole record is short of the end, a half line after it
+    lines = [json.dumps({"current_steps": i, "percentage": i / 10, "pad": "x" * 500}) for i in range(1, 400)]
+    log.write_text("\n".join(lines) + "\n" + '{"current_steps": 400, "perc')
+    assert log_is_live(folder) and last_record(log)["current_steps"] == 399
+    assert last_record(log, chunk=64)["current_steps"] == 399  # a read shorter than one line grows until it holds one
+    log.write_text('{"cut')
+    assert last_record(log) is None and not log_is_live(folder) and last_record(tmp_path / "absent") is None
+
+
+def test_jsonl_records_skip_a_half_written_line_and_an_earlier_runs_file(tmp_path):
+    path = tmp_path / "progress.jsonl"
+    assert read_jsonl(path) == []
+    path.write_text('{"a": 1}\n[1, 2]\nnot json\n{"a": 2}\n{"a": 3, "b"')
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]  # a line that is no object is skipped too
+    assert read_jsonl(path, since=time.time() - 60) == [{"a": 1}, {"a": 2}]
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    assert read_jsonl(path, since=time.time() - 60) == []  # last written before this run began: not its records
+    (tmp_path / "trainer_log.jsonl").write_bytes(b'{"loss": 1.0}\n\xff\xfe\n')
+    assert read_log(tmp_path) == [{"loss": 1.0}]  # undecodable bytes are a skipped line, not an error
 
 
 def test_a_lathe_train_command_names_its_output_dir(tmp_path):
@@ -174,11 +263,23 @@ def test_a_lathe_train_command_names_its_output_dir(tmp_path):
     assert lathe_train_args(["python", "-m", "lathe", "train", "a.yaml", "x=1"]) == ["a.yaml", "x=1"]
     assert lathe_train_args(["python", "-m", "lathe", "chat", "a.yaml"]) is None
     assert lathe_train_args(["python", "train.py", "lathe"]) is None
+    # cli.main takes its global --debug out wherever it stands
+    assert lathe_train_args(["/venv/bin/lathe", "--debug", "train", "a.yaml"]) == ["a.yaml"]
+    assert lathe_train_args(["lathe", "train", "a.yaml", "--debug", "x=1"]) == ["a.yaml", "x=1"]
+    assert lathe_train_args(["lathe", "--debug", "chat", "a.yaml"]) is None
+    launcher = ["python", "-m", "lathe.distributed.torchrun", "--nproc_per_node", "2", "-m", "lathe", "train", "a.yaml"]
+    assert lathe_train_args(launcher) == ["a.yaml"]
     (tmp_path / "a.yaml").write_text(yaml.safe_dump({"output_dir": "saves/x", "stage": "sft"}))
     assert train_output_dir(["a.yaml"], tmp_path) == (tmp_path / "saves/x").resolve()
-    assert train_output_dir(["a.yaml", "output_dir=/elsewhere", "--debug"], tmp_path) == Path("/elsewhere")
+    assert train_output_dir(["a.yaml", "output_dir=/elsewhere"], tmp_path) == Path("/elsewhere")
     assert train_output_dir(["output_dir=rel"], tmp_path) == (tmp_path / "rel").resolve()
-    assert train_output_dir(["missing.yaml"], tmp_path) is None
+    assert train_output_dir(["a.yaml", "output_dir='quoted dir'"], tmp_path) == (tmp_path / "quoted dir").resolve()
+    assert train_output_dir(["a.yaml", "output_dir=2024"], tmp_path) == (tmp_path / "2024").resolve()  # YAML: an int
+    (tmp_path / "b.json").write_text(json.dumps({"output_dir": "saves/j"}))
+    assert train_output_dir(["b.json"], tmp_path) == (tmp_path / "saves/j").resolve()
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    for args in (["missing.yaml"], ["list.yaml"], ["a.yaml", "--bogus"], ["a.yaml", "output_dir="]):
+        assert train_output_dir(args, tmp_path) is None  # a run that stops at its config writes nowhere
 
 
 @pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="reads /proc")
@@ -261,6 +362,44 @@ def test_the_watch_measures_a_board_run(watch_page, tmp_path, spawn):
     assert 'data-used=""' in idle and int(idle.split('data-peak="')[1].split('"')[0]) >= 50 * MB
 
 
+def test_the_peak_is_one_runs_and_one_sources(watch_page, monkeypatch):
+    """A new run in the same folder starts its peak afresh; a tick where nvidia-smi fails shows RAM, and
+    that RAM is not taken for the GPU's peak."""
+    _, gauges, _ = watch_page
+    now = {"start": 100, "gpu": (5 * 2**30, 80 * 2**30), "ram": 2**30}
+    monkeypatch.setattr(watch, "process_start", lambda pid: now["start"])
+    monkeypatch.setattr(watch, "process_tree", lambda pid: [pid])
+    monkeypatch.setattr(watch, "gpu_memory", lambda pids: now["gpu"])
+    monkeypatch.setattr(watch, "rss_of", lambda pids: now["ram"])
+    monkeypatch.setattr(watch, "machine_memory", lambda: 64 * 2**30)
+
+    def shown(pid):
+        page = gauges.memory_html(pid, "/runs/a", "en")
+        return [page.split(f'data-{k}="')[1].split('"')[0] for k in ("used", "peak", "source")]
+
+    assert shown(7) == [str(5 * 2**30), str(5 * 2**30), "gpu"]
+    now["gpu"] = None  # nvidia-smi failed this tick
+    assert shown(7) == [str(2**30), str(2**30), "ram"]
+    now["gpu"] = (3 * 2**30, 80 * 2**30)
+    assert shown(7) == [str(3 * 2**30), str(5 * 2**30), "gpu"]  # the GPU's own peak, RAM bytes not in it
+    assert shown(None) == ["", str(5 * 2**30), "none"]  # over: the last run's GPU peak
+    now["start"] = 200  # the kernel gave pid 7 to the next run in this folder
+    assert shown(7) == [str(3 * 2**30), str(3 * 2**30), "gpu"]
+    assert shown(8) == [str(3 * 2**30), str(3 * 2**30), "gpu"]  # another run: afresh
+    assert gauges.last_peak("/runs/other") is None
+
+
+def test_the_watch_reads_the_records_it_is_given(watch_page, tmp_path, monkeypatch):
+    """The Train tab has read trainer_log.jsonl this tick already: the watch uses those records."""
+    _, gauges, _ = watch_page
+    folder = _grpo_folder(tmp_path / "given")
+    (folder / "lathe_config.yaml").write_text(yaml.safe_dump({"stage": "grpo"}))
+    monkeypatch.setattr(watch, "read_log", lambda folder: pytest.fail("read again"))
+    records = [{"current_steps": 1, "reward": 0.5, "throughput": 7.0}]
+    _, tokens, rewards, _ = gauges.update(None, str(folder), None, "en", records=records)
+    assert tokens == "7.0" and len(rewards["value"]) == 1
+
+
 def test_the_file_names_match_the_trainers():
     from lathe.train.base import CONFIG_FILE
     from lathe.train.grpo import COMPLETIONS_FILE
@@ -292,7 +431,7 @@ def test_a_real_grpo_run_feeds_the_watch(watch_page, tmp_path, tiny_llama):
     table = samples["value"]
     assert len(table) == 4 and set(table["step"]) == {2} and "rw.py:short" in table.columns
     assert 'data-source="none"' in memory  # the run is over: no process
-    assert tokens == "—"  # grpo's log counts completions, not tokens/s
+    assert float(tokens.replace(",", "")) > 0  # grpo logs `throughput`: prompt + completion tokens sampled per second
 
 
 def test_the_train_tab_follows_a_run_written_from_a_shell(tmp_path, monkeypatch):
@@ -303,7 +442,7 @@ def test_the_train_tab_follows_a_run_written_from_a_shell(tmp_path, monkeypatch)
     board = create_board(tmp_path / "wd")
     fns = {f.name: f for f in board.fns.values() if f.name in ("on_tick", "on_follow")}
     folder = _grpo_folder(tmp_path / "shell_run")
-    progress, _loss, _log, timer, _status, _resume, memory, speed, rewards, samples = fns["on_tick"].fn(
+    progress, _loss, _log, timer, _status, _resume, memory, _speed, rewards, samples = fns["on_tick"].fn(
         None, str(folder), "grpo", "en")
     assert 'data-state="running"' in progress and 'data-points="3"' in progress
     assert timer.active and rewards["visible"] and samples["visible"] and len(samples["value"]) == 4

@@ -59,6 +59,14 @@ TRAINING_FIELDS: dict[str, str] = {
     "neftune_noise_alpha": "extras", "report_to": "extras", "per_device_eval_batch_size": "more",
 }
 
+# What the Train tab's widgets start at where it differs from the schema's default: LLaMA Board's own
+# starting values, made for a first run watched in the page (a loss point every 5 steps, not every 500; a
+# checkpoint every 100). The form writes them to the YAML like any value typed, so the file says what runs.
+BOARD_PRESETS: dict[str, Any] = {
+    "logging_steps": 5, "save_steps": 100, "lr_scheduler_type": "cosine", "per_device_train_batch_size": 2,
+    "gradient_accumulation_steps": 8, "max_samples": 100000,
+}
+
 # Comma lists picked from known names (a multi-select that also takes typed values): datasets from
 # dataset_info.json, adapters from the folders of past runs (`context.adapter_runs`).
 MULTI = ("dataset", "eval_dataset", "adapter_name_or_path")

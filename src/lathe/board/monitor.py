@@ -22,20 +22,34 @@ COMPLETIONS_FILE = "completions.jsonl"  # train/grpo.py's COMPLETIONS_FILE (not 
 PROMPT_CHARS = 400  # the end of a long prompt is shown (the question sits there, after the template's preamble)
 
 
-def read_log(output_dir: str | Path) -> list[dict[str, Any]]:
-    """The records written so far; a half-written last line is skipped, not an error."""
-    path = Path(output_dir) / LOG_FILE
-    records = []
+def read_jsonl(path: str | Path, since: float | None = None) -> list[dict[str, Any]]:
+    """The JSON records of a file one writer appends to, a line each; [] when there is no such file.
+
+    A line that does not parse (the half-written last one, while the writer is at it) is skipped,
+    not an error, and so is a line that is not an object. `since` (a time.time()): a file last
+    modified before it is an earlier run's, not this one's, and gives [].
+    """
+    path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        if since is not None and path.stat().st_mtime < since:
+            return []
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return []
+    records = []
     for line in lines:
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
+
+
+def read_log(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of `output_dir/trainer_log.jsonl` written so far (see `read_jsonl`)."""
+    return read_jsonl(Path(output_dir) / LOG_FILE)
 
 
 def loss_points(records: list[dict[str, Any]]) -> list[tuple[int, float]]:
@@ -101,15 +115,40 @@ def read_metrics(folder: str | Path, name: str) -> dict[str, Any]:
 
 def log_is_live(output_dir: str | Path, within_s: float = 30.0) -> bool:
     """Whether a run is writing `output_dir/trainer_log.jsonl` now: written to in the last `within_s`
-    seconds, and its last record short of 100%."""
+    seconds, and its last record short of 100%. Only the file's end is read (`last_record`)."""
     path = Path(output_dir).expanduser() / LOG_FILE
     try:
         if time.time() - path.stat().st_mtime > within_s:
             return False
     except OSError:
         return False
-    records = read_log(path.parent)
-    return bool(records) and float(records[-1].get("percentage", 0.0)) < 100.0
+    last = last_record(path)
+    return last is not None and _number(last.get("percentage")) < 100.0
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def last_record(path: str | Path, chunk: int = 8192) -> dict[str, Any] | None:
+    """The last whole JSON object of a .jsonl file, read from its end (a half-written last line is
+    passed over for the one before); None when the file holds none or cannot be read."""
+    path = Path(path)
+    while True:
+        try:
+            lines, whole = _tail_lines(path, chunk)
+        except OSError:
+            return None
+        for line in reversed(lines):
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(record, dict):
+                return record
+        if whole:
+            return None
+        chunk *= 8
 
 
 def throughput_text(records: list[dict[str, Any]]) -> str:

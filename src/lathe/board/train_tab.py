@@ -27,8 +27,8 @@ from ..errors import LatheError
 from .checks import check_config
 from .context import BoardContext, adapter_runs, error_md, output_choices, split_args
 from .data_preview import build_data_preview
-from .form import (FormField, parse_extra, raw_to_values, sections, stage_sections, stage_shows, to_yaml, train_form,
-                   values_to_raw)
+from .form import (BOARD_PRESETS, FormField, parse_extra, raw_to_values, sections, stage_sections, stage_shows,
+                   to_yaml, train_form, values_to_raw)
 from .launch import DS_STAGES, Launch, check_hub, check_launch, devices_text, environment, hub_env
 from .locales import t
 from .monitor import checkpoints, loss_frame, progress_html, read_log
@@ -52,6 +52,11 @@ def dataset_names(dataset_dir: str) -> list[str]:
         return []
 
 
+def preset(f: FormField) -> dict[str, Any]:
+    """The widget's starting value where the Board presets one (form.BOARD_PRESETS), else nothing."""
+    return {"value": f.to_widget(BOARD_PRESETS[f.name])} if f.name in BOARD_PRESETS else {}
+
+
 def build_train_tab(ctx: BoardContext) -> None:
     w, lang = ctx.w, ctx.w.lang
     fields = [f for f in train_form() if f.section != "top"]
@@ -62,7 +67,7 @@ def build_train_tab(ctx: BoardContext) -> None:
         for i in range(0, len(section_fields), COLUMNS):
             with gr.Row():
                 for f in section_fields[i:i + COLUMNS]:
-                    w.field(f, **special.get(f.name, {}))
+                    w.field(f, **{**preset(f), **special.get(f.name, {})})
 
     basic = {f.name: f for f in by_section["basic"]}
     with gr.Row():
@@ -72,7 +77,7 @@ def build_train_tab(ctx: BoardContext) -> None:
         preview_btn = w.ui(gr.Button(t("data_preview", lang), elem_id="data-preview"), "data_preview", "value")
     with gr.Row():
         for name in ("cutoff_len", "max_samples", "val_size"):
-            w.field(basic[name])
+            w.field(basic[name], **preset(basic[name]))
         top = {f.name: f for f in ctx.top}
         out_choices, out_value = output_choices(top["model_name_or_path"].default, top["finetuning_type"].default,
                                                 None, ctx.save_root)
@@ -215,7 +220,8 @@ def build_train_tab(ctx: BoardContext) -> None:
             state = "running" if live else ("finished" if records and float(records[-1].get("percentage", 0)) >= 100
                                             else "idle")
             return (progress_html(records, state, t(f"state_{state}", code), code), loss_frame(records), gr.skip(),
-                    gr.Timer(active=live), gr.skip(), gr.skip(), *watch.update(None, folder, form_stage, code))
+                    gr.Timer(active=live), gr.skip(), gr.skip(),
+                    *watch.update(None, folder, form_stage, code, records=records))
         state = ctx.state_of(run)
         records = read_log(run.key)
         done = state != "running"
@@ -225,7 +231,7 @@ def build_train_tab(ctx: BoardContext) -> None:
         choices = ["", *checkpoints(run.key)]
         return (progress_html(records, state, t(f"state_{state}", code), code), loss_frame(records),
                 run.log_tail(), gr.Timer(active=not done), message, gr.update(choices=choices),
-                *watch.update(run, folder, form_stage, code))
+                *watch.update(run, folder, form_stage, code, records=records))
 
     def on_follow(out, key):
         """Every few seconds: wake the live view when a run started elsewhere writes the folder picked."""

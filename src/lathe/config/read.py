@@ -34,6 +34,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """CONFIG and the key=value overrides of `lathe <command> [CONFIG] key=value ...` (the config is optional)."""
+    return (args[0], args[1:]) if args and "=" not in args[0] else (None, args)
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """Turn `key=value` command-line items into a dict; values are read as YAML scalars."""
     out: dict[str, Any] = {}

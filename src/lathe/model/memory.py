@@ -21,17 +21,19 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path  # noqa: F401  (tests/model/test_memory_saving.py reaches Path through this module)
 from typing import TYPE_CHECKING
 
 import torch
+
+# /proc and cgroup reading lives in the torch-free lathe.sysmem (the Board reads it too); named here as before
+from ..sysmem import CGROUP_ROOT, NO_LIMIT, GiB, available_memory, cgroup_available, size  # noqa: F401
 
 if TYPE_CHECKING:
     from ..config import RunConfig
 
 logger = logging.getLogger(__name__)
 
-GiB = 1024**3
 DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
 
 
@@ -147,66 +149,12 @@ def planned_logits(shape: Shape, batch: int, seq: int) -> int:
     return rows * shape.vocab * 4 * 2 + positions * shape.hidden * 4
 
 
-def size(n: int) -> str:
-    return f"{n / GiB:.2f}G" if n >= GiB / 10 else f"{n / 1024**2:.1f}M"
-
-
 def free_memory() -> int | None:
     """Bytes free on the training device now: CUDA's free memory; on a CPU the kernel's MemAvailable,
     capped by what the process's memory cgroup still allows (a container's or a job's limit)."""
     if torch.cuda.is_available():
         return int(torch.cuda.mem_get_info()[0])
-    free = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                free = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    allowed = cgroup_available()
-    if allowed is not None:
-        free = allowed if free is None else min(free, allowed)
-    return free
-
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
-
-
-def cgroup_available(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = CGROUP_ROOT) -> int | None:
-    """Bytes the process's memory cgroup (and its parents) still allow: limit minus usage, counting
-    inactive page cache as free (the kernel reclaims it before it kills); None without a limit."""
-    try:
-        lines = proc_cgroup.read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):  # v1: the memory hierarchy
-            return _tightest(root / "memory", path, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
-    for line in lines:
-        if line.startswith("0::"):  # v2: the unified hierarchy
-            return _tightest(root, line[3:], "memory.max", "memory.current", "inactive_file")
-    return None
-
-
-def _tightest(base: Path, path: str, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
-    """The smallest headroom among the cgroup at `path` and its ancestors that set a limit."""
-    best = None
-    parts = [p for p in path.strip("/").split("/") if p]
-    for depth in range(len(parts), -1, -1):
-        folder = base.joinpath(*parts[:depth])
-        try:
-            raw = (folder / limit_file).read_text().strip()
-            if raw == "max" or int(raw) >= NO_LIMIT:
-                continue
-            usage = int((folder / usage_file).read_text())
-            stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines() if " " in line)
-            headroom = int(raw) - usage + int(stat.get(inactive_key, 0))
-        except (OSError, ValueError):
-            continue
-        best = headroom if best is None else min(best, headroom)
-    return None if best is None else max(0, best)
+    return available_memory()
 
 
 ACTIVATION_SHARE = 0.5  # of the free memory, for one batch's activations and logits
