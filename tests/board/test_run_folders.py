@@ -123,3 +123,32 @@ def test_predict_and_eval_folders_follow_the_model_and_method(board):
     assert re.match(r"saves/tiny/freeze/predict" + stamp, renamed["value"])
     assert _handler(board, "follow_eval_folder")("org/tiny", "lora", "/data/my-eval") == gr.update()  # typed: kept
     assert follows_model("", "eval") and not follows_model("saves/x/lora/train_2026-01-01-00-00-00", "eval")
+
+
+def test_a_past_run_picked_brings_its_settings_back(board, tmp_path, tiny_llama):
+    """As in LLaMA Board: the output-folder menu's past run fills the form with what that run set."""
+    import yaml
+
+    from lathe.config import build_config
+    from lathe.train.base import CONFIG_FILE
+    from tests.conftest import DATA
+
+    run = Path(_run(Path("saves"), str(tiny_llama), "lora", "train_1", files=["trainer_log.jsonl"])).resolve()
+    cfg = build_config({"model_name_or_path": str(tiny_llama), "dataset": "lathe_identity", "dataset_dir": str(DATA),
+                        "output_dir": str(run), "learning_rate": 3e-4, "lora_rank": 16, "max_steps": 7})
+    (run / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict()))  # what a shell run leaves
+    on_pick_run = _handler(board, "on_pick_run")
+    *values, extra, message = on_pick_run(str(run), "en")
+    form = board.fns[next(k for k, f in board.fns.items() if f.name == "on_pick_run")].outputs
+    by_id = {comp.elem_id: value for comp, value in zip(form, values)}
+    assert by_id["f-learning_rate"] == "0.0003" and by_id["f-lora_rank"] == "16" and by_id["f-max_steps"] == "7"
+    assert by_id["f-dataset"]["value"] == ["lathe_identity"]
+    assert "do_predict" not in extra and "temperature" not in extra  # defaults stay out of the extra box
+    assert CONFIG_FILE in message
+    # the config this Board wrote for a run wins over the resolved one
+    board_copy = board.lathe_runner.run_folder(str(run)) / "config.yaml"
+    board_copy.parent.mkdir(parents=True)
+    board_copy.write_text(yaml.safe_dump({"model_name_or_path": str(tiny_llama), "learning_rate": 1e-5}))
+    *values, extra, message = on_pick_run(str(run), "en")
+    assert dict(zip([c.elem_id for c in form], values))["f-learning_rate"] == "1e-05" and "config.yaml" in message
+    assert all(isinstance(v, type(gr.skip())) for v in on_pick_run(str(tmp_path / "nothing"), "en"))

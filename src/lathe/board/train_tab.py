@@ -15,6 +15,7 @@ options and the multimodal ones sit in panels shown while that stage or such a m
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Any
@@ -256,10 +257,10 @@ def build_train_tab(ctx: BoardContext) -> None:
             return error_md(code, e)
         return f"{t('msg_saved', code)}: `{target}`"
 
-    def on_load(path, code):
+    def form_updates(raw: dict[str, Any], code: str, message: str) -> list[Any]:
+        """Updates that put a config into the form (and the rest into the extra-options box)."""
         try:
-            raw = read_config_file(Path(path).expanduser())
-            raw.pop("do_train", None)
+            raw = {k: v for k, v in raw.items() if k != "do_train"}
             values, extra_text = raw_to_values(form_fields, raw)
             parse_extra(extra_text)
         except LatheError as e:
@@ -273,7 +274,21 @@ def build_train_tab(ctx: BoardContext) -> None:
                 updates.append(gr.update(value=values[f.name], choices=dataset_names(raw.get("dataset_dir", "data"))))
             else:
                 updates.append(values[f.name])
-        return updates + [extra_text, f"{t('msg_loaded_cfg', code)}: `{path}`"]
+        return updates + [extra_text, message]
+
+    def on_load(path, code):
+        try:
+            raw = read_config_file(Path(path).expanduser())
+        except LatheError as e:
+            return [gr.skip()] * (len(form_components) + 1) + [error_md(code, e)]
+        return form_updates(raw, code, f"{t('msg_loaded_cfg', code)}: `{path}`")
+
+    def on_pick_run(folder, code):
+        """A past run picked in the output-folder menu brings its settings back into the form, as in LLaMA Board."""
+        raw, source = run_settings(ctx, folder)
+        if raw is None:
+            return [gr.skip()] * (len(form_components) + 2)
+        return form_updates({**raw, "output_dir": folder}, code, f"{t('msg_loaded_cfg', code)}: `{source}`")
 
     lang_pick = ctx.lang_pick
     preview_cmd.click(on_preview, [*run_inputs, lang_pick], [status, yaml_view, cmd_view])
@@ -288,10 +303,36 @@ def build_train_tab(ctx: BoardContext) -> None:
     data_view.wire(preview_btn, run_inputs, previewed, status)
     save_btn.click(on_save, [cfg_path, *inputs, lang_pick], status)
     load_btn.click(on_load, [cfg_path, lang_pick], [*form_components, extra, status])
+    output_dir.select(on_pick_run, [output_dir, lang_pick], [*form_components, extra, status])
     wire_run_folders(ctx, output_dir)
     wire_panels(ctx, panels, by_section)
     ds_stage.change(lambda stage: gr.update(value=False) if stage in ("none", "0") else gr.skip(), ds_stage,
                     ds_offload, show_progress="hidden")
+
+
+def run_settings(ctx: BoardContext, folder: str | None) -> tuple[dict[str, Any] | None, str]:
+    """A past run's settings and where they were read: the config this Board wrote for it, else the resolved
+    `lathe_config.yaml` every `lathe train` leaves (a shell run's) without the keys at their defaults, so the
+    extra-options box holds only what the run changed. (None, "") for a folder that holds neither."""
+    from ..config.options import GROUPS
+    from ..train.base import CONFIG_FILE
+
+    if not folder or not str(folder).strip():
+        return None, ""
+    key = str(Path(folder).expanduser().resolve())
+    for path, resolved in ((ctx.runner.run_folder(key) / CONFIG_NAME, False), (Path(key) / CONFIG_FILE, True)):
+        if not path.is_file():
+            continue
+        try:
+            raw = read_config_file(path)
+        except LatheError:
+            continue
+        if resolved:
+            defaults = {f.name: f.default for group in GROUPS.values() for f in dataclasses.fields(group)
+                        if f.default is not dataclasses.MISSING}
+            raw = {k: v for k, v in raw.items() if k not in defaults or getattr(defaults[k], "value", defaults[k]) != v}
+        return raw, str(path)
+    return None, ""
 
 
 def wire_panels(ctx: BoardContext, panels: dict[str, Any], by_section: dict[str, list[FormField]]) -> None:
