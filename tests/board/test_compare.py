@@ -11,6 +11,7 @@ import gradio as gr
 import pytest
 import yaml
 
+from lathe.board import compare_tab
 from lathe.board.compare_tab import curves, find_runs, metric_names, option_table, run_labels, run_options, summary
 from lathe.board.runner import CONFIG_NAME, Runner
 
@@ -65,6 +66,33 @@ def test_runs_of_every_model_and_method_newest_first(runs, tmp_path):
     assert len(set(run_labels([old, twin]).values())) == 2  # the same last three parts: longer labels
 
 
+def test_an_unreadable_or_vanishing_folder_is_left_out(runs, monkeypatch):
+    root, old, new = runs
+    locked = _run(root, "locked", "lora", "train_l", [1.0])
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    assert find_runs(root) == [new, old] and locked not in find_runs(root)
+
+    real_is_run = compare_tab._is_run
+
+    def deleted_while_listed(folder):  # found, then gone before its time is read
+        held = real_is_run(folder)
+        if folder.name == "train_b":
+            import shutil
+
+            shutil.rmtree(folder)
+        return held
+
+    monkeypatch.setattr(compare_tab, "_is_run", deleted_while_listed)
+    assert find_runs(root) == [old]
+
+
 def test_curves_overlay_one_metric_per_run(runs):
     _, old, new = runs
     assert metric_names([old, new]) == ["loss", "eval_loss", "lr", "throughput"]  # steps and percentage are the x axis
@@ -107,6 +135,8 @@ def test_a_run_without_its_config_falls_back_to_the_boards_copy(tmp_path):
     copy.parent.mkdir(parents=True)
     copy.write_text(yaml.safe_dump({"model_name_or_path": "org/tiny", "stage": "nonsense", "output_dir": run}))
     assert run_options(run) == {} and run_options(run, runner)["stage"] == "nonsense"  # shown as written
+    read = compare_tab.read_options(run, runner)
+    assert read.as_written and "\n" not in read.as_written and "nonsense" in read.as_written and read.error is None
     runner.stop_all()
 
 
@@ -184,3 +214,30 @@ def test_the_compare_tab_draws_the_picked_runs(tab):
 
 def test_the_boards_compare_tab_draws_the_picked_runs(board):
     _check_compare(board)
+
+
+def test_compare_reads_each_run_once_and_says_what_it_could_not_resolve(tab, tmp_path, monkeypatch):
+    """One call reads each log and each config once (a Board copy is validated once), and the status names a run
+    shown as written (its config no longer validates) with the reason's first line, and a config it cannot read."""
+    from lathe.config import load
+
+    root = Path("saves")
+    good = _run(root, "tiny", "lora", "train_a", [2.0, 1.5], {**BASE}, age=20)
+    copied = _run(root, "tiny", "lora", "train_b", [2.0, 1.0])
+    broken = _run(root, "tiny", "lora", "train_c", [2.0])
+    Path(broken, "lathe_config.yaml").write_text("a: [unclosed\n")
+    copy = Runner(tmp_path / "wd").run_folder(str(Path(copied).resolve())) / CONFIG_NAME
+    copy.parent.mkdir(parents=True)
+    copy.write_text(yaml.safe_dump({"model_name_or_path": "org/tiny", "stage": "nonsense"}))
+
+    logs, builds = [], []
+    real_read_log, real_build = compare_tab.read_log, load.build_config
+    monkeypatch.setattr(compare_tab, "read_log", lambda run: logs.append(run) or real_read_log(run))
+    monkeypatch.setattr(load, "build_config", lambda *a, **k: builds.append(a) or real_build(*a, **k))
+    *_, options, status = _handler(tab, "on_compare")([good, copied, broken], "loss", "en")
+    assert sorted(logs) == sorted([good, copied, broken]) and len(builds) == 1
+    assert options["headers"][1:] == ["tiny/lora/train_a", "tiny/lora/train_b", "tiny/lora/train_c"]
+    lines = status.split("\n\n")
+    as_written = [line for line in lines if f"`{copied}`" in line]
+    assert len(as_written) == 1 and "nonsense" in as_written[0]
+    assert any(broken in line and "invalid YAML" in line for line in lines)  # the error names the file

@@ -8,13 +8,14 @@ import math
 import re
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from lathe.board import runner as runner_mod
 from lathe.board.jobs import job_progress, read_progress
 from lathe.train.callbacks import PROGRESS_FILE, JsonlLogCallback, ProgressLog
-from tests.conftest import DATA
+from tests.conftest import DATA, ROOT
 
 SLEEPER = [sys.executable, "-c", "import time\nfor _ in range(600): time.sleep(0.1)"]
 STATE = re.compile(r'data-state="(\w+)"')
@@ -63,6 +64,53 @@ def test_trainer_evaluate_and_predict_write_progress(tmp_path, tiny_llama):
     assert all(r["total_steps"] == 4 for r in got)
     trainer.evaluate(rows[:2])
     assert _records(tmp_path)[-1]["phase"] == "eval" and _records(tmp_path)[0]["current_steps"] == 0
+
+
+def test_several_eval_datasets_are_counted_as_one_pass(tmp_path, tiny_llama):
+    """eval_on_each_dataset: the Trainer evaluates the datasets one after another; the file is begun once and
+    the steps go on (the bar never restarts from 0), each dataset's closing record naming it."""
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
+
+    rows = [{"input_ids": [5 + i, 6, 7, 8], "attention_mask": [1] * 4, "labels": [5 + i, 6, 7, 8]} for i in range(7)]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to="none",
+                             use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(tiny_llama), args=args,
+                      data_collator=default_data_collator, callbacks=[JsonlLogCallback(progress_seconds=0)])
+    metrics = trainer.evaluate({"first": rows[:4], "second": rows[4:]})  # 2 batches, then 2 (3 rows)
+    assert "eval_first_loss" in metrics and "eval_second_loss" in metrics
+    got = _records(tmp_path)
+    steps = [r["current_steps"] for r in got]
+    assert steps == sorted(steps) and steps.count(0) == 1 and steps[-1] == 4
+    assert [(r["dataset"], r["current_steps"], r["total_steps"]) for r in got if "dataset" in r] == [
+        ("first", 2, 2), ("second", 4, 4)]
+    assert got[-1] == {**got[-1], "phase": "eval", "percentage": 100.0, "finished": True}
+
+
+def test_a_pass_that_raised_is_not_counted_on(tmp_path, monkeypatch):
+    callback = JsonlLogCallback(progress_seconds=0)
+    args, state = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(is_world_process_zero=True)
+    callback.on_prediction_step(args, state, None, eval_dataloader=[1, 2, 3, 4])  # raised after its first batch
+    again = [1, 2]  # the Trainer builds a new loader for each pass
+    for _ in again:
+        callback.on_prediction_step(args, state, None, eval_dataloader=again)
+    callback.on_evaluate(args, state, None, metrics={"eval_loss": 1.0, "eval_runtime": 0.1})
+    got = _records(tmp_path)
+    assert got[0]["current_steps"] == 0 and [(r["current_steps"], r["total_steps"]) for r in got[-2:]] == [(2, 2)] * 2
+
+    callback.on_prediction_step(args, state, None, eval_dataloader=again)  # raised; then training begins
+    callback.on_train_begin(args, SimpleNamespace(is_world_process_zero=True, global_step=0,
+                                                  num_input_tokens_seen=0), None)
+    assert callback.progress is None
+
+    def broken(self, *a):
+        raise OSError("disk full")
+
+    callback.training = False
+    callback.on_prediction_step(args, state, None, eval_dataloader=[1])
+    monkeypatch.setattr(ProgressLog, "finish", broken)
+    with pytest.raises(OSError):
+        callback.on_evaluate(args, state, None, metrics={})
+    assert callback.progress is None  # a closing write that raised leaves nothing open
 
 
 def test_a_job_bar_is_whole_when_finished_and_reads_only_this_runs_file(tmp_path):
@@ -159,3 +207,35 @@ def test_abort_of_a_running_job_ends_aborted(board, tmp_path, tiny_llama, monkey
     state, _bar, metrics, message, _ = _wait(board, "loss", key, limit=20)
     assert state == "aborted" and metrics is None and key in message
     assert board.lathe_runner.get(key).aborted
+
+
+def test_every_job_runs_with_the_hub_menus_variables(board, tmp_path, tiny_llama, monkeypatch):
+    """Predict, eval loss, the benchmark and export fetch the top bar's model from the hub the menu picks, as a
+    training run does; the status shows the command with its variables."""
+    from lathe.board.runner import shell_line
+
+    monkeypatch.delenv("USE_MODELSCOPE_HUB", raising=False)
+    monkeypatch.delenv("USE_OPENMIND_HUB", raising=False)
+    started = []
+
+    def fake_start(kind, raw, target, extra_args=(), env=None):
+        started.append((kind, env))
+        return SimpleNamespace(key=str(target), line=shell_line(["lathe", kind, "config.yaml"], env))
+
+    monkeypatch.setattr(board.lathe_runner, "start", fake_start)
+    forms = {
+        "predict": {"f-predict-eval_dataset": ["lathe_identity"], "f-predict-output_dir": str(tmp_path / "p")},
+        "loss": {"f-loss-eval_dataset": ["lathe_identity"], "f-loss-output_dir": str(tmp_path / "l")},
+        "eval": {"f-eval-task_dir": str(ROOT / "evaluation"), "f-eval-task": "lathe_sample_test",
+                 "f-eval-save_dir": str(tmp_path / "e")},
+        "export": {"f-export-export_dir": str(tmp_path / "x")},
+    }
+    for elem, form in forms.items():
+        top = _top(tiny_llama)
+        if elem in ("eval", "export"):  # no dataset folder: a benchmark has its task folder, export no data
+            top.pop("f-dataset_dir")
+        status, key, *_ = _fn(board, f"start_{elem}").fn(*_values(
+            board, f"start_{elem}", hub="modelscope", **top, **form))
+        assert key and "USE_MODELSCOPE_HUB=1 lathe " in status, status
+    assert [kind for kind, _ in started] == ["predict", "predict", "eval", "export"]
+    assert [env for _, env in started] == [{"USE_MODELSCOPE_HUB": "1"}] * 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,21 @@ def test_save_dir_of_an_aborted_run_is_taken_again(tmp_path):
     (tmp_path / "results.json").write_text("{}")
     with pytest.raises(LatheError, match="exists already"):
         check_save_dir(str(tmp_path))
+
+
+def test_an_unreadable_or_vanishing_save_dir(tmp_path, monkeypatch):
+    """A folder that cannot be listed is a LatheError naming it; one deleted while looked at is a new folder."""
+    from lathe.evaluate.choice import check_save_dir
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    with pytest.raises(LatheError, match=f"save_dir {tmp_path} cannot be read"):
+        check_save_dir(str(tmp_path))
+
+    def gone(self):
+        raise FileNotFoundError(2, "No such file or directory", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", gone)
+    check_save_dir(str(tmp_path))

@@ -18,15 +18,15 @@ import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
-import yaml
 
+from ..config.read import read_config_file
 from ..errors import LatheError
 from ..train.base import CONFIG_FILE
 from ..train.callbacks import LOG_FILE
-from .context import SAVE_ROOT, BoardContext, is_run, error_md
+from .context import SAVE_ROOT, BoardContext, error_md, is_run
 from .locales import t
 from .monitor import read_log
 from .runner import CONFIG_NAME, Runner
@@ -42,35 +42,55 @@ OPTIONAL_SUMMARY = frozenset({"eval_loss", "reward", "throughput", "elapsed_time
 # ---------------------------------------------------------------- which runs
 
 
-def _mtime(folder: Path) -> float:
-    """When the run last wrote: its log when it has one (a folder's own time misses appended lines)."""
-    times = [folder.stat().st_mtime]
-    log = folder / LOG_FILE
-    if log.is_file():
-        times.append(log.stat().st_mtime)
+def _mtime(folder: Path) -> float | None:
+    """When the run last wrote: its log when it has one (a folder's own time misses appended lines); None for
+    a folder gone since it was listed."""
+    try:
+        times = [folder.stat().st_mtime]
+    except OSError:
+        return None
+    try:
+        times.append((folder / LOG_FILE).stat().st_mtime)
+    except OSError:  # no log (yet), or it went with its folder
+        pass
     return max(times)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The folders inside `folder`; none where it cannot be read (no permission, deleted while listed):
+    one such folder under the save root must not hide every other run."""
+    try:
+        return [p for p in folder.iterdir() if p.is_dir()]
+    except OSError:
+        return []
+
+
+def _is_run(folder: Path) -> bool:
+    try:
+        return is_run(folder)
+    except OSError:  # unreadable, or deleted while looked at: not a run to offer
+        return False
 
 
 def _holds_run(folder: Path) -> bool:
     """A folder given by path counts when it has a training log or a run config (a model folder does not)."""
-    return folder.is_dir() and ((folder / LOG_FILE).is_file() or (folder / CONFIG_FILE).is_file())
+    try:
+        return folder.is_dir() and ((folder / LOG_FILE).is_file() or (folder / CONFIG_FILE).is_file())
+    except OSError:
+        return False
 
 
 def find_runs(root: str | Path = SAVE_ROOT, extra: Iterable[str] = ()) -> list[str]:
     """Every run folder under `<root>/<model>/<method>/`, of any model and method, newest first; then the
-    folders of `extra` (runs given by path, the Board's own runs) that hold a run and are not among them."""
+    folders of `extra` (runs given by path, the Board's own runs) that hold a run and are not among them.
+    A folder that cannot be read, or is deleted while this looks, is left out."""
     base = Path(root).expanduser()
-    found: list[Path] = []
-    if base.is_dir():
-        for model in base.iterdir():
-            if not model.is_dir():
-                continue
-            for method in model.iterdir():
-                if method.is_dir():
-                    found += [p for p in method.iterdir() if p.is_dir() and is_run(p)]
-    found.sort(key=_mtime, reverse=True)
-    runs = [str(p) for p in found]
-    seen = {p.resolve() for p in found}
+    found = [run for model in _subfolders(base) for method in _subfolders(model) for run in _subfolders(method)
+             if _is_run(run)]
+    stamped = [(stamp, run) for run in found if (stamp := _mtime(run)) is not None]
+    stamped.sort(key=lambda pair: pair[0], reverse=True)
+    runs = [str(run) for _, run in stamped]
+    seen = {run.resolve() for _, run in stamped}
     for path in extra:
         folder = Path(str(path or "").strip()).expanduser()
         if str(folder) in ("", ".") or not _holds_run(folder) or folder.resolve() in seen:
@@ -100,22 +120,32 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def metric_names(runs: list[str]) -> list[str]:
+Logs = dict[str, list[dict[str, Any]]]  # run -> the records of its trainer_log.jsonl
+
+
+def read_logs(runs: list[str], logs: Logs | None = None) -> Logs:
+    """Each run's log records; `logs` when given (a handler reads every log once and hands them on)."""
+    return logs if logs is not None else {run: read_log(run) for run in runs}
+
+
+def metric_names(runs: list[str], logs: Logs | None = None) -> list[str]:
     """The numeric fields the runs' logs hold, loss (then eval_loss, reward, accuracy) first, the rest by name."""
+    logs = read_logs(runs, logs)
     names: set[str] = set()
     for run in runs:
-        for record in read_log(run):
+        for record in logs[run]:
             names.update(k for k, v in record.items() if _number(v) and k not in NOT_METRICS)
     return [m for m in FIRST_METRICS if m in names] + sorted(names - set(FIRST_METRICS))
 
 
-def curves(runs: list[str], metric: str):
+def curves(runs: list[str], metric: str, logs: Logs | None = None):
     """One `metric` curve per run, as a long frame (columns step, value, run) that a LinePlot colours by run."""
     import pandas as pd
 
+    logs = read_logs(runs, logs)
     labels = run_labels(runs)
     rows = [(r["current_steps"], float(r[metric]), labels[run])
-            for run in runs for r in read_log(run) if _number(r.get(metric)) and _number(r.get("current_steps"))]
+            for run in runs for r in logs[run] if _number(r.get(metric)) and _number(r.get("current_steps"))]
     return pd.DataFrame(rows, columns=["step", "value", "run"])
 
 
@@ -124,15 +154,16 @@ def _last_of(records: list[dict[str, Any]]):
     return lambda key: next((r[key] for r in reversed(records) if key in r), None)
 
 
-def summary(runs: list[str]) -> list[list[str]]:
+def summary(runs: list[str], logs: Logs | None = None) -> list[list[str]]:
     """Header + a row per run: steps done, final loss, best eval_loss, final reward, last throughput and time.
 
     Columns no run logs (eval_loss without evaluation, reward outside GRPO/PPO) are left out.
     """
+    logs = read_logs(runs, logs)
     labels = run_labels(runs)
     table = []
     for run in runs:
-        records = read_log(run)
+        records = logs[run]
         last = _last_of(records)
         evals = [r["eval_loss"] for r in records if _number(r.get("eval_loss"))]
         steps = last("current_steps")
@@ -148,36 +179,49 @@ def summary(runs: list[str]) -> list[list[str]]:
 # ---------------------------------------------------------------- options
 
 
-def run_options(run: str, runner: Runner | None = None) -> dict[str, Any]:
+class Options(NamedTuple):
+    """A run's options; `error`: why its config could not be read (values empty); `as_written`: why the Board's
+    copy of its config is shown as written, not resolved (the first line of the validation error)."""
+
+    values: dict[str, Any]
+    error: str | None = None
+    as_written: str | None = None
+
+
+def read_options(run: str, runner: Runner | None = None) -> Options:
     """The options a run was trained with: its `lathe_config.yaml`; else the config the Board started it
-    with (resolved as `lathe train` would, when it still validates); else {} (nothing records them)."""
+    with (resolved as `lathe train` would, when it still validates; as written, saying why, when not);
+    else {} (nothing records them). A config that cannot be read gives {} and the error."""
     path = Path(run).expanduser() / CONFIG_FILE
-    if not path.is_file() and runner is not None:
-        board_copy = runner.run_folder(str(Path(run).expanduser().resolve())) / CONFIG_NAME
-        if board_copy.is_file():
-            return _resolved(_read_yaml(board_copy), board_copy)
-    return _read_yaml(path) if path.is_file() else {}
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise LatheError(f"{path}: cannot read the run's config ({e}); fix or delete the file.") from e
-    if not isinstance(data, dict):
-        raise LatheError(f"{path}: a run's config is a mapping of options, got {type(data).__name__}.")
-    return data
+        if not path.is_file() and runner is not None:
+            board_copy = runner.run_folder(str(Path(run).expanduser().resolve())) / CONFIG_NAME
+            if board_copy.is_file():
+                return _resolved(read_config_file(board_copy), board_copy)
+        return Options(read_config_file(path) if path.is_file() else {})
+    except LatheError as e:
+        return Options({}, error=str(e))
+    except OSError as e:  # no permission, or deleted while read
+        return Options({}, error=f"{e.filename or path}: cannot read the run's config ({e.strerror or e}); "
+                                 f"make it readable.")
 
 
-def _resolved(raw: dict[str, Any], source: Path) -> dict[str, Any]:
+def run_options(run: str, runner: Runner | None = None) -> dict[str, Any]:
+    """`read_options(run, runner).values`: the options alone."""
+    return read_options(run, runner).values
+
+
+def _resolved(raw: dict[str, Any], source: Path) -> Options:
     """The Board's copy holds only what the form changed: resolve it as `lathe train` would, so its defaults
-    compare with the other runs' `lathe_config.yaml`; a config that no longer validates is shown as written."""
+    compare with the other runs' `lathe_config.yaml`. A config that no longer validates is shown as written,
+    its defaults missing, with the first line of the reason."""
     from ..config.load import build_config
 
     try:
-        return build_config(raw, str(source), purpose="train").to_dict()
-    except (LatheError, ValueError, TypeError):
-        return raw
+        return Options(build_config(raw, str(source), purpose="train").to_dict())
+    except (LatheError, ValueError, TypeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return Options(raw, as_written=reason)
 
 
 def _training_defaults() -> dict[str, Any]:
@@ -215,15 +259,17 @@ def _text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def option_table(runs: list[str], runner: Runner | None = None, only_differences: bool = True) -> list[list[str]]:
+def option_table(runs: list[str], runner: Runner | None = None, only_differences: bool = True,
+                 configs: list[dict[str, Any]] | None = None) -> list[list[str]]:
     """Header (`option`, then each run's label) + a row per option, a column per run.
 
     Only options whose values differ between the runs are listed (all of them with `only_differences` off);
     an option a run's config lacks (another method's, a run without a config) shows as "—". A Trainer option
-    a config leaves out is at the Trainer's default, and is shown as that.
+    a config leaves out is at the Trainer's default, and is shown as that. `configs`: the runs' options when
+    already read (`read_options`), else they are read here.
     """
     labels = run_labels(runs)
-    configs = [run_options(run, runner) for run in runs]
+    configs = configs if configs is not None else [run_options(run, runner) for run in runs]
     defaults = _training_defaults() if any(configs) else {}
     keys: list[str] = []
     for cfg in configs:
@@ -263,28 +309,31 @@ def build_compare_tab(ctx: BoardContext) -> None:
         return gr.update(choices=_choices(ctx, picked or []))
 
     def on_compare(picked, current_metric, code):
+        """Each run's log and options are read once here and handed to every table and curve."""
         picked = _picked(picked)
         if not picked:
             return (gr.update(choices=["loss"], value="loss"), gr.update(value=curves([], "loss"), y_title="loss"),
                     _frame([["run"]], code, 1), _frame([["option"]], code, 1), t("msg_cmp_pick", code))
-        names = metric_names(picked) or ["loss"]
+        logs = read_logs(picked)
+        read = {run: read_options(run, ctx.runner) for run in picked}
+        names = metric_names(picked, logs) or ["loss"]
         chosen = current_metric if current_metric in names else names[0]
         notes = []
-        silent = [p for p in picked if not read_log(p)]
+        silent = [p for p in picked if not logs[p]]
         if silent:
             notes.append(f"{t('msg_cmp_no_log', code)}: " + ", ".join(f"`{p}`" for p in silent))
-        try:
-            options = option_table(picked, ctx.runner, only_differences=len(picked) > 1)
-            unknown = [p for p in picked if not run_options(p, ctx.runner)]
-        except LatheError as e:
-            options, unknown = [["option"]], []
-            notes.append(error_md(code, e))
+        notes += [error_md(code, LatheError(read[run].error)) for run in picked if read[run].error]
+        notes += [f"{t('msg_cmp_as_written', code)}: `{run}`: {read[run].as_written}"
+                  for run in picked if read[run].as_written]
+        configs = [read[run].values for run in picked]
+        options = option_table(picked, only_differences=len(picked) > 1, configs=configs)
+        unknown = [run for run in picked if not read[run].values and not read[run].error]
         if unknown:
             notes.append(f"{t('msg_cmp_no_config', code)}: " + ", ".join(f"`{p}`" for p in unknown))
         elif len(picked) > 1 and len(options) == 1:
             notes.append(t("msg_cmp_same", code))
-        return (gr.update(choices=names, value=chosen), gr.update(value=curves(picked, chosen), y_title=chosen),
-                _frame(summary(picked), code), _frame(options, code, 1), "\n\n".join(notes))
+        return (gr.update(choices=names, value=chosen), gr.update(value=curves(picked, chosen, logs), y_title=chosen),
+                _frame(summary(picked, logs), code), _frame(options, code, 1), "\n\n".join(notes))
 
     def on_metric(picked, chosen, code):
         picked = _picked(picked)

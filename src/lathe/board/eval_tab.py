@@ -28,6 +28,8 @@ from .locales import t
 
 PREDICT_FILE = "predict_results.json"
 EVAL_FILE = "eval_results.json"
+PREDICT_FLAGS = {"do_predict": True, "predict_with_generate": True}  # the predict job: generate, score BLEU/ROUGE
+LOSS_FLAGS = {"do_eval": True}  # the loss job: eval_loss (and its perplexity), nothing generated
 LOSS_KIND = "eval_loss"  # the loss job's folders: <save_root>/<model>/<method>/eval_loss_<timestamp>
 
 
@@ -53,16 +55,25 @@ def build_eval_tab(ctx: BoardContext) -> None:
     dataset_dir = ctx.w.components["dataset_dir"]
     from .train_tab import dataset_names
 
-    predict_fields = [data["eval_dataset"], data["cutoff_len"], data["max_samples"], train["per_device_eval_batch_size"],
-                      gen["max_new_tokens"], gen["top_p"], gen["temperature"]]
+    # the dataset and its batches, which both jobs read; then what only generation needs
+    dataset_fields = [data["eval_dataset"], data["cutoff_len"], data["max_samples"], train["per_device_eval_batch_size"]]
+    generation_fields = [gen[name] for name in ("max_new_tokens", "top_p", "temperature")]
+    predict_fields = [*dataset_fields, *generation_fields]
+
+    def dataset_row(prefix: str) -> list[Any]:
+        """The dataset fields' widgets, the dataset menu first (it follows the dataset folder)."""
+        dataset, *rest = dataset_fields
+        comps = [w.field(dataset, choices=dataset_names("data"), prefix=prefix, scale=2)]
+        comps += [w.field(f, prefix=prefix) for f in rest]
+        dataset_dir.change(lambda d: gr.update(choices=dataset_names(d)), dataset_dir, comps[0])
+        return comps
+
     with gr.Row():
-        comps = [w.field(predict_fields[0], choices=dataset_names("data"), prefix="predict-", scale=2)]
-        comps += [w.field(f, prefix="predict-") for f in predict_fields[1:4]]
+        comps = dataset_row("predict-")
     with gr.Row():
-        comps += [w.field(f, prefix="predict-") for f in predict_fields[4:]]
+        comps += [w.field(f, prefix="predict-") for f in generation_fields]
         out_dir = w.field(train["output_dir"], prefix="predict-", value=initial_dir(ctx, "predict"))
     predict_btn = w.ui(gr.Button(t("predict", lang), variant="primary", elem_id="predict-start"), "predict", "value")
-    dataset_dir.change(lambda d: gr.update(choices=dataset_names(d)), dataset_dir, comps[0])
 
     n_top = len(ctx.top)
 
@@ -75,18 +86,16 @@ def build_eval_tab(ctx: BoardContext) -> None:
              "predict", aborted_note="predict_starts_over")
 
     # ---- the loss (and perplexity) on a dataset
-    loss_fields = predict_fields[:4]
+    loss_fields = dataset_fields  # nothing is generated
     with gr.Row():
-        loss_comps = [w.field(loss_fields[0], choices=dataset_names("data"), prefix="loss-", scale=2)]
-        loss_comps += [w.field(f, prefix="loss-") for f in loss_fields[1:]]
+        loss_comps = dataset_row("loss-")
         loss_dir = w.field(train["output_dir"], prefix="loss-", value=initial_dir(ctx, LOSS_KIND))
     loss_btn = w.ui(gr.Button(t("eval_loss_job", lang), variant="primary", elem_id="loss-start"), "eval_loss_job",
                     "value")
-    dataset_dir.change(lambda d: gr.update(choices=dataset_names(d)), dataset_dir, loss_comps[0])
 
     def make_loss(*args):
         top_values, values, (folder, out) = split_args(args, n_top, len(loss_fields), 2)
-        raw = loss_config(ctx.top_raw(top_values), loss_fields, values, folder, out)
+        raw = predict_config(ctx.top_raw(top_values), loss_fields, values, folder, out, LOSS_FLAGS)
         return "predict", raw, out, ()
 
     wire_job(ctx, loss_btn, [*ctx.top_components, *loss_comps, dataset_dir, loss_dir], make_loss, EVAL_FILE, "loss",
@@ -137,27 +146,14 @@ def follow_model(ctx: BoardContext, folder: Any, kind: str) -> None:
 
 
 def predict_config(top: dict[str, Any], fields: list[FormField], values: list[Any], dataset_dir: str,
-                   output_dir: str) -> dict[str, Any]:
-    """`lathe train` with do_predict + predict_with_generate: BLEU/ROUGE in predict_results.json."""
+                   output_dir: str, flags: dict[str, bool] = PREDICT_FLAGS) -> dict[str, Any]:
+    """`lathe train` with no training, on eval_dataset, doing what `flags` ask: PREDICT_FLAGS (the predict
+    job: BLEU/ROUGE in predict_results.json) or LOSS_FLAGS (the loss job: eval_loss in eval_results.json)."""
     raw = dict(top)
     raw.update(values_to_raw(fields, named(fields, values)))
-    raw.update({"stage": SFT.name, "do_train": False, "do_predict": True, "predict_with_generate": True,
-                "dataset_dir": dataset_dir, "output_dir": output_dir})
+    raw.update({"stage": SFT.name, "do_train": False, **flags, "dataset_dir": dataset_dir, "output_dir": output_dir})
     if not raw.get("eval_dataset"):
-        raise LatheError("`eval_dataset` is required: pick the dataset to predict on.")
-    check_config(raw, purpose="train")
-    return raw
-
-
-def loss_config(top: dict[str, Any], fields: list[FormField], values: list[Any], dataset_dir: str,
-                output_dir: str) -> dict[str, Any]:
-    """`lathe train` with do_eval and no training: eval_loss on eval_dataset, in eval_results.json."""
-    raw = dict(top)
-    raw.update(values_to_raw(fields, named(fields, values)))
-    raw.update({"stage": SFT.name, "do_train": False, "do_eval": True, "dataset_dir": dataset_dir,
-                "output_dir": output_dir})
-    if not raw.get("eval_dataset"):
-        raise LatheError("`eval_dataset` is required: pick the dataset to measure the loss on.")
+        raise LatheError("`eval_dataset` is required: pick the dataset to run on.")
     check_config(raw, purpose="train")
     return raw
 

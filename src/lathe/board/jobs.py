@@ -11,7 +11,6 @@ The tabs that start jobs are eval_tab.py and export_tab.py.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +22,9 @@ from ..errors import LatheError
 from ..train.callbacks import PROGRESS_FILE
 from .context import BoardContext, error_md
 from .form import FormField
+from .launch import hub_env
 from .locales import t
-from .monitor import progress_html, read_metrics
+from .monitor import progress_html, read_jsonl, read_metrics
 
 Make = Callable[..., tuple[str, dict, str, tuple]]
 
@@ -38,24 +38,11 @@ def named(fields: list[FormField], values: list[Any]) -> dict[str, Any]:
 
 
 def read_progress(folder: str | Path, since: float | None = None) -> list[dict[str, Any]]:
-    """The records of `folder/progress.jsonl` so far; a half-written last line is skipped, not an error.
+    """The records of `folder/progress.jsonl` so far (`monitor.read_jsonl`: a half-written last line skipped).
 
     `since` (a time): a file last written before it is an earlier run's, not this one's (the child
     begins the file anew only once its model is loaded)."""
-    path = Path(folder) / PROGRESS_FILE
-    try:
-        if since is not None and path.stat().st_mtime < since:
-            return []
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+    return read_jsonl(Path(folder) / PROGRESS_FILE, since=since)
 
 
 def job_progress(records: list[dict[str, Any]], state: str, elem: str, lang: str) -> str:
@@ -73,7 +60,8 @@ def job_progress(records: list[dict[str, Any]], state: str, elem: str, lang: str
 def wire_job(ctx: BoardContext, button, inputs: list[Any], make: Make, results_name: str | None, elem: str,
              results: Callable[[dict[str, Any]], dict[str, Any]] | None = None, aborted_note: str | None = None):
     """Wire `button` to run the job `make(*values) -> (kind, raw, target, extra_args)`, with an Abort button,
-    a progress bar and a timer that follows it.
+    a progress bar and a timer that follows it. The job runs with the hub menu's variables (`launch.hub_env`),
+    as a training run does, so a ModelScope or Modelers id in the top bar is fetched from that hub.
 
     `results_name` is the file under the target folder shown at the end (through `results`, which may add
     derived numbers); `aborted_note` is a ui key said after an abort (e.g. whether a rerun goes on).
@@ -90,13 +78,14 @@ def wire_job(ctx: BoardContext, button, inputs: list[Any], make: Make, results_n
     timer = gr.Timer(1.0, active=False)
 
     def start(*values):
-        *values, code = values  # the language menu comes last
+        *values, code = values  # the language menu comes last, the hub menu (where there is one) before it
+        hub_name = values.pop() if ctx.hub is not None else None
         try:
             kind, raw, target, extra_args = make(*values)
-            run = ctx.runner.start(kind, raw, target, extra_args)
+            run = ctx.runner.start(kind, raw, target, extra_args, env=hub_env(hub_name))
         except LatheError as e:
             return error_md(code, e), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return (f"{t('msg_started', code)}: `{' '.join(run.cmd)}`", run.key, gr.Timer(active=True),
+        return (f"{t('msg_started', code)}: `{run.line}`", run.key, gr.Timer(active=True),
                 job_progress([], "running", elem, code), None)
 
     def stop(run_key, code):
@@ -124,6 +113,7 @@ def wire_job(ctx: BoardContext, button, inputs: list[Any], make: Make, results_n
         return message, bar, run.log_tail(), metrics, gr.Timer(active=False)
 
     start.__name__, stop.__name__, tick.__name__ = f"start_{elem}", f"abort_{elem}", f"tick_{elem}"
-    button.click(start, [*inputs, ctx.lang_pick], [status, key, timer, progress, shown])
+    hub = [ctx.hub] if ctx.hub is not None else []  # a bare context (a tab built alone) has no hub menu
+    button.click(start, [*inputs, *hub, ctx.lang_pick], [status, key, timer, progress, shown])
     abort.click(stop, [key, ctx.lang_pick], status)
     timer.tick(tick, [key, ctx.lang_pick], [status, progress, log_box, shown, timer])

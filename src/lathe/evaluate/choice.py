@@ -109,9 +109,19 @@ def check_save_dir(save_dir: str | None) -> None:
     no result is overwritten."""
     from ..train.callbacks import PROGRESS_FILE
 
-    folder = Path(save_dir).expanduser() if save_dir else None
-    if folder is not None and folder.exists() and (not folder.is_dir()
-                                                   or {p.name for p in folder.iterdir()} != {PROGRESS_FILE}):
+    if not save_dir:
+        return
+    folder = Path(save_dir).expanduser()
+    try:
+        if not folder.exists():
+            return
+        held = {p.name for p in folder.iterdir()} if folder.is_dir() else None
+    except FileNotFoundError:  # deleted while looked at: a new folder after all
+        return
+    except OSError as e:
+        raise LatheError(f"save_dir {save_dir} cannot be read ({e.strerror or e}); choose a new folder, or make "
+                         f"this one readable.") from e
+    if held != {PROGRESS_FILE}:
         raise LatheError(f"save_dir {save_dir} exists already; choose a new folder so no result is overwritten.")
 
 

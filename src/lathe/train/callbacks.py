@@ -30,11 +30,17 @@ def fmt_seconds(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append `record` as one JSON line to `path` (its folder made when missing): every log here is written so."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def append_log_record(output_dir: str | Path, record: dict) -> None:
     """One line of trainer_log.jsonl (also written by loops that are not a Trainer, e.g. PPO)."""
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(output_dir) / LOG_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    append_jsonl(Path(output_dir) / LOG_FILE, record)
 
 
 class ProgressLog:
@@ -44,13 +50,14 @@ class ProgressLog:
     record at the first batch, at the last one and otherwise at most every `every_seconds` (a
     long pass over tiny batches must not write a line per batch); `finish()` writes the closing
     record (100%, `finished: true`). Each record names its `phase` (eval, predict, benchmark) once
-    it is known. `total` is the number of batches, or None when the loader has no length (then no
-    percentage until the end).
+    it is known, and its `dataset` where one pass covers several datasets in turn. `total` is the
+    number of batches, or None when the loader has no length (then no percentage until the end).
     """
 
     def __init__(self, folder: str | Path, phase: str | None, total: int | None, every_seconds: float = 1.0) -> None:
         self.path = Path(folder) / PROGRESS_FILE
         self.phase, self.total, self.every = phase, total, every_seconds
+        self.dataset: str | None = None  # the dataset counted now, where a pass covers several one after another
         self.done = 0
         self.begun = self.last_write = time.time()
         self.main = is_main_process()
@@ -76,6 +83,8 @@ class ProgressLog:
     def record(self, final: bool = False) -> dict:
         elapsed = time.time() - self.begun
         out = {"phase": self.phase} if self.phase else {}
+        if self.dataset:
+            out["dataset"] = self.dataset
         out.update(current_steps=self.done, elapsed_time=fmt_seconds(elapsed))
         if self.total is not None:
             share = self.done / self.total if self.total else 1.0  # an empty pass is a whole one
@@ -88,10 +97,15 @@ class ProgressLog:
 
     def _write(self, final: bool = False) -> None:
         self.last_write = time.time()
-        if not self.main:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(self.record(final)) + "\n")
+        if self.main:
+            append_jsonl(self.path, self.record(final))
+
+
+def evaluated_dataset(metrics: dict) -> str | None:
+    """The dataset an evaluation covered when it is one of several, else None: the Trainer prefixes that
+    dataset's metrics `eval_<name>_`, its speed metrics among them (`eval_<name>_runtime`, always there)."""
+    prefix = next((k[:-len("_runtime")] for k in metrics if k.endswith("_runtime")), "eval")
+    return prefix[len("eval_"):] or None if prefix.startswith("eval_") else None
 
 
 class StartupCallback(TrainerCallback):
@@ -119,6 +133,13 @@ class JsonlLogCallback(TrainerCallback):
     An evaluation or prediction outside training (`do_eval` / `do_predict` after it, or without
     it) is counted batch by batch into `progress.jsonl` (`ProgressLog`); evaluations during
     training are not, as the training record already places them.
+
+    Several eval datasets (`eval_on_each_dataset`) are counted as one pass, so the bar of a loss job
+    never starts again from 0: the Trainer evaluates them one after another and tells a callback
+    neither how many there are nor their sizes, so the file is begun once, the steps go on from one
+    dataset to the next, the total grows by each dataset's batches as it begins, and the record that
+    closes a dataset's share names it (`dataset`; the Trainer names it only in the metrics, at its end).
+    That closing record is `finished` too: the last one in the file says whether all of it is done.
     """
 
     def __init__(self, progress_seconds: float = 1.0) -> None:
@@ -127,7 +148,12 @@ class JsonlLogCallback(TrainerCallback):
         self.start_tokens = 0
         self.training = False
         self.progress_seconds = progress_seconds
+        self._reset_progress()
+
+    def _reset_progress(self) -> None:
         self.progress: ProgressLog | None = None
+        self.loader = None  # the loader `progress` counts: another one begins a new pass, or the next dataset
+        self.next_dataset = False  # the last pass closed one dataset of several: the next loader adds to its count
 
     def on_train_end(self, args, state, control, **kwargs):
         self.training = False
@@ -136,25 +162,43 @@ class JsonlLogCallback(TrainerCallback):
         # The Trainer passes no step number: batches are counted here; the loader's length is the total.
         if self.training or not state.is_world_process_zero:
             return
-        if self.progress is None:
-            total = len(eval_dataloader) if has_length(eval_dataloader) else None
-            self.progress = ProgressLog(args.output_dir, None, total, self.progress_seconds).start()
+        if self.progress is None or eval_dataloader is not self.loader:
+            self._begin_pass(args, eval_dataloader)
         self.progress.advance()
 
-    def on_evaluate(self, args, state, control, **kwargs):
-        self._close_progress("eval")
+    def _begin_pass(self, args, loader) -> None:
+        """A new loader: the next dataset of a pass over several, or a new pass (the file begun anew). A pass
+        that raised before its end left its log open: it is dropped here, not counted on."""
+        total = len(loader) if has_length(loader) else None
+        progress = self.progress
+        if progress is not None and self.next_dataset:
+            progress.total = None if total is None or progress.total is None else progress.total + total
+            progress.dataset = None  # named when it ends
+        else:
+            progress = ProgressLog(args.output_dir, None, total, self.progress_seconds).start()
+        self.progress, self.loader, self.next_dataset = progress, loader, False
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self._close_progress("eval", evaluated_dataset(metrics or {}))
 
     def on_predict(self, args, state, control, **kwargs):
         self._close_progress("predict")
 
-    def _close_progress(self, phase: str) -> None:
-        if self.progress is not None:  # the pass's name is known only at its end
-            self.progress.phase = phase
-            self.progress.finish()
-            self.progress = None
+    def _close_progress(self, phase: str, dataset: str | None = None) -> None:
+        """Write the pass's closing record (its name is known only at its end). The log is let go of first, so
+        a write that raises leaves none open; one dataset of several keeps it for the next to go on counting."""
+        progress = self.progress
+        self._reset_progress()
+        if progress is None:
+            return
+        progress.phase, progress.dataset = phase, dataset
+        progress.finish()
+        if dataset is not None:
+            self.progress, self.next_dataset = progress, True
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.training = True
+        self._reset_progress()  # an evaluation before training that raised must not go on counting after it
         self.start = time.time()
         self.start_step = state.global_step
         self.start_tokens = state.num_input_tokens_seen or 0
