@@ -196,3 +196,31 @@ def test_the_catalog_pick_uses_the_hub_picked(board, tmp_path):
     on_hub = _fn(board, "on_hub").fn
     assert on_hub("modelers", "google/gemma-2-2b-it") == "LlamaFactory/gemma-2-2b-it"
     assert isinstance(on_hub("modelscope", "/models/tiny"), type(gr.skip()))
+
+
+def test_the_chat_tab_loads_with_its_dtype_extra_options_and_hub(board, monkeypatch):
+    """LLaMA Board's chat has an inference dtype and extra engine arguments; lathe's takes any `lathe chat` key."""
+    import os
+
+    loaded = []
+    load = next(f for f in board.fns.values() if f.name == "load")
+    from lathe.board import chat
+
+    def fake_load(self, cfg):
+        loaded.append((cfg, os.environ.get("USE_MODELSCOPE_HUB")))
+        return cfg.model.model_name_or_path
+
+    monkeypatch.setattr(chat.ChatSession, "load_config", fake_load)
+    values = {c.elem_id: c.value for c in load.inputs if getattr(c, "elem_id", None)}
+    args = []
+    for comp in load.inputs:
+        elem = getattr(comp, "elem_id", None)
+        args.append({"f-model_name_or_path": "google/gemma-2-2b-it", "f-chat-infer_dtype": "bfloat16",
+                     "chat-extra": "vllm_enforce_eager: true\nmax_new_tokens: 7", "hub": "modelscope"}.get(
+                         elem, values.get(elem, comp.value)))
+    status = load.fn(*args)
+    cfg, switch = loaded[-1]
+    assert "google/gemma-2-2b-it" in status and switch == "1"  # loaded under the hub picked
+    assert cfg.model.infer_dtype == "bfloat16" and cfg.model.vllm_enforce_eager and cfg.generating.max_new_tokens == 7
+    args[[getattr(c, "elem_id", None) for c in load.inputs].index("chat-extra")] = "model_name_or_path: x"
+    assert "has its own field" in load.fn(*args)

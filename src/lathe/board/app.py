@@ -25,7 +25,7 @@ from .chat import ChatSession, build_chat_panel  # noqa: E402
 from .checks import check_config  # noqa: E402
 from .compare_tab import build_compare_tab  # noqa: E402
 from .context import BoardContext  # noqa: E402
-from .form import TOP, train_form  # noqa: E402
+from .form import TOP, group_fields, train_form, values_to_raw  # noqa: E402
 from .eval_tab import build_eval_tab  # noqa: E402
 from .export_tab import build_export_tab  # noqa: E402
 from .launch import HUBS, check_hub, current_hub, hub_env, hub_id, swap_hub  # noqa: E402
@@ -99,13 +99,22 @@ def create_board(workdir: str | Path = "lathe_board", lang: str | None = None) -
             with w.ui(gr.Tab(t("tab_eval", lang), elem_id="tab-eval"), "tab_eval"):
                 build_eval_tab(ctx)
             with w.ui(gr.Tab(t("tab_chat", lang), elem_id="tab-chat"), "tab_chat"):
+                load_fields = [*ctx.top, *[f for f in group_fields("model") if f.name == "infer_dtype"]]
+                with gr.Row():
+                    dtype = w.field(load_fields[-1], prefix="chat-")
+                    chat_extra = w.ui(gr.Code(label=t("chat_extra", lang), language="yaml", elem_id="chat-extra",
+                                              interactive=True), "chat_extra")
+
                 def load_cfg(*values):
-                    *values, hub_name = values
-                    raw = ctx.top_raw(list(values))
+                    """The top bar, the inference dtype and the extra options (vllm_* / sglang_* engine settings,
+                    any key `lathe chat` takes) as one config, loaded from the hub picked."""
+                    *values, extra_text, hub_name = values
+                    raw = values_to_raw(load_fields, dict(zip([f.name for f in load_fields], values)), extra_text)
                     check_hub(raw.get("model_name_or_path"), hub_name)
                     return check_config(raw, purpose="infer"), hub_env(hub_name)
 
-                build_chat_panel(w, ctx.session, load_cfg, [*ctx.top_components, hub], lang_pick=ctx.lang_pick)
+                build_chat_panel(w, ctx.session, load_cfg, [*ctx.top_components, dtype, chat_extra, hub],
+                                 lang_pick=ctx.lang_pick)
             with w.ui(gr.Tab(t("tab_export", lang), elem_id="tab-export"), "tab_export"):
                 build_export_tab(ctx)
             with w.ui(gr.Tab(t("tab_compare", lang), elem_id="tab-compare"), "tab_compare"):
