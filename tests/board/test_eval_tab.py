@@ -173,7 +173,7 @@ def test_predict_and_eval_loss_jobs_reach_finished_at_100_percent(board, tmp_pat
     predict = _fn(board, "start_predict").fn(*_values(
         board, "start_predict", **_top(tiny_llama), **{
             "f-predict-eval_dataset": ["lathe_identity"], "f-predict-max_samples": "6",
-            "f-predict-per_device_eval_batch_size": "2", "f-predict-max_new_tokens": "3",
+            "f-predict-per_device_eval_batch_size": "2", "f-predict-max_new_tokens": "3", "f-predict-seed": "7",
             "f-predict-output_dir": str(tmp_path / "predict")}))
     loss = _fn(board, "start_loss").fn(*_values(
         board, "start_loss", **_top(tiny_llama), **{
@@ -185,6 +185,7 @@ def test_predict_and_eval_loss_jobs_reach_finished_at_100_percent(board, tmp_pat
     state, bar, metrics, _, log = _wait(board, "predict", predict[1])
     assert state == "finished" and "width:100.0%" in bar, log
     assert "predict_bleu-4" in metrics
+    assert "seed: 7" in (tmp_path / "predict" / "lathe_config.yaml").read_text()  # LLaMA Board's eval seed
     assert _records(tmp_path / "predict")[-1] == {  # generation's own loop counts its batches too
         **_records(tmp_path / "predict")[-1], "phase": "predict", "current_steps": 3, "total_steps": 3}
 
