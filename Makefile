@@ -33,8 +33,9 @@ test-slow: dev
 
 ## make browser: Debian's Chromium for the Board's browser test, installed with apt when missing
 browser:
-	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
-		$(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; }
+	@{ test -x /usr/bin/chromium && test -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc; } || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y --no-install-recommends chromium \
+		chromium-driver fonts-wqy-zenhei; }  # a CJK font: the zh / ja / ko screenshots show text, not boxes
 
 ## make test-browser: only the Board's browser test (headless Chromium driven by Playwright)
 test-browser: dev browser

@@ -205,7 +205,7 @@ def _check_compare(app):
     assert drawn["value"]["run"].tolist() == ["tiny/full/train_b"] * 3 and drawn["y_title"] == "reward"
 
     metric, drawn, _, options, status = _handler(app, "on_compare")([], "reward", "en")
-    assert metric["value"] == "loss" and drawn["value"].empty and status  # asks for runs
+    assert metric["value"] == "loss" and drawn["value"] is None and status  # asks for runs; the plot cleared
 
 
 def test_the_compare_tab_draws_the_picked_runs(tab):

@@ -124,3 +124,14 @@ def test_unknown_start_language_is_refused(tmp_path):
 
     with pytest.raises(LatheError, match="--lang de: the Board speaks en, zh, ru, ko, ja"):
         create_board(tmp_path / "wd", lang="de")
+
+
+def test_a_new_language_redraws_the_progress_bar_and_the_gauge(board):
+    """They are drawn text, not labels: the language menu redraws them even when no run ticks."""
+    from lathe.board.locales import t
+
+    lang_pick = next(c for c, kind, key in board.lathe_widgets.labels if key == "lang")
+    redraw = next(f for f in board.fns.values() if f.name == "on_tick" and f.targets and
+                  any(target[0] == lang_pick._id for target in f.targets))
+    progress, *_rest, memory, _speed, _rewards, _samples = redraw.fn(None, "", "sft", "ja")
+    assert t("state_idle", "ja") in progress and t("watch_memory", "ja") in memory

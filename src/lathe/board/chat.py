@@ -52,6 +52,7 @@ MEDIA_ENDINGS = {
 PLACEHOLDER = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
 # A chatbot message whose metadata id starts so is a lathe turn gradio has no role for (`<prefix><role>-<n>`).
 TURN_ID = "lathe-"
+MEDIA_TURN = "media"  # TURN_ID + MEDIA_TURN: an attached file, shown only
 FENCE = re.compile(r"^```(?:json)?\n(.*)\n```$", re.DOTALL)
 
 
@@ -206,6 +207,8 @@ def to_messages(history: list[dict]) -> list[dict]:
         meta = m.get("metadata") or {}
         turn = str(meta.get("id") or "")
         role, content = m["role"], _text(m["content"])
+        if turn.startswith(TURN_ID + MEDIA_TURN):
+            continue  # an attached file shown in the chat: the model gets it through the turn's placeholder
         if turn.startswith(TURN_ID + FUNCTION):
             role, content = FUNCTION, _unfence(content)
         elif turn.startswith(TURN_ID + OBSERVATION):
@@ -226,6 +229,12 @@ def function_message(calls: list, index: int, lang: str) -> dict[str, Any]:
     names = ", ".join(c.name for c in calls)
     return {"role": ASSISTANT, "content": f"```json\n{turn}\n```",
             "metadata": {"title": f"🛠️ {t('tool_call', lang)}: {names}", "id": f"{TURN_ID}{FUNCTION}-{index}"}}
+
+
+def media_message(path: str, index: int) -> dict[str, Any]:
+    """An attached image / video / audio shown above the message it goes with (the `<image>` placeholder the
+    model reads there is not shown); left out of the conversation the model gets."""
+    return {"role": USER, "content": {"path": path}, "metadata": {"id": f"{TURN_ID}{MEDIA_TURN}-{index}"}}
 
 
 def observation_message(text: str, index: int, lang: str) -> dict[str, Any]:
@@ -340,6 +349,7 @@ def build_chat_panel(w: Widgets, session: ChatSession, load_fn: Callable[..., An
         if role_name == OBSERVATION:
             history.append(observation_message(text, len(history), lang))
         else:
+            history += [media_message(path, len(history) + i) for i, path in enumerate(paths)]
             history.append({"role": USER, "content": text})
         answer = {"role": ASSISTANT, "content": ""}
         yield history + [answer], "", None, ""

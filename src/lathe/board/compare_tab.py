@@ -298,12 +298,17 @@ def build_compare_tab(ctx: BoardContext) -> None:
                                   elem_id="compare-metric", scale=1), "cmp_metric")
         refresh = w.ui(gr.Button(t("cmp_refresh", lang), elem_id="compare-refresh", scale=0), "cmp_refresh", "value")
     status = gr.Markdown(elem_id="compare-status")
-    plot = w.ui(gr.LinePlot(curves([], "loss"), x="step", y="value", color="run", y_title="loss",
+    # gradio's LinePlot fixes its axes and series colours from the first value it draws: it starts empty (None) and
+    # is cleared before each redraw, or a second run's line comes out without a stroke and the legend empty.
+    plot = w.ui(gr.LinePlot(None, x="step", y="value", color="run", y_title="loss",
                             label=t("cmp_plot", lang), elem_id="compare-plot", height=320), "cmp_plot")
     table_summary = w.ui(gr.Dataframe(label=t("cmp_summary", lang), interactive=False, elem_id="compare-summary"),
                          "cmp_summary")
     table_options = w.ui(gr.Dataframe(label=t("cmp_options", lang), interactive=False, wrap=True,
                                       elem_id="compare-options"), "cmp_options")
+
+    def clear_plot():
+        return None
 
     def on_open_runs(picked, code):
         return gr.update(choices=_choices(ctx, picked or []))
@@ -312,7 +317,7 @@ def build_compare_tab(ctx: BoardContext) -> None:
         """Each run's log and options are read once here and handed to every table and curve."""
         picked = _picked(picked)
         if not picked:
-            return (gr.update(choices=["loss"], value="loss"), gr.update(value=curves([], "loss"), y_title="loss"),
+            return (gr.update(choices=["loss"], value="loss"), gr.update(value=None, y_title="loss"),
                     _frame([["run"]], code, 1), _frame([["option"]], code, 1), t("msg_cmp_pick", code))
         logs = read_logs(picked)
         read = {run: read_options(run, ctx.runner) for run in picked}
@@ -342,10 +347,11 @@ def build_compare_tab(ctx: BoardContext) -> None:
     lang_pick = ctx.lang_pick
     compare_out = [metric, plot, table_summary, table_options, status]
     runs_pick.focus(on_open_runs, [runs_pick, lang_pick], runs_pick, show_progress="hidden")
-    runs_pick.change(on_compare, [runs_pick, metric, lang_pick], compare_out)
-    metric.input(on_metric, [runs_pick, metric, lang_pick], plot)
-    refresh.click(on_open_runs, [runs_pick, lang_pick], runs_pick).then(
+    runs_pick.change(clear_plot, None, plot, show_progress="hidden").then(
         on_compare, [runs_pick, metric, lang_pick], compare_out)
+    metric.input(clear_plot, None, plot, show_progress="hidden").then(on_metric, [runs_pick, metric, lang_pick], plot)
+    refresh.click(on_open_runs, [runs_pick, lang_pick], runs_pick).then(
+        clear_plot, None, plot, show_progress="hidden").then(on_compare, [runs_pick, metric, lang_pick], compare_out)
 
 
 def _choices(ctx: BoardContext, picked: list[str]) -> list[tuple[str, str]]:

@@ -295,8 +295,11 @@ def build_train_tab(ctx: BoardContext) -> None:
     start.click(on_start, [*run_inputs, plan_panel.memory, plan_panel.warned, lang_pick],
                 [status, yaml_view, cmd_view, run_key, timer, progress, plan_panel.warned])
     abort.click(on_abort, [run_key, lang_pick], status)
-    timer.tick(on_tick, [run_key, output_dir, w.components["stage"], lang_pick],
-               [progress, loss_plot, log_box, timer, status, resume, *watch.outputs])
+    tick_inputs = [run_key, output_dir, w.components["stage"], lang_pick]
+    tick_outputs = [progress, loss_plot, log_box, timer, status, resume, *watch.outputs]
+    timer.tick(on_tick, tick_inputs, tick_outputs)
+    # The bar and the gauge are drawn text, not labels: a new language redraws them (the timer only runs with a run).
+    lang_pick.change(on_tick, tick_inputs, tick_outputs, show_progress="hidden")
     follow.tick(on_follow, [output_dir, run_key], timer, show_progress="hidden")
     dataset_dir.change(on_dataset_dir, dataset_dir, dataset)
     output_dir.change(lambda out: gr.update(choices=["", *checkpoints(out or "")], value=""), output_dir, resume)

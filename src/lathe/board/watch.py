@@ -404,7 +404,8 @@ class Watch:
             stage = config_stage(Path(folder) / RUN_CONFIG) or stage
         out = [self.memory_html(pid, folder, lang), throughput_text(records)]
         if scores_samples(stage):
-            out += [gr.update(value=reward_frame(records), visible=True),
+            frame = reward_frame(records)  # None until a reward is logged: the plot's first value fixes its axes
+            out += [gr.update(value=frame if len(frame) else None, visible=True),
                     gr.update(value=completions_frame(latest_completions(folder)), visible=True)]
         else:
             out += [gr.update(visible=False), gr.update(visible=False)]
@@ -421,7 +422,7 @@ def build_watch(ctx: Any) -> Watch:
         throughput = w.ui(gr.Textbox("—", label=t("watch_throughput", lang), interactive=False, max_lines=1,
                                      elem_id="watch-throughput"), "watch_throughput")
     with gr.Row():
-        rewards = w.ui(gr.LinePlot(reward_frame([]), x="step", y="reward", color="series",
+        rewards = w.ui(gr.LinePlot(None, x="step", y="reward", color="series",
                                    label=t("watch_rewards", lang), elem_id="reward-plot", height=260, visible=False),
                        "watch_rewards")
         samples = w.ui(gr.Dataframe(completions_frame([]), label=t("watch_samples", lang), elem_id="grpo-completions",
