@@ -71,6 +71,11 @@ def test_job_configs_are_validated_like_the_cli(tmp_path, tiny_llama):
     assert raw["export_size"] == 0.5
     with pytest.raises(LatheError, match="export_dir"):
         export_config(top, _fields(ex, ["export_dir", "export_size"]), ["", "1"])
+    # LLaMA Board's extra arguments: any other key `lathe export` takes; a field of its own is refused
+    raw = export_config(top, _fields(ex, ["export_dir"]), [str(tmp_path / "y")], "export_legacy_format: true")
+    assert raw["export_legacy_format"] is True
+    with pytest.raises(LatheError, match="own field in the top bar"):
+        export_config(top, _fields(ex, ["export_dir"]), [str(tmp_path / "y")], "template: chatml", ["template"])
     assert {f.name for f in training_fields()} >= {"output_dir", "per_device_eval_batch_size"}
 
 

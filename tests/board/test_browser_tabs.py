@@ -223,14 +223,17 @@ def test_grpo_run_plots_rewards_and_compare_shows_two_runs(page, served, tiny_ll
     _choose(page, "f-stage", "grpo")
     page.wait_for_selector("#sec-grpo", state="visible", timeout=30_000)
     page.locator("#sec-grpo .label-wrap").first.click()
-    page.wait_for_selector("#f-reward_funcs input, #f-reward_funcs textarea", state="visible", timeout=30_000)
+    page.wait_for_selector("#f-reward_funcs input", state="visible", timeout=30_000)
+    for reward in ("accuracy", "length"):  # the built-ins' menu (a file.py:function of one's own is typed in)
+        _choose(page, "f-reward_funcs", reward)
+    page.keyboard.press("Escape")
     page.locator("#sec-extras .label-wrap").first.click()
     page.wait_for_selector("#f-logging_steps input", state="visible", timeout=30_000)
     # many steps: the run is aborted once the checks below are done, whatever this machine's speed
     config_yaml = _fill_until_previewed(page, {
         "f-cutoff_len": "128", "f-per_device_train_batch_size": "4", "f-max_steps": "2000", "f-logging_steps": "1",
-        "f-num_generations": "4", "f-max_completion_length": "8", "f-reward_funcs": "accuracy,length"})
-    assert "stage: grpo" in config_yaml, config_yaml
+        "f-num_generations": "4", "f-max_completion_length": "8"})
+    assert "stage: grpo" in config_yaml and "reward_funcs: accuracy,length" in config_yaml, config_yaml
     grpo_out = cwd / yaml.safe_load(config_yaml)["output_dir"]  # relative to the Board's folder
     assert sft.wait(timeout=120) == 0, (cwd / "sft_shell.log").read_text()
 

@@ -168,6 +168,9 @@ def test_a_stages_panel_shows_while_that_stage_is_picked(board):
     assert shown["sft"] and not shown["grpo"]
     w = board.lathe_widgets
     assert "reward_funcs" in w.components and "num_generations" in w.components and "image_max_pixels" in w.components
+    rewards = w.components["reward_funcs"]  # the reward function picker: the built-ins, or one's own typed in
+    offered = [c[1] if isinstance(c, tuple) else c for c in rewards.choices]
+    assert rewards.multiselect and rewards.allow_custom_value and {"accuracy", "format", "length", "tool_call"} <= set(offered)
 
 
 def test_the_multimodal_panel_follows_the_model(board, tiny_llama):

@@ -141,23 +141,25 @@ def create_board(workdir: str | Path = "lathe_board", lang: str | None = None) -
         hub.input(on_hub, [hub, model], model)
         lang_pick.change(lambda code: w.relabel(code), lang_pick, w.relabel_targets())
         remember_settings(app, forced, lang_pick, settings,
-                          {"hub": hub, **{name: w.components[name] for name in REMEMBERED_FIELDS}})
+                          {"hub": hub, **{name: w.components[name] for name in REMEMBERED_FIELDS}}, lang)
     return app
 
 
 def remember_settings(app: gr.Blocks, forced_lang: str | None, lang_pick, settings: UserSettings,
-                      fields: dict[str, Any]) -> None:
+                      fields: dict[str, Any], built_lang: str = DEFAULT_LANG) -> None:
     """Give a page opening anew its language and the remembered fields; remember what changes.
 
     Only a language picked in the menu (`.input`, a user's act) is remembered, not the one a
-    browser asked for; the fields are remembered whenever their value changes.
+    browser asked for; the fields are remembered whenever their value changes. A page whose
+    language is already the one it was built in keeps its menu untouched, so a language picked
+    before this answer arrives (a busy Board answers late) is not switched back.
     """
     names = list(fields)
 
     def on_open(request: gr.Request):
         header = request.headers.get("accept-language") if request is not None else None
         code = start_language(forced_lang, settings.get("lang"), header)
-        return [code, *[settings.get(name) or gr.skip() for name in names]]
+        return [gr.skip() if code == built_lang else code, *[settings.get(name) or gr.skip() for name in names]]
 
     def remember(name: str):
         def on_change(value) -> None:

@@ -156,6 +156,9 @@ def build_data_preview(ctx: BoardContext) -> DataPreview:
                                       elem_id="preview-per-page", scale=2), "preview_per_page")
             raw_rows = w.ui(gr.Checkbox(False, label=t("preview_raw", lang), elem_id="preview-raw", scale=1),
                             "preview_raw")
+            close = w.ui(gr.Button(t("preview_close", lang), elem_id="preview-close", size="sm", scale=0),
+                         "preview_close", "value")
         view = gr.HTML("", elem_id="data-preview-html")
         rows = w.ui(gr.JSON(label=t("preview_rows", lang), visible=False, elem_id="data-rows"), "preview_rows")
+    close.click(lambda: gr.update(visible=False), None, box, show_progress="hidden")
     return DataPreview(ctx, box, prev, page, nxt, per_page, raw_rows, view, rows)

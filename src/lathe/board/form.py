@@ -68,8 +68,9 @@ BOARD_PRESETS: dict[str, Any] = {
 }
 
 # Comma lists picked from known names (a multi-select that also takes typed values): datasets from
-# dataset_info.json, adapters from the folders of past runs (`context.adapter_runs`).
-MULTI = ("dataset", "eval_dataset", "adapter_name_or_path")
+# dataset_info.json, adapters from the folders of past runs (`context.adapter_runs`), reward functions from
+# the built-ins (a user's `file.py:function` typed in).
+MULTI = ("dataset", "eval_dataset", "adapter_name_or_path", "reward_funcs")
 
 # Groups whose fields make up the Train tab; generating/export/evaluation have their own tabs.
 TRAIN_GROUPS = ("model", "data", "finetuning", "run")

@@ -53,6 +53,13 @@ def dataset_names(dataset_dir: str) -> list[str]:
         return []
 
 
+def reward_names() -> list[str]:
+    """The built-in reward functions the GRPO panel's menu offers (a `file.py:function` of one's own is typed)."""
+    from ..train.reward_funcs import BUILTIN_REWARDS
+
+    return list(BUILTIN_REWARDS)
+
+
 def preset(f: FormField) -> dict[str, Any]:
     """The widget's starting value where the Board presets one (form.BOARD_PRESETS), else nothing."""
     return {"value": f.to_widget(BOARD_PRESETS[f.name])} if f.name in BOARD_PRESETS else {}
@@ -91,7 +98,7 @@ def build_train_tab(ctx: BoardContext) -> None:
         shown = section not in stage_sections() or stage_shows(section, basic["stage"].default, by_section[section])
         with w.ui(gr.Accordion(t(f"sec_{section}", lang), open=False, visible=shown, elem_id=f"sec-{section}"),
                   f"sec_{section}") as panel:
-            grid(by_section[section])
+            grid(by_section[section], {"reward_funcs": {"choices": reward_names()}})
             if section == "extras":
                 extra = w.ui(gr.Code(label=t("extra_yaml", lang), language="yaml", elem_id="extra-yaml",
                                      interactive=True), "extra_yaml")
@@ -270,6 +277,8 @@ def build_train_tab(ctx: BoardContext) -> None:
             if f.name == "adapter_name_or_path":
                 known = adapter_runs(raw.get("model_name_or_path"), raw.get("finetuning_type"), ctx.save_root)
                 updates.append(gr.update(value=values[f.name], choices=sorted({*known, *values[f.name]})))
+            elif f.name == "reward_funcs":
+                updates.append(gr.update(value=values[f.name], choices=sorted({*reward_names(), *values[f.name]})))
             elif f.multi:
                 updates.append(gr.update(value=values[f.name], choices=dataset_names(raw.get("dataset_dir", "data"))))
             else:
