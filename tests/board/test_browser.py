@@ -3,7 +3,8 @@
 The test starts the Board on a free local port, fills in the tiny local model and the repo's
 identity data, starts a LoRA SFT run of a few steps, waits until the loss plot has at least
 two points and the run has finished, loads the adapter in the Chat tab and gets a streamed
-answer. Screenshots are saved under tests/board/artifacts/ (git-ignored) and printed.
+answer, then merges it in the Export tab (train -> chat -> export). Screenshots are saved
+under tests/board/artifacts/ (git-ignored) and printed.
 
 Chromium comes from Debian (`/usr/bin/chromium`; `.ci/run` installs it), never from a
 download. Outside CI the test is skipped when it is absent; in CI a missing browser fails.
@@ -221,5 +222,17 @@ def test_board_trains_plots_and_chats_in_a_browser(board, tiny_demo_model):
         _shot(page, "board_chat")
         print(f"answer: {answer!r}; streamed lengths seen: {lengths}")
         assert answer.strip()
+
+        # Export: the adapter merged into the model, as `lathe export` writes it.
+        export_dir = tmp_path / "exported"
+        page.get_by_role("tab", name="Export").click()
+        _fill(page, "f-export-export_dir", str(export_dir))
+        page.click("#export-start")
+        page.wait_for_selector("#export-progress-bar[data-state=finished], #export-progress-bar[data-state=failed]",
+                               timeout=180_000)
+        export_log = page.locator("#export-log textarea").input_value()
+        assert page.locator("#export-progress-bar").get_attribute("data-state") == "finished", export_log
+        assert (export_dir / "config.json").exists() and list(export_dir.glob("*.safetensors")), export_log
+        _shot(page, "board_export")
         assert outside == [], f"the page reached outside the Board: {outside[:5]}"
         browser.close()
