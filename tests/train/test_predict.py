@@ -52,3 +52,42 @@ def test_predict_needs_an_eval_set(sft_config):
 
     with pytest.raises(LatheError, match="eval_dataset"):
         load_config(sft_config(do_predict=True, predict_with_generate=True))
+
+
+def test_a_stopped_prediction_is_taken_up_where_it_stopped(sft_config, tiny_demo_model, caplog):
+    """Rerun into the same folder with the same settings: the answers on disk are kept, the rest generated,
+    and the file and scores equal a run that never stopped; other settings, or overwrite_output_dir, start over."""
+    from lathe.train import predict as predict_module
+
+    def cfg(out: Path, **extra):
+        settings = dict(model_name_or_path=str(tiny_demo_model), output_dir=str(out), eval_dataset="lathe_numbers",
+                        max_samples=8, do_train=False, do_predict=True, predict_with_generate=True, do_sample=False,
+                        max_new_tokens=8, per_device_eval_batch_size=2, overwrite_output_dir=False)
+        return load_config(sft_config(**{**settings, **extra}))
+
+    whole = Path(sft_config().parent) / "whole"
+    run_stage(cfg(whole))
+    expected = (whole / "generated_predictions.jsonl").read_text()
+    scores = json.loads((whole / "predict_results.json").read_text())
+
+    out = Path(sft_config().parent) / "stopped"
+    run_stage(cfg(out))
+    lines = expected.splitlines()
+    (out / "generated_predictions.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:10])  # killed mid-line
+    calls = []
+    real = predict_module.generate_batch
+    predict_module.generate_batch = lambda model, tok, prompts, *a: calls.append(len(prompts)) or real(
+        model, tok, prompts, *a)
+    try:
+        with caplog.at_level("INFO"):
+            run_stage(cfg(out))
+    finally:
+        predict_module.generate_batch = real
+    assert "after 3 of 8 samples" in caplog.text
+    assert calls == [2, 2, 1]  # samples 3-7 only
+    assert (out / "generated_predictions.jsonl").read_text() == expected
+    assert json.loads((out / "predict_results.json").read_text()) == scores
+
+    run_stage(cfg(out, max_new_tokens=4))  # other settings: the old answers are not theirs
+    assert len((out / "generated_predictions.jsonl").read_text().splitlines()) == 8
+    assert (out / "generated_predictions.jsonl").read_text() != expected

@@ -5,8 +5,8 @@ Its fields are generated from the schema groups evaluation and generating; each 
 job (jobs.py), with its progress bar and Abort: `lathe train` with do_predict, `lathe train`
 with do_eval (eval_loss and its perplexity), or `lathe eval`.
 
-An aborted prediction starts over when rerun: generated_predictions.jsonl is written line by line,
-but a rerun writes it anew (train/predict.py), so the note after an abort says so.
+An aborted prediction is taken up where it stopped when rerun into the same folder with the same
+settings (train/predict.py keeps the answers on disk), which the note after an abort says.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ labels with, leaves the text unchanged). Generation follows the generating group
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 PREDICTIONS_FILE = "generated_predictions.jsonl"
+PREDICT_STATE_FILE = "predict_state.json"  # the fingerprint of the settings that wrote PREDICTIONS_FILE
 
 
 def split_prompt_answer(input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
@@ -55,16 +57,64 @@ def predict_generation_kwargs(cfg: "RunConfig") -> dict[str, Any]:
     return kwargs
 
 
+def predict_fingerprint(cfg: "RunConfig", samples: int) -> str:
+    """What decides the predictions (the whole config but where they are written, and the sample count): a
+    rerun with the same fingerprint may keep the answers an aborted run wrote."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "overwrite_output_dir")}
+    text = json.dumps([settings, samples], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def kept_predictions(out: Path, fingerprint: str, samples: int) -> list[dict[str, Any]]:
+    """The whole records an earlier run of the same predictions left in `out` (none when its fingerprint
+    differs, or there is none); a half-written last line is dropped."""
+    state, path = out / PREDICT_STATE_FILE, out / PREDICTIONS_FILE
+    try:
+        if json.loads(state.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
+            return []
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError, AttributeError):
+        return []
+    kept = []
+    for line in lines[:samples]:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(record, dict) or not {"predict", "label"} <= set(record):
+            break
+        kept.append(record)
+    return kept
+
+
 def predict(model, tokenizer, template, dataset, cfg: "RunConfig") -> dict[str, float]:
+    """Answer every sample, `per_device_eval_batch_size` at a time, appending each answer to the file as it comes.
+
+    A run stopped part way (abort, kill) is taken up where it stopped when rerun into the same output_dir with
+    the same settings (`predict_state.json` holds their fingerprint); `overwrite_output_dir: true` starts over."""
     model.eval()
     kwargs = predict_generation_kwargs(cfg)
     stop_ids = stop_token_ids(tokenizer, template)
     batch = cfg.training.per_device_eval_batch_size
-    out_path = Path(cfg.training.output_dir) / PREDICTIONS_FILE
-    predictions, references = [], []
-    progress = ProgressLog(cfg.training.output_dir, "predict", -(-len(dataset) // batch)).start()  # the Board's bar
+    out = Path(cfg.training.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    out_path = out / PREDICTIONS_FILE
+    fingerprint = predict_fingerprint(cfg, len(dataset))
+    kept = [] if cfg.run.overwrite_output_dir else kept_predictions(out, fingerprint, len(dataset))
+    (out / PREDICT_STATE_FILE).write_text(json.dumps({"fingerprint": fingerprint}), encoding="utf-8")
+    if kept:
+        logger.info("Taking up the predictions in %s after %d of %d samples (overwrite_output_dir: true starts "
+                    "over).", out_path, len(kept), len(dataset))
+    predictions, references = [r["predict"] for r in kept], [r["label"] for r in kept]
+    first = len(kept)
+    progress = ProgressLog(cfg.training.output_dir, "predict",
+                           first // batch + -(-(len(dataset) - first) // batch)).start()  # the Board's bar
+    if first // batch:
+        progress.advance(first // batch)
     with open(out_path, "w", encoding="utf-8") as f:
-        for start in range(0, len(dataset), batch):
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+        f.flush()
+        for start in range(first, len(dataset), batch):
             rows = dataset[start : start + batch]
             pairs = [split_prompt_answer(i, l) for i, l in zip(rows["input_ids"], rows["labels"])]
             generated = generate_batch(model, tokenizer, [p for p, _ in pairs], stop_ids, kwargs)
@@ -77,6 +127,7 @@ def predict(model, tokenizer, template, dataset, cfg: "RunConfig") -> dict[str, 
                 predictions.append(record["predict"])
                 references.append(record["label"])
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()  # whole batches on disk: what a rerun takes up
             progress.advance()
     metrics = {f"predict_{k}": v for k, v in similarity_scores(predictions, references).items()}
     metrics["predict_samples"] = len(predictions)
