@@ -56,7 +56,8 @@ def build_eval_tab(ctx: BoardContext) -> None:
     from .train_tab import dataset_names
 
     # the dataset and its batches, which both jobs read; then what only generation needs
-    dataset_fields = [data["eval_dataset"], data["cutoff_len"], data["max_samples"], train["per_device_eval_batch_size"]]
+    dataset_fields = [data["eval_dataset"], data["cutoff_len"], data["max_samples"],
+                      train["per_device_eval_batch_size"]]
     generation_fields = [*(gen[name] for name in ("max_new_tokens", "top_p", "temperature")), train["seed"]]
     predict_fields = [*dataset_fields, *generation_fields]
 

@@ -6,8 +6,9 @@ LLaMA-Factory gets by writing pad over them and decoding without special tokens;
 samples carry no padding, so `ignore_pad_token_for_loss`, which says what the collator pads
 labels with, leaves the text unchanged). Generation follows the generating group (greedy with
 `do_sample: false`, so the file is deterministic), with `eval_num_beams` in place of
-`num_beams` when set, and stops at the template's stop words. Results: `generated_predictions.jsonl` (prompt, predict, label per line) and
-`predict_results.json` with BLEU-4 and ROUGE-1/2/L.
+`num_beams` when set, and stops at the template's stop words. Results: `generated_predictions.jsonl`
+(prompt, predict, label per line, written batch by batch: a stopped run is taken up where it stopped)
+and `predict_results.json` with BLEU-4 and ROUGE-1/2/L.
 """
 
 from __future__ import annotations
