@@ -66,6 +66,7 @@ def base_config(tmp_path, tiny_llama):
     return make
 
 
+@pytest.mark.slow  # 40 s; ZeRO-3 in two processes stays in the default suite through the bf16 resize tests
 def test_zero3_partitions_trains_and_saves_a_model_that_reloads_in_one_process(base_config, tmp_path):
     # One held-out sample: its eval loss is that sample's loss however the processes split the work
     # (with more, the Trainer averages per process first, so 2 processes and 1 differ slightly).
