@@ -235,8 +235,10 @@ def test_every_job_runs_with_the_hub_menus_variables(board, tmp_path, tiny_llama
         top = _top(tiny_llama)
         if elem in ("eval", "export"):  # no dataset folder: a benchmark has its task folder, export no data
             top.pop("f-dataset_dir")
+        shown = _fn(board, f"preview_{elem}").fn(*_values(board, f"preview_{elem}", hub="modelscope", **top, **form))
+        assert "```yaml" in shown and "USE_MODELSCOPE_HUB=1 lathe " in shown, shown  # LLaMA Board's Preview command
         status, key, *_ = _fn(board, f"start_{elem}").fn(*_values(
             board, f"start_{elem}", hub="modelscope", **top, **form))
         assert key and "USE_MODELSCOPE_HUB=1 lathe " in status, status
-    assert [kind for kind, _ in started] == ["predict", "predict", "eval", "export"]
+    assert [kind for kind, _ in started] == ["predict", "predict", "eval", "export"]  # previews started nothing
     assert [env for _, env in started] == [{"USE_MODELSCOPE_HUB": "1"}] * 4

@@ -135,4 +135,4 @@ def test_a_new_language_redraws_the_progress_bar_and_the_gauge(board):
     redraw = next(f for f in board.fns.values() if f.name == "on_tick" and f.targets and
                   any(target[0] == lang_pick._id for target in f.targets))
     progress, *_rest, memory, _speed, _rewards, _samples = redraw.fn(None, "", "sft", "ja")
-    assert t("state_idle", "ja") in progress and t("watch_memory", "ja") in memory
+    assert t("state_idle", "ja") in progress and t("watch_device", "ja") in memory

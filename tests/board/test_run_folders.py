@@ -152,3 +152,24 @@ def test_a_past_run_picked_brings_its_settings_back(board, tmp_path, tiny_llama)
     *values, extra, message = on_pick_run(str(run), "en")
     assert dict(zip([c.elem_id for c in form], values))["f-learning_rate"] == "1e-05" and "config.yaml" in message
     assert all(isinstance(v, type(gr.skip())) for v in on_pick_run(str(tmp_path / "nothing"), "en"))
+
+
+def test_the_config_and_reward_model_menus_list_what_is_on_disk(board, tmp_path):
+    """LLaMA Board's saved-arguments menu and its reward-model menu of past runs."""
+    import time as _time
+
+    from lathe.board.train_tab import past_model_runs, saved_configs
+
+    wd = board.lathe_runner.workdir
+    wd.mkdir(parents=True, exist_ok=True)
+    (wd / "a.yaml").write_text("stage: sft\n")
+    _time.sleep(0.01)
+    (wd / "b.json").write_text("{}")
+    assert saved_configs(wd)[:2] == [str(wd / "b.json"), str(wd / "a.yaml")]
+    assert str(wd / "user_config.yaml") not in saved_configs(wd)
+    rm = _run(Path("saves"), "org/tiny", "lora", "rm_1", files=["adapter_config.json"])
+    full = _run(Path("saves"), "org/tiny", "full", "rm_2", files=["config.json"])
+    _run(Path("saves"), "org/tiny", "lora", "logs_only", files=["trainer_log.jsonl"])  # no model to score with
+    assert set(past_model_runs("org/tiny", "", "saves")) == {rm, full}
+    assert past_model_runs("org/tiny", "/typed/rm", "saves")[0] == "/typed/rm"
+    assert past_model_runs("org/other", "", "saves") == []

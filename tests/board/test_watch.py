@@ -323,7 +323,7 @@ def test_the_watch_shows_a_grpo_folder_and_hides_rewards_otherwise(watch_page, t
     folder = _grpo_folder(tmp_path / "saves" / "grpo_run")
     (folder / "lathe_config.yaml").write_text(yaml.safe_dump({"stage": "grpo", "output_dir": str(folder)}))
     memory, tokens, rewards, samples = gauges.update(None, str(folder), "sft", "en")
-    assert 'data-source="none"' in memory and tokens == "—"  # no process writes this folder
+    assert 'data-source="device-ram"' in memory and tokens == "—"  # no process writes it: the device as a whole
     assert rewards["visible"] and len(rewards["value"]) == 9  # the run's own config says grpo
     assert samples["visible"] and len(samples["value"]) == 4
 
@@ -358,8 +358,8 @@ def test_the_watch_measures_a_board_run(watch_page, tmp_path, spawn):
     assert gauges.update(run, None, None, "en")[2]["visible"]  # rloo: the reward plot shows
     process.kill()
     process.wait()
-    idle = gauges.update(run, None, None, "en")[0]
-    assert 'data-used=""' in idle and int(idle.split('data-peak="')[1].split('"')[0]) >= 50 * MB
+    idle = gauges.update(run, None, None, "en")[0]  # the run is over: the device as a whole, the run's peak kept
+    assert 'data-source="device-' in idle and int(idle.split('data-peak="')[1].split('"')[0]) >= 50 * MB
 
 
 def test_the_peak_is_one_runs_and_one_sources(watch_page, monkeypatch):
@@ -382,7 +382,10 @@ def test_the_peak_is_one_runs_and_one_sources(watch_page, monkeypatch):
     assert shown(7) == [str(2**30), str(2**30), "ram"]
     now["gpu"] = (3 * 2**30, 80 * 2**30)
     assert shown(7) == [str(3 * 2**30), str(5 * 2**30), "gpu"]  # the GPU's own peak, RAM bytes not in it
-    assert shown(None) == ["", str(5 * 2**30), "none"]  # over: the last run's GPU peak
+    monkeypatch.setattr(watch, "device_memory", lambda: (7 * 2**30, 80 * 2**30, "device-gpu"))
+    assert shown(None) == [str(7 * 2**30), str(5 * 2**30), "device-gpu"]  # over: the device, the last run's GPU peak
+    monkeypatch.setattr(watch, "device_memory", lambda: None)
+    assert shown(None) == ["", str(5 * 2**30), "none"]  # nothing to measure the device with
     now["start"] = 200  # the kernel gave pid 7 to the next run in this folder
     assert shown(7) == [str(3 * 2**30), str(3 * 2**30), "gpu"]
     assert shown(8) == [str(3 * 2**30), str(3 * 2**30), "gpu"]  # another run: afresh
@@ -430,7 +433,7 @@ def test_a_real_grpo_run_feeds_the_watch(watch_page, tmp_path, tiny_llama):
     assert list(rewards["value"]["step"].unique()) == [1, 2]
     table = samples["value"]
     assert len(table) == 4 and set(table["step"]) == {2} and "rw.py:short" in table.columns
-    assert 'data-source="none"' in memory  # the run is over: no process
+    assert 'data-source="device-ram"' in memory  # the run is over: no process, the device as a whole
     assert float(tokens.replace(",", "")) > 0  # grpo logs `throughput`: prompt + completion tokens sampled per second
 
 
@@ -446,7 +449,7 @@ def test_the_train_tab_follows_a_run_written_from_a_shell(tmp_path, monkeypatch)
         None, str(folder), "grpo", "en")
     assert 'data-state="running"' in progress and 'data-points="3"' in progress
     assert timer.active and rewards["visible"] and samples["visible"] and len(samples["value"]) == 4
-    assert 'data-source="none"' in memory  # no process of this user names the folder: said, not guessed
+    assert 'data-source="device-ram"' in memory  # no process of this user names the folder: the device shown
     assert isinstance(fns["on_follow"].fn(str(folder), None), gr.Timer)  # a live log wakes the live view
     for name in ("trainer_log.jsonl", "completions.jsonl"):
         old = time.time() - 120
@@ -454,3 +457,14 @@ def test_the_train_tab_follows_a_run_written_from_a_shell(tmp_path, monkeypatch)
     assert isinstance(fns["on_follow"].fn(str(folder), None), type(gr.skip()))
     progress, *_rest = fns["on_tick"].fn(None, str(folder), "grpo", "en")
     assert 'data-state="idle"' in progress  # stopped short of its end, nothing writes it any more
+
+
+def test_with_no_run_the_gauge_shows_the_device_as_llama_boards_footer_does():
+    from lathe.board.watch import device_memory
+    from lathe.sysmem import available_memory, machine_memory
+
+    gpus = "1000, 80000\n3000, 80000\n"
+    assert device_memory(lambda args: gpus) == (4000 * watch.MiB, 160000 * watch.MiB, "device-gpu")
+    used, total, source = device_memory(lambda args: None)  # no nvidia-smi: the machine's RAM in use
+    assert source == "device-ram" and total == machine_memory() and 0 < used <= total
+    assert abs((total - used) - available_memory()) < 256 * watch.MiB

@@ -57,6 +57,8 @@ TRAINING_FIELDS: dict[str, str] = {
     "weight_decay": "training", "optim": "training", "bf16": "training", "fp16": "training", "seed": "training",
     "logging_steps": "extras", "save_steps": "extras", "save_total_limit": "extras",
     "neftune_noise_alpha": "extras", "report_to": "extras", "per_device_eval_batch_size": "more",
+    # LLaMA Board's Trackio settings (report_to: trackio)
+    "project": "extras", "trackio_space_id": "extras", "hub_private_repo": "extras",
 }
 
 # What the Train tab's widgets start at where it differs from the schema's default: LLaMA Board's own

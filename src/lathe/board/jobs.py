@@ -21,10 +21,11 @@ import gradio as gr
 from ..errors import LatheError
 from ..train.callbacks import PROGRESS_FILE
 from .context import BoardContext, error_md
-from .form import FormField
+from .form import FormField, to_yaml
 from .launch import hub_env
 from .locales import t
 from .monitor import progress_html, read_jsonl, read_metrics
+from .runner import CONFIG_NAME, job_command, shell_line
 
 Make = Callable[..., tuple[str, dict, str, tuple]]
 
@@ -68,6 +69,7 @@ def wire_job(ctx: BoardContext, button, inputs: list[Any], make: Make, results_n
     The handlers are named `start_<elem>`, `abort_<elem>` and `tick_<elem>`: one name per job.
     """
     lang = ctx.w.lang
+    preview = ctx.w.ui(gr.Button(t("preview_cmd", lang), elem_id=f"{elem}-preview"), "preview_cmd", "value")
     abort = ctx.w.ui(gr.Button(t("abort", lang), variant="stop", elem_id=f"{elem}-abort"), "abort", "value")
     status = gr.Markdown(elem_id=f"{elem}-status")
     progress = gr.HTML(job_progress([], "idle", elem, lang), elem_id=f"{elem}-progress")
@@ -87,6 +89,18 @@ def wire_job(ctx: BoardContext, button, inputs: list[Any], make: Make, results_n
             return error_md(code, e), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return (f"{t('msg_started', code)}: `{run.line}`", run.key, gr.Timer(active=True),
                 job_progress([], "running", elem, code), None)
+
+    def show(*values):
+        """The YAML and the command the job would run, nothing started (as the Train tab's Preview command)."""
+        *values, code = values
+        hub_name = values.pop() if ctx.hub is not None else None
+        try:
+            kind, raw, target, extra_args = make(*values)
+        except LatheError as e:
+            return error_md(code, e)
+        folder = ctx.runner.run_folder(str(Path(target).expanduser().resolve()))
+        line = shell_line(job_command(kind, folder / CONFIG_NAME, extra_args), hub_env(hub_name))
+        return f"```yaml\n{to_yaml(raw)}```\n\n`{line}`"
 
     def stop(run_key, code):
         run = ctx.runner.get(run_key)
@@ -113,7 +127,9 @@ def wire_job(ctx: BoardContext, button, inputs: list[Any], make: Make, results_n
         return message, bar, run.log_tail(), metrics, gr.Timer(active=False)
 
     start.__name__, stop.__name__, tick.__name__ = f"start_{elem}", f"abort_{elem}", f"tick_{elem}"
+    show.__name__ = f"preview_{elem}"
     hub = [ctx.hub] if ctx.hub is not None else []  # a bare context (a tab built alone) has no hub menu
     button.click(start, [*inputs, *hub, ctx.lang_pick], [status, key, timer, progress, shown])
+    preview.click(show, [*inputs, *hub, ctx.lang_pick], status)
     abort.click(stop, [key, ctx.lang_pick], status)
     timer.tick(tick, [key, ctx.lang_pick], [status, progress, log_box, shown, timer])

@@ -49,6 +49,12 @@ def command(kind: str, config_path: str | Path, extra: tuple[str, ...] = ()) -> 
     return ["lathe", kind, str(config_path), *extra]
 
 
+def job_command(kind: str, config_path: str | Path, extra: tuple[str, ...] = ()) -> list[str]:
+    """The command of a Board run of `kind` (train, predict, eval, export): a prediction is `lathe train` with
+    do_predict."""
+    return command("train" if kind in ("train", "predict") else kind, config_path, extra)
+
+
 def shell_line(cmd: list[str], env: dict[str, str] | None = None) -> str:
     """`VAR=value ... lathe train file`: the command with the variables the Board sets for it, quoted as a shell
     takes it (a work folder with spaces pastes as one argument)."""
@@ -149,8 +155,7 @@ class Runner:
             folder.mkdir(parents=True, exist_ok=True)
             config_path = folder / CONFIG_NAME
             config_path.write_text(to_yaml(raw), encoding="utf-8")
-            subcommand = "train" if kind in ("train", "predict") else kind
-            cmd = command(subcommand, config_path, extra_args)
+            cmd = job_command(kind, config_path, extra_args)
             child_env = {**outer_environ(), **(env or {}), "PYTHONUNBUFFERED": "1"}  # not another page's hub
             log = open(folder / LOG_NAME, "w", encoding="utf-8")
             try:

@@ -53,6 +53,29 @@ def dataset_names(dataset_dir: str) -> list[str]:
         return []
 
 
+def saved_configs(workdir: Path) -> list[str]:
+    """The config files saved in the Board's work folder (Save config writes there by default), newest first:
+    the Config file menu, as LLaMA Board lists its saved arguments."""
+    found = [p for pattern in ("*.yaml", "*.yml", "*.json") for p in Path(workdir).glob(pattern)
+             if p.name != "user_config.yaml"]
+    return [str(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+def past_model_runs(model: str | None, current: str | None, root: str) -> list[str]:
+    """The reward model menu: this model's past runs of any method that hold a model or an adapter (a `stage: rm`
+    run's folder is what `reward_model` takes), plus what is typed now."""
+    from .context import ADAPTER_FILE, past_runs, save_dir
+
+    methods = save_dir(model, None, root).parent
+    runs = []
+    if methods.is_dir():
+        for method in sorted(p.name for p in methods.iterdir() if p.is_dir()):
+            runs += [r for r in past_runs(model, method, root)
+                     if (Path(r) / ADAPTER_FILE).is_file() or (Path(r) / "config.json").is_file()]
+    current = (current or "").strip()
+    return ([current] if current and current not in runs else []) + runs
+
+
 def reward_names() -> list[str]:
     """The built-in reward functions the GRPO panel's menu offers (a `file.py:function` of one's own is typed)."""
     from ..train.reward_funcs import BUILTIN_REWARDS
@@ -98,7 +121,7 @@ def build_train_tab(ctx: BoardContext) -> None:
         shown = section not in stage_sections() or stage_shows(section, basic["stage"].default, by_section[section])
         with w.ui(gr.Accordion(t(f"sec_{section}", lang), open=False, visible=shown, elem_id=f"sec-{section}"),
                   f"sec_{section}") as panel:
-            grid(by_section[section], {"reward_funcs": {"choices": reward_names()}})
+            grid(by_section[section], {"reward_funcs": {"choices": reward_names()}, "reward_model": {"choices": []}})
             if section == "extras":
                 extra = w.ui(gr.Code(label=t("extra_yaml", lang), language="yaml", elem_id="extra-yaml",
                                      interactive=True), "extra_yaml")
@@ -119,8 +142,9 @@ def build_train_tab(ctx: BoardContext) -> None:
     with gr.Row():
         resume = w.ui(gr.Dropdown(choices=[""], value="", label=t("resume", lang), info=t("resume_info", lang),
                                   allow_custom_value=True, elem_id="resume", scale=2), "resume", "info")
-        cfg_path = w.ui(gr.Textbox(label=t("cfg_path", lang), value=str(ctx.runner.workdir / "board_config.yaml"),
-                                   elem_id="cfg-path", scale=2), "cfg_path")
+        cfg_path = w.ui(gr.Dropdown(choices=saved_configs(ctx.runner.workdir),
+                                    value=str(ctx.runner.workdir / "board_config.yaml"), allow_custom_value=True,
+                                    label=t("cfg_path", lang), elem_id="cfg-path", scale=2), "cfg_path")
         save_btn = w.ui(gr.Button(t("save_cfg", lang), elem_id="save-cfg"), "save_cfg", "value")
         load_btn = w.ui(gr.Button(t("load_cfg", lang), elem_id="load-cfg"), "load_cfg", "value")
     form_fields = ctx.top + fields
@@ -316,6 +340,10 @@ def build_train_tab(ctx: BoardContext) -> None:
     save_btn.click(on_save, [cfg_path, *inputs, lang_pick], status)
     load_btn.click(on_load, [cfg_path, lang_pick], [*form_components, extra, status])
     output_dir.select(on_pick_run, [output_dir, lang_pick], [*form_components, extra, status])
+    cfg_path.focus(lambda: gr.update(choices=saved_configs(ctx.runner.workdir)), None, cfg_path, show_progress="hidden")
+    reward_model = w.components["reward_model"]
+    reward_model.focus(lambda model, current: gr.update(choices=past_model_runs(model, current, ctx.save_root)),
+                       [w.components["model_name_or_path"], reward_model], reward_model, show_progress="hidden")
     wire_run_folders(ctx, output_dir)
     wire_panels(ctx, panels, by_section)
     ds_stage.change(lambda stage: gr.update(value=False) if stage in ("none", "0") else gr.skip(), ds_stage,

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from ..config.read import parse_overrides, read_config_file, split_config_args
 from ..errors import LatheError
-from ..sysmem import PROC, MiB, machine_memory, process_rss, size
+from ..sysmem import PROC, MiB, available_memory, machine_memory, process_rss, size
 from .locales import t
 from .monitor import completions_frame, latest_completions, log_is_live, read_log, reward_frame, throughput_text
 from .runner import CONFIG_NAME
@@ -181,6 +181,19 @@ def gpu_memory(pids: list[int], query: Callable[[list[str]], str | None] = nvidi
             "--query-gpu=uuid,memory.total", "--format=csv,noheader,nounits"])) if len(row) >= 2 and row[1].isdigit()})
     total = sum(_GPU_TOTALS.get(g, 0) for g in gpus)
     return used, total or None
+
+
+def device_memory(query: Callable[[list[str]], str | None] = nvidia_smi) -> tuple[int, int, str] | None:
+    """(used, total, source) of the whole device while no run of the folder goes, as LLaMA Board's footer shows
+    it: every GPU's memory (nvidia-smi), else the machine's RAM in use (MemTotal less MemAvailable)."""
+    rows = _csv_rows(query(["--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits"]))
+    gpus = [(int(r[0]) * MiB, int(r[1]) * MiB) for r in rows if len(r) >= 2 and r[0].isdigit() and r[1].isdigit()]
+    if gpus:
+        return sum(u for u, _ in gpus), sum(total for _, total in gpus), "device-gpu"
+    total, free = machine_memory(), available_memory()
+    if total and free is not None:
+        return max(0, total - free), total, "device-ram"
+    return None
 
 
 # ---------------------------------------------------------------- finding a run started from a shell
@@ -372,8 +385,12 @@ class Watch:
         fails measures RAM, which is no GPU peak."""
         start = process_start(pid) if pid is not None else None
         tree = process_tree(pid) if start is not None else []
-        if not tree:
-            return gauge_html(None, None, t("watch_memory", lang), lang, peak=self.last_peak(folder or ""))
+        if not tree:  # no run here now: the device as a whole, with the peak of the run measured last
+            device = device_memory()
+            peak = self.last_peak(folder or "")
+            if device is None:
+                return gauge_html(None, None, t("watch_memory", lang), lang, peak=peak)
+            return gauge_html(device[0], device[1], t("watch_device", lang), lang, device[2], peak)
         gpu = gpu_memory(tree)
         if gpu is not None:
             used, total, label, source = gpu[0], gpu[1], t("watch_gpu_memory", lang), "gpu"
@@ -392,8 +409,7 @@ class Watch:
 
         folder = run.key if run is not None else (str(Path(output_dir).expanduser().resolve()) if output_dir else None)
         if folder is None:
-            return [gauge_html(None, None, t("watch_memory", lang), lang), "—", gr.update(visible=False),
-                    gr.update(visible=False)]
+            return [self.memory_html(None, None, lang), "—", gr.update(visible=False), gr.update(visible=False)]
         if records is None:
             records = read_log(folder)
         if run is not None:
