@@ -55,6 +55,8 @@ def _stop(proc, log) -> None:
     log.close()
 
 
+@pytest.mark.slow  # 40 s with its Board; every language in a browser stays in CI (test_browser_tabs.py), the
+# Accept-Language choice and remembered settings in tests/board/test_locales.py and test_user_settings.py
 def test_page_follows_the_browser_language_and_remembers_settings(tmp_path):
     sync_playwright = _browser_or_skip()
     workdir = tmp_path / "wd"
