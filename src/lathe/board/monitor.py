@@ -13,6 +13,7 @@ import html
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,16 @@ def read_jsonl(path: str | Path, since: float | None = None) -> list[dict[str, A
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return []
+    return json_objects(lines)
+
+
+def json_objects(lines: Iterable[str | bytes]) -> list[dict[str, Any]]:
+    """The lines that parse as JSON objects; the rest (a half-written last line, a stray value) skipped."""
     records = []
     for line in lines:
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             continue
         if isinstance(record, dict):
             records.append(record)
@@ -139,13 +145,9 @@ def last_record(path: str | Path, chunk: int = 8192) -> dict[str, Any] | None:
             lines, whole = _tail_lines(path, chunk)
         except OSError:
             return None
-        for line in reversed(lines):
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(record, dict):
-                return record
+        records = json_objects(lines)
+        if records:
+            return records[-1]
         if whole:
             return None
         chunk *= 8
@@ -202,14 +204,7 @@ def latest_completions(output_dir: str | Path, n: int = 4) -> list[dict[str, Any
             lines, whole = _tail_lines(path, chunk)
         except OSError:
             return []
-        rows = []
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(row, dict) and "step" in row:
-                rows.append(row)
+        rows = [row for row in json_objects(lines) if "step" in row]
         if rows:
             last = rows[-1]["step"]
             group = [r for r in rows if r["step"] == last]
