@@ -407,7 +407,7 @@ def test_the_file_names_match_the_trainers():
     from lathe.train.base import CONFIG_FILE
     from lathe.train.grpo import COMPLETIONS_FILE
 
-    assert (monitor.COMPLETIONS_FILE, watch.RUN_CONFIG) == (COMPLETIONS_FILE, CONFIG_FILE)
+    assert (monitor.COMPLETIONS_FILE, watch.CONFIG_FILE) == (COMPLETIONS_FILE, CONFIG_FILE)
 
 
 def test_a_real_grpo_run_feeds_the_watch(watch_page, tmp_path, tiny_llama):

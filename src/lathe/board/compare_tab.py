@@ -29,7 +29,7 @@ from ..train.callbacks import LOG_FILE
 from .context import SAVE_ROOT, BoardContext, error_md, is_run
 from .locales import t
 from .monitor import read_log
-from .runner import CONFIG_NAME, Runner
+from .runner import Runner
 
 MISSING = "—"  # an option or a metric a run does not have
 FIRST_METRICS = ("loss", "eval_loss", "reward", "accuracy")  # offered first, in this order, when logged
@@ -195,7 +195,7 @@ def read_options(run: str, runner: Runner | None = None) -> Options:
     path = Path(run).expanduser() / CONFIG_FILE
     try:
         if not path.is_file() and runner is not None:
-            board_copy = runner.run_folder(str(Path(run).expanduser().resolve())) / CONFIG_NAME
+            board_copy = runner.config_path(run)
             if board_copy.is_file():
                 return _resolved(read_config_file(board_copy), board_copy)
         return Options(read_config_file(path) if path.is_file() else {})

@@ -25,7 +25,7 @@ from .form import FormField, to_yaml
 from .launch import hub_env
 from .locales import t
 from .monitor import progress_html, read_jsonl, read_metrics
-from .runner import CONFIG_NAME, job_command, shell_line
+from .runner import job_command, shell_line
 
 Make = Callable[..., tuple[str, dict, str, tuple]]
 
@@ -98,8 +98,7 @@ def wire_job(ctx: BoardContext, button, inputs: list[Any], make: Make, results_n
             kind, raw, target, extra_args = make(*values)
         except LatheError as e:
             return error_md(code, e)
-        folder = ctx.runner.run_folder(str(Path(target).expanduser().resolve()))
-        line = shell_line(job_command(kind, folder / CONFIG_NAME, extra_args), hub_env(hub_name))
+        line = shell_line(job_command(kind, ctx.runner.config_path(target), extra_args), hub_env(hub_name))
         return f"```yaml\n{to_yaml(raw)}```\n\n`{line}`"
 
     def stop(run_key, code):

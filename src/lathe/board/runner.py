@@ -172,6 +172,10 @@ class Runner:
             threading.Thread(target=self._reap, args=(run,), daemon=True).start()
             return run
 
+    def config_path(self, target: str | Path) -> Path:
+        """Where this Board writes (or wrote) the config of a run into `target`: the file its command names."""
+        return self.run_folder(str(Path(target).expanduser().resolve())) / CONFIG_NAME
+
     def run_folder(self, key: str) -> Path:
         name = re.sub(r"[^\w.-]+", "_", Path(key).name)[:40] or "run"
         return self.workdir / "runs" / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"

@@ -34,7 +34,7 @@ from .launch import DS_STAGES, Launch, check_hub, check_launch, devices_text, en
 from .locales import t
 from .monitor import checkpoints, loss_frame, progress_html, read_log
 from .plan_panel import build_plan_panel, guard
-from .runner import CONFIG_NAME, command, shell_line
+from .runner import command, shell_line
 from .watch import build_watch, folder_is_live
 
 # Written to every Board config even at their defaults, so the file reads on its own.
@@ -211,8 +211,7 @@ def build_train_tab(ctx: BoardContext) -> None:
             raw, env, _ = launched(args)
         except LatheError as e:
             return error_md(code, e), gr.skip(), gr.skip()
-        folder = ctx.runner.run_folder(str(Path(raw["output_dir"]).expanduser().resolve()))
-        return "", to_yaml(raw), shell_line(command("train", folder / CONFIG_NAME), env)
+        return "", to_yaml(raw), shell_line(command("train", ctx.runner.config_path(raw["output_dir"])), env)
 
     def on_start(*args):
         *args, memory_text, warned, code = args
@@ -359,8 +358,7 @@ def run_settings(ctx: BoardContext, folder: str | None) -> tuple[dict[str, Any] 
 
     if not folder or not str(folder).strip():
         return None, ""
-    key = str(Path(folder).expanduser().resolve())
-    for path, resolved in ((ctx.runner.run_folder(key) / CONFIG_NAME, False), (Path(key) / CONFIG_FILE, True)):
+    for path, resolved in ((ctx.runner.config_path(folder), False), (Path(folder).expanduser() / CONFIG_FILE, True)):
         if not path.is_file():
             continue
         try:

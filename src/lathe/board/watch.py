@@ -36,11 +36,11 @@ from typing import Any, TypeVar
 from ..config.read import parse_overrides, read_config_file, split_config_args
 from ..errors import LatheError
 from ..sysmem import PROC, MiB, available_memory, machine_memory, process_rss, size
+from ..train.base import CONFIG_FILE  # the resolved config every run writes to output_dir
 from .locales import t
 from .monitor import completions_frame, latest_completions, log_is_live, read_log, reward_frame, throughput_text
 from .runner import CONFIG_NAME
 
-RUN_CONFIG = "lathe_config.yaml"  # train/base.py's CONFIG_FILE: the resolved config a run writes to output_dir
 SMI_TIMEOUT = 3.0  # seconds; a hung driver must not hang the Board's timer
 RECENT_S = 5.0  # seconds a /proc scan or an nvidia-smi answer serves every page's timer
 
@@ -417,7 +417,7 @@ class Watch:
             stage = config_stage(run.folder / CONFIG_NAME) or stage
         else:
             pid = find_run_pid(folder)
-            stage = config_stage(Path(folder) / RUN_CONFIG) or stage
+            stage = config_stage(Path(folder) / CONFIG_FILE) or stage
         out = [self.memory_html(pid, folder, lang), throughput_text(records)]
         if scores_samples(stage):
             frame = reward_frame(records)  # None until a reward is logged: the plot's first value fixes its axes
