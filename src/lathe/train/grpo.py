@@ -10,8 +10,12 @@ are GRPO's group-normalised ones (`stage: grpo`) or RLOO's leave-one-out ones (`
 (with LoRA it is then the adapter switched off: no copy).
 
 Batch sizes, as TRL's: each optimiser step sees per_device_train_batch_size x
-gradient_accumulation_steps completions, `num_generations` per prompt, in micro-batches of
+gradient_accumulation_steps completions per process, `num_generations` per prompt, in micro-batches of
 per_device_train_batch_size.
+
+Under torchrun each process samples and generates its own share of the step's prompts, and DDP averages
+the gradients (`loop_ranks.py`). The log and the checkpoints are written once, by rank 0, and hold every
+process's numbers and random states.
 
 Checkpoints (`save_steps`, `loop_checkpoints.py`) hold the weights, optimiser, scheduler, the random
 states and the sampler's generator, so a run killed after step k and started again (the same command,
@@ -36,7 +40,7 @@ from ..registry import METHODS, OPTIMIZERS, REWARD_MODELS, STAGES
 from .base import log_streamed_report, setup_run
 from .callbacks import LOG_FILE, append_log_record, fmt_seconds
 from .checkpoints import check_writable, checkpoint_bytes
-from .grpo_rollout import PROMPTS, REWARD_MODEL, GroupSampler, Rollout, completion_logps
+from .grpo_rollout import PROMPTS, REWARD_MODEL, GroupSampler, Rollout, Scores, completion_logps
 from .loop_checkpoints import (
     check_loop_saving,
     reward_metrics,
@@ -45,6 +49,7 @@ from .loop_checkpoints import (
     save_loop_checkpoint,
     trim_logs,
 )
+from .loop_ranks import Ranks, accumulating, policy_logps, shuffled
 from .losses.grpo import (
     LOSS_TYPES,
     LossSettings,
@@ -73,6 +78,37 @@ RESULTS_FILE = "train_results.json"  # the run's metrics, named as the Trainer s
 SHOWN_COMPLETIONS = 4  # sampled completions written to completions.jsonl per logging step
 
 
+def policy_gradients(scorer, r: Rollout, advantages: torch.Tensor, mask: torch.Tensor, order: torch.Tensor, micro: int,
+                     settings: LossSettings, num_items: float, world: int = 1, old: torch.Tensor | None = None,
+                     ref: torch.Tensor | None = None) -> dict[str, list[float]]:
+    """Accumulate one optimiser step's gradients over the rows `order` of this process's rollout, `micro` rows at a
+    time; each micro-batch's statistics.
+
+    `scorer` is `loop_ranks.policy_logps`: under several processes DDP averages their gradients in the last
+    micro-batch's backward. A step with several processes then gets the gradients of one process holding all their
+    rows (the loss types' weights make accumulation exact; `num_items` counts every process's tokens).
+    """
+    loss_type = LOSS_TYPES[settings.loss_type]
+    across = world if loss_type.whole_step_tokens else 1  # DDP averages; a loss over every process's tokens adds
+    chunks = [order[i : i + micro] for i in range(0, len(order), micro)]
+    stats: dict[str, list[float]] = {"loss": [], "clip_ratio": [], "kl": [], "entropy": []}
+    for k, idx in enumerate(chunks):
+        with accumulating(scorer, last=k == len(chunks) - 1):
+            logps, entropy = scorer(r.ids[idx], r.attn[idx], r.prompt_len, with_entropy=True)
+            old_logps = old[idx] if old is not None else logps.detach()
+            result = grpo_loss(logps, old_logps, advantages[idx], mask[idx], settings,
+                               ref[idx] if ref is not None else None, num_items=num_items)
+            weight = loss_type.weight(len(idx), len(order), len(chunks))
+            (result.loss * weight * across).backward()
+        stats["loss"].append(result.loss.item())
+        stats["clip_ratio"].append(result.clip_ratio)
+        m = r.mask[idx].float()
+        stats["entropy"].append(float((entropy * m).sum() / m.sum().clamp(min=1)))
+        if result.kl is not None:
+            stats["kl"].append(result.kl)
+    return stats
+
+
 class GRPORunner:
     """The loop: sample prompts, roll out groups, score, compute advantages, update; log each step,
     save a checkpoint every `save_steps`."""
@@ -82,15 +118,18 @@ class GRPORunner:
         f, t = cfg.finetuning, cfg.training
         self.cfg, self.run, self.ref, self.advantages = cfg, run, ref, advantages
         self.model, self.tokenizer = run.model, run.tokenizer
-        self.device = run.args.device  # the run's accelerator (cuda:0, ...), or the CPU
+        self.device = run.args.device  # the run's accelerator (cuda:0, ...), or the CPU; starts torchrun's process group
+        self.ranks = Ranks.current()
+        if self.ranks.world > 1:  # the processes sample different tokens (rank 0's stream is the one-process run's)
+            torch.manual_seed(t.seed + self.ranks.rank)
         for module in (self.model, ref, getattr(reward_model, "model", None)):
             if module is not None and not (getattr(module, "is_loaded_in_4bit", False)
                                            or getattr(module, "is_loaded_in_8bit", False)):
                 module.to(self.device)  # quantized weights were placed when they loaded
-        self.sampler = GroupSampler(cfg, run, rewards, reward_model, self.device)
+        self.sampler = GroupSampler(cfg, run, rewards, reward_model, self.device, self.ranks)
         self.names, self.group = self.sampler.names, f.num_generations
-        self.batch = t.per_device_train_batch_size * t.gradient_accumulation_steps  # completions per step
-        steps_per_epoch = max(1, len(run.data.train) * self.group // self.batch)
+        self.batch = t.per_device_train_batch_size * t.gradient_accumulation_steps  # completions per step and process
+        steps_per_epoch = max(1, len(run.data.train) * self.group // (self.batch * self.ranks.world))
         self.total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
         self.save_every = save_interval(cfg, self.total_steps, steps_per_epoch)
         self.settings = LossSettings(f.loss_type, f.epsilon, f.epsilon_high, f.importance_sampling_level, f.grpo_beta,
@@ -102,16 +141,17 @@ class GRPORunner:
         self.scheduler = get_scheduler(t.lr_scheduler_type, self.optimizer,
                                        num_warmup_steps=t.get_warmup_steps(updates), num_training_steps=updates)
         self.temperature = cfg.generating.temperature if cfg.generating.temperature > 0 else 1.0
+        self.scorer = policy_logps(self.model, self.temperature, self.ranks, self.device)
         self.done, self.rewards_so_far = 0, []  # steps finished (a resumed run starts past 0) and their mean rewards
         self.tokens_so_far = 0  # prompt + completion tokens sampled in those steps
 
     def resume(self, checkpoint: str) -> None:
         """Continue from `checkpoint`: weights, optimiser, scheduler, random states, the sampler's position."""
         self.done, extra = restore_loop_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler,
-                                                   self.sampler.generator)
+                                                   self.sampler.generator, self.ranks.rank)
         self.rewards_so_far = list(extra.get("rewards", []))
         self.tokens_so_far = int(extra.get("tokens", 0))
-        if is_main_process():
+        if self.ranks.main:
             trim_logs(self.cfg.training.output_dir, self.done,
                       {LOG_FILE: "current_steps", COMPLETIONS_FILE: "step"})
         logger.info("%s: resumed from %s after step %d of %d", self.cfg.finetuning.stage, checkpoint, self.done,
@@ -129,9 +169,17 @@ class GRPORunner:
         return torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
                                  weight_decay=t.weight_decay)
 
+    def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """This process's advantages, computed over every process's rewards (`scale_rewards: batch` divides by
+        the std of them all; a group never spans two processes)."""
+        every = self.ranks.gather(rewards.cpu())
+        start = sum(len(x) for x in every[:self.ranks.rank])
+        advantages = self.advantages(torch.cat(every), self.group, self.cfg.finetuning.scale_rewards)
+        return advantages[start : start + len(rewards)].to(rewards.device)
+
     def update(self, r: Rollout) -> dict[str, float]:
         f = self.cfg.finetuning
-        advantages = self.advantages(r.rewards, self.group, f.scale_rewards)
+        advantages = self._advantages(r.rewards)
         stats: dict[str, list[float]] = {"loss": [], "clip_ratio": [], "kl": [], "entropy": []}
         mask = r.mask.clone()
         if f.mask_truncated_completions:
@@ -143,26 +191,14 @@ class GRPORunner:
         if f.grpo_beta > 0:
             with reference_of(self.model, self.ref) as ref_model:
                 ref = self._logps_no_grad(ref_model, r)
-        num_items = float(mask.sum())  # dapo divides by the tokens of the whole optimiser batch
+        num_items = self.ranks.total(float(mask.sum()))  # dapo divides by the tokens of the whole optimiser batch
         self.model.train()
         for _ in range(f.num_iterations):
-            order = torch.randperm(len(r.rewards), generator=self.sampler.generator)
-            chunks = [order[i : i + micro] for i in range(0, len(order), micro)]
+            order = shuffled(len(r.rewards), self.batch, self.sampler.generator)
             self.optimizer.zero_grad()
-            for idx in chunks:
-                logps, entropy = completion_logps(self.model, r.ids[idx], r.attn[idx], r.prompt_len, self.temperature,
-                                                  with_entropy=True)
-                old_logps = old[idx] if old is not None else logps.detach()
-                result = grpo_loss(logps, old_logps, advantages[idx], mask[idx], self.settings,
-                                   ref[idx] if ref is not None else None, num_items=num_items)
-                weight = LOSS_TYPES[f.loss_type].weight(len(idx), len(order), len(chunks))
-                (result.loss * weight).backward()
-                stats["loss"].append(result.loss.item())
-                stats["clip_ratio"].append(result.clip_ratio)
-                m = r.mask[idx].float()
-                stats["entropy"].append(float((entropy * m).sum() / m.sum().clamp(min=1)))
-                if result.kl is not None:
-                    stats["kl"].append(result.kl)
+            for key, values in policy_gradients(self.scorer, r, advantages, mask, order, micro, self.settings,
+                                                num_items, self.ranks.world, old, ref).items():
+                stats[key] += values
             if self.cfg.training.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                                self.cfg.training.max_grad_norm)
@@ -177,14 +213,15 @@ class GRPORunner:
                  for i in range(0, len(r.ids), micro)]
         return torch.cat(parts)
 
-    def record(self, step: int, r: Rollout, stats: dict[str, float], elapsed: float, tokens: int = 0,
+    def record(self, step: int, r: Scores, stats: dict[str, float], elapsed: float, tokens: int = 0,
                new_tokens: int = 0) -> dict:
-        """One trainer_log.jsonl line. `tokens`: prompt and completion tokens sampled so far (a resumed run's
-        earlier steps too), `new_tokens` those of this process, whose rate is the throughput, as a Trainer
-        stage logs them (the Board's tokens/s)."""
-        lengths = r.mask.sum(-1).float()
+        """One trainer_log.jsonl line, of every process's completions. `tokens`: prompt and completion tokens
+        sampled so far (a resumed run's earlier steps too), `new_tokens` those of this run, whose rate is the
+        throughput, as a Trainer stage logs them (the Board's tokens/s)."""
+        lengths = r.lengths.float()
         record = {"current_steps": step, "total_steps": self.total_steps, "loss": round(stats["loss"], 6),
-                  "reward": round(float(r.rewards.mean()), 6), "reward_std": round(float(r.rewards.std()), 6)}
+                  "reward": round(float(r.rewards.mean()), 6), "reward_std": round(float(r.rewards.std()), 6),
+                  "completions": len(r.rewards)}
         for j, name in enumerate(self.names):
             record[f"rewards/{name}/mean"] = round(float(r.per_func[:, j].mean()), 6)
             record[f"rewards/{name}/std"] = round(float(r.per_func[:, j].std()), 6)
@@ -199,37 +236,51 @@ class GRPORunner:
         })
         return record
 
-    def samples(self, step: int, r: Rollout) -> list[dict]:
+    def samples(self, step: int, r: Scores) -> list[dict]:
         """A few completions of the step with their rewards, for completions.jsonl."""
         return [{"step": step, "prompt": r.prompts[i], "completion": r.completions[i], "reward": float(r.rewards[i]),
                  **{name: float(r.per_func[i, j]) for j, name in enumerate(self.names)}}
                 for i in range(min(SHOWN_COMPLETIONS, len(r.completions)))]
 
     def train(self) -> dict[str, float]:
-        out = Path(self.cfg.training.output_dir)
         prompts_per_step = self.batch // self.group
         start, rewards, tokens = time.time(), self.rewards_so_far, self.tokens_so_far
         for step in range(self.done + 1, self.total_steps + 1):
             batch, r, rounds = self.sampler.sample(prompts_per_step)
-            tokens += int(r.attn[:, :r.prompt_len].sum() + r.mask.sum())
-            stats = self.update(batch) if batch is not None else {"loss": 0.0}
+            # every process updates, or none: DDP's backward waits for all of them
+            train = self.ranks.every(batch is not None)
+            stats = self.update(batch) if train else {"loss": 0.0}
             if self.cfg.finetuning.dynamic_sampling:
-                kept = 0 if batch is None else len(batch.rewards)
+                kept = len(batch.rewards) if train else 0
                 stats |= {"sampling_rounds": rounds, "kept_share": kept / (prompts_per_step * self.group)}
-            rewards.append(float(r.rewards.mean()))
+            sums = self.ranks.gather((int(r.attn[:, :r.prompt_len].sum() + r.mask.sum()), float(r.rewards.sum()),
+                                      len(r.rewards)))
+            tokens += sum(x[0] for x in sums)
+            rewards.append(sum(x[1] for x in sums) / sum(x[2] for x in sums))
             logging_step = step % max(1, int(self.cfg.training.logging_steps)) == 0 or step == 1
-            if is_main_process() and logging_step:
-                record = self.record(step, r, stats, time.time() - start, tokens, tokens - self.tokens_so_far)
-                append_log_record(out, record)
-                with open(out / COMPLETIONS_FILE, "a", encoding="utf-8") as fh:
-                    fh.writelines(json.dumps(sample, ensure_ascii=False) + "\n" for sample in self.samples(step, r))
-                logger.info("%s step %d/%d: reward %.4f, loss %.4f, completion length %.1f",
-                            self.cfg.finetuning.stage, step, self.total_steps, record["reward"], record["loss"],
-                            record["completion_length"])
-            if self.save_every and step % self.save_every == 0 and is_main_process():
+            if logging_step:
+                self._log(step, r, stats, time.time() - start, tokens, tokens - self.tokens_so_far)
+            if self.save_every and step % self.save_every == 0:
                 save_loop_checkpoint(self.cfg, step, self.total_steps, self.model, self.tokenizer, self.optimizer,
-                                     self.scheduler, self.sampler.generator, {"rewards": rewards, "tokens": tokens})
+                                     self.scheduler, self.sampler.generator, {"rewards": rewards, "tokens": tokens},
+                                     self.ranks)
         return reward_metrics(rewards, time.time() - start)
+
+    def _log(self, step: int, r: Rollout, stats: dict[str, float], elapsed: float, tokens: int, new_tokens: int
+             ) -> None:
+        """Rank 0 writes the step's line and sample completions, of every process's completions and statistics."""
+        scores = Scores.merge(self.ranks.gather(r.scores()))
+        every = self.ranks.gather(stats)
+        stats = {k: sum(s[k] for s in every) / len(every) for k in stats}
+        if not self.ranks.main:
+            return
+        out = Path(self.cfg.training.output_dir)
+        record = self.record(step, scores, stats, elapsed, tokens, new_tokens)
+        append_log_record(out, record)
+        with open(out / COMPLETIONS_FILE, "a", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(sample, ensure_ascii=False) + "\n" for sample in self.samples(step, scores))
+        logger.info("%s step %d/%d: reward %.4f, loss %.4f, completion length %.1f", self.cfg.finetuning.stage, step,
+                    self.total_steps, record["reward"], record["loss"], record["completion_length"])
 
     def save(self) -> None:
         out = self.cfg.training.output_dir
@@ -241,13 +292,7 @@ class GRPORunner:
 
 
 def _run(cfg: "RunConfig", advantages) -> StageResult:
-    import os
-
     from .plot import plot_loss
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would train on its own, unsynchronised
-        raise LatheError(f"`stage: {cfg.finetuning.stage}` runs in one process: its loop does not share gradients "
-                         f"between processes yet. Make one GPU visible (e.g. CUDA_VISIBLE_DEVICES=0).")
 
     run = setup_run(cfg)
     rewards = build_reward_functions(cfg, run.template)  # a missing file fails before the first rollout

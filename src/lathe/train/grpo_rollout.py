@@ -25,6 +25,7 @@ from ..data.processors import Processor
 from ..data.sample import IGNORE_INDEX
 from ..model.generation import generation_kwargs, stop_token_ids
 from .chunked_logits import chunkable, token_logps_and_entropy
+from .loop_ranks import Ranks
 from .losses.grpo import constant_groups
 from .ppo import response_mask
 from .reward_funcs import RewardFunction, call_reward, split_reward_names
@@ -131,6 +132,31 @@ class Rollout:
                        self.rewards[rows], self.per_func[rows], [self.prompts[i] for i in keep],
                        [self.completions[i] for i in keep])
 
+    def scores(self) -> "Scores":
+        return Scores(self.rewards.cpu(), self.per_func.cpu(), self.mask.sum(-1).cpu(), self.truncated.cpu(),
+                      self.prompts, self.completions)
+
+
+@dataclass
+class Scores:
+    """What the log reads of a step's completions: small enough to gather from every process."""
+
+    rewards: torch.Tensor  # [B]
+    per_func: torch.Tensor  # [B, F]
+    lengths: torch.Tensor  # [B] completion tokens
+    truncated: torch.Tensor  # [B] bool
+    prompts: list[str]
+    completions: list[str]
+
+    @staticmethod
+    def merge(parts: list["Scores"]) -> "Scores":
+        """The processes' scores as one, in rank order."""
+        if len(parts) == 1:
+            return parts[0]
+        return Scores(*(torch.cat([getattr(p, k) for p in parts]) for k in ("rewards", "per_func", "lengths",
+                                                                             "truncated")),
+                      [x for p in parts for x in p.prompts], [x for p in parts for x in p.completions])
+
 
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
     """Rollouts of several sampling rounds as one: prompts left-padded, completions right-padded to the longest."""
@@ -153,10 +179,12 @@ class GroupSampler:
     """Draws prompts, samples `num_generations` completions of each and scores them.
 
     `generator` is the sampler's position in the data: which prompts come next (and, in the loop, the
-    order of the micro-batches); its state is part of every checkpoint.
+    order of the micro-batches); its state is part of every checkpoint. It is seeded alike in every
+    process: each draws the prompts of all processes and takes its own share, so they never repeat one.
     """
 
-    def __init__(self, cfg: "RunConfig", run, rewards: list[RewardFunction], reward_model, device) -> None:
+    def __init__(self, cfg: "RunConfig", run, rewards: list[RewardFunction], reward_model, device,
+                 ranks: Ranks = Ranks()) -> None:
         f = cfg.finetuning
         self.cfg, self.model, self.tokenizer, self.device = cfg, run.model, run.tokenizer, device
         self.rewards, self.reward_model = rewards, reward_model  # `reward_model` scored last, named reward_model
@@ -167,6 +195,7 @@ class GroupSampler:
         self.rows = run.data.train
         self.stop_ids = stop_token_ids(self.tokenizer, run.template)
         self.generator = torch.Generator().manual_seed(cfg.training.seed)
+        self.ranks = ranks
 
     @torch.no_grad()
     def rollout(self, picks: list[int]) -> Rollout:
@@ -209,19 +238,21 @@ class GroupSampler:
 
         With `dynamic_sampling` (DAPO), groups whose rewards are all equal carry no signal: they are
         dropped, and more prompts are sampled, up to MAX_SAMPLING_ROUNDS rounds, until `prompts` groups
-        with a signal are found; None when none was.
+        with a signal are found; None when none was. Several processes sample rounds together until each
+        has its `prompts` groups, so their generators stay in step.
         """
         dynamic = self.cfg.finetuning.dynamic_sampling
         rounds, kept = [], []
+        mine = slice(self.ranks.rank * prompts, (self.ranks.rank + 1) * prompts)
         for _ in range(MAX_SAMPLING_ROUNDS if dynamic else 1):
-            picks = torch.randint(len(self.rows), (prompts,), generator=self.generator).tolist()
-            rounds.append(self.rollout(picks))
+            picks = torch.randint(len(self.rows), (prompts * self.ranks.world,), generator=self.generator)[mine]
+            rounds.append(self.rollout(picks.tolist()))
             if not dynamic:
                 return rounds[0], rounds[0], 1
             signal = ~constant_groups(rounds[-1].rewards, self.group).repeat_interleave(self.group)
             if signal.any():
                 kept.append(rounds[-1].select(signal.nonzero().squeeze(-1)))
-            if sum(len(r.rewards) for r in kept) >= prompts * self.group:
+            if self.ranks.every(sum(len(r.rewards) for r in kept) >= prompts * self.group):
                 break
         pad = self.tokenizer.pad_token_id
         everything = concat_rollouts(rounds, pad)

@@ -12,13 +12,16 @@ with `save_pretrained`, so a checkpoint is also a model to load), `optimizer.pt`
 `rng_state.pth` (python `random`, numpy, torch's CPU generator and every CUDA device's, and the
 loop's own `torch.Generator`, its position in the data) and `loop_state.pt` (the stage's own
 numbers). A run resumed from step k then draws the same prompts and samples the same tokens for
-steps k+1.. as one that was never stopped. `save_only_model: true` keeps the weights alone, as the
+steps k+1.. as one that was never stopped. Under torchrun, rank 0 writes the checkpoint and each other
+process adds its own random states (`rng_state_<rank>.pth`, as the Trainer names them); the output folder
+is then one that every process sees (one machine, or a shared file system). `save_only_model: true` keeps the weights alone, as the
 Trainer does: such a checkpoint is refused for resuming, by name.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -32,9 +35,12 @@ import torch
 from ..errors import LatheError
 from .callbacks import LOG_FILE
 from .checkpoints import STAGING, STATE_FILE
+from .loop_ranks import Ranks
 
 if TYPE_CHECKING:
     from ..config import RunConfig
+
+logger = logging.getLogger(__name__)
 
 OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE, LOOP_FILE = "optimizer.pt", "scheduler.pt", "rng_state.pth", "loop_state.pt"
 
@@ -87,17 +93,36 @@ def set_rng_states(states: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_loop_checkpoint(cfg: "RunConfig", step: int, total_steps: int, model, tokenizer, optimizer, scheduler,
-                         generator: torch.Generator, extra: dict[str, Any] | None = None) -> Path:
-    """Write `output_dir/checkpoint-<step>` whole or not at all; delete those beyond `save_total_limit`."""
-    from transformers.trainer_utils import rotate_checkpoints
+def rank_rng_file(rank: int) -> str:
+    return RNG_FILE if rank == 0 else f"rng_state_{rank}.pth"
 
+
+def save_loop_checkpoint(cfg: "RunConfig", step: int, total_steps: int, model, tokenizer, optimizer, scheduler,
+                         generator: torch.Generator, extra: dict[str, Any] | None = None, ranks: Ranks = Ranks()
+                         ) -> Path:
+    """Write `output_dir/checkpoint-<step>` whole or not at all; delete those beyond `save_total_limit`.
+
+    Every process calls it (the others add their random states to rank 0's folder before it is renamed)."""
     t = cfg.training
     out = Path(t.output_dir)
     name = f"checkpoint-{step}"
-    staging = out / STAGING
-    shutil.rmtree(staging, ignore_errors=True)
-    folder = staging / name
+    folder = out / STAGING / name
+    if ranks.main:
+        _write_checkpoint(cfg, folder, model, tokenizer, optimizer, scheduler, generator, extra)
+    ranks.barrier()
+    if not ranks.main and not t.save_only_model:
+        torch.save(rng_states(generator), folder / rank_rng_file(ranks.rank))
+    ranks.barrier()
+    if ranks.main:
+        _publish_checkpoint(cfg, folder, step, total_steps)
+    ranks.barrier()  # no process goes on (and may save again) before the checkpoint is in place
+    return out / name
+
+
+def _write_checkpoint(cfg: "RunConfig", folder: Path, model, tokenizer, optimizer, scheduler,
+                      generator: torch.Generator, extra: dict[str, Any] | None) -> None:
+    t = cfg.training
+    shutil.rmtree(folder.parent, ignore_errors=True)
     if hasattr(model, "peft_config"):
         model.save_pretrained(folder, selected_adapters=["default"])  # the policy, not a reward adapter beside it
     else:
@@ -108,9 +133,17 @@ def save_loop_checkpoint(cfg: "RunConfig", step: int, total_steps: int, model, t
         torch.save(scheduler.state_dict(), folder / SCHEDULER_FILE)
         torch.save(rng_states(generator), folder / RNG_FILE)
         torch.save(extra or {}, folder / LOOP_FILE)
+
+
+def _publish_checkpoint(cfg: "RunConfig", folder: Path, step: int, total_steps: int) -> None:
+    """The state file last (the folder is then whole), the rename into place, the rotation."""
+    from transformers.trainer_utils import rotate_checkpoints
+
+    t = cfg.training
+    out, name, staging = Path(t.output_dir), folder.name, folder.parent
     state = {"global_step": step, "max_steps": total_steps, "stage": cfg.finetuning.stage,
              "save_only_model": bool(t.save_only_model)}
-    (folder / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")  # last: the folder is whole
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
     final = out / name
     if final.exists():  # the same step saved again (a resumed run): swap, never half-replace
         old = staging / f"old-{name}"
@@ -120,7 +153,6 @@ def save_loop_checkpoint(cfg: "RunConfig", step: int, total_steps: int, model, t
         os.replace(folder, final)
     shutil.rmtree(staging, ignore_errors=True)
     rotate_checkpoints(output_dir=str(out), save_total_limit=t.save_total_limit, use_mtime=False)
-    return final
 
 
 def _load_weights(model, folder: Path) -> None:
@@ -156,11 +188,14 @@ def _load_weights(model, folder: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def restore_loop_checkpoint(path: str | Path, model, optimizer, scheduler, generator: torch.Generator
-                            ) -> tuple[int, dict[str, Any]]:
+def restore_loop_checkpoint(path: str | Path, model, optimizer, scheduler, generator: torch.Generator,
+                            rank: int = 0) -> tuple[int, dict[str, Any]]:
     """Load a checkpoint written by `save_loop_checkpoint` into the run's objects; (its step, the stage's state).
 
-    Called after everything is built, so that the random states it sets are the last word.
+    Called after everything is built, so that the random states it sets are the last word. A process
+    whose rank the checkpoint has no random states for (it was written by fewer processes) takes the
+    data's position from rank 0's and keeps its own token stream; that is logged, since its samples
+    then differ from an uninterrupted run's.
     """
     folder = Path(path)
     try:
@@ -177,7 +212,13 @@ def restore_loop_checkpoint(path: str | Path, model, optimizer, scheduler, gener
     optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / SCHEDULER_FILE, weights_only=False))
     extra = torch.load(folder / LOOP_FILE, weights_only=False)  # our own files: numpy / python states inside
-    set_rng_states(torch.load(folder / RNG_FILE, weights_only=False), generator)
+    own = folder / rank_rng_file(rank)
+    if own.is_file():
+        set_rng_states(torch.load(own, weights_only=False), generator)
+    else:
+        generator.set_state(torch.load(folder / RNG_FILE, weights_only=False)["generator"])
+        logger.warning("%s has no random states of process %d (it was saved by fewer processes): this process "
+                       "samples other tokens than an uninterrupted run would.", folder, rank)
     return int(state["global_step"]), extra
 
 

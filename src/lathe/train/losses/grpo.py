@@ -131,12 +131,15 @@ class LossType:
     `weight(rows, rows_in_step, micro_batches)` scales a micro-batch's loss before backward: the
     share of the step's rows for a per-row mean, 1 / micro-batches for a per-micro-batch mean (as TRL
     divides by the accumulation steps), 1 where `reduce` already divides by the whole step's tokens.
+    `whole_step_tokens`: `reduce` divides by the tokens of every process's batch, so the processes'
+    gradients add up to the step's; the others are means that DDP's average of the processes keeps.
     """
 
     name: str
     help: str
     reduce: Callable[[torch.Tensor, torch.Tensor, float, int], torch.Tensor]
     weight: Callable[[int, int, int], float]
+    whole_step_tokens: bool = False
 
 
 def _row_share(rows: int, total: int, micro_batches: int) -> float:
@@ -151,7 +154,8 @@ LOSS_TYPES: dict[str, LossType] = {t.name: t for t in (
     LossType(name="dr_grpo", help="the token sum divided by rows x max_completion_length, a constant (Dr. GRPO: no "
              "length bias)", reduce=_per_constant, weight=_row_share),
     LossType(name="dapo", help="the token sum divided by the tokens of the whole optimiser batch (DAPO: each token "
-             "counts once)", reduce=_per_batch_tokens, weight=lambda rows, total, micro: 1.0),
+             "counts once)", reduce=_per_batch_tokens, weight=lambda rows, total, micro: 1.0,
+             whole_step_tokens=True),
 )}
 
 
