@@ -126,3 +126,11 @@ def test_ppo_needs_a_reward_model(sft_config):
         load_config(sft_config(stage="ppo"))
     with pytest.raises(LatheError, match="URL"):
         load_config(sft_config(stage="ppo", reward_model="/x", reward_model_type="api"))
+
+
+def test_ppo_under_a_launcher_is_refused_before_any_work(sft_config, reward_url, monkeypatch):
+    """PPO's loop shares no gradients between processes: N processes would train N unsynchronised copies."""
+    cfg = load_config(sft_config(stage="ppo", reward_model=reward_url, reward_model_type="api", max_steps=1))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(LatheError, match="one process"):
+        run_stage(cfg)

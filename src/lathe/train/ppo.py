@@ -288,7 +288,13 @@ class PPORunner:
 
 
 def run_ppo(cfg: "RunConfig") -> StageResult:
+    import os
+
     from .plot import plot_loss
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would train on its own, unsynchronised
+        raise LatheError("`stage: ppo` runs in one process: its loop does not share gradients between processes "
+                         "yet (grpo and rloo do). Start one process (e.g. CUDA_VISIBLE_DEVICES=0).")
 
     run = setup_run(cfg)
     ref = build_reference(cfg, run.model, run.tokenizer)
