@@ -23,6 +23,7 @@ BASE = {"model_name_or_path": "org/model", "dataset": "lathe_identity", "dataset
 COMPANIONS = {
     "interleave_probs": {"mix_strategy": "interleave_under", "interleave_probs": "1.0"},
     "streaming": {"max_steps": 5},
+    "tokenize_in_background": {"streaming": True, "max_steps": 5, "tokenized_path": "t"},
     "pissa_convert": {"pissa_init": True},
     "loftq_init": {"quantization_bit": 4},
     "create_new_adapter": {"adapter_name_or_path": "a"},

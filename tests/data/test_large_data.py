@@ -12,6 +12,7 @@ import datasets
 import pytest
 
 from lathe.config import load_config
+from lathe.errors import LatheError
 from lathe.data import encode, loader
 from lathe.data import tokenized_cache as cache
 from lathe.data.encode import preprocessing_workers, tokenize_samples
@@ -275,3 +276,42 @@ def test_other_stages_shard_alike(sft_config, monkeypatch, stage, name):
     got, got_report = prepare(name, cfg, tokenizer, template)
     assert table(got).equals(table(expected)) and got.features == expected.features
     assert got_report.to_dict() == report.to_dict()
+
+
+def test_training_streams_shards_while_a_background_process_tokenizes(sft_config, tmp_path, monkeypatch):
+    """`tokenize_in_background`: the stream hands out the first shard while later ones are still being tokenized,
+    then every sample in shard order; `tokenized_path` ends complete, with the in-memory path's report."""
+    data = write_rows(tmp_path / "d", rows=1200)  # 3 shards of 500
+    stored = tmp_path / "tokenized"
+    cfg = config(sft_config, data, tokenized_path=str(stored), streaming=True, buffer_size=1, max_steps=5,
+                 tokenize_in_background=True)
+    encode_shard = encode._encode_shard
+
+    def slowly(index: int) -> int:  # (runs in the forked tokenizing process)
+        time.sleep(1.0)
+        return encode_shard(index)
+
+    monkeypatch.setattr(encode, "_encode_shard", slowly)
+    tokenizer, template = setup(cfg)
+    bundle = loader.get_dataset(cfg, tokenizer, template)
+    assert bundle.streaming and not (stored / cache.REPORT_FILE).exists()  # training may start: shard 0 is done
+    rows = list(bundle.train)
+    expected, expected_report = in_memory(cfg)
+    assert [r["input_ids"] for r in rows] == [list(r) for r in expected["input_ids"]]  # buffer of 1: in order
+    deadline = time.time() + 30
+    while not (stored / cache.REPORT_FILE).exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert bundle.report.lines() == expected_report.lines()
+
+    monkeypatch.setattr(loader, "prepare", None)  # the next run reads tokenized_path as any
+    again = loader.get_dataset(cfg, tokenizer, template)
+    assert sum(1 for _ in again.train) == len(expected)
+
+
+def test_background_tokenizing_needs_a_stream_of_tokenized_path(sft_config, tmp_path):
+    data = write_rows(tmp_path / "d", rows=10)
+    with pytest.raises(LatheError, match="streaming: true"):
+        config(sft_config, data, tokenize_in_background=True)
+    with pytest.raises(LatheError, match="packing"):
+        config(sft_config, data, tokenize_in_background=True, streaming=True, max_steps=2, stage="pt",
+               tokenized_path=str(tmp_path / "t"))

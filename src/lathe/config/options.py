@@ -266,6 +266,9 @@ class DataArguments:
     )
     streaming: bool = opt(False, "Read and tokenize the data while training instead of up front (needs max_steps).")
     buffer_size: int = opt(16384, "streaming: samples held in the shuffle buffer.", rule=POSITIVE)
+    tokenize_in_background: bool = opt(
+        False, "streaming with an empty tokenized_path: start training on the first tokenized shard while a "
+        "background process tokenizes the rest into the folder (one training process).")
     enable_thinking: bool = opt(True, "Reasoning templates (qwen3): think before answering; false = empty think block. gemma4: true writes <|think|> in the system turn.")
     tool_format: str | None = opt(None, "Override the template's tool-call format by name: one of the registered formats (an unknown name lists them; docs/templates.md#tool-calling).")
     preserve_thinking: bool = opt(False, "Reasoning templates: keep the thinking of earlier assistant turns in the prompt (default: dropped).")

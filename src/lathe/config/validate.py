@@ -114,6 +114,8 @@ def _check_across_groups(cfg: "RunConfig") -> None:
                 raise LatheError(f"{src}: `{key}` works on the whole data set up front; it cannot go with `streaming: true`.")
         if 0 < d.val_size < 1:
             raise LatheError(f"{src}: with `streaming: true`, `val_size` must be a whole count of samples, got {d.val_size}.")
+    if d.tokenize_in_background:
+        _check_background_tokenizing(cfg)
     if d.padding_free and m.shift_attn:
         raise LatheError(f"{src}: `shift_attn` groups each padded row's tokens; it cannot go with `padding_free: true`.")
     if f.pure_bf16 and (t.fp16 or m.dtype not in ("auto", "bfloat16")):
@@ -163,6 +165,16 @@ def _check_eval_on_each_dataset(cfg: "RunConfig") -> None:
     if cfg.training.do_predict:
         raise LatheError(f"{src}: {key} cannot go with `do_predict`, which predicts on one set. Predict in a run of its "
                          f"own (one `eval_dataset`), or drop `eval_on_each_dataset`.")
+
+
+def _check_background_tokenizing(cfg: "RunConfig") -> None:
+    src, d, stage = cfg.source, cfg.data, STAGES[cfg.finetuning.stage]
+    if not (d.streaming and d.tokenized_path):
+        raise LatheError(f"{src}: `tokenize_in_background` trains from the shards of `tokenized_path` as they are "
+                         f"written: set `streaming: true` and `tokenized_path`, or remove it.")
+    if not stage.processor.parallel or d.packing or d.neat_packing:
+        raise LatheError(f"{src}: `tokenize_in_background` hands samples to training shard by shard; `stage: "
+                         f"{stage.name}` with packing sees the whole data set at once. Remove `tokenize_in_background`.")
 
 
 def check_raw_combinations(raw: dict, source: str) -> None:

@@ -18,7 +18,7 @@ from .packing import packing_enabled
 from .processors import SAMPLE_COLUMNS
 from .report import DataReport, count_table_tokens
 from .table import arrow_table, encode_in_process
-from .templates.tokenize import PARALLELISM, tokenizer_threads
+from .templates.tokenize import tokenizer_threads, tokenizer_threads_off
 from .tokenized_cache import ShardStore
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ def _run_shards(todo: list[int], processes: int) -> Iterator[int]:
         return
     # fork: the workers inherit the tokenizer and template. A killed worker breaks the pool instead of hanging it.
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(processes, mp_context=context, initializer=_worker_start) as pool:
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=worker_start) as pool:
         futures = [pool.submit(_encode_shard, index) for index in todo]
         try:
             for future in as_completed(futures):
@@ -185,11 +185,11 @@ def _run_shards(todo: list[int], processes: int) -> Iterator[int]:
             ) from error
 
 
-def _worker_start() -> None:
+def worker_start() -> None:
     """In each worker: one tokenizer thread (the workers share the cores), the collector kept off the objects
     inherited from the parent (a collection writes to every object it visits, which would copy their pages),
     and death with the parent (Linux), so a killed run leaves no worker behind."""
-    os.environ[PARALLELISM] = "false"
+    tokenizer_threads_off()
     gc.freeze()
     try:
         import ctypes

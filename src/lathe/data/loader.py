@@ -131,13 +131,11 @@ def prepare(names: str, cfg: "RunConfig", tokenizer, template, media=None) -> tu
         report = DataReport()
         store = cache.ShardStore(key, encode.SHARD_ROWS)
         if store.has_samples:
-            report = DataReport.from_dict(store.reading_report)
-            logger.info("data: resuming: %s samples were read by an earlier run", f"{store.samples:,}")
+            report = resumed_reading(store)
         elif (sources := lazy_sources(attrs, cfg)) is not None:
             store.write_samples(lazy_sample_chunks(sources, cfg, report), report)
         else:
-            samples = (dedup.load_deduplicated(names, cfg, report, attrs) if dedup.dedup_method(cfg)
-                       else load_mixed_samples(names, cfg, report, attrs))
+            samples = load_samples(names, cfg, report, attrs)
             if not encode.sharded(cfg, len(samples)):
                 finish(folder, tokenize_samples(samples, cfg, tokenizer, template, report, media=media), report)
                 return
@@ -161,6 +159,32 @@ def prepare(names: str, cfg: "RunConfig", tokenizer, template, media=None) -> tu
     how = "read from the cache" if hit else "preprocessed"
     logger.info("data: %s %s in %.1f s (%s)", names, how, time.time() - start, cache.cache_dir() / key)
     return dataset, DataReport.from_dict(report)
+
+
+def load_samples(names: str, cfg: "RunConfig", report: DataReport, attrs: list) -> list[dict[str, Any]]:
+    """The canonical samples of `names`, read whole (deduplicated when `dedup` is set), counted into `report`."""
+    if dedup.dedup_method(cfg):
+        return dedup.load_deduplicated(names, cfg, report, attrs)
+    return load_mixed_samples(names, cfg, report, attrs)
+
+
+def resumed_reading(store: cache.ShardStore) -> DataReport:
+    """The reading's report of a store an earlier, interrupted run filled with samples."""
+    logger.info("data: resuming: %s samples were read by an earlier run", f"{store.samples:,}")
+    return DataReport.from_dict(store.reading_report)
+
+
+def read_into_store(names: str, attrs: list, cfg: "RunConfig", store: cache.ShardStore) -> DataReport:
+    """Fill `store` with the samples of `names` (row by row where the data is large), unless an earlier run did;
+    the reading's report."""
+    if store.has_samples:
+        return resumed_reading(store)
+    report = DataReport()
+    sources = lazy_sources(attrs, cfg)
+    chunks = (lazy_sample_chunks(sources, cfg, report) if sources is not None
+              else [load_samples(names, cfg, report, attrs)])
+    store.write_samples(chunks, report)
+    return report
 
 
 # Local JSON Lines data of at least this many bytes is read row by row, never whole (`lazy_sources`);
@@ -244,12 +268,23 @@ def stream_stored(cfg: "RunConfig", tokenizer, template, stored: Path) -> Datase
     if not (stored / cache.REPORT_FILE).exists():
         if not d.dataset:
             raise LatheError(f"`tokenized_path: {stored}` holds no tokenized data and `dataset` is not set to make it.")
+        if d.tokenize_in_background:
+            from .background import stream_while_tokenizing
+
+            train, report = stream_while_tokenizing(cfg, tokenizer, template, stored)
+            return finish_stream(cfg, tokenizer, template, train, report, stored)
         train, report = prepare(d.dataset, cfg, tokenizer, template)
         cache.save_tokenized(stored, train, report)
         logger.info("data: tokenized data saved to tokenized_path %s", stored)
     train, report = stream_tokenized(stored, cfg)
     for line in report.lines():
         logger.info("data: %s", line)
+    return finish_stream(cfg, tokenizer, template, train, report, stored)
+
+
+def finish_stream(cfg: "RunConfig", tokenizer, template, train, report: DataReport, stored: Path) -> DatasetBundle:
+    """The bundle of a stream of `tokenized_path`: evaluation data streams as without it."""
+    d = cfg.data
     evaluation = None
     if d.eval_dataset:
         _, evaluation, _ = stream_datasets(replace(cfg, data=replace(d, dataset=None)), tokenizer, template)

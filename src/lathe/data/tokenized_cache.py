@@ -239,7 +239,7 @@ class ShardStore:
         return start, min(start + self.shard_rows, self.samples)
 
     def data_path(self, index: int) -> Path:
-        return self.folder / f"shard-{index:06d}.arrow"
+        return shard_data_path(self.folder, index)
 
     def counts_path(self, index: int) -> Path:
         return self.folder / f"shard-{index:06d}.json"
@@ -271,15 +271,30 @@ class ShardStore:
         """Make `folder` a `save_tokenized` folder from the shards by renaming them: nothing is copied or read
         back, so finishing a data set of any size costs no memory. `load_tokenized` (datasets'
         `load_from_disk`) reads it."""
+        self._finish_into(folder, report, os.replace)
+
+    def link_into(self, folder: Path, report) -> None:
+        """`move_into`, keeping the shards where they are too (a hard link, or a copy on another file system),
+        for a reader that may still open them there (`data/background.py`); then the store goes."""
+        def link(source: Path, target: Path) -> None:
+            try:
+                os.link(source, target)
+            except OSError:  # another file system (or one without links)
+                shutil.copyfile(source, target)
+
+        self._finish_into(folder, report, link)
+        self.remove()
+
+    def _finish_into(self, folder: Path, report, place: Callable[[Path, Path], Any]) -> None:
         from datasets import Dataset
         from datasets.fingerprint import generate_random_fingerprint
 
         data = folder / "data"
         data.mkdir(parents=True, exist_ok=True)
-        names = [f"data-{i:05d}-of-{self.count:05d}.arrow" for i in range(self.count)]
+        names = [linked_shard(folder, i, self.count).name for i in range(self.count)]
         info = Dataset.from_file(str(self.data_path(0))).info
         for index, name in enumerate(names):
-            os.replace(self.data_path(index), data / name)
+            place(self.data_path(index), data / name)
         state = {"_data_files": [{"filename": name} for name in names], "_fingerprint": generate_random_fingerprint(),
                  "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
                  "_split": None}
@@ -289,6 +304,16 @@ class ShardStore:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def shard_data_path(folder: Path, index: int) -> Path:
+    """Shard `index`'s Arrow file in a `ShardStore` folder."""
+    return folder / f"shard-{index:06d}.arrow"
+
+
+def linked_shard(folder: Path, index: int, count: int) -> Path:
+    """Shard `index` (of `count`) once it is part of a finished `tokenized_path` / cache folder."""
+    return folder / "data" / f"data-{index:05d}-of-{count:05d}.arrow"
 
 
 def _write_atomically(path: Path, write: Callable[[Any], Any]) -> None:

@@ -40,6 +40,12 @@ def tokenizer_threads_off_by_default() -> None:
         os.environ[_DEFAULTED] = "1"
 
 
+def tokenizer_threads_off() -> None:
+    """This process (a forked worker) tokenizes on one thread, and `tokenizer_threads` lends it no pool."""
+    os.environ[PARALLELISM] = "false"
+    os.environ.pop(_DEFAULTED, None)
+
+
 @contextmanager
 def tokenizer_threads(enabled: bool = True) -> Iterator[None]:
     """Let batched tokenization in this process use every core, when lathe (not the user) turned it off.
