@@ -71,6 +71,9 @@ CASES = [
     Case("paligemma", "paligemma", "paligemma", "suffix"),
     Case("smolvlm", None, "smolvlm", "call", video=True),
     Case("gemma3n", "gemma3n", "gemma3n", "chat", audio=True),
+    # vendor: the Omni system prompt (lathe's qwen2_omni is LLaMA-Factory's, "You are a helpful assistant.");
+    # use_audio_in_video: tests/data/test_audio_in_video.py
+    Case("qwen2_5_omni", "qwen2_omni", "qwen2_omni", "chat", system="S", video=True, audio=True),
 ]
 
 

@@ -4,7 +4,8 @@ The media tensors are made here, per batch, from the paths the tokenized samples
 are not cached). `rows` says which sample each row of the batch is: a preference batch is [chosen..., rejected...],
 so each sample's media come twice, in that order, as the model meets their placeholders. The family's plugin makes
 the tensors from the rows' items and the padded ids (`MediaPlugin.batch_inputs`): most families take one flat list
-of the batch's items, mllama takes them per row with a per-token cross-attention mask.
+of the batch's items, mllama takes them per row with a per-token cross-attention mask. Each sample's media are
+decoded once per batch (`MediaContext.load_row`), also when a preference batch meets them twice.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ import torch
 
 from .encode import MediaContext
 from .plugins import COLUMNS, KINDS
+
+
+# Seconds per temporal patch of each video (Qwen2.5-VL, Qwen2.5-Omni): the model multiplies them into position ids
+# and truncates, so they keep their float32 value (in bfloat16, 2/3 s would number some frames one position off).
+TIMES = frozenset({"second_per_grid_ts", "video_second_per_grid"})
 
 
 def same_rows(n: int) -> list[int]:
@@ -37,14 +43,14 @@ class MediaCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         paths = [{kind: list(f.get(COLUMNS[kind]) or []) for kind in KINDS} for f in features]
         batch = self.inner([{k: v for k, v in f.items() if k not in COLUMNS.values()} for f in features])
-        rows = [{kind: [self.media.load(kind, path) for path in paths[row][kind]] for kind in KINDS}
-                for row in self.rows(len(features))]
+        loaded = [self.media.load_row(row) for row in paths]  # a preference batch meets each sample twice
+        rows = [loaded[row] for row in self.rows(len(features))]
         media = self.media.plugin.batch_inputs(self.media.processor, rows, batch["input_ids"], self.media.kwargs,
                                                labels=batch.get("labels"))
         if "kl_input_ids" in batch:  # KTO: its KL rows pair each prompt (and its media) with another answer
             media.update(self.kl_inputs(rows, batch))
         if self.dtype is not None:
-            media = {k: v.to(self.dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+            media = {k: v.to(self.dtype) if torch.is_tensor(v) and v.is_floating_point() and k not in TIMES else v
                      for k, v in media.items()}
         batch.update(media)
         return batch

@@ -7,6 +7,13 @@ expansion is unlearned, whatever `train_on_prompt` says, and the sample keeps it
 
 A row whose media cannot be read, or whose placeholders and media do not match, is dropped with the reason and
 the file (the report counts it); the others train.
+
+`use_audio_in_video` (the omni families, `MediaPlugin.audio_in_video`): each video is heard as well as seen. Its
+sound is, as LLaMA-Factory pairs them, the row's audio item whose `<audio>` follows the video's `<video>` in the
+same turn (`<video><audio>`, LLaMA-Factory's mllm_video_audio_demo; the `<audio>` becomes nothing, the video's
+expansion holds its sound), else the video file's own first audio track. A row whose videos and audio items do
+not pair is dropped ("video and audio not paired"), and so is a video with no sound to hear ("video without
+sound"): the model numbers a heard video's positions from its sound, so it cannot train as a silent one.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..sample import IGNORE_INDEX
-from .load import MediaError, MediaOptions, load_audio, load_image, load_video
+from .load import MediaError, MediaOptions, load_audio, load_image, load_video, load_video_sound
 from .plugins import COLUMNS, KINDS, PLACEHOLDERS, MediaPlugin
 
 if TYPE_CHECKING:
@@ -39,32 +46,86 @@ class MediaContext:
     processor: Any
     opts: MediaOptions
     kwargs: dict[str, Any] = field(default_factory=dict)  # of every processor call (plugins.call_kwargs)
-    _expansions: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    _expansions: dict[tuple[str, str, Any], str] = field(default_factory=dict, repr=False)
     _media_ids: set[int] = field(default_factory=set, repr=False)
-    _placeholders: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # the model's tokens per item
+    # per item, kind -> how many of the processor's own tokens of that kind its expansion holds
+    _placeholders: dict[tuple[str, str, Any], dict[str, int]] = field(default_factory=dict, repr=False)
 
-    def load(self, kind: str, path: str) -> Any:
+    @property
+    def hears_video(self) -> bool:
+        """`use_audio_in_video` is on and the family hears video (the option is refused for the others)."""
+        return self.plugin.audio_in_video and self.opts.use_audio_in_video
+
+    def load(self, kind: str, path: Any, sound: Any = None) -> Any:
+        """One item, decoded. A video of a run that hears video carries its sound: `sound` (the row's audio item
+        paired with it) or, when None, the video's own track (see the module)."""
+        heard = None
+        if kind == "video" and self.hears_video:  # first: a silent video fails before its frames are decoded
+            heard = load_audio(sound, self.opts) if sound is not None else load_video_sound(path, self.opts)
         item = LOADERS[kind](path, self.opts)
         if kind == "image" and self.plugin.adjust_image is not None:  # e.g. Qwen-VL's 28-pixel minimum side
             item = self.plugin.adjust_image(item)
+        if heard is not None:
+            item.sound = heard
         return item
 
-    def expansion(self, kind: str, path: str) -> str:
-        """The text one item becomes in a prompt: the family's prompt text around the processor's replacement."""
-        key = (kind, path)
+    def video_sounds(self, media: Mapping[str, Sequence[Any]]) -> list[Any] | None:
+        """Where each video's sound comes from when the run hears video: the row's k-th audio item for its k-th
+        video when the row has audio items (LLaMA-Factory's pairing), else None (the video's own track). None
+        when nothing is heard. Raises MediaError when the row's videos and audio items differ in number."""
+        videos, audios = list(media.get("video") or ()), list(media.get("audio") or ())
+        if not self.hears_video or not videos:
+            return None
+        if audios and len(audios) != len(videos):
+            raise MediaError("video and audio not paired",
+                             f"use_audio_in_video pairs each video with the audio after it: {len(videos)} video(s), "
+                             f"{len(audios)} audio(s)")
+        return audios or [None] * len(videos)
+
+    def load_row(self, paths: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+        """kind -> the decoded items of one sample, as the model meets them: with its videos heard, each video
+        carries its sound and the audio items paired with them are no clips of their own."""
+        sounds = self.video_sounds(paths)
+        row = {kind: [self.load(kind, path) for path in paths.get(kind) or ()] for kind in KINDS
+               if sounds is None or kind == "image"}
+        if sounds is not None:
+            row["video"] = [self.load("video", path, sound) for path, sound in zip(paths["video"], sounds)]
+            row["audio"] = []
+        return row
+
+    def item_keys(self, media: Mapping[str, Sequence[Any]]) -> list[tuple[str, str, Any]]:
+        """The expansions a sample's media make, as `expansion` keys them: (kind, path, the video's sound)."""
+        sounds = self.video_sounds(media)
+        videos = list(media.get("video") or ())
+        keys = [("image", path, None) for path in media.get("image") or ()]
+        keys += [("video", path, sound) for path, sound in zip(videos, sounds or [None] * len(videos))]
+        if sounds is None:
+            keys += [("audio", path, None) for path in media.get("audio") or ()]
+        return keys
+
+    def expansion(self, kind: str, path: str, sound: Any = None) -> str:
+        """The text one item becomes in a prompt: the family's prompt text around the processor's replacement.
+        A heard video (`sound`, as `load` takes it) expands to its frames and its sound, interleaved."""
+        key = (kind, path, sound)
         if key not in self._expansions:
-            item = self.load(kind, path)
+            item = self.load(kind, path, sound)
             replacement = self.plugin.replacements(self.processor, {kind: [item]}, self.kwargs)[kind][0]
             text = self.plugin.prompt[kind].format(token=replacement)
             self._expansions[key] = text
             self._note_media_tokens(text)
-            self._placeholders[key] = replacement.count(self.plugin.token(self.processor, kind))
+            self._placeholders[key] = {k: replacement.count(self.plugin.token(self.processor, k))
+                                       for k in self.plugin.kinds}
         return self._expansions[key]
 
-    def placeholder_count(self, kind: str, path: str) -> int:
+    def placeholder_count(self, kind: str, path: str, sound: Any = None) -> int:
         """How many of the processor's own `kind` tokens an item expanded to (what the model matches its features
         against; `expansion` first)."""
-        return self._placeholders[(kind, path)]
+        return self._placeholders[(kind, path, sound)][kind]
+
+    def token_counts(self, key: tuple[str, str, Any]) -> dict[str, int]:
+        """kind -> the processor's own tokens of that kind in an item's expansion (a heard video holds both its
+        video and its audio tokens)."""
+        return self._placeholders[key]
 
     def _note_media_tokens(self, text: str) -> None:
         """Remember the special tokens of an expansion: they are never learned."""
@@ -131,13 +192,40 @@ def expand_messages(messages: Sequence[dict], media: Mapping[str, list[str]], co
         if media[kind] and kind not in context.plugin.kinds:
             raise MediaError(f"{kind} not taken by this model",
                              f"media plugin `{context.plugin.name}` takes {', '.join(context.plugin.kinds)}")
+    sounds = context.video_sounds(media)
+    paired = sounds is not None and bool(media["audio"])
+    if paired:
+        for message in messages:
+            _check_pairs(message["content"])
     taken = {kind: iter(media[kind]) for kind in KINDS}
+    heard = iter(sounds or ())
 
     def replace(match: re.Match) -> str:
         kind = KIND_OF[match.group(0)]
+        if kind == "audio" and paired:  # the sound of the video before it, which its expansion already holds
+            next(taken[kind])
+            return ""
+        if kind == "video" and sounds is not None:
+            return context.expansion(kind, next(taken[kind]), next(heard))
         return context.expansion(kind, next(taken[kind]))
 
     return [{**message, "content": PLACEHOLDER_RE.sub(replace, message["content"])} for message in messages]
+
+
+def _check_pairs(content: str) -> None:
+    """LLaMA-Factory's rule for a row with videos and audio under `use_audio_in_video`: in each turn, the k-th
+    `<audio>` follows the k-th `<video>` (its sound), and a turn has as many of each."""
+    videos = [m.start() for m in re.finditer(re.escape(PLACEHOLDERS["video"]), content)]
+    audios = [m.start() for m in re.finditer(re.escape(PLACEHOLDERS["audio"]), content)]
+    video, audio = PLACEHOLDERS["video"], PLACEHOLDERS["audio"]
+    if len(videos) != len(audios):
+        found = f"a turn holds {len(videos)} {video} and {len(audios)} {audio}"
+    elif any(a < v for v, a in zip(videos, audios)):
+        found = f"an {audio} comes before its {video}"
+    else:
+        return
+    raise MediaError("video and audio not paired",
+                     f"use_audio_in_video hears each {video} with the {audio} after it in the same turn; {found}")
 
 
 def encode_with_media(batch: dict[str, list], *, inner: Callable[..., dict[str, list]], inner_kwargs: dict[str, Any],
@@ -183,11 +271,12 @@ def _drop_cut_media(out: dict[str, list], rows: list[dict[str, list[str]]], medi
     for i, items in enumerate(rows):
         if out["_drop"][i] or not any(items.values()):
             continue
+        keys = media.item_keys(items)
         for ids_key in [k for k in out if k.endswith("input_ids")]:
             ids = np.asarray(out[ids_key][i])
-            for kind, paths in items.items():
-                wanted = sum(media.placeholder_count(kind, p) for p in paths)
-                if paths and int((ids == token_ids[kind]).sum()) != wanted:
+            for kind in media.plugin.kinds:
+                wanted = sum(media.token_counts(key).get(kind, 0) for key in keys)
+                if wanted and int((ids == token_ids[kind]).sum()) != wanted:
                     out["_drop"][i] = (f"media cut by cutoff_len (its {kind}s take {wanted} tokens; raise cutoff_len "
                                        f"or lower {kind}_max_pixels)" if kind != "audio" else
                                        f"media cut by cutoff_len (its audio takes {wanted} tokens; raise cutoff_len)")

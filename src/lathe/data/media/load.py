@@ -74,7 +74,8 @@ class MediaError(LatheError):
     """A medium that cannot be used: `reason` is a short stable text, `detail` names the file and the cause.
 
     Reasons: "missing media file", "unreadable image", "unreadable video", "unreadable audio",
-    "no video decoder", "remote media not allowed".
+    "no video decoder", "remote media not allowed", "video without sound" (`use_audio_in_video`),
+    "video and audio not paired" (`use_audio_in_video`, encode.py).
     """
 
     def __init__(self, reason: str, detail: str = ""):
@@ -272,12 +273,16 @@ class Video:
     timestamps: seconds from the start of each frame (frame index / the video's frame rate, as
     LLaMA-Factory computes it; multiply by `video_fps` for LF's Qwen3-VL "frame indices").
     A video given as a list of images has fps = video_fps and frame i at i / video_fps.
+    sound: with `use_audio_in_video`, the video's sound (mono float32 at `audio_sampling_rate`), which the
+    omni models hear interleaved with its frames: its own first audio track (`load_video_sound`) or, as
+    LLaMA-Factory pairs them, the row's audio item that follows its placeholder; None otherwise.
     """
 
     frames: list[Image.Image]
     fps: float
     duration: float
     timestamps: list[float]
+    sound: np.ndarray | None = None
 
 
 def _import_av(what: str):
@@ -363,10 +368,10 @@ def load_video(source: Any, opts: MediaOptions) -> Video:
 # ----------------------------------------------------------------------------------------- audio
 
 
-def _decode_audio(av: Any, container: Any, name: str, rate: int) -> np.ndarray:
+def _decode_audio(av: Any, container: Any, name: str, rate: int, silent: str = "unreadable audio") -> np.ndarray:
     stream = next((s for s in container.streams if s.type == "audio"), None)
     if stream is None:
-        raise MediaError("unreadable audio", f"{name}: it has no audio track")
+        raise MediaError(silent, f"{name}: it has no audio track")
     # planar float at the target rate, channels kept: averaged below, as LF (torchaudio) does
     resampler = av.AudioResampler(format="fltp", rate=rate)
     chunks = []
@@ -379,12 +384,13 @@ def _decode_audio(av: Any, container: Any, name: str, rate: int) -> np.ndarray:
     return np.concatenate(chunks, axis=1).mean(axis=0, dtype=np.float32)
 
 
-def load_audio(source: Any, opts: MediaOptions) -> np.ndarray:
+def load_audio(source: Any, opts: MediaOptions, silent: str = "unreadable audio") -> np.ndarray:
     """Mono float32 samples at `opts.audio_sampling_rate`, decoded by PyAV.
 
     `source`: what `load_image` takes, as any file FFmpeg reads (wav, mp3, flac, ogg, ...) or a
     video file (its first audio track: `use_audio_in_video`); a numpy array is taken as samples
-    already at that rate, as LLaMA-Factory takes it.
+    already at that rate, as LLaMA-Factory takes it. `silent`: the reason of the error for a file
+    with no audio track.
     """
     if isinstance(source, np.ndarray):
         return source.astype(np.float32, copy=False)
@@ -392,8 +398,19 @@ def load_audio(source: Any, opts: MediaOptions) -> np.ndarray:
     opened, name = _open_source(source, opts, "audio")
     try:
         with av.open(opened, "r") as container:
-            return _decode_audio(av, container, name, opts.audio_sampling_rate)
+            return _decode_audio(av, container, name, opts.audio_sampling_rate, silent)
     except MediaError:
         raise
     except Exception as error:  # FFmpeg errors, bad containers, a layout change mid-stream  # noqa: BLE001
         raise MediaError("unreadable audio", f"{name}: {type(error).__name__}: {error}") from None
+
+
+def load_video_sound(source: Any, opts: MediaOptions) -> np.ndarray:
+    """A video file's own sound (its first audio track), as `load_audio` reads it, for `use_audio_in_video`.
+
+    A video without one (or one given as a list of frames) is a MediaError "video without sound": the
+    omni models number the positions of a heard video from its sound, so such a row cannot train as heard.
+    """
+    if isinstance(source, (list, tuple)):
+        raise MediaError("video without sound", "a video given as a list of frames has no audio track")
+    return load_audio(source, opts, silent="video without sound")

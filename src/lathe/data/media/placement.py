@@ -28,17 +28,22 @@ def place(messages: Sequence[Mapping], items: Mapping[str, int]) -> list[dict]:
     """Copies of `messages` with one placeholder per item; `items`: placeholder -> how many items of its kind.
 
     A placeholder not in `items` is left alone: a data set entry without a media column of that kind has
-    none, so its `<image>` is plain text."""
+    none, so its `<image>` is plain text. The placeholders added go in the order of `items` (`<image>`,
+    `<video>`, `<audio>`): a row with a video and its sound and no placeholder reads `<video><audio>`, the
+    order `use_audio_in_video` pairs them in."""
     out = [dict(m) for m in messages]
+    added: list[tuple[str, int]] = []
     for placeholder, n in items.items():
         found = sum(str(m.get("content") or "").count(placeholder) for m in out)
         if n and not found:
-            first = next((m for m in out if m["role"] == USER), None)
-            if first is None:
-                raise Misplaced("no_user_turn", placeholder, found, n)
-            first["content"] = placeholder * n + str(first.get("content") or "")
+            added.append((placeholder, n))
         elif found != n:
             raise Misplaced("counts", placeholder, found, n)
+    if added:
+        first = next((m for m in out if m["role"] == USER), None)
+        if first is None:
+            raise Misplaced("no_user_turn", added[0][0], 0, added[0][1])
+        first["content"] = "".join(p * n for p, n in added) + str(first.get("content") or "")
     return out
 
 

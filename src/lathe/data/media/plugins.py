@@ -43,7 +43,9 @@ class MediaPlugin(Choice):
     takes the place of `{token}`. `model_types`: the transformers `model_type`s served when the run's template
     names no plugin. `token_types`: the per-token key the model takes besides input_ids (`mm_token_type_ids`,
     Gemma 3's `token_type_ids`), made from the ids by the processor's `create_mm_token_type_ids`. `mrope`: the
-    model derives 3-D position ids from the media grids, so samples cannot share a packed row.
+    model derives 3-D position ids from the media grids, so samples cannot share a packed row. `audio_in_video`:
+    with `use_audio_in_video` the family hears each video's sound with its frames (a video item then carries its
+    `sound`, encode.py), its processor interleaving the two (Qwen2.5-Omni's `load_audio_from_video`).
 
     Hooks for the families the generic path does not fit (each None / default for the others):
     - `expands=False`: the processor's placeholder stays one token (mllama reads images through cross-attention),
@@ -126,8 +128,13 @@ class MediaPlugin(Choice):
             inputs["video_metadata"] = [VideoMetadata(total_num_frames=len(v.frames), fps=v.fps, duration=v.duration,
                                                       frames_indices=list(range(len(v.frames))))
                                         for v in media["video"]]
-        if media.get("audio"):
-            inputs["audio"] = list(media["audio"])
+        audio, slots = audio_slots(media)
+        if any(slot is not None for slot in slots):
+            # `use_audio_in_video`: each heard video's sound is given decoded, with the video it belongs to, so
+            # the processor interleaves it with that video's frames (transformers' `load_audio_from_video`)
+            inputs.update(audio=audio, audio_from_video_indices=slots, load_audio_from_video=True)
+        elif audio:
+            inputs["audio"] = audio
         return inputs
 
     def token_type_ids(self, processor: Any, input_ids: Sequence[Sequence[int]], labels: Any = None
@@ -144,19 +151,71 @@ class MediaPlugin(Choice):
                      kwargs: Mapping[str, Any], labels: Any = None) -> dict[str, Any]:
         """Every media input of a padded batch: the tensors of its rows' items (`rows[i]`: kind -> the loaded items
         of row i, in the order the row's placeholders meet them) and the per-token types. The collator and
-        `generate` both call this, so training and inference feed the model alike."""
+        `generate` both call this, so training and inference feed the model alike. With heard videos, the audio
+        comes in the order the ids meet it (`heard_order`) and the model is told `use_audio_in_video=True`, which
+        it needs to number a heard video's positions (the processor returns no such key)."""
         import torch
 
+        ids = input_ids.tolist() if hasattr(input_ids, "tolist") else input_ids
         if self.batch_features is not None:
             out = self.batch_features(self, processor, rows, input_ids, kwargs)
         else:
-            items = {kind: [item for row in rows for item in row.get(kind) or ()] for kind in KINDS}
+            items: dict[str, Any] = {kind: [item for row in rows for item in row.get(kind) or ()] for kind in KINDS}
+            heard = any(_sound(video) is not None for video in items["video"])
+            if heard:
+                items["audio_from_video"] = heard_order(processor, rows, ids)
             out = self.features(processor, items, kwargs)
-        ids = input_ids.tolist() if hasattr(input_ids, "tolist") else input_ids
+            if heard:  # the model numbers the positions of a heard video and its sound together (get_rope_index)
+                out["use_audio_in_video"] = True
         types = self.token_type_ids(processor, ids, labels)
         if types is not None:
             out[self.token_types] = torch.tensor(types, dtype=torch.long)
         return out
+
+
+def _sound(video: Any) -> Any:
+    return getattr(video, "sound", None)
+
+
+def audio_slots(media: Mapping[str, Any]) -> tuple[list[Any], list[int | None]]:
+    """The audio a processor call takes, in the order the model meets it, and for each slot the index (in
+    `media["video"]`) of the video it is the sound of, or None for a clip of its own (`media["audio"]`).
+
+    `media["audio_from_video"]`, where given, is that order (`heard_order` reads a batch's from its ids); by
+    default each heard video's sound comes first, then the clips: the order of a text that holds the videos
+    before the audio, as the processor calls here write it."""
+    videos, clips = list(media.get("video") or ()), list(media.get("audio") or ())
+    slots = media.get("audio_from_video")
+    if slots is None:
+        slots = [k for k, video in enumerate(videos) if _sound(video) is not None] + [None] * len(clips)
+    own = iter(clips)
+    return [next(own) if k is None else _sound(videos[k]) for k in slots], list(slots)
+
+
+def heard_order(processor: Any, rows: Sequence[Mapping[str, Sequence[Any]]], input_ids: Sequence[Sequence[int]]
+                ) -> list[int | None]:
+    """The audio slots of a batch in the order its ids hold them (row by row): for each `<|audio_bos|>`, the index
+    among the batch's videos of the video whose sound starts there (right after the video's `<|vision_bos|>`, as
+    Qwen2.5-Omni's processor lays out a heard video), or None for a clip of its own. The audio features must come
+    in this order: the model fills the audio tokens and numbers their positions in it."""
+    tokenizer = processor.tokenizer
+    vision_bos = tokenizer.convert_tokens_to_ids(processor.vision_bos_token)
+    audio_bos = tokenizer.convert_tokens_to_ids(processor.audio_bos_token)
+    order: list[int | None] = []
+    offset = 0
+    for row_number, (row, ids) in enumerate(zip(rows, input_ids)):
+        ids = [int(i) for i in ids]
+        videos = list(row.get("video") or ())
+        heard = iter(k for k, video in enumerate(videos) if _sound(video) is not None)
+        found = [next(heard, -1) if i and ids[i - 1] == vision_bos else None
+                 for i, token in enumerate(ids) if token == audio_bos]
+        wanted = (sum(_sound(video) is not None for video in videos), len(row.get("audio") or ()))
+        if -1 in found or (len(found) - found.count(None), found.count(None)) != wanted:
+            raise LatheError(f"row {row_number} of the batch holds {len(found)} audio start(s) for "
+                             f"{wanted[0]} heard video(s) and {wanted[1]} audio clip(s) (cut by cutoff_len?).")
+        order += [None if k is None else offset + k for k in found]
+        offset += len(videos)
+    return order
 
 
 MEDIA_PLUGINS: Registry = Registry("media plugin", "template", __name__)
@@ -198,8 +257,10 @@ def check_media_run(cfg: "RunConfig", plugin: MediaPlugin) -> None:
     """Settings a multimodal run cannot have, refused before any data is read."""
     d = cfg.data
     if d.use_audio_in_video and not plugin.audio_in_video:
-        raise LatheError(f"`use_audio_in_video: true` feeds each video's sound to the omni models that hear it; "
-                         f"media plugin `{plugin.name}` takes {', '.join(plugin.kinds)} only. Remove the option.")
+        hearing = ", ".join(name for name in MEDIA_PLUGINS if MEDIA_PLUGINS[name].audio_in_video)
+        raise LatheError(f"`use_audio_in_video: true` feeds each video's sound to the omni models that hear it "
+                         f"(media plugins: {hearing}); media plugin `{plugin.name}` takes {', '.join(plugin.kinds)} "
+                         "only. Remove the option.")
     if d.neat_packing or d.packing or ("padding_free" in cfg.explicit and d.padding_free):
         key = "neat_packing" if d.neat_packing else "packing" if d.packing else "padding_free"
         why = ("its model numbers positions in 3-D from each sample's media (mrope), which a shared row would mix"
@@ -291,9 +352,13 @@ def _omni(processor: Any, opts: Any) -> dict[str, Any]:
     return {**_fps(processor, opts), **_audio_rate(processor, opts)}
 
 
+# `use_audio_in_video`: a heard video's replacement is `<|audio_bos|>`, its frames and its sound interleaved in 2 s
+# chunks, `<|audio_eos|>`, inside the vision_bos/eos of its prompt text (`replace_video_with_audio_token`)
 MEDIA_PLUGINS.register(MediaPlugin(
-    name="qwen2_omni", help="Qwen2.5-Omni (its thinker): images, video and audio; mrope positions",
-    model_types=("qwen2_5_omni_thinker",), mrope=True, call_kwargs=_omni, adjust_image=adjust_for_qwen_vl,
+    name="qwen2_omni", help="Qwen2.5-Omni (its thinker): images, video (heard with use_audio_in_video) and audio; "
+                            "mrope positions",
+    model_types=("qwen2_5_omni_thinker",), mrope=True, audio_in_video=True, call_kwargs=_omni,
+    adjust_image=adjust_for_qwen_vl,
     prompt={"image": "<|vision_bos|>{token}<|vision_eos|>", "video": "<|vision_bos|>{token}<|vision_eos|>",
             "audio": "<|audio_bos|>{token}<|audio_eos|>"},
 ))
