@@ -18,13 +18,20 @@ Each run is `lathe bench`'s worker (`python -m lathe.efficiency.measure ... --no
 the `lathe train` path); its record gives the peak RSS over the baseline and its split into
 anonymous and file-backed pages (lathe.efficiency.measure.ResidentSplit). Beside them:
 `lathe plan`'s estimate for the same run (which, like the worker's peak, leaves out the
-process's baseline: Python, torch and the libraries, ~0.5 GiB), and plan / limit.
+process's baseline: Python, torch and the libraries, ~0.5 GiB), and plan / limit; and the plan's
+`limit` (on a CPU: the total of a run short of memory less the frozen weights that stay
+file-backed, plus one layer's file-backed weights as the step's working set; without the
+baseline), set against the measured limit as (baseline anon + plan limit) / limit: a limit holds
+the baseline's anonymous pages (~370 MiB here), while its ~130 MiB of library code is file-backed
+and reclaimable like the weights (small LoRA completes under 480 MiB, below its 502 MiB baseline).
 
 Models: `--size tinyllama`, a random-init Llama of TinyLlama-1.1B's shape (hidden 2048, 22
 layers, 32 heads, 4 KV heads, MLP 5632, vocabulary 32000; 4.4 GB of fp32 safetensors built once
 under benchmarks/work/tinyllama-random); `--size small`, ~105M parameters (hidden 768, 12
-layers, the demo vocabulary), a quick check. Data: the demo alpaca set (lathe_identity, short
-samples), chatml, cutoff_len 256, batch 2; key=value arguments override any of it.
+layers, the demo vocabulary), a quick check; `--size medium`, ~0.5B (hidden 1536, 16 layers,
+12 heads, 4 KV heads, MLP 4096, vocabulary 32000; 2 GB built once under
+benchmarks/work/medium-random). Data: the demo alpaca set (lathe_identity, short samples),
+chatml, cutoff_len 256, batch 2; key=value arguments override any of it.
 Needs root and the cgroup v1 memory controller (/sys/fs/cgroup/memory). Drops the whole
 machine's page cache before each run. Results: benchmarks/results/memory_limit.{json,md}.
 """
@@ -52,6 +59,8 @@ SIZES = {
     "tinyllama": {"hidden_size": 2048, "num_layers": 22, "num_heads": 32, "num_kv_heads": 4,
                   "intermediate_size": 5632, "vocab_size": 32000},
     "small": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "num_kv_heads": 4, "intermediate_size": 3072},
+    "medium": {"hidden_size": 1536, "num_layers": 16, "num_heads": 12, "num_kv_heads": 4, "intermediate_size": 4096,
+               "vocab_size": 32000},
 }
 DATA = {"stage": "sft", "dataset": "lathe_identity", "dataset_dir": str(ROOT / "data"), "template": "chatml",
         "cutoff_len": 256, "per_device_train_batch_size": 2, "learning_rate": 1e-4}
@@ -187,7 +196,7 @@ def build_model(size: str) -> Path:
     from lathe.testing.demo_tokenizer import build_demo_tokenizer
     from lathe.testing.tiny import build_tiny_model
 
-    cache = HERE / "work" / "tinyllama-random" if size == "tinyllama" else None
+    cache = HERE / "work" / f"{size}-random" if size != "small" else None
     return build_tiny_model("llama", build_demo_tokenizer(), cache_dir=cache, **SIZES[size])
 
 
@@ -205,11 +214,12 @@ def markdown(summary: dict) -> str:
               f"{summary['data']}; limit found to {summary['resolution'] // MiB} MiB; swap on this machine: "
               f"{summary['swap_total'] // MiB} MiB"), "",
              ("| method | smallest limit MiB | fails at MiB | peak RSS MiB | of which anon / file MiB | anon peak MiB | "
-              "baseline MiB | plan MiB | plan / limit | (baseline + plan) / limit | run s at limit / unconstrained |"),
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "baseline (anon) MiB | plan MiB | plan / limit | (baseline + plan) / limit | plan limit MiB | "
+              "(baseline anon + plan limit) / limit | run s at limit / unconstrained |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | not run: {r['error']} |" + " |" * 9)
+            lines.append(f"| {r['method']} | not run: {r['error']} |" + " |" * 11)
             continue
         limit = f"{r['limit'] / MiB:,.0f}" if r["limit"] else f"> {r['failing'] / MiB:,.0f}"
 
@@ -217,13 +227,18 @@ def markdown(summary: dict) -> str:
             return f"{r[key] / MiB:,.0f}"
 
         lines.append(f"| {r['method']} | {limit} | {mib('failing')} | {mib('peak_rss')} | "
-                     f"{mib('peak_rss_anon')} / {mib('peak_rss_file')} | {mib('anon_peak')} | {mib('baseline')} | "
+                     f"{mib('peak_rss_anon')} / {mib('peak_rss_file')} | {mib('anon_peak')} | {mib('baseline')} "
+                     f"({mib('baseline_anon') if 'baseline_anon' in r else '-'}) | "
                      f"{mib('plan')} | {r.get('plan_over_limit', '-')} | {r.get('plan_with_baseline_over_limit', '-')} | "
+                     f"{mib('plan_limit') if 'plan_limit' in r else '-'} | "
+                     f"{r.get('plan_limit_with_baseline_anon_over_limit', '-')} | "
                      f"{r.get('seconds_at_limit', '-')} / {r['unconstrained_seconds']} |")
     lines += ["", ("Absolute sizes (the whole process, as a limit counts it). Peak RSS: VmHWM of the unconstrained "
               "run; its split into anonymous and file-backed (+ shared-memory) pages was sampled every 10 ms at the "
               "resident peak; anon peak: the highest anonymous size on its own. Plan: `lathe plan`'s total, which "
-              "leaves out the baseline (the process after its imports). Each run in a fresh cgroup v1 memory cgroup "
+              "leaves out the baseline (the process after its imports); plan limit: its `limit` column (the total of a run "
+              "short of memory less the frozen weights that stay file-backed, plus one layer of them), also without "
+              "the baseline; baseline anon: the baseline's anonymous part, what of it a limit must hold. Each run in a fresh cgroup v1 memory cgroup "
               "(memory and memory+swap limits), page cache dropped before it; fails: OOM-killed, non-zero exit or "
               "thrashing past the timeout. Under a limit below the peak RSS the kernel drops file pages (a frozen "
               "base's weights stay views into the memory-mapped checkpoint) and reads them again: the run passes, "
@@ -250,7 +265,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lathe.config import load_config
     from lathe.efficiency.bench import missing_requirement, parse_methods, preflight
-    from lathe.efficiency.plan import data_lengths, meta_model, plan_totals
+    from lathe.efficiency.plan import data_lengths, meta_model, plan_limits, plan_totals
     from lathe.efficiency.variants import VARIANTS
     from lathe.model.memory import model_shape
 
@@ -274,7 +289,9 @@ def main() -> None:
         method = Method(name, config, overrides, ns.steps, work)
         variant = [f"{k}={v}" for k, v in VARIANTS[name].overrides.items()]
         method_cfg = load_config(str(config), [*overrides, *variant])
-        plan = plan_totals(method_cfg, [name], data_lengths(method_cfg))[name]  # for the data's real longest sample
+        lengths = data_lengths(method_cfg)  # the data's real longest sample
+        plan = plan_totals(method_cfg, [name], lengths)[name]
+        plan_limit = plan_limits(method_cfg, [name], lengths)[name]
         print(f"{name}: unconstrained (under the {ceiling / MiB:,.0f} MiB ceiling)...", flush=True)
         free = method.trial(ceiling, timeout=24 * 3600)
         if not free["passed"]:
@@ -290,17 +307,20 @@ def main() -> None:
                "peak_rss_anon": record["baseline_anon"] + record["peak_anon"],
                "peak_rss_file": record["baseline_file"] + record["peak_file"] + record["baseline_shmem"]
                + record["peak_shmem"],
-               "anon_peak": record["baseline_anon"] + record["max_anon"], "plan": plan,
+               "anon_peak": record["baseline_anon"] + record["max_anon"], "plan": plan, "plan_limit": plan_limit,
+               "baseline_anon": record["baseline_anon"],
                "cgroup_max_usage_unconstrained": free["max_usage"], "unconstrained_seconds": free["seconds"],
                "record": record, "trials": method.trials}
         if limit:
             row["seconds_at_limit"] = next(t["seconds"] for t in method.trials if t["limit"] == limit and t["passed"])
             row["plan_over_limit"] = round(plan / limit, 3)
             row["plan_with_baseline_over_limit"] = round((base + plan) / limit, 3)
+            row["plan_limit_with_baseline_anon_over_limit"] = round((record["baseline_anon"] + plan_limit) / limit, 3)
         rows.append(row)
         print(json.dumps({k: row.get(k) for k in ("method", "limit", "failing", "peak_rss", "peak_rss_anon",
                                                   "peak_rss_file", "anon_peak", "baseline", "plan",
-                                                  "plan_over_limit")}), flush=True)
+                                                  "plan_over_limit", "plan_limit",
+                                                  "plan_limit_with_baseline_anon_over_limit")}), flush=True)
     summary = {"model": f"{ns.size} ({', '.join(f'{k} {v}' for k, v in SIZES[ns.size].items())})",
                "model_path": str(model), "parameters": params, "steps": ns.steps,
                "data": ", ".join(f"{k} {v}" for k, v in DATA.items() if k != "dataset_dir") +

@@ -18,6 +18,19 @@ counts are exact; memory is the sum of documented terms (docs/efficiency.md):
 
 ZeRO-2 / FSDP-grad-op split gradients and optimizer state across devices; ZeRO-3 / full-shard
 FSDP split the weights too. Estimates, not measurements: `lathe bench` measures.
+
+On a CPU the plan adds a second figure, `limit`: the smallest memory limit (a cgroup's, a
+container's) the run completes under. A frozen weight stored in the checkpoint in the dtype the
+run computes in stays a view into the memory-mapped safetensors file: file-backed pages that the
+kernel drops and reads again under a limit (efficiency/file_backed.py says which weights, as the
+loader decides). So the limit is the total of a run short of memory (every layer checkpointed and
+the MLP tiled where the config leaves it to memory, as `checkpointing_plan` then chooses), less
+those file-backed weights, plus one decoder layer of them: the working set of file pages a step
+needs (the backward pass reads a layer's weights twice in a row; with less room it thrashes).
+Like the total it leaves out the process's baseline, of which a limit holds only the anonymous
+part (~0.37 GiB: Python's and the libraries' heap); the libraries' code (~0.13 GiB) is
+file-backed too. Measured (benchmarks/memory_limit.py, docs/benchmarks.md), baseline anon +
+limit against the smallest limit: 0.92-1.17 for LoRA, QLoRA, freeze and full at 105M-1.1B.
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ from ..errors import LatheError
 from ..model.memory import (DTYPE_BYTES, GiB, Shape, activation_bytes, checkpointing_choice, eager_attention,
                             model_shape, planned_logits, size)
 from ..registry import METHODS, OPTIMIZERS
+from .file_backed import Checkpoint, file_backed, run_checkpoint, working_set
 from .variants import VARIANTS, Variant, variant
 
 if TYPE_CHECKING:
@@ -119,6 +133,26 @@ def estimate(shape: Shape, name: str | Variant, *, batch: int, seq: int, dtype_b
                            scores=scores, tiled=tiled)
     return Estimate(v.name, trainable, weights, gradients, optimizer, act, planned_logits(shape, batch, seq),
                     accumulates=accumulates)
+
+
+def smallest_limit(shape: Shape, name: str | Variant, checkpoint: Checkpoint, compute: torch.dtype, *, batch: int,
+                   **kwargs) -> int:
+    """The smallest memory limit a CPU run completes under, over the process's baseline: the estimate's total less
+    the weights that stay file-backed (`file_backed`), plus the file pages a step works in (`working_set`: one
+    layer of them). `kwargs`: `estimate`'s, as a run short of memory sets them (`short_of_memory`)."""
+    v = variant(name) if isinstance(name, str) else name
+    e = estimate(shape, v, batch=batch, **kwargs)
+    mapped = file_backed(shape, v, trainable=e.trainable, compute=compute, checkpoint=checkpoint,
+                         devices=kwargs.get("devices", 1), shard=kwargs.get("shard", "none"))
+    return e.total - mapped + working_set(shape, v, compute=compute, mapped=mapped)
+
+
+def short_of_memory(cfg: "RunConfig", kwargs: dict) -> dict:
+    """`estimate`'s kwargs for a run that memory decides (`checkpointing_plan`) and finds short: every layer
+    checkpointed and the MLP tiled, unless the config decides them itself."""
+    if checkpointing_choice(cfg) is not None:
+        return kwargs
+    return {**kwargs, "checkpointing": True, "tiled": cfg.model.tiled_mlp is not False}
 
 
 def longest_cutoff(shape: Shape, name: str, memory: int, batch: int = 1, limit: int = 1 << 21, **kwargs) -> int:
@@ -234,6 +268,26 @@ def plan_totals(cfg: "RunConfig", names: list[str], lengths: Lengths | None = No
     return {n: estimate(shape, n, batch=cfg.training.per_device_train_batch_size * rows, **kwargs).total for n in names}
 
 
+def plan_limits(cfg: "RunConfig", names: list[str], lengths: Lengths | None = None) -> dict[str, int]:
+    """`smallest_limit` per variant for the config's batch, over the baseline (what memory_limit.py sets beside
+    its measured limits)."""
+    from ..model.load import resolve_dtype
+
+    shape, checkpoint, compute = planned_shape(cfg), run_checkpoint(cfg), resolve_dtype(cfg)
+    kwargs = short_of_memory(cfg, plan_kwargs(cfg, lengths=lengths))
+    batch = cfg.training.per_device_train_batch_size * (lengths.rows if lengths else 1)
+    return {n: smallest_limit(shape, n, checkpoint, compute, batch=batch, **kwargs) for n in names}
+
+
+def checkpoint_line(checkpoint: Checkpoint, compute: torch.dtype) -> str:
+    """The plan's header line on the checkpoint: what it is, and whether its frozen weights can stay mapped."""
+    if checkpoint.dtype is None:
+        return f"checkpoint: {checkpoint.note}"
+    mapped = ("its frozen weights stay memory-mapped" if checkpoint.dtype == compute
+              else "every weight is converted, none stays memory-mapped")
+    return f"checkpoint: {checkpoint.note}; the run computes in {str(compute).removeprefix('torch.')}: {mapped}"
+
+
 def media_lines(cfg: "RunConfig", model) -> list[str]:
     """A multimodal model's encoder and projector, whether they train, and what a typical image costs in tokens."""
     from ..model.multimodal import frozen_parts, image_tokens, is_multimodal, part_params
@@ -251,30 +305,40 @@ def media_lines(cfg: "RunConfig", model) -> list[str]:
 
 
 def plan(cfg: "RunConfig", memory: int | None, devices: int = 1, shard: str = "none",
-         lengths: Lengths | None = None) -> str:
-    """The plan's table. `lengths`: the data's real sequence lengths (`data_lengths`); None: cutoff_len."""
+         lengths: Lengths | None = None, cpu: bool | None = None) -> str:
+    """The plan's table. `lengths`: the data's real sequence lengths (`data_lengths`); None: cutoff_len.
+    `cpu`: whether the run trains on a CPU, which adds the `limit` column (None: this machine's, no CUDA
+    device); a GPU holds every weight in its own memory, so there the total is the figure."""
+    from ..model.load import resolve_dtype
+
     model = meta_model(cfg)
     shape = planned_shape(cfg, model)
     t = cfg.training
     kwargs = plan_kwargs(cfg, devices, shard, lengths)
     rows = lengths.rows if lengths else 1
     batch = t.per_device_train_batch_size * rows
+    cpu = not torch.cuda.is_available() if cpu is None else cpu
+    checkpoint = run_checkpoint(cfg) if cpu else None
     lines = [
         f"model {cfg.model.model_name_or_path}: {shape.total:,} parameters, {shape.layers} layers, hidden {shape.hidden}, "
         f"vocab {shape.vocab}; batch {batch} x {kwargs['seq']:,} tokens, gradient checkpointing "
         f"{'on' if kwargs['checkpointing'] else 'off'}" + (f", {devices} devices ({shard})" if devices > 1 else ""),
         *([f"sequences: {lengths.note}"] if lengths and lengths.note else []),
+        *([checkpoint_line(checkpoint, resolve_dtype(cfg))] if checkpoint else []),
         "",
         f"{'method':<8} {'trainable':>14} {'weights':>9} {'grads':>8} {'optim':>8} {'activ.':>8} {'logits':>8} "
-        f"{'total':>9} {'B/param':>8}" + ("  fits   max batch  max cutoff" if memory else ""),
+        f"{'total':>9}" + (f" {'limit':>9}" if cpu else "") + f" {'B/param':>8}"
+        + ("  fits   max batch  max cutoff" if memory else ""),
     ]
-    no_seq = {k: v for k, v in kwargs.items() if k != "seq"}
-    if checkpointing_choice(cfg) is None:  # the run checkpoints and tiles as the memory needs: at its longest, all of it
-        no_seq.update(checkpointing=True, tiled=cfg.model.tiled_mlp is not False)
+    starved = short_of_memory(cfg, kwargs)
+    no_seq = {k: v for k, v in starved.items() if k != "seq"}
     for method in plannable_names():
         e = estimate(shape, method, batch=batch, **kwargs)
         row = (f"{method:<8} {e.trainable:>14,} {size(e.weights):>9} {size(e.gradients):>8} {size(e.optimizer):>8} "
-               f"{size(e.activations):>8} {size(e.logits):>8} {size(e.total):>9} {e.static / shape.total:>8.2f}")
+               f"{size(e.activations):>8} {size(e.logits):>8} {size(e.total):>9}")
+        if checkpoint:
+            row += f" {size(smallest_limit(shape, method, checkpoint, resolve_dtype(cfg), batch=batch, **starved)):>9}"
+        row += f" {e.static / shape.total:>8.2f}"
         if memory:
             row += (f"  {'yes' if e.total <= memory else 'no':<5}  {largest_batch(shape, method, memory, **kwargs):>9}"
                     f"  {longest_cutoff(shape, method, memory, batch=batch, **no_seq):>10,}")
@@ -282,6 +346,11 @@ def plan(cfg: "RunConfig", memory: int | None, devices: int = 1, shard: str = "n
     lines += ["", "B/param counts weights, gradients and optimizer state; activations and logits grow with the batch;",
               f"total adds {OVERHEAD // 1024**2} MiB of framework working memory. Logits are chunked where big "
               "(train/chunked_logits.py).",
+              *(["limit (CPU): the smallest memory limit (cgroup, container) the run completes under, slower: the",
+                 "total with every layer checkpointed (as a run short of memory chooses, unless the config decides)",
+                 "less the frozen weights that stay file-backed in the memory-mapped checkpoint (the kernel drops and",
+                 "re-reads them), plus one layer of them for the step to work in. Both figures leave out the process's",
+                 "baseline (~0.5 GiB), of which a limit must hold the anonymous part (~0.37 GiB)."] if checkpoint else []),
               *(["max cutoff: the longest cutoff_len that fits the memory at this batch (with every layer checkpointed "
                  "and the MLP tiled, as the run does when memory needs it, unless the config decides)."] if memory else []),
               "Formulas: docs/efficiency.md. Estimates: measure with a short run before renting hardware.",
@@ -289,4 +358,3 @@ def plan(cfg: "RunConfig", memory: int | None, devices: int = 1, shard: str = "n
     if memory:
         lines.insert(1, f"device memory: {memory / GiB:.1f} GiB")
     return "\n".join(lines)
-
