@@ -17,3 +17,20 @@ def inside_launcher() -> bool:
 def is_main_process() -> bool:
     """True in the process that writes shared files (rank 0, or the only process)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` still runs. A finished child that nobody has reaped yet counts as stopped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):  # no /proc: ask the kernel whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True

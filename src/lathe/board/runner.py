@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LatheError
+from ..process import running
 from .form import to_yaml
 from .launch import outer_environ
 
@@ -65,16 +66,6 @@ def launch_argv(cmd: list[str]) -> list[str]:
     """`lathe ...` run with this Board's own interpreter (the same install, whatever PATH says)."""
     assert cmd[0] == "lathe"
     return [sys.executable, "-m", "lathe", *cmd[1:]]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -137,7 +128,7 @@ class Runner:
                 pid = int(json.loads(lock.read_text())["pid"])
             except (ValueError, KeyError, OSError):
                 pid = 0
-            if pid and pid != os.getpid() and _pid_alive(pid) and (run is None or run.process.pid != pid):
+            if pid and pid != os.getpid() and running(pid) and (run is None or run.process.pid != pid):
                 return f"another process (pid {pid}) is running in {key}; wait for it or stop it first."
         return None
 

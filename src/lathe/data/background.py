@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import LatheError
+from ..process import inside_launcher, running
 from . import encode
 from . import tokenized_cache as cache
 from .dataset_info import get_dataset_attrs
@@ -47,8 +48,6 @@ def stream_while_tokenizing(cfg: "RunConfig", tokenizer, template, stored: Path)
 
     The report holds the reading's counts; the tokenization's replace them once `tokenized_path` is complete.
     """
-    from ..process import inside_launcher
-
     d = cfg.data
     if inside_launcher() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise LatheError("`tokenize_in_background` runs with one training process: under torchrun every process "
@@ -144,28 +143,13 @@ def wait_for(index: int, folder: str, stored: str, count: int, pid: int) -> None
     """Return once shard `index` is done; fail with the background process's error if it stopped first."""
     while not _done(index, folder, stored):
         failed = Path(folder) / FAILED_FILE
-        if failed.is_file() or not _running(pid):
+        if failed.is_file() or not running(pid):
             if _done(index, folder, stored):  # it finished between the two looks
                 return
             why = failed.read_text(encoding="utf-8").strip().splitlines()[-1] if failed.is_file() else "it was killed"
             raise LatheError(f"data: the background tokenizing process stopped before shard {index} ({why}). The "
                              f"shards it finished are kept: running the same command again resumes from them.")
         time.sleep(POLL_SECONDS)
-
-
-def _running(pid: int) -> bool:
-    """Whether process `pid` still runs (a finished child that nobody reaped yet counts as stopped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return not os.path.exists("/proc")  # no /proc: assume it runs
 
 
 def read_shards(folder: str, stored: str, count: int, pid: int) -> Iterator[dict[str, Any]]:
