@@ -1,8 +1,11 @@
-"""`use_audio_in_video` for Qwen2.5-Omni (the thinker): each video heard as well as seen, as its processor and model do.
+"""`use_audio_in_video` for the omni thinkers (Qwen2.5-Omni, Qwen3-Omni): each video heard as well as seen, as their
+processors and models do. Every test runs for both tiny thinkers.
 
 With the option, the processor writes a video with sound as `<|vision_bos|><|audio_bos|>`, its frames' tokens and its
-sound's tokens interleaved in 2 s chunks, `<|audio_eos|><|vision_eos|>`; the sound's features come in the processor's
-audio tensors, and the model numbers the positions of both together (`get_rope_index(use_audio_in_video=True)`).
+sound's tokens interleaved (Qwen2.5-Omni: in 2 s chunks; Qwen3-Omni, whose tokens are `<|vision_start|>`,
+`<|audio_start|>`...: token by token in time order), `<|audio_eos|><|vision_eos|>`; the sound's features come in the
+processor's audio tensors, and the model numbers the positions of both together
+(`get_rope_index(use_audio_in_video=True)`).
 Held here: lathe's ids equal the processor's own (its chat template's text, expanded by its own call with the video's
 sound), its batch tensors equal the processor's, and a batch through lathe's tokenization and collator gives the
 model's own positions and logits. A video's sound is its own audio track, or, as LLaMA-Factory pairs them, the row's
@@ -88,18 +91,31 @@ def files(tmp_path_factory) -> SimpleNamespace:
                            silent=write_clip(folder / "silent.mp4", sound=False), tone=write_wav(folder / "tone.wav"))
 
 
+OMNI = {"qwen2_5_omni": "qwen2_omni", "qwen3_omni": "qwen3_omni_nothink"}  # tiny thinker -> LLaMA-Factory template
+
+
+@pytest.fixture(scope="module", params=sorted(OMNI))
+def family(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def omni() -> tuple[MediaContext, object]:
-    """The tiny Qwen2.5-Omni thinker's processor, LLaMA-Factory's qwen2_omni template, use_audio_in_video on."""
+def omni(family) -> tuple[MediaContext, object]:
+    """The tiny thinker's processor, its LLaMA-Factory template (whose media plugin it names), use_audio_in_video on."""
     from transformers import AutoProcessor
 
     from lathe.testing.tiny_vlm import build_tiny_vlm
 
-    processor = AutoProcessor.from_pretrained(build_tiny_vlm("qwen2_5_omni"))
-    template = get_template("qwen2_omni")
+    processor = AutoProcessor.from_pretrained(build_tiny_vlm(family))
+    template = get_template(OMNI[family])
     template.fix_tokenizer(processor.tokenizer)
-    plugin, opts = MEDIA_PLUGINS["qwen2_omni"], MediaOptions(use_audio_in_video=True)
+    plugin, opts = MEDIA_PLUGINS[template.media], MediaOptions(use_audio_in_video=True)
     return MediaContext(plugin, processor, opts, plugin.call_kwargs(processor, opts)), template
+
+
+def token(ctx: MediaContext, name: str) -> str:
+    """The family's spelling of a media token: "audio_bos" is `<|audio_bos|>` (2.5) or `<|audio_start|>` (3)."""
+    return getattr(ctx.processor, f"{name}_token")
 
 
 def lathe_ids(ctx: MediaContext, template, content: str, media: dict) -> list[int]:
@@ -149,8 +165,10 @@ def test_a_heard_video_gives_the_processor_own_ids_and_tensors(omni, files, kind
     theirs = ref["input_ids"][0].tolist()
     assert_same(ours, theirs, ctx.processor.tokenizer)
     tokens = ctx.processor.tokenizer.convert_ids_to_tokens(ours)
-    start = tokens.index("<|audio_bos|>")
-    assert tokens[start - 1] == "<|vision_bos|>" and "<|AUDIO|>" in tokens[start:tokens.index("<|audio_eos|>")]
+    start = tokens.index(token(ctx, "audio_bos"))
+    heard = tokens[start:tokens.index(token(ctx, "audio_eos"))]
+    assert tokens[start - 1] == token(ctx, "vision_bos")
+    assert token(ctx, "audio") in heard and token(ctx, "video") in heard
     row = {"image": images, "video": [video], "audio": []}
     assert_tensors(ctx.plugin.batch_inputs(ctx.processor, [row], [theirs], ctx.kwargs), ref)
 
@@ -181,8 +199,8 @@ def test_a_row_without_placeholders_gets_video_then_audio_and_is_heard_alike(omn
     ids = lathe_ids(ctx, template, placed[0]["content"], {"image": [IMAGE], "video": [files.silent],
                                                           "audio": [files.tone]})
     tokens = ctx.processor.tokenizer.convert_ids_to_tokens(ids)
-    starts = [i for i, token in enumerate(tokens) if token == "<|audio_bos|>"]
-    assert len(starts) == 1 and tokens[starts[0] - 1] == "<|vision_bos|>"  # the tone is the video's sound
+    starts = [i for i, found in enumerate(tokens) if found == token(ctx, "audio_bos")]
+    assert len(starts) == 1 and tokens[starts[0] - 1] == token(ctx, "vision_bos")  # the tone is the video's sound
 
 
 def encode(ctx: MediaContext, template, rows: list[tuple[str, dict]]) -> dict:
@@ -213,16 +231,17 @@ def test_a_video_without_sound_and_unpaired_audio_are_skipped_with_their_reason(
     assert drops[2].startswith("video and audio not paired") and "before its <video>" in drops[2]
     assert drops[3].startswith("video and audio not paired") and "1 audio(s)" in drops[3]
     ids, labels = np.asarray(out["input_ids"][0]), np.asarray(out["labels"][0])
-    heard = np.isin(ids, ctx.processor.tokenizer.convert_tokens_to_ids(["<|VIDEO|>", "<|AUDIO|>", "<|audio_bos|>"]))
+    heard = np.isin(ids, ctx.processor.tokenizer.convert_tokens_to_ids([token(ctx, k) for k in ("video", "audio",
+                                                                                                "audio_bos")]))
     assert heard.sum() > 3 and (labels[heard] == IGNORE_INDEX).all()  # never learned, even with train_on_prompt
 
 
-def test_a_batch_gives_the_model_the_processor_own_positions_and_logits(omni, files):
+def test_a_batch_gives_the_model_the_processor_own_positions_and_logits(omni, files, family):
     """Training's tokenization and collator over two rows, a clip of its own first and then an image and a heard
     video: the audio features come in the order the ids meet them (the clip, then the video's sound), the model
     takes `use_audio_in_video=True`, and each row's positions and logits are those of the processor's own inputs
     for that row in the model (padding aside); without the switch the positions would differ."""
-    from transformers import DataCollatorForSeq2Seq, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import AutoModelForMultimodalLM, DataCollatorForSeq2Seq
 
     from lathe.data.media.collate import MediaCollator
     from lathe.testing.tiny_vlm import build_tiny_vlm
@@ -237,16 +256,16 @@ def test_a_batch_gives_the_model_the_processor_own_positions_and_logits(omni, fi
     batch = collate(features)
     assert batch["use_audio_in_video"] is True and batch["feature_attention_mask"].shape[0] == 2
     tone, video = ctx.load("audio", files.tone), ctx.load("video", files.heard)
-    sound_lengths = batch["feature_attention_mask"].sum(-1).tolist()
-    assert sound_lengths == [len(tone) // 160, -(-len(video.sound) // 160)]  # hop 160: the clip, then the sound
 
-    model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(build_tiny_vlm("qwen2_5_omni")).eval()
+    model = AutoModelForMultimodalLM.from_pretrained(build_tiny_vlm(family)).eval()
     chat = [{"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
             {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": QUESTION}]},
             {"role": "assistant", "content": [{"type": "text", "text": ANSWER}]}]
     own = [ctx.processor(text=[ctx.processor.apply_chat_template(chat, tokenize=False)], audio=[tone],
                          return_tensors="pt", **ctx.kwargs),
            processor_own(ctx, ["image", "video"], [ctx.load("image", IMAGE)], [video], [video.sound])]
+    lengths = [int(inputs["feature_attention_mask"].sum()) for inputs in own]  # 1.5 s and 2 s: the order shows
+    assert batch["feature_attention_mask"].sum(-1).tolist() == lengths and lengths[0] < lengths[1]
 
     def positions(inputs: dict, heard: bool) -> torch.Tensor:
         return model.model.get_rope_index(
@@ -268,7 +287,7 @@ def test_a_batch_gives_the_model_the_processor_own_positions_and_logits(omni, fi
     assert half["video_second_per_grid"].dtype == torch.float32
 
 
-def test_an_omni_thinker_trains_on_llama_factory_video_audio_demo_and_counts_silent_videos(tmp_path):
+def test_an_omni_thinker_trains_on_llama_factory_video_audio_demo_and_counts_silent_videos(tmp_path, family):
     """LLaMA-Factory's mllm_video_audio_demo (`<video><audio>`: 4.mp4 heard with 4.mp3) with `use_audio_in_video:
     true`, beside mllm_video_demo, whose videos have no sound: those rows are skipped as "video without sound" and
     counted; LoRA on the tiny thinker, the loss falling."""
@@ -283,7 +302,7 @@ def test_an_omni_thinker_trains_on_llama_factory_video_audio_demo_and_counts_sil
     from lathe.testing.tiny_vlm import build_tiny_vlm
     from lathe.train import run_stage
 
-    config = {"model_name_or_path": str(build_tiny_vlm("qwen2_5_omni")), "template": "qwen2_omni", "stage": "sft",
+    config = {"model_name_or_path": str(build_tiny_vlm(family)), "template": OMNI[family], "stage": "sft",
               "do_train": True, "finetuning_type": "lora", "lora_rank": 8, "use_audio_in_video": True,
               "dataset": "mllm_video_audio_demo,mllm_video_demo", "dataset_dir": str(shared_path("data")),
               "cutoff_len": 4096, "video_fps": 1.0, "output_dir": str(tmp_path / "out"),
@@ -300,7 +319,7 @@ def test_an_omni_thinker_trains_on_llama_factory_video_audio_demo_and_counts_sil
     assert len(bundle.train) == 3
     reasons = bundle.report.dropped  # reason (file: detail) -> rows
     assert sum(reasons.values()) == 3 and all(reason.startswith("video without sound") for reason in reasons)
-    audio = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    audio = tokenizer.convert_tokens_to_ids(tokenizer.audio_token)
     assert all(sum(t == audio for t in row["input_ids"]) > 0 for row in bundle.train)  # each video heard
     run_stage(cfg)
     lines = (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()

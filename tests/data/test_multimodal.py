@@ -545,3 +545,23 @@ def test_parts_are_told_apart_by_module_name(name, part):
     from lathe.model.multimodal import part_of
 
     assert part_of(name) == part
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_5_omni", "qwen3_omni_moe"])
+def test_a_whole_omni_checkpoint_is_refused_with_how_to_train_its_thinker(model_type):
+    from types import SimpleNamespace
+
+    from lathe.model.multimodal import check_trainable
+
+    with pytest.raises(LatheError, match=r"save `model\.thinker`"):
+        check_trainable(SimpleNamespace(model_type=model_type), "m")
+
+
+def test_qwen3_omni_mergers_and_audio_projections_are_projector_parts():
+    from lathe.model.multimodal import PARTS
+
+    def part(name: str) -> str:
+        return next(p for p, rx in PARTS if rx.search(name))
+
+    assert part("model.visual.merger_list.0.ln_q") == part("model.audio_tower.proj2") == "projector"
+    assert part("model.visual.blocks.0.attn") == part("model.audio_tower.layers.0") == "vision"

@@ -74,6 +74,7 @@ CASES = [
     # vendor: the Omni system prompt (lathe's qwen2_omni is LLaMA-Factory's, "You are a helpful assistant.");
     # use_audio_in_video: tests/data/test_audio_in_video.py
     Case("qwen2_5_omni", "qwen2_omni", "qwen2_omni", "chat", system="S", video=True, audio=True),
+    Case("qwen3_omni", "qwen3_omni_nothink", "qwen3_omni", "chat", video=True, audio=True),  # no default system
 ]
 
 

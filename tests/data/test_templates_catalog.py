@@ -75,7 +75,8 @@ LLAMA_FACTORY_MULTIMODAL = (
 # families): name -> the media plugin it names. Their text is pinned through SAME_TEXT / EXPECTED below.
 MULTIMODAL_MEDIA = {
     "qwen2_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl", "qwen3_vl_nothink": "qwen3_vl",
-    "qwen2_audio": "qwen2_audio", "qwen2_omni": "qwen2_omni",
+    "qwen2_audio": "qwen2_audio", "qwen2_omni": "qwen2_omni", "qwen3_omni": "qwen3_omni",
+    "qwen3_omni_nothink": "qwen3_omni",
     "llava_next": "llava_next", "llava_next_llama3": "llava_next", "llava_next_mistral": "llava_next",
     "llava_next_qwen": "llava_next", "llava_next_yi": "llava_next", "llava_next_video": "llava_next_video",
     "llava_next_video_mistral": "llava_next_video", "llava_next_video_yi": "llava_next_video",
@@ -84,7 +85,7 @@ MULTIMODAL_MEDIA = {
 }
 # Those written from LLaMA-Factory's definitions (templates_published.yaml): "unverified" in docs/templates.md.
 MULTIMODAL_PUBLISHED = set(MULTIMODAL_MEDIA) - {"qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "qwen2_audio",
-                                                "qwen2_omni"}
+                                                "qwen2_omni", "qwen3_omni", "qwen3_omni_nothink"}
 CHATML = (
     "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n"
     "<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\nA2<|im_end|>"
@@ -165,7 +166,7 @@ EXPECTED = {
 SAME_TEXT = {  # templates that render TWO_TURNS with a given system prompt exactly as another
     "chatml": ["chatml_de", "qwen", "qwen2_5", "qwen3", "qwen3_nothink", "yi", "smollm", "smollm2", "opencoder",
                "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "llava_next_qwen", "llava_next_yi", "llava_next_video_yi",
-               "qwen2_audio", "qwen2_omni"],
+               "qwen2_audio", "qwen2_omni", "qwen3_omni", "qwen3_omni_nothink"],
     "gemma": ["gemma2", "gemma3"],
     "granite3": ["granite"],
     "vicuna": ["llava", "llava_next", "llava_next_video"],
@@ -218,7 +219,8 @@ def test_catalog_covers_the_model_families():
         assert tpl.slots.description, f"{name} has no description"
         assert tpl.efficient_eos == (name in EFFICIENT | PUBLISHED_EFFICIENT)
     assert {name for name in names if get_template(name).slots.empty_thought} == (
-        {"qwen3", "qwen3_5", "gemma4", "glm4_moe", "glm4_7", "bailing_v2", "qwen3_vl", "glm4v", "glm4_5v"}
+        {"qwen3", "qwen3_5", "gemma4", "glm4_moe", "glm4_7", "bailing_v2", "qwen3_vl", "qwen3_omni", "glm4v",
+         "glm4_5v"}
         | PUBLISHED_EMPTY_THOUGHT)
     assert get_template("deepseekr1").slots.thoughts_in_history == "drop"
 

@@ -19,7 +19,7 @@ from lathe.errors import LatheError
 from lathe.testing.tiny_vlm import FAMILIES, QWEN2_VL_TEMPLATE, build_tiny_vlm, tiny_tokenizer
 from tests.conftest import shared_path
 
-MINE = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen2_audio", "qwen2_5_omni", "glm4v"]
+MINE = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen2_audio", "qwen2_5_omni", "qwen3_omni", "glm4v"]
 # Where each medium's encoder lives, by parameter name (checked for a gradient after backward).
 ENCODER = {"image": "visual", "video": "visual", "audio": "audio_tower"}
 

@@ -10,6 +10,10 @@ collator makes them. What differs from training:
   cache (keyed by path: a data: URL or bytes would pin megabytes in it, and a file served twice may have changed);
 - a conversation with media and no placeholder of their kind gets them at the start of its first user turn, as
   the dataset converter does (`data/formats.py`), so `chat(messages, images=[...])` needs no `<image>` written.
+
+What does not differ: with `use_audio_in_video`, a video and the audio after it pair by training's rule
+(`data/media/encode.pair_sounds`): `chat(videos=[v], audios=[a])` (`lathe chat --video v --audio a`, the API's
+`video_url` part followed by an `input_audio` part) hears `a` as `v`'s sound, not as a clip of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data.media.encode import PLACEHOLDER_RE, MediaContext
+from ..data.media.encode import PLACEHOLDER_RE, MediaContext, pair_sounds, substitute
 from ..data.media.placement import Misplaced, answer_holding
 from ..data.media.placement import place as place_media
 from ..data.media.plugins import KINDS, PLACEHOLDERS
@@ -83,21 +87,24 @@ class Expanded:
 
 def expand(context: MediaContext, messages: Sequence[dict], media: Mapping[str, Sequence[Any]]) -> Expanded:
     """Place and load the media, and replace the k-th placeholder of each kind by the k-th item's expansion
-    (the family's prompt text around the processor's replacement, as `MediaContext.expansion` makes it)."""
+    (the family's prompt text around the processor's replacement, as `MediaContext.expansion` makes it).
+
+    With `use_audio_in_video`, videos and audio pair as in training (`pair_sounds`, `MediaContext.load_row`): the
+    audio after a video in the same turn is its sound, heard inside the video's expansion, and no clip of its
+    own; a video given with no audio is heard with its own track."""
     messages = place(messages, media)
     for kind in KINDS:
         if media.get(kind) and kind not in context.plugin.kinds:
             raise LatheError(f"This model does not take {kind}s: its media plugin `{context.plugin.name}` takes "
                              f"{', '.join(context.plugin.kinds)}.")
-    items = {kind: [context.load(kind, source) for source in media.get(kind) or []] for kind in KINDS}
+    pair_sounds(messages, media, context)  # a request whose videos and audio do not pair fails before decoding
+    items = context.load_row(media)  # as the collator loads a training row: a heard video carries its sound
     if not has_media(items):
         return Expanded(messages, items)
     replacements = context.plugin.replacements(context.processor, items, context.kwargs)
     texts = {kind: iter([context.plugin.prompt[kind].format(token=r) for r in replacements.get(kind, [])])
              for kind in KINDS}
-    kind_of = {text: kind for kind, text in PLACEHOLDERS.items()}
-    expanded = [{**m, "content": PLACEHOLDER_RE.sub(lambda found: next(texts[kind_of[found.group(0)]]),
-                                                    str(m.get("content") or ""))} for m in messages]
+    expanded = substitute(messages, media, context, lambda kind, item, sound: next(texts[kind]))
     return Expanded(expanded, items)
 
 

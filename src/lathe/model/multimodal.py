@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 MEDIA_CONFIGS = ("vision_config", "audio_config", "thinker_config")
 # Module-name patterns of each part; the projector is tested first (Qwen's merger sits inside `visual`).
 PARTS = (
-    ("projector", re.compile(r"(^|\.)(multi_modal_projector|mm_projector|connector|visual\.merger|"
-                             r"visual\.deepstack_merger_list|audio_tower\.proj|vision_tower\.merger|"
+    ("projector", re.compile(r"(^|\.)(multi_modal_projector|mm_projector|connector|visual\.merger(_list)?|"
+                             r"visual\.deepstack_merger_list|audio_tower\.proj\d*|vision_tower\.merger|"
                              r"embed_vision|embed_audio)(\.|$)")),  # embed_*: Gemma 3n's
     ("vision", re.compile(r"(^|\.)(visual|vision_tower|vision_model|vision_encoder|audio_tower|audio_encoder|"
                           r"vision_embed_tokens|image_newline)(\.|$)")),
@@ -40,6 +40,9 @@ WHOLE_OMNI = {
     "qwen2_5_omni": "Qwen2.5-Omni's checkpoint holds the thinker (text, images, video, audio in; text out) and the "
                     "talker (speech out); lathe trains the thinker: save `model.thinker` of it "
                     "(Qwen2_5OmniThinkerForConditionalGeneration) to a folder with the processor and train that",
+    "qwen3_omni_moe": "Qwen3-Omni's checkpoint holds the thinker (text, images, video, audio in; text out) and the "
+                      "talker (speech out); lathe trains the thinker: save `model.thinker` of it "
+                      "(Qwen3OmniMoeThinkerForConditionalGeneration) to a folder with the processor and train that",
 }
 
 

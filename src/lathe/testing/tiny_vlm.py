@@ -123,6 +123,21 @@ QWEN2_5_OMNI_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Qwen3-Omni Instruct's message layout (no tools, no thinking): ChatML with no default system prompt; image / video
+# wrapped in vision_start/end, audio in audio_start/end, with Qwen3's pad tokens. (Written from that layout, as
+# LLaMA-Factory's qwen3_omni plugin writes it; no vendor file to compare with here.)
+QWEN3_OMNI_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif content['type'] == 'audio' or 'audio' in content %}<|audio_start|><|audio_pad|><|audio_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 # GLM-4.1V: `[gMASK]<sop>` prefix, role tags with no end tag, images / videos wrapped in begin/end tags.
 # (Reconstructed from the GLM-4.1V layout, without thinking metadata; no vendor file to compare with here.)
 GLM4V_TEMPLATE = (
@@ -274,6 +289,13 @@ def _qwen2_5_vl_processor(tok):
                                chat_template=QWEN2_VL_TEMPLATE)
 
 
+def _qwen3_vision() -> dict[str, Any]:
+    """Qwen3-VL's vision tower, tiny: patch 16, deepstack from one of its 2 blocks into the text layers."""
+    return {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+            "out_hidden_size": TEXT["hidden_size"], "patch_size": 16, "spatial_merge_size": 2,
+            "temporal_patch_size": 2, "num_position_embeddings": 2304, "deepstack_visual_indexes": [1]}
+
+
 def _qwen3_vl_config(tok):
     from transformers import Qwen3VLConfig
 
@@ -281,10 +303,7 @@ def _qwen3_vl_config(tok):
     rope = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
     text = _text(tok, head_dim=16, rope_parameters=rope)
     text.pop("bos_token_id")
-    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
-              "out_hidden_size": TEXT["hidden_size"], "patch_size": 16, "spatial_merge_size": 2,
-              "temporal_patch_size": 2, "num_position_embeddings": 2304, "deepstack_visual_indexes": [1]}
-    return Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_vl_ids(tok))
+    return Qwen3VLConfig(text_config=text, vision_config=_qwen3_vision(), **_qwen_vl_ids(tok))
 
 
 def _qwen3_vl_processor(tok):
@@ -361,6 +380,47 @@ def _qwen2_5_omni_processor(tok):
                                 tokenizer=tok, chat_template=QWEN2_5_OMNI_TEMPLATE)
 
 
+# Qwen3-Omni's tokenizer names its media tokens as Qwen2.5-Omni's does, with Qwen3's spellings.
+QWEN3_OMNI_NAMED = (
+    ("image_token", "<|image_pad|>"), ("video_token", "<|video_pad|>"), ("audio_token", "<|audio_pad|>"),
+    ("vision_bos_token", "<|vision_start|>"), ("vision_eos_token", "<|vision_end|>"),
+    ("audio_bos_token", "<|audio_start|>"), ("audio_eos_token", "<|audio_end|>"),
+)
+
+
+def _qwen3_omni_config(tok):
+    from transformers import Qwen3OmniMoeThinkerConfig
+
+    # A MoE text model of 4 experts (2 per token), head_dim 16 with interleaved mrope sections as the tiny Qwen3-VL's.
+    # The audio encoder keeps its 128 mels and windows of 100 frames (n_window 50: the processor counts audio
+    # tokens with it); its 3 stride-2 convolutions are 8 channels wide.
+    rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
+    text = _text(tok, head_dim=16, rope_parameters=rope, num_experts=4, num_experts_per_tok=2,
+                 moe_intermediate_size=32)
+    audio = {**_tiny_audio_encoder(), "n_window": 50, "output_dim": TEXT["hidden_size"], "downsample_hidden_size": 8}
+    ids = _ids(tok, audio_token_id="<|audio_pad|>", image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
+               audio_start_token_id="<|audio_start|>", vision_start_token_id="<|vision_start|>")
+    # position_id_per_seconds: 13, the rate Qwen3OmniMoeProcessor lays a heard video out by (the config class says
+    # 25; the two must agree for the model's positions to follow the layout). vision_start_token_id is no declared
+    # field, but get_rope_index reads it.
+    user = tok.convert_tokens_to_ids(tok.tokenize("user"))
+    return Qwen3OmniMoeThinkerConfig(audio_config=audio, vision_config=_qwen3_vision(), text_config=text,
+                                     position_id_per_seconds=13, user_token_id=user[0], **ids)
+
+
+def _qwen3_omni_processor(tok):
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3OmniMoeProcessor
+
+    # transformers maps qwen3_omni_moe to Qwen2-VL's image and video processors and Whisper features; patch 16 as
+    # its vision encoder's default, the tiny Qwen3-VL's pixel bounds.
+    size = {"shortest_edge": QWEN3_MIN_PIXELS, "longest_edge": QWEN3_MAX_PIXELS}
+    kw = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    return Qwen3OmniMoeProcessor(image_processor=Qwen2VLImageProcessor(size=size, **kw),
+                                 video_processor=Qwen2VLVideoProcessor(size=size, **kw),
+                                 feature_extractor=_whisper_features(), tokenizer=tok,
+                                 chat_template=QWEN3_OMNI_TEMPLATE)
+
+
 GLM4V_TOKENS = (
     "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
     "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>", "<|image|>", "<|video|>",
@@ -406,6 +466,9 @@ FAMILIES: dict[str, VlmFamily] = {
     "qwen2_5_omni": VlmFamily("Qwen2_5OmniThinkerForConditionalGeneration", _qwen2_5_omni_config,
                               _qwen2_5_omni_processor, "qwen2_omni", ("image", "video", "audio"),
                               named_tokens=OMNI_NAMED),
+    "qwen3_omni": VlmFamily("Qwen3OmniMoeThinkerForConditionalGeneration", _qwen3_omni_config,
+                            _qwen3_omni_processor, "qwen3_omni_nothink", ("image", "video", "audio"),
+                            named_tokens=QWEN3_OMNI_NAMED),
     "glm4v": VlmFamily("Glm4vForConditionalGeneration", _glm4v_config, _glm4v_processor,
                        "glm4v", ("image", "video"), GLM4V_TOKENS),
 }

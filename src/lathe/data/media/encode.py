@@ -192,24 +192,42 @@ def expand_messages(messages: Sequence[dict], media: Mapping[str, list[str]], co
         if media[kind] and kind not in context.plugin.kinds:
             raise MediaError(f"{kind} not taken by this model",
                              f"media plugin `{context.plugin.name}` takes {', '.join(context.plugin.kinds)}")
+    return substitute(messages, media, context, context.expansion)
+
+
+def pair_sounds(messages: Sequence[Mapping], media: Mapping[str, Sequence[Any]], context: MediaContext
+                ) -> list[Any] | None:
+    """Where each video's sound comes from when the run hears video (`MediaContext.video_sounds`: the row's k-th
+    audio item, or None for the video's own track), the turns checked for LLaMA-Factory's pairing first when the
+    audio items are the videos' sounds; None when nothing is heard. Training and inference (`lathe chat`, the
+    API) pair a conversation's videos and audio by this one rule. Raises MediaError ("video and audio not
+    paired")."""
     sounds = context.video_sounds(media)
-    paired = sounds is not None and bool(media["audio"])
-    if paired:
+    if sounds is not None and media.get("audio"):
         for message in messages:
-            _check_pairs(message["content"])
-    taken = {kind: iter(media[kind]) for kind in KINDS}
+            _check_pairs(str(message.get("content") or ""))
+    return sounds
+
+
+def substitute(messages: Sequence[dict], media: Mapping[str, Sequence[Any]], context: MediaContext,
+               expand: Callable[[str, Any, Any], str]) -> list[dict]:
+    """The messages with the k-th placeholder of each kind replaced by `expand(kind, item, sound)` of the k-th item
+    (`sound`: the video's, as `pair_sounds` pairs them, else None). An `<audio>` that is a video's sound becomes
+    nothing: the video's expansion holds it. The placeholders must match `media` in number."""
+    sounds = pair_sounds(messages, media, context)
+    paired = sounds is not None and bool(media.get("audio"))
+    taken = {kind: iter(media.get(kind) or ()) for kind in KINDS}
     heard = iter(sounds or ())
 
     def replace(match: re.Match) -> str:
         kind = KIND_OF[match.group(0)]
+        item = next(taken[kind])
         if kind == "audio" and paired:  # the sound of the video before it, which its expansion already holds
-            next(taken[kind])
             return ""
-        if kind == "video" and sounds is not None:
-            return context.expansion(kind, next(taken[kind]), next(heard))
-        return context.expansion(kind, next(taken[kind]))
+        return expand(kind, item, next(heard) if kind == "video" and sounds is not None else None)
 
-    return [{**message, "content": PLACEHOLDER_RE.sub(replace, message["content"])} for message in messages]
+    return [{**message, "content": PLACEHOLDER_RE.sub(replace, str(message.get("content") or ""))}
+            for message in messages]
 
 
 def _check_pairs(content: str) -> None:

@@ -45,7 +45,7 @@ class MediaPlugin(Choice):
     Gemma 3's `token_type_ids`), made from the ids by the processor's `create_mm_token_type_ids`. `mrope`: the
     model derives 3-D position ids from the media grids, so samples cannot share a packed row. `audio_in_video`:
     with `use_audio_in_video` the family hears each video's sound with its frames (a video item then carries its
-    `sound`, encode.py), its processor interleaving the two (Qwen2.5-Omni's `load_audio_from_video`).
+    `sound`, encode.py), its processor interleaving the two (the omni processors' `load_audio_from_video`).
 
     Hooks for the families the generic path does not fit (each None / default for the others):
     - `expands=False`: the processor's placeholder stays one token (mllama reads images through cross-attention),
@@ -196,8 +196,8 @@ def heard_order(processor: Any, rows: Sequence[Mapping[str, Sequence[Any]]], inp
                 ) -> list[int | None]:
     """The audio slots of a batch in the order its ids hold them (row by row): for each `<|audio_bos|>`, the index
     among the batch's videos of the video whose sound starts there (right after the video's `<|vision_bos|>`, as
-    Qwen2.5-Omni's processor lays out a heard video), or None for a clip of its own. The audio features must come
-    in this order: the model fills the audio tokens and numbers their positions in it."""
+    the Qwen2.5-Omni and Qwen3-Omni processors lay out a heard video), or None for a clip of its own. The audio
+    features must come in this order: the model fills the audio tokens and numbers their positions in it."""
     tokenizer = processor.tokenizer
     vision_bos = tokenizer.convert_tokens_to_ids(processor.vision_bos_token)
     audio_bos = tokenizer.convert_tokens_to_ids(processor.audio_bos_token)
@@ -361,6 +361,19 @@ MEDIA_PLUGINS.register(MediaPlugin(
     adjust_image=adjust_for_qwen_vl,
     prompt={"image": "<|vision_bos|>{token}<|vision_eos|>", "video": "<|vision_bos|>{token}<|vision_eos|>",
             "audio": "<|audio_bos|>{token}<|audio_eos|>"},
+))
+
+
+# Qwen3-Omni's thinker: the same processor layout with Qwen3's token spellings. A heard video's replacement is
+# `<|audio_start|>`, its frames' and its sound's tokens interleaved one by one in time order (13 positions a
+# second), `<|audio_end|>`, inside the vision_start/end of its prompt text (`replace_video_with_audio_token`).
+MEDIA_PLUGINS.register(MediaPlugin(
+    name="qwen3_omni", help="Qwen3-Omni (its MoE thinker): images, video (heard with use_audio_in_video) and "
+                            "audio; mrope positions",
+    model_types=("qwen3_omni_moe_thinker",), mrope=True, audio_in_video=True, call_kwargs=_omni,
+    adjust_image=adjust_for_qwen_vl,
+    prompt={"image": QWEN_VISION["image"], "video": QWEN_VISION["video"],
+            "audio": "<|audio_start|>{token}<|audio_end|>"},
 ))
 
 

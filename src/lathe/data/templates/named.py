@@ -88,7 +88,7 @@ def list_templates() -> list[str]:
 # name, so a config naming one learns why instead of reading "unknown template".
 MULTIMODAL_TEMPLATES = frozenset({
     "dots_ocr", "ernie_vl", "glm_ocr", "granite3_vision", "keye_vl", "kimi_vl", "lfm2_vl", "mimo_vl", "minicpm_o",
-    "minicpm_v", "minicpm_v_4_6", "moss_vl", "qwen3_omni", "qwen3_omni_nothink", "video_llava", "yi_vl", "youtu_vl",
+    "minicpm_v", "minicpm_v_4_6", "moss_vl", "video_llava", "yi_vl", "youtu_vl",
 })
 
 
