@@ -199,8 +199,10 @@ def test_deepspeed_without_a_launcher_is_refused(tmp_path, tiny_llama, monkeypat
         should_launch(requested_engine(cfg))
 
 
-@pytest.mark.parametrize("template, extra, grows", [("chatml", {}, False), ("llama3", {}, True),
-                                                    ("chatml", {"add_special_tokens": "<tool_x>"}, True)])
+# one real resize in CI (~15 s each under ZeRO-3); no resize and the config's own tokens in the slow suite
+@pytest.mark.parametrize("template, extra, grows", [
+    pytest.param("chatml", {}, False, marks=pytest.mark.slow), ("llama3", {}, True),
+    pytest.param("chatml", {"add_special_tokens": "<tool_x>"}, True, marks=pytest.mark.slow)])
 def test_zero3_in_bf16_resizes_only_when_tokens_were_added(base_config, tmp_path, template, extra, grows):
     """Under ZeRO-3 the local embedding table is empty: lathe reads its rows from DeepSpeed's shape,
     and a real resize keeps the weights' dtype (transformers builds it in the placeholder's fp32,

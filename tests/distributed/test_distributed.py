@@ -100,6 +100,7 @@ def test_more_processes_than_gpus_is_refused_before_launch(monkeypatch):
         torchrun_command(["x.yaml"])
 
 
+@pytest.mark.slow  # a torchrun launch (~15 s); the launcher checks stay in CI as unit tests
 def test_a_worker_refusing_its_config_ends_in_its_message_not_the_launchers_traceback(ddp_config, tmp_path):
     """The data is read in the workers: a missing dataset is their LatheError, which torchrun used to
     follow with a ChildFailedError traceback of its own."""

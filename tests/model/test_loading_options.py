@@ -21,7 +21,9 @@ def _load(cfg):
     return load_model(cfg, load_tokenizer(cfg.model))
 
 
-@pytest.mark.parametrize("bits, storage", [(4, "WeightQBitsTensor"), (8, "WeightQBytesTensor")])
+# 4-bit (about 30 s: quanto packs its weights on the CPU) in the slow suite; 8-bit keeps the path in CI
+@pytest.mark.parametrize("bits, storage", [pytest.param(4, "WeightQBitsTensor", marks=pytest.mark.slow),
+                                           (8, "WeightQBytesTensor")])
 def test_quanto_quantizes_linears_and_lora_trains(sft_config, bits, storage):
     pytest.importorskip("optimum.quanto")
     cfg = load_config(sft_config(quantization_bit=bits, quantization_method="quanto", max_steps=2,
