@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 # Weight files transformers can load that are not memory-mapped safetensors.
 OTHER_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.h5", "*.msgpack")
-DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -132,13 +131,15 @@ def _safetensors_dtype(folder: Path) -> torch.dtype | None:
 
 
 def _config_dtype(config: Any, default: torch.dtype | None = torch.float32) -> torch.dtype | None:
+    from ..model.load import DTYPES
+
     text_config = getattr(config, "get_text_config", lambda: config)()
     for source in (config, text_config):
         value = getattr(source, "dtype", None) or getattr(source, "torch_dtype", None)
         if isinstance(value, torch.dtype):
             return value
-        if isinstance(value, str) and value in DTYPE_NAMES:
-            return DTYPE_NAMES[value]
+        if isinstance(value, str) and value in DTYPES:
+            return DTYPES[value]
     return default
 
 

@@ -319,12 +319,13 @@ def plan(cfg: "RunConfig", memory: int | None, devices: int = 1, shard: str = "n
     batch = t.per_device_train_batch_size * rows
     cpu = not torch.cuda.is_available() if cpu is None else cpu
     checkpoint = run_checkpoint(cfg) if cpu else None
+    compute = resolve_dtype(cfg)
     lines = [
         f"model {cfg.model.model_name_or_path}: {shape.total:,} parameters, {shape.layers} layers, hidden {shape.hidden}, "
         f"vocab {shape.vocab}; batch {batch} x {kwargs['seq']:,} tokens, gradient checkpointing "
         f"{'on' if kwargs['checkpointing'] else 'off'}" + (f", {devices} devices ({shard})" if devices > 1 else ""),
         *([f"sequences: {lengths.note}"] if lengths and lengths.note else []),
-        *([checkpoint_line(checkpoint, resolve_dtype(cfg))] if checkpoint else []),
+        *([checkpoint_line(checkpoint, compute)] if checkpoint else []),
         "",
         f"{'method':<8} {'trainable':>14} {'weights':>9} {'grads':>8} {'optim':>8} {'activ.':>8} {'logits':>8} "
         f"{'total':>9}" + (f" {'limit':>9}" if cpu else "") + f" {'B/param':>8}"
@@ -337,7 +338,7 @@ def plan(cfg: "RunConfig", memory: int | None, devices: int = 1, shard: str = "n
         row = (f"{method:<8} {e.trainable:>14,} {size(e.weights):>9} {size(e.gradients):>8} {size(e.optimizer):>8} "
                f"{size(e.activations):>8} {size(e.logits):>8} {size(e.total):>9}")
         if checkpoint:
-            row += f" {size(smallest_limit(shape, method, checkpoint, resolve_dtype(cfg), batch=batch, **starved)):>9}"
+            row += f" {size(smallest_limit(shape, method, checkpoint, compute, batch=batch, **starved)):>9}"
         row += f" {e.static / shape.total:>8.2f}"
         if memory:
             row += (f"  {'yes' if e.total <= memory else 'no':<5}  {largest_batch(shape, method, memory, **kwargs):>9}"
