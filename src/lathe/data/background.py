@@ -73,13 +73,13 @@ def stream_while_tokenizing(cfg: "RunConfig", tokenizer, template, stored: Path)
                 "rest into tokenized_path %s", f"{store.samples:,}", store.count, process.pid, stored)
     shards = {"folder": str(store.folder), "stored": str(stored), "count": store.count, "pid": process.pid}
     atexit.register(_stop, process, shards)
-    wait_for(0, **shards)
+    wait_for(0, shards["folder"], shards["stored"], process.pid)
     from datasets import IterableDataset
 
     features = _open_shard(0, shards["folder"], shards["stored"], store.count).features
     stream = IterableDataset.from_generator(read_shards, features=features, gen_kwargs=shards)
     stream = stream.shuffle(seed=cfg.training.seed, buffer_size=d.buffer_size)
-    return stream, BackgroundReport(**{**report.to_dict(), "dropped": report.dropped, "stored": str(stored)})
+    return stream, BackgroundReport.from_dict({**report.to_dict(), "stored": str(stored)})
 
 
 @dataclass
@@ -125,8 +125,7 @@ def _stop(process, shards: dict[str, Any]) -> None:
 
 def _done(index: int, folder: str, stored: str) -> bool:
     """Shard `index` is done: its counts are written beside it in the store, or `tokenized_path` is complete."""
-    shard = cache.shard_data_path(Path(folder), index)
-    return (shard.is_file() and shard.with_suffix(".json").is_file()) or (Path(stored) / cache.REPORT_FILE).is_file()
+    return cache.shard_done(Path(folder), index) or (Path(stored) / cache.REPORT_FILE).is_file()
 
 
 def _open_shard(index: int, folder: str, stored: str, count: int):
@@ -139,7 +138,7 @@ def _open_shard(index: int, folder: str, stored: str, count: int):
         return Dataset.from_file(str(cache.linked_shard(Path(stored), index, count)))
 
 
-def wait_for(index: int, folder: str, stored: str, count: int, pid: int) -> None:
+def wait_for(index: int, folder: str, stored: str, pid: int) -> None:
     """Return once shard `index` is done; fail with the background process's error if it stopped first."""
     while not _done(index, folder, stored):
         failed = Path(folder) / FAILED_FILE
@@ -155,5 +154,5 @@ def wait_for(index: int, folder: str, stored: str, count: int, pid: int) -> None
 def read_shards(folder: str, stored: str, count: int, pid: int) -> Iterator[dict[str, Any]]:
     """The rows of every shard in order, each shard read memory-mapped once it is done."""
     for index in range(count):
-        wait_for(index, folder, stored, count, pid)
+        wait_for(index, folder, stored, pid)
         yield from _open_shard(index, folder, stored, count)

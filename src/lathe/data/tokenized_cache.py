@@ -242,10 +242,10 @@ class ShardStore:
         return shard_data_path(self.folder, index)
 
     def counts_path(self, index: int) -> Path:
-        return self.folder / f"shard-{index:06d}.json"
+        return shard_counts_path(self.folder, index)
 
     def done(self, index: int) -> bool:
-        return self.counts_path(index).is_file() and self.data_path(index).is_file()
+        return shard_done(self.folder, index)
 
     def write(self, index: int, table, counts: dict[str, Any]) -> None:
         """Store shard `index` (a pyarrow Table) and its report counts; safe against a kill at any point."""
@@ -309,6 +309,15 @@ class ShardStore:
 def shard_data_path(folder: Path, index: int) -> Path:
     """Shard `index`'s Arrow file in a `ShardStore` folder."""
     return folder / f"shard-{index:06d}.arrow"
+
+
+def shard_counts_path(folder: Path, index: int) -> Path:
+    """Shard `index`'s report counts beside its Arrow file, written after it: the shard is done once both are there."""
+    return folder / f"shard-{index:06d}.json"
+
+
+def shard_done(folder: Path, index: int) -> bool:
+    return shard_counts_path(folder, index).is_file() and shard_data_path(folder, index).is_file()
 
 
 def linked_shard(folder: Path, index: int, count: int) -> Path:
