@@ -180,7 +180,7 @@ class GRPORunner:
     def update(self, r: Rollout) -> dict[str, float]:
         f = self.cfg.finetuning
         advantages = self._advantages(r.rewards)
-        stats: dict[str, list[float]] = {"loss": [], "clip_ratio": [], "kl": [], "entropy": []}
+        stats: dict[str, list[float]] = {}
         mask = r.mask.clone()
         if f.mask_truncated_completions:
             mask[r.truncated] = 0
@@ -198,7 +198,7 @@ class GRPORunner:
             self.optimizer.zero_grad()
             for key, values in policy_gradients(self.scorer, r, advantages, mask, order, micro, self.settings,
                                                 num_items, self.ranks.world, old, ref).items():
-                stats[key] += values
+                stats.setdefault(key, []).extend(values)
             if self.cfg.training.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                                self.cfg.training.max_grad_norm)
