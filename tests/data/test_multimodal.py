@@ -527,7 +527,7 @@ def test_a_sample_whose_image_tokens_cutoff_len_would_cut_is_dropped_with_the_re
     assert any(reason.startswith("media cut by cutoff_len (its images take") for reason in bundle.report.dropped)
     pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     media.expansion("image", str(SHAPES / "red_circle.png"))
-    per_image = media.placeholder_count("image", str(SHAPES / "red_circle.png"))  # every shape is 96x72
+    per_image = media.token_counts(("image", str(SHAPES / "red_circle.png"), None))["image"]  # every shape is 96x72
     assert len(bundle.train) > 0
     for row in bundle.train:  # what is kept has every image whole
         assert sum(1 for t in row["input_ids"] if t == pad) == per_image * len(row["images"])

@@ -117,14 +117,9 @@ class MediaContext:
                                        for k in self.plugin.kinds}
         return self._expansions[key]
 
-    def placeholder_count(self, kind: str, path: str, sound: Any = None) -> int:
-        """How many of the processor's own `kind` tokens an item expanded to (what the model matches its features
-        against; `expansion` first)."""
-        return self._placeholders[(kind, path, sound)][kind]
-
     def token_counts(self, key: tuple[str, str, Any]) -> dict[str, int]:
-        """kind -> the processor's own tokens of that kind in an item's expansion (a heard video holds both its
-        video and its audio tokens)."""
+        """kind -> the processor's own tokens of that kind in an item's expansion (`expansion` first; what the
+        model matches its features against: a heard video holds both its video and its audio tokens)."""
         return self._placeholders[key]
 
     def _note_media_tokens(self, text: str) -> None:
